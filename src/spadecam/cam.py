@@ -1,0 +1,264 @@
+"""Grad-CAM maps, the SPADE region of interest (ROI) and its normalisation (paper eq. 3-5).
+
+Notation follows Narita et al., arXiv 1810.02607, section II-C and Algorithm 1:
+
+* A_k — the k-th feature map of the chosen conv layer, y^c — the pre-softmax score of the
+  normal class.
+* eq. 3: alpha_k = (1/Z) sum_ij dy^c / dA_k^ij (Z = number of feature-map pixels).
+* eq. 4: the signed map M = sum_k alpha_k A_k (captum's ``LayerGradCam`` with
+  ``relu_attributions=False``); plain Grad-CAM would apply ReLU to it.
+* eq. 5: L = Abs(M(u)) + ReLU(M(u_hat)), upsampled to the image, and the weighted error
+  e' = e * L / |L|.
+
+Every function returns new tensors and leaves the model as it found it: train/eval mode and
+``requires_grad`` flags are restored and no hook stays registered (the captum habit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spadecam.models.cnn import NORMAL_CLASS, ConvClassifier
+
+__all__ = [
+    "BRANCHES",
+    "apply_branch",
+    "closed_form_applies",
+    "grad_cam",
+    "normalise_roi",
+    "spade_roi",
+    "upsample_roi",
+    "weighted_error",
+]
+
+#: Elementwise functions a map can go through before it enters the ROI (eq. 5 uses
+#: "abs" on the input and "relu" on the reconstruction; the others serve ablations).
+BRANCHES = ("abs", "relu", "none", "identity")
+
+
+@contextlib.contextmanager
+def _eval_frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the duration; restore both afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def closed_form_applies(model: nn.Module, layer: int = -1) -> bool:
+    """True when the layer Grad-CAM reads is followed directly by GAP + linear.
+
+    Then dy^c/dA_k^ij = w_ck / Z at every pixel, so alpha_k = w_ck / Z (eq. 3) exactly and no
+    backward pass is needed. This holds for :class:`ConvClassifier` read at its last block.
+    """
+    return isinstance(model, ConvClassifier) and layer % len(model.features) == len(
+        model.features
+    ) - 1
+
+
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: int | nn.Module = -1,
+    class_idx: int = NORMAL_CLASS,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Signed Grad-CAM map M = sum_k alpha_k A_k for a whole batch in one pass (eq. 3-4).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier returning logits (N, n_classes). For a :class:`ConvClassifier`, ``layer``
+        may be the index of a conv block; for any other model pass the module whose output is
+        A (a forward hook reads it and is removed before returning).
+    x : Tensor (N, C, H, W), float
+        Input images, [0, 1] scale.
+    layer : int or nn.Module
+        Which feature map A to explain (default: the last conv block).
+    class_idx : int
+        Logit explained; default the normal class (pre-softmax score, as in the paper).
+    method : {"auto", "closed_form", "autograd"}
+        ``"auto"`` uses the closed form when :func:`closed_form_applies`, else autograd.
+
+    Returns
+    -------
+    Tensor (N, h, w), same dtype as the feature map
+        Signed map at the feature-map resolution (not rectified, not upsampled).
+
+    Raises
+    ------
+    ValueError
+        ``method="closed_form"`` on a model/layer where it does not hold, or a bad ``method``.
+
+    Notes
+    -----
+    Runs in eval mode (batch statistics would couple images), restores the model's mode and
+    ``requires_grad`` flags, works inside ``torch.no_grad()`` / ``torch.inference_mode()``.
+
+    References
+    ----------
+    Narita et al., arXiv 1810.02607, eq. 3-4; Selvaraju et al. 2017 (Grad-CAM).
+    """
+    if method not in ("auto", "closed_form", "autograd"):
+        raise ValueError(f"method must be 'auto', 'closed_form' or 'autograd', got {method!r}")
+    if isinstance(layer, int) and not isinstance(model, ConvClassifier):
+        raise ValueError(
+            "layer must be an nn.Module for models other than ConvClassifier, got an int"
+        )
+    use_closed = isinstance(layer, int) and closed_form_applies(model, layer)
+    if method == "closed_form" and not use_closed:
+        raise ValueError(
+            "method='closed_form' needs a ConvClassifier read at its last conv block "
+            "(GAP + linear head after the CAM layer)"
+        )
+    if method == "autograd":
+        use_closed = False
+    with _eval_frozen(model):
+        if use_closed:
+            assert isinstance(model, ConvClassifier)
+            return _closed_form_cam(model, x, class_idx)
+        return _autograd_cam(model, x, layer, class_idx)
+
+
+def _closed_form_cam(model: ConvClassifier, x: torch.Tensor, class_idx: int) -> torch.Tensor:
+    with torch.no_grad():
+        a = model.forward_features(x, -1)
+        z = a.shape[2] * a.shape[3]
+        alpha = model.fc.weight[class_idx].to(a.dtype) / z  # eq. 3 in closed form
+        return torch.einsum("nkhw,k->nhw", a, alpha)
+
+
+def _autograd_cam(
+    model: nn.Module, x: torch.Tensor, layer: int | nn.Module, class_idx: int
+) -> torch.Tensor:
+    module = model.features[layer] if isinstance(layer, int) else layer
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        captured.append(out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        # inference tensors cannot enter autograd; leave inference mode and copy the input
+        with torch.inference_mode(False), torch.enable_grad():
+            xin = x.clone() if x.is_inference() else x
+            logits = model(xin)
+            if not captured:
+                raise ValueError("the Grad-CAM layer was not run by the model's forward")
+            a = captured[-1]
+            if not a.requires_grad:
+                raise ValueError("the Grad-CAM layer's output does not depend on a gradient path")
+            # images are independent in eval mode, so d(sum y)/dA gives per-image gradients
+            (grads,) = torch.autograd.grad(logits[:, class_idx].sum(), a)
+            alpha = grads.mean(dim=(2, 3), keepdim=True)  # eq. 3
+            return (alpha * a).sum(dim=1).detach()  # eq. 4, signed
+    finally:
+        handle.remove()
+
+
+def apply_branch(m: torch.Tensor, branch: str) -> torch.Tensor:
+    """Apply one of :data:`BRANCHES` to a signed map.
+
+    ``"abs"`` — Abs (eq. 5, input branch), ``"relu"`` — ReLU (eq. 5, reconstruction branch and
+    plain Grad-CAM), ``"identity"`` — the signed map unchanged, ``"none"`` — drop the term
+    (zeros).
+    """
+    if branch == "abs":
+        return m.abs()
+    if branch == "relu":
+        return m.clamp_min(0)
+    if branch == "identity":
+        return m
+    if branch == "none":
+        return torch.zeros_like(m)
+    raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+
+
+def spade_roi(
+    cnn: nn.Module,
+    u: torch.Tensor,
+    u_hat: torch.Tensor,
+    layer: int | nn.Module = -1,
+    input_branch: str = "abs",
+    recon_branch: str = "relu",
+    method: str = "auto",
+) -> torch.Tensor:
+    """SPADE ROI L = Abs(M(u)) + ReLU(M(u_hat)) at feature resolution (eq. 5).
+
+    u and u_hat go through the CNN as one batch of 2N images (one forward, and one backward
+    when the autograd path is needed).
+
+    Parameters
+    ----------
+    cnn : nn.Module
+        The normal-vs-known-anomaly classifier.
+    u, u_hat : Tensor (N, C, H, W), float in [0, 1]
+        Input images and their VAE reconstructions.
+    input_branch, recon_branch : str
+        See :func:`apply_branch`; defaults are the paper's eq. 5.
+
+    Returns
+    -------
+    Tensor (N, h, w), float, >= 0 for the paper's branches.
+    """
+    if u.shape != u_hat.shape:
+        raise ValueError(f"u and u_hat must have the same shape, got {u.shape} and {u_hat.shape}")
+    n = u.shape[0]
+    m = grad_cam(cnn, torch.cat([u, u_hat]), layer=layer, method=method)
+    return apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
+
+
+def upsample_roi(roi: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Upsample an ROI (N, h, w) to the image size (N, H, W).
+
+    Bilinear with ``align_corners=False`` by default (the paper does not say; this is what
+    common Grad-CAM code does). ``mode`` is any of ``F.interpolate``'s 2-D modes.
+    """
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(roi.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)
+
+
+def normalise_roi(roi: torch.Tensor) -> torch.Tensor:
+    """L / |L| per image, with |L| read as the sum of L over pixels (Algorithm 1).
+
+    Under this reading the weights of an image sum to 1 and the SPADE score is a weighted
+    mean of the reconstruction error. An all-zero ROI gives all-zero weights, not NaN.
+
+    Parameters
+    ----------
+    roi : Tensor (N, H, W), float, >= 0
+
+    Returns
+    -------
+    Tensor (N, H, W), each image summing to 1 (or all zeros).
+    """
+    total = roi.sum(dim=(1, 2), keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, roi / safe, torch.zeros_like(roi))
+
+
+def weighted_error(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """e' = e * L (Algorithm 1), summed over channels.
+
+    Parameters
+    ----------
+    error : Tensor (N, C, H, W), reconstruction error |u - u_hat| on the [0, 1] scale
+    weights : Tensor (N, H, W)
+
+    Returns
+    -------
+    Tensor (N, H, W); its per-image sum is the anomaly score.
+    """
+    return (error * weights.unsqueeze(1)).sum(dim=1)

@@ -1,0 +1,533 @@
+"""SPADE and the paper's three baselines behind one PyOD-style API.
+
+All detectors follow the scikit-learn / PyOD contract: the constructor only stores
+parameters; ``fit(X, y)`` learns and sets attributes ending in ``_``; ``decision_function``
+returns one float64 score per image, higher = more anomalous; ``predict`` compares it with
+``threshold_``.
+
+Labels: ``y = 0`` normal, ``y = 1`` known anomaly. The VAE sees only ``y == 0``; the classifier
+sees both. Methods (Narita et al., arXiv 1810.02607, section III):
+
+* :class:`VAEDetector` — sum of the reconstruction error e = |u - u_hat|.
+* :class:`CNNDetector` — the classifier's likelihood of the known-anomaly class.
+* :class:`NaiveSPADE` — sum of e * ReLU(Grad-CAM(u)), not normalised.
+* :class:`SPADE` — sum of e * L / |L| with L = Abs(M(u)) + ReLU(M(u_hat)) (eq. 5, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spadecam.cam import (
+    apply_branch,
+    grad_cam,
+    normalise_roi,
+    upsample_roi,
+    weighted_error,
+)
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
+from spadecam.models.vae import ConvVAE, VAEConfig
+from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
+
+__all__ = [
+    "SPADE",
+    "CNNDetector",
+    "NaiveSPADE",
+    "NotFittedError",
+    "VAEDetector",
+    "as_image_tensor",
+    "reconstruction_error",
+    "spade_error_map",
+]
+
+
+class NotFittedError(RuntimeError):
+    """A detector was used before ``fit`` (or ``from_models``)."""
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
+    """Validate images and return them as a (N, C, H, W) tensor, uint8 or float32.
+
+    Parameters
+    ----------
+    X : array-like or Tensor
+        uint8 in [0, 255] or float in [0, 1], shape (N, H, W) or (N, C, H, W).
+    name : str
+        Argument name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, empty batch, a dtype other than uint8/float, float values
+        outside [0, 1] or NaN.
+    """
+    t = torch.as_tensor(np.asarray(X)) if not isinstance(X, torch.Tensor) else X
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    if t.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (N, H, W) or (N, C, H, W), got shape {tuple(t.shape)}"
+        )
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if t.dtype == torch.uint8:
+        return t
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be uint8 in [0, 255] or float in [0, 1], got {t.dtype}")
+    t = t.float()
+    if torch.isnan(t).any() or t.min() < 0 or t.max() > 1:
+        raise ValueError(
+            f"{name} is float, so it must lie in [0, 1] without NaN; got range "
+            f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (pass uint8 for 0-255 images)"
+        )
+    return t
+
+
+def _as_labels(y: Any, n: int) -> torch.Tensor:
+    if y is None:
+        return torch.zeros(n, dtype=torch.long)
+    yt = torch.as_tensor(np.asarray(y)).long().flatten()
+    if yt.shape[0] != n:
+        raise ValueError(f"y must have one label per image: {n} images, {yt.shape[0]} labels")
+    bad = set(yt.unique().tolist()) - {0, 1}
+    if bad:
+        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {sorted(bad)}")
+    return yt
+
+
+def _batches(X: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield float32 (B, C, H, W) batches from an array/tensor or an iterable of batches.
+
+    An iterable (e.g. a DataLoader) may yield arrays/tensors or tuples whose first element is
+    the images; it is consumed lazily, so memory stays flat whatever the number of images.
+    """
+    if isinstance(X, (np.ndarray, torch.Tensor, list)):
+        t = as_image_tensor(X)
+        for i in range(0, t.shape[0], batch_size):
+            yield to_float_images(t[i : i + batch_size])
+        return
+    if not isinstance(X, Iterable):
+        raise ValueError(f"X must be an array, a tensor or an iterable of batches, got {type(X)}")
+    for j, batch in enumerate(X):
+        if isinstance(batch, (tuple, list)) and not isinstance(batch, np.ndarray):
+            batch = batch[0]
+        yield to_float_images(as_image_tensor(batch, name=f"X batch {j}"))
+
+
+# --------------------------------------------------------------------------- scoring blocks
+
+
+def reconstruction_error(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
+    """Reconstruction error e = |u - u_hat| (Algorithm 1), (N, C, H, W) on the [0, 1] scale."""
+    return (u - u_hat).abs()
+
+
+def spade_error_map(
+    cnn: nn.Module,
+    u: torch.Tensor,
+    u_hat: torch.Tensor,
+    *,
+    cam_layer: int = -1,
+    input_branch: str = "abs",
+    recon_branch: str = "relu",
+    normalise: bool = True,
+    upsample: str = "bilinear",
+    cam_method: str = "auto",
+) -> torch.Tensor:
+    """Weighted reconstruction error e' of SPADE (Algorithm 1), one map per image.
+
+    Parameters
+    ----------
+    cnn : nn.Module
+        Normal-vs-known-anomaly classifier (logit index 0 = normal).
+    u, u_hat : Tensor (N, C, H, W), float in [0, 1]
+        Inputs and their VAE reconstructions.
+    cam_layer : int
+        Conv block whose Grad-CAM is read (default the last).
+    input_branch, recon_branch : str
+        Functions on the signed maps of u and u_hat (eq. 5: "abs" and "relu"; "none" drops
+        the term). NaiveSPADE uses ("relu", "none").
+    normalise : bool
+        Divide the upsampled ROI by its per-image sum (L / |L|).
+    upsample : str
+        Interpolation of the ROI to the image size.
+
+    Returns
+    -------
+    Tensor (N, H, W) float32; ``.sum((1, 2))`` is the anomaly score.
+
+    References
+    ----------
+    Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
+    """
+    n = u.shape[0]
+    if recon_branch == "none":  # skip the CAM of u_hat when it does not enter the ROI
+        roi = apply_branch(grad_cam(cnn, u, layer=cam_layer, method=cam_method), input_branch)
+    else:  # u and u_hat in one batch: one forward (and one backward if needed)
+        m = grad_cam(cnn, torch.cat([u, u_hat]), layer=cam_layer, method=cam_method)
+        roi = apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
+    roi = upsample_roi(roi.float(), u.shape[-2:], mode=upsample)
+    if normalise:
+        roi = normalise_roi(roi)
+    return weighted_error(reconstruction_error(u, u_hat.float()), roi)
+
+
+@contextlib.contextmanager
+def _scoring_context(precision: str) -> Iterator[None]:
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
+    with torch.inference_mode(), torch.autocast(
+        "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+    ):
+        yield
+
+
+def _require(det: Any, *attrs: str) -> None:
+    for a in attrs:
+        if getattr(det, a, None) is None:
+            raise NotFittedError(
+                f"{type(det).__name__} is not fitted: call fit(X, y) or from_models(...) first"
+            )
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+class _BaseDetector:
+    """Shared PyOD-style plumbing: threshold_, predict, batching."""
+
+    batch_size: int
+    precision: str
+    threshold_quantile: float
+
+    def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Anomaly score per image, higher = more anomalous.
+
+        Parameters
+        ----------
+        X : array-like (N, H, W) or (N, C, H, W), uint8 [0, 255] or float [0, 1];
+            or an iterable of such batches (e.g. a DataLoader), consumed with flat memory.
+
+        Returns
+        -------
+        ndarray (N,), float64
+        """
+        out = [self._scores_and_maps(u, False)[0] for u in _batches(X, self.batch_size)]
+        return torch.cat(out).double().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64."""
+        _require(self, "threshold_")
+        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+
+    def _set_threshold(self, x_normal: torch.Tensor) -> None:
+        # Scores of normal training images at a high quantile; refined with held-out data and
+        # F1-max in the image-folder workflow.
+        scores = self.decision_function(x_normal)
+        self.threshold_ = float(np.quantile(scores, self.threshold_quantile))
+
+
+class VAEDetector(_BaseDetector):
+    """VAE-based baseline: score = sum over pixels of |u - u_hat| (paper section III).
+
+    Parameters
+    ----------
+    vae_config : VAEConfig, optional
+        Defaults to the paper's 4 conv layers and 128-d latent, sized to the data.
+    vae_train : TrainConfig, optional
+    batch_size : int
+        Images per scoring batch.
+    precision : {"32", "bf16"}
+        Scoring precision on the CPU (bf16 autocast).
+    threshold_quantile : float
+        Quantile of normal training scores used as ``threshold_``.
+    """
+
+    def __init__(
+        self,
+        vae_config: VAEConfig | None = None,
+        vae_train: TrainConfig | None = None,
+        batch_size: int = 256,
+        precision: str = "32",
+        threshold_quantile: float = 0.99,
+    ) -> None:
+        self.vae_config = vae_config
+        self.vae_train = vae_train
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threshold_quantile = threshold_quantile
+
+    def fit(self, X: Any, y: Any = None) -> VAEDetector:
+        """Train the VAE on the normal images (y == 0) of X (eq. 1). Returns self."""
+        x = as_image_tensor(X)
+        yt = _as_labels(y, x.shape[0])
+        xn = x[yt == 0]
+        if xn.shape[0] < 2:
+            raise ValueError("fit needs at least 2 normal images (y == 0)")
+        cfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
+        self.vae_ = train_vae(xn, cfg, self.vae_train)
+        self._set_threshold(xn)
+        return self
+
+    @classmethod
+    def from_models(cls, vae: ConvVAE, **params: Any) -> VAEDetector:
+        """A fitted detector around an already trained VAE (``threshold_`` left unset)."""
+        det = cls(**params)
+        det.vae_ = vae.eval()
+        det.threshold_ = None
+        return det
+
+    def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
+        _require(self, "vae_")
+        with _scoring_context(self.precision):
+            e = reconstruction_error(u, self.vae_.reconstruct(u).float()).sum(dim=1)
+        return e.sum(dim=(1, 2)), (e if want_maps else None)
+
+    def anomaly_map(self, X: Any) -> np.ndarray:
+        """Reconstruction error per pixel, summed over channels: (N, H, W) float32, >= 0."""
+        maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
+        return torch.cat(maps).numpy()
+
+
+class CNNDetector(_BaseDetector):
+    """CNN-based baseline: the classifier's likelihood of the known-anomaly class.
+
+    The score is the logit difference y_anomaly - y_normal, a monotone function of the
+    softmax probability of the anomaly class (same AUROC) that does not saturate to ties.
+
+    Parameters
+    ----------
+    cnn_config : CNNConfig, optional
+        Defaults to the paper's 3 conv layers with a GAP + linear head.
+    cnn_train : TrainConfig, optional
+    loss : {"eq2", "cross_entropy"}
+        Classifier loss (eq. 2 by default).
+    """
+
+    def __init__(
+        self,
+        cnn_config: CNNConfig | None = None,
+        cnn_train: TrainConfig | None = None,
+        loss: str = "eq2",
+        batch_size: int = 256,
+        precision: str = "32",
+        threshold_quantile: float = 0.99,
+    ) -> None:
+        self.cnn_config = cnn_config
+        self.cnn_train = cnn_train
+        self.loss = loss
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threshold_quantile = threshold_quantile
+
+    def fit(self, X: Any, y: Any) -> CNNDetector:
+        """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
+        x = as_image_tensor(X)
+        yt = _as_labels(y, x.shape[0])
+        if not ((yt == 0).any() and (yt == 1).any()):
+            raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
+        cfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
+        self.cnn_ = train_cnn(x, yt, cfg, self.cnn_train, self.loss)
+        self._set_threshold(x[yt == 0])
+        return self
+
+    @classmethod
+    def from_models(cls, cnn: ConvClassifier, **params: Any) -> CNNDetector:
+        """A fitted detector around an already trained classifier."""
+        det = cls(**params)
+        det.cnn_ = cnn.eval()
+        det.threshold_ = None
+        return det
+
+    def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
+        _require(self, "cnn_")
+        with _scoring_context(self.precision):
+            logits = self.cnn_(u).float()
+        return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None
+
+
+class SPADE(_BaseDetector):
+    """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607, Algorithm 1).
+
+    score(u) = sum_ij e_ij * L_ij / |L|, with e = |u - VAE(u)| the reconstruction error and
+    L = Abs(M(u)) + ReLU(M(u_hat)) the ROI from the signed Grad-CAM map M of the classifier's
+    normal-class logit (eq. 3-5), bilinearly upsampled to the image.
+
+    Parameters
+    ----------
+    vae_config, cnn_config : optional
+        Model hyper-parameters; default the paper's (4-conv VAE with 128-d latent, 3-conv CNN).
+    vae_train, cnn_train : TrainConfig, optional
+    loss : {"eq2", "cross_entropy"}
+        Classifier loss.
+    cam_layer : int
+        Conv block of the classifier read by Grad-CAM (default -1, the last; the paper says
+        "a convolutional layer").
+    input_branch, recon_branch : str
+        Functions applied to the signed maps of u and u_hat ("abs", "relu", "identity",
+        "none"); eq. 5 is ("abs", "relu").
+    normalise : bool
+        Use L / |L| with |L| = sum of L (our reading of Algorithm 1); False = raw L.
+    upsample : str
+        ROI interpolation to the image size (bilinear by default; paper silent).
+    cam_method : {"auto", "closed_form", "autograd"}
+        Grad-CAM computation; "auto" uses the exact closed form for a GAP + linear head.
+    batch_size : int
+    precision : {"32", "bf16"}
+        Scoring precision (bf16 autocast on the CPU).
+    threshold_quantile : float
+        Quantile of the normal training images' scores used as ``threshold_``.
+
+    Attributes
+    ----------
+    vae_ : ConvVAE
+    cnn_ : ConvClassifier
+    threshold_ : float
+    """
+
+    def __init__(
+        self,
+        vae_config: VAEConfig | None = None,
+        cnn_config: CNNConfig | None = None,
+        vae_train: TrainConfig | None = None,
+        cnn_train: TrainConfig | None = None,
+        loss: str = "eq2",
+        cam_layer: int = -1,
+        input_branch: str = "abs",
+        recon_branch: str = "relu",
+        normalise: bool = True,
+        upsample: str = "bilinear",
+        cam_method: str = "auto",
+        batch_size: int = 256,
+        precision: str = "32",
+        threshold_quantile: float = 0.99,
+    ) -> None:
+        self.vae_config = vae_config
+        self.cnn_config = cnn_config
+        self.vae_train = vae_train
+        self.cnn_train = cnn_train
+        self.loss = loss
+        self.cam_layer = cam_layer
+        self.input_branch = input_branch
+        self.recon_branch = recon_branch
+        self.normalise = normalise
+        self.upsample = upsample
+        self.cam_method = cam_method
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threshold_quantile = threshold_quantile
+
+    def fit(self, X: Any, y: Any) -> SPADE:
+        """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
+
+        Parameters
+        ----------
+        X : array-like (N, H, W) or (N, C, H, W), uint8 [0, 255] or float [0, 1]
+        y : array-like (N,), 0 = normal, 1 = known anomaly
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Bad shapes, dtypes or ranges; labels other than 0/1; no normal or no known-anomaly
+            images.
+        """
+        x = as_image_tensor(X)
+        yt = _as_labels(y, x.shape[0])
+        if not ((yt == 0).any() and (yt == 1).any()):
+            raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
+        vcfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
+        ccfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
+        self.vae_ = train_vae(x[yt == 0], vcfg, self.vae_train)
+        self.cnn_ = train_cnn(x, yt, ccfg, self.cnn_train, self.loss)
+        self._set_threshold(x[yt == 0])
+        return self
+
+    @classmethod
+    def from_models(cls, vae: ConvVAE, cnn: ConvClassifier, **params: Any):
+        """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
+
+        Used by the reproduction, which trains the VAE once and a classifier per known class.
+        """
+        det = cls(**params)
+        det.vae_ = vae.eval()
+        det.cnn_ = cnn.eval()
+        det.threshold_ = None
+        return det
+
+    def _map_kwargs(self) -> dict[str, Any]:
+        return dict(
+            cam_layer=self.cam_layer,
+            input_branch=self.input_branch,
+            recon_branch=self.recon_branch,
+            normalise=self.normalise,
+            upsample=self.upsample,
+            cam_method=self.cam_method,
+        )
+
+    def error_map_from_reconstruction(self, u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
+        """Weighted error e' (N, H, W) given precomputed reconstructions (float [0, 1])."""
+        _require(self, "cnn_")
+        with _scoring_context(self.precision):
+            return spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float()
+
+    def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
+        _require(self, "vae_", "cnn_")
+        with _scoring_context(self.precision):
+            u_hat = self.vae_.reconstruct(u)
+            m = spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float()
+        return m.sum(dim=(1, 2)), (m if want_maps else None)
+
+    def anomaly_map(self, X: Any) -> np.ndarray:
+        """Weighted reconstruction error e' per pixel: (N, H, W) float32, >= 0.
+
+        Its sum over pixels is :meth:`decision_function`.
+        """
+        maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
+        return torch.cat(maps).numpy()
+
+
+class NaiveSPADE(SPADE):
+    """Naive SPADE baseline: e * ReLU(Grad-CAM(u)), not normalised (paper section III).
+
+    Same parameters as :class:`SPADE` with ``input_branch="relu"``, ``recon_branch="none"``,
+    ``normalise=False`` as defaults (plain Grad-CAM on the input only).
+    """
+
+    def __init__(
+        self,
+        vae_config: VAEConfig | None = None,
+        cnn_config: CNNConfig | None = None,
+        vae_train: TrainConfig | None = None,
+        cnn_train: TrainConfig | None = None,
+        loss: str = "eq2",
+        cam_layer: int = -1,
+        input_branch: str = "relu",
+        recon_branch: str = "none",
+        normalise: bool = False,
+        upsample: str = "bilinear",
+        cam_method: str = "auto",
+        batch_size: int = 256,
+        precision: str = "32",
+        threshold_quantile: float = 0.99,
+    ) -> None:
+        super().__init__(
+            vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
+            recon_branch, normalise, upsample, cam_method, batch_size, precision,
+            threshold_quantile,
+        )

@@ -1,0 +1,167 @@
+"""Metrics and result tables (AUROC via scikit-learn; the paper's Table I for comparison)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+__all__ = [
+    "METHODS",
+    "METHOD_LABELS",
+    "PAPER_TABLE_I",
+    "RESULT_COLUMNS",
+    "atomic_write_text",
+    "auroc",
+    "format_table",
+    "read_results_csv",
+    "summarise",
+    "write_results_csv",
+]
+
+#: Method keys in results files, in the paper's row order.
+METHODS = ("vae", "cnn", "naive_spade", "spade")
+METHOD_LABELS = {
+    "vae": "VAE-based",
+    "cnn": "CNN-based",
+    "naive_spade": "Naive SPADE",
+    "spade": "SPADE",
+}
+#: Narita et al., arXiv 1810.02607, Table I: AUROC on Noisy-MNIST by known anomaly class.
+PAPER_TABLE_I = {
+    "vae": {1: 0.63, 3: 0.63, 5: 0.63, 7: 0.63, 9: 0.63},
+    "cnn": {1: 0.73, 3: 0.88, 5: 0.96, 7: 0.88, 9: 0.96},
+    "naive_spade": {1: 0.67, 3: 0.59, 5: 0.65, 7: 0.76, 9: 0.53},
+    "spade": {1: 0.85, 3: 0.87, 5: 0.92, 7: 0.86, 9: 0.90},
+}
+RESULT_COLUMNS = ("method", "known_class", "seed", "auroc")
+
+
+def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn), anomalous = 1, higher score = more anomalous.
+
+    Raises
+    ------
+    ValueError
+        When ``labels`` hold a single class (AUROC is undefined) or lengths differ.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    if np.unique(labels).size < 2:
+        raise ValueError("AUROC needs both normal and anomalous labels; got a single class")
+    return float(roc_auc_score(labels, scores))
+
+
+def summarise(rows: Iterable[dict]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """Mean, sample sd (0 for one seed) and count of AUROC per (method, known_class)."""
+    groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(str(r["method"]), int(r["known_class"]))].append(float(r["auroc"]))
+    out = {}
+    for key, vals in groups.items():
+        sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out[key] = (float(np.mean(vals)), sd, len(vals))
+    return out
+
+
+def _cell(mean: float, sd: float, n: int) -> str:
+    return f"{mean:.3f}" if n < 2 else f"{mean:.3f} ± {sd:.3f}"
+
+
+def format_table(
+    rows: Iterable[dict],
+    methods: Sequence[str] = METHODS,
+    paper: dict[str, dict[int, float]] | None = PAPER_TABLE_I,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Markdown table in the layout of the paper's Table I, ours beside the paper's.
+
+    One row per method; one column per known anomaly class plus the average over classes.
+    Cells are the mean AUROC (± sd over seeds when there are several) and, where the paper
+    reports the method, a second line-row ``paper`` with its figure.
+    """
+    rows = list(rows)
+    stats = summarise(rows)
+    classes = sorted({k for (_, k) in stats})
+    labels = {**METHOD_LABELS, **(labels or {})}
+    head = "| Method | " + " | ".join(f"known {k}" for k in classes) + " | Avg |"
+    lines = [head, "|" + "---|" * (len(classes) + 2)]
+    for m in methods:
+        if not any((m, k) in stats for k in classes):
+            continue
+        cells, means = [], []
+        for k in classes:
+            if (m, k) in stats:
+                mean, sd, n = stats[(m, k)]
+                cells.append(_cell(mean, sd, n))
+                means.append(mean)
+            else:
+                cells.append("—")
+        avg = f"{np.mean(means):.3f}" if means else "—"
+        lines.append(f"| {labels.get(m, m)} (ours) | " + " | ".join(cells) + f" | {avg} |")
+        if paper and m in paper:
+            pv = [paper[m].get(k, math.nan) for k in classes]
+            pcells = ["—" if math.isnan(v) else f"{v:.2f}" for v in pv]
+            pavg = np.nanmean(pv) if not all(math.isnan(v) for v in pv) else math.nan
+            pavg_s = "—" if math.isnan(pavg) else f"{pavg:.2f}"
+            lines.append(
+                f"| {labels.get(m, m)} (paper) | " + " | ".join(pcells) + f" | {pavg_s} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temp file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write result rows with the columns method,known_class,seed,auroc (+ any extras)."""
+    rows = list(rows)
+    extra = [k for r in rows for k in r if k not in RESULT_COLUMNS]
+    cols = list(RESULT_COLUMNS) + list(dict.fromkeys(extra))
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        r = dict(r)
+        if isinstance(r.get("auroc"), float):
+            r["auroc"] = f"{r['auroc']:.6f}"
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_results_csv(path: str | os.PathLike) -> list[dict]:
+    """Read rows written by :func:`write_results_csv`.
+
+    Raises
+    ------
+    ValueError
+        When a required column is missing (the message names the file and the columns).
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; expected {RESULT_COLUMNS}")
+        return [dict(r) for r in reader]

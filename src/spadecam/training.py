@@ -1,0 +1,249 @@
+"""Training loops for the VAE (eq. 1) and the classifier (eq. 2), run through Lightning Fabric.
+
+Device, precision and (later) distribution are Fabric settings in :class:`TrainConfig`, so
+the loops below stay the same on CPU, one GPU or several. Each loop holds out a seeded
+validation split, shows a tqdm bar per epoch, early-stops on the validation loss and returns
+the model with the best validation weights, in eval mode on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
+from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
+
+__all__ = ["TrainConfig", "to_float_images", "train_cnn", "train_vae"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and device settings shared by both training loops.
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of epochs.
+    batch_size : int
+    lr, weight_decay : float
+        AdamW settings.
+    schedule : {"constant", "cosine"}
+        Learning-rate schedule over ``epochs`` (cosine decays to 0 by the last epoch).
+    val_fraction : float in [0, 1)
+        Share of the training images held out for early stopping (0 disables it).
+    patience : int
+        Epochs without a better validation loss before stopping.
+    seed : int
+        Seeds the weights, the split, the batch order and the VAE's sampling.
+    accelerator, devices, precision, strategy :
+        Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 1, "32-true" or "bf16-mixed").
+    progress : bool
+        Show a tqdm bar per epoch.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    val_fraction: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] (N, C, H, W) -> float32 [0, 1]."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+def _fabric(cfg: TrainConfig):
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        precision=cfg.precision,
+        strategy=cfg.strategy,
+    )
+    return fabric
+
+
+def _split(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    perm = torch.randperm(n, generator=g)
+    n_val = int(round(n * cfg.val_fraction)) if cfg.val_fraction > 0 else 0
+    if 0 < cfg.val_fraction and n_val == 0 and n > 1:
+        n_val = 1
+    return perm[n_val:], perm[:n_val]
+
+
+def _fit(
+    model: torch.nn.Module,
+    tensors: tuple[torch.Tensor, ...],
+    loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+    cfg: TrainConfig,
+    name: str,
+) -> torch.nn.Module:
+    """Generic loop: AdamW, optional cosine schedule, early stopping on held-out loss."""
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    n = tensors[0].shape[0]
+    if n < 2:
+        raise ValueError(f"{name}: need at least 2 training images, got {n}")
+    train_idx, val_idx = _split(n, cfg)
+    fabric = _fabric(cfg)
+    torch.manual_seed(cfg.seed)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = fabric.setup(model, optimizer)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        TensorDataset(*(t[train_idx] for t in tensors)),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(train_idx) > cfg.batch_size,
+    )
+    val_loader = (
+        DataLoader(TensorDataset(*(t[val_idx] for t in tensors)), batch_size=512)
+        if len(val_idx)
+        else None
+    )
+    train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=True)
+    if val_loader is not None:
+        val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=True)
+    steps = cfg.epochs * max(1, len(train_loader))
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        )
+        if cfg.schedule == "cosine"
+        else None
+    )
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+
+    best, best_state, stale = math.inf, None, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(
+            train_loader,
+            desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress or fabric.global_rank != 0,
+            leave=False,
+        )
+        for batch in bar:
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+        if val_loader is None:
+            continue
+        model.eval()
+        total, count = torch.zeros(()), torch.zeros(())
+        with torch.no_grad():
+            for batch in val_loader:
+                k = batch[0].shape[0]
+                total += loss_fn(model, batch).float().cpu() * k
+                count += k
+        total = fabric.all_reduce(total, reduce_op="sum")
+        count = fabric.all_reduce(count, reduce_op="sum")
+        val = float(total / count)
+        if cfg.progress and fabric.global_rank == 0:
+            tqdm.write(f"{name} epoch {epoch + 1}: validation loss {val:.5g}")
+        if val < best - 1e-6:
+            best, stale = val, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    module = model.module if hasattr(model, "module") else model
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module = module.to("cpu", memory_format=torch.contiguous_format).eval()
+    return module
+
+
+def train_vae(
+    x_normal: torch.Tensor, config: VAEConfig | None = None, train: TrainConfig | None = None
+) -> ConvVAE:
+    """Train a :class:`ConvVAE` on normal images by minimising the negative ELBO (eq. 1).
+
+    Parameters
+    ----------
+    x_normal : Tensor (N, C, H, W), uint8 in [0, 255] or float in [0, 1]
+        Normal images only.
+    config : VAEConfig
+    train : TrainConfig
+
+    Returns
+    -------
+    ConvVAE on the CPU, eval mode, with the best validation weights.
+    """
+    config = config or VAEConfig(in_channels=x_normal.shape[1], image_size=x_normal.shape[-1])
+    train = train or TrainConfig()
+    torch.manual_seed(train.seed)
+    model = ConvVAE(config)
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
+        logits, mu, logvar = m(u, sample=m.training)
+        return negative_elbo(
+            logits.float(), u, mu.float(), logvar.float(),
+            config.likelihood, config.gaussian_var, config.beta,
+        )
+
+    return _fit(model, (x_normal,), loss_fn, train, "VAE")
+
+
+def train_cnn(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: CNNConfig | None = None,
+    train: TrainConfig | None = None,
+    loss: str = "eq2",
+) -> ConvClassifier:
+    """Train the normal-vs-known-anomaly classifier (eq. 2).
+
+    Parameters
+    ----------
+    x : Tensor (N, C, H, W), uint8 in [0, 255] or float in [0, 1]
+    y : Tensor (N,), int64, 0 = normal, 1 = known anomaly
+    loss : {"eq2", "cross_entropy"}
+        See :func:`spadecam.models.cnn.classifier_loss`.
+
+    Returns
+    -------
+    ConvClassifier on the CPU, eval mode, with the best validation weights.
+    """
+    config = config or CNNConfig(in_channels=x.shape[1])
+    train = train or TrainConfig()
+    torch.manual_seed(train.seed)
+    model = ConvClassifier(config)
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
+        return classifier_loss(m(u).float(), batch[1], loss)
+
+    return _fit(model, (x, y.long()), loss_fn, train, "CNN")
