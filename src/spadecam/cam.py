@@ -153,7 +153,8 @@ def _autograd_cam(
     try:
         # inference tensors cannot enter autograd; leave inference mode and copy the input
         with torch.inference_mode(False), torch.enable_grad():
-            xin = x.clone() if x.is_inference() else x
+            # parameters are frozen, so the input carries the gradient path to A
+            xin = x.detach().clone().requires_grad_(True)
             logits = model(xin)
             if not captured:
                 raise ValueError("the Grad-CAM layer was not run by the model's forward")

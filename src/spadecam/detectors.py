@@ -95,13 +95,13 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
 def _as_labels(y: Any, n: int) -> torch.Tensor:
     if y is None:
         return torch.zeros(n, dtype=torch.long)
-    yt = torch.as_tensor(np.asarray(y)).long().flatten()
-    if yt.shape[0] != n:
-        raise ValueError(f"y must have one label per image: {n} images, {yt.shape[0]} labels")
-    bad = set(yt.unique().tolist()) - {0, 1}
+    ya = np.asarray(y).reshape(-1)
+    if ya.shape[0] != n:
+        raise ValueError(f"y must have one label per image: {n} images, {ya.shape[0]} labels")
+    bad = sorted(set(np.unique(ya).tolist()) - {0, 1})
     if bad:
-        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {sorted(bad)}")
-    return yt
+        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {bad[:5]}")
+    return torch.as_tensor(ya.astype(np.int64))
 
 
 def _batches(X: Any, batch_size: int) -> Iterator[torch.Tensor]:
@@ -194,6 +194,11 @@ def _scoring_context(precision: str) -> Iterator[None]:
 def _require(det: Any, *attrs: str) -> None:
     for a in attrs:
         if getattr(det, a, None) is None:
+            if a == "threshold_" and hasattr(det, "decision_function"):
+                raise NotFittedError(
+                    f"{type(det).__name__}.threshold_ is not set: fit(X, y) learns it; after "
+                    "from_models(...) set it yourself (e.g. a quantile of normal scores)"
+                )
             raise NotFittedError(
                 f"{type(det).__name__} is not fitted: call fit(X, y) or from_models(...) first"
             )

@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   -> .venv + install + quick Noisy-MNIST reproduction (a few minutes on 2 cores)
+#   make test   -> .venv + install + the whole test suite
+# Other targets: make reproduce (full Table I), make bench (scoring speed), make lint.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Pinned so that pip takes the local CPU build instead of pulling a multi-GB CUDA build.
+# Override on a GPU machine, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed-stamp
+# MNIST: ../shared/data/mnist when it exists, else $SPADECAM_DATA, else download into the cache.
+SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist && pwd)
+DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
+OUT    ?= runs
+export SPADECAM_DATA
+
+.PHONY: install demo test reproduce reproduce-3seeds bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spadecam reproduce noisy-mnist --quick $(DATA_ARGS) --out $(OUT)/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+reproduce: $(STAMP)
+	$(BIN)/spadecam reproduce noisy-mnist $(DATA_ARGS) --out $(OUT)/full
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_scoring.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

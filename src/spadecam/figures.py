@@ -1,0 +1,155 @@
+"""Figures (matplotlib, PNG) for the reproduction: samples, ROIs, ROC curves, galleries.
+
+Every function takes arrays already computed by the detectors and writes one PNG atomically
+(temp file, then rename). Images are (N, H, W) floats in [0, 1] unless stated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "plot_samples",
+    "plot_roi_rows",
+    "plot_roc_curves",
+    "plot_gallery",
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _plt().close(fig)
+    return path
+
+
+def plot_samples(
+    images: np.ndarray, titles: Sequence[str], path: str | os.PathLike, ncols: int = 8
+) -> Path:
+    """Grid of Noisy-MNIST samples (paper Fig. 5). images: (N, H, W) uint8 or float [0, 1]."""
+    plt = _plt()
+    n = len(images)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
+        ax.set_title(t, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roi_rows(
+    columns: Mapping[str, np.ndarray],
+    row_titles: Sequence[str],
+    path: str | os.PathLike,
+    image_keys: Sequence[str] = (),
+) -> Path:
+    """One row per image, one column per named map (e.g. input, ReLU ROI, Abs ROI).
+
+    Used for the ReLU-vs-Abs figure (paper Fig. 3) and small-vs-large ROI (Fig. 4).
+    columns: name -> (N, H, W) array; names in ``image_keys`` are drawn in grey [0, 1],
+    the others as heat maps scaled per image.
+    """
+    plt = _plt()
+    names = list(columns)
+    n = len(row_titles)
+    fig, axes = plt.subplots(n, len(names), figsize=(1.9 * len(names), 1.9 * n), squeeze=False)
+    for j, name in enumerate(names):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.axis("off")
+            m = columns[name][i]
+            if name in image_keys:
+                ax.imshow(m, cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(m, cmap="inferno", vmin=0, vmax=max(float(m.max()), 1e-12))
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+        axes[0, 0].set_ylabel(row_titles[0])
+    for i, t in enumerate(row_titles):
+        axes[i, 0].text(-0.08, 0.5, t, transform=axes[i, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roc_curves(
+    labels: np.ndarray,
+    scores: Mapping[int, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    method_labels: Mapping[str, str] | None = None,
+) -> Path:
+    """ROC curves of each method, one panel per known class (scikit-learn's roc_curve).
+
+    labels: (N,) 0 normal / 1 anomalous; scores: known class -> method -> (N,) scores.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    ks = sorted(scores)
+    fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for m, s in scores[k].items():
+            fpr, tpr, _ = roc_curve(labels, s)
+            name = (method_labels or {}).get(m, m)
+            ax.plot(fpr, tpr, label=f"{name} {roc_auc_score(labels, s):.2f}", lw=1.2)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
+        ax.set_title(f"known anomaly = {k}", fontsize=9)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_gallery(
+    images: np.ndarray,
+    maps: np.ndarray,
+    scores: np.ndarray,
+    digits: np.ndarray,
+    path: str | os.PathLike,
+    n: int = 6,
+) -> Path:
+    """Most and least anomalous images with their weighted-error maps e'.
+
+    images: (N, H, W) float [0, 1]; maps: (N, H, W) e'; scores: (N,); digits: (N,) labels.
+    """
+    plt = _plt()
+    order = np.argsort(scores)
+    picks = list(order[::-1][:n]) + list(order[:n])
+    fig, axes = plt.subplots(4, n, figsize=(1.8 * n, 7.6), squeeze=False)
+    for idx, i in enumerate(picks):
+        row = 0 if idx < n else 2
+        col = idx % n
+        axes[row, col].imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        axes[row, col].set_title(f"digit {digits[i]}  s={scores[i]:.3g}", fontsize=7)
+        axes[row + 1, col].imshow(maps[i], cmap="inferno")
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].text(0, 1.35, "most anomalous (top) / weighted error e'", fontsize=8,
+                    transform=axes[0, 0].transAxes)
+    axes[2, 0].text(0, 1.35, "least anomalous / weighted error e'", fontsize=8,
+                    transform=axes[2, 0].transAxes)
+    return _save(fig, path)

@@ -1,0 +1,140 @@
+"""Model directories: weights in safetensors plus a JSON config; never pickle.
+
+Layout of a model directory::
+
+    MODEL_DIR/config.json        format_version, model configs, preprocessing, threshold_, ...
+    MODEL_DIR/vae.safetensors    VAE weights
+    MODEL_DIR/cnn.safetensors    classifier weights
+
+Every file is written to a temp file in the same folder and renamed, and ``config.json`` is
+written last, so a crash never leaves a directory that loads as a half model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.vae import ConvVAE, VAEConfig
+
+__all__ = ["FORMAT_VERSION", "ModelFormatError", "save_models", "load_models", "read_config"]
+
+#: Bumped whenever the layout or the meaning of a config field changes.
+FORMAT_VERSION = 1
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+class ModelFormatError(ValueError):
+    """A model directory is missing, malformed, of another format version, or holds pickle."""
+
+
+def _atomic_bytes_writer(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_models(
+    model_dir: str | os.PathLike,
+    vae: ConvVAE,
+    cnn: ConvClassifier,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model directory (weights as safetensors, configs as JSON).
+
+    Parameters
+    ----------
+    model_dir : path
+        Created if missing.
+    vae, cnn : the trained models
+    extra : dict, optional
+        More JSON-serialisable fields for config.json (preprocessing, threshold_, detector
+        parameters).
+
+    Returns
+    -------
+    Path of the directory.
+    """
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for name, model in (("vae", vae), ("cnn", cnn)):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        _atomic_bytes_writer(d / f"{name}.safetensors", lambda p, s=state: save_file(s, p))
+    config = {
+        "format_version": FORMAT_VERSION,
+        "vae_config": vae.config.to_dict(),
+        "cnn_config": cnn.config.to_dict(),
+        **(extra or {}),
+    }
+    text = json.dumps(config, indent=2, sort_keys=True)
+    _atomic_bytes_writer(d / "config.json", lambda p: Path(p).write_text(text))
+    return d
+
+
+def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``config.json`` of a model directory.
+
+    Raises
+    ------
+    ModelFormatError
+        Missing directory or config, invalid JSON, or a format version other than
+        :data:`FORMAT_VERSION` (the message names the file and both versions).
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelFormatError(f"model directory {d} does not exist")
+    pickles = sorted(p.name for p in d.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelFormatError(
+            f"{d} holds pickle-style files {pickles}; spadecam only loads safetensors weights "
+            "(pickle can run arbitrary code). Remove them or re-save the model with spadecam."
+        )
+    path = d / "config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is missing: {d} is not a spadecam model directory")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{path} is not valid JSON: {exc}") from None
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path} has format_version {version!r}; this spadecam reads version "
+            f"{FORMAT_VERSION}. Re-train or convert the model."
+        )
+    return config
+
+
+def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
+    """Load the VAE and classifier of a model directory (eval mode, CPU).
+
+    Raises
+    ------
+    ModelFormatError
+        See :func:`read_config`; also missing or mismatched weight files.
+    """
+    d = Path(model_dir)
+    config = read_config(d)
+    vae = ConvVAE(VAEConfig(**config["vae_config"]))
+    cnn = ConvClassifier(CNNConfig(**config["cnn_config"]))
+    for name, model in (("vae", vae), ("cnn", cnn)):
+        path = d / f"{name}.safetensors"
+        if not path.is_file():
+            raise ModelFormatError(f"{path} is missing")
+        try:
+            state = load_file(str(path))
+            model.load_state_dict(state)
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFormatError(f"{path} cannot be loaded into the configured model: {exc}") from None
+    return vae.eval(), cnn.eval()
