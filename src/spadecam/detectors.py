@@ -113,14 +113,23 @@ def _batches(X: Any, batch_size: int) -> Iterator[torch.Tensor]:
     if isinstance(X, (np.ndarray, torch.Tensor, list)):
         t = as_image_tensor(X)
         for i in range(0, t.shape[0], batch_size):
-            yield to_float_images(t[i : i + batch_size])
+            yield _channels_last(to_float_images(t[i : i + batch_size]))
         return
     if not isinstance(X, Iterable):
         raise ValueError(f"X must be an array, a tensor or an iterable of batches, got {type(X)}")
     for j, batch in enumerate(X):
         if isinstance(batch, (tuple, list)) and not isinstance(batch, np.ndarray):
             batch = batch[0]
-        yield to_float_images(as_image_tensor(batch, name=f"X batch {j}"))
+        yield _channels_last(to_float_images(as_image_tensor(batch, name=f"X batch {j}")))
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # NHWC is the fast layout for oneDNN convolutions on the CPU (about 1.5-2x here)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _prepare(model: nn.Module) -> nn.Module:
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- scoring blocks
@@ -282,7 +291,7 @@ class VAEDetector(_BaseDetector):
         if xn.shape[0] < 2:
             raise ValueError("fit needs at least 2 normal images (y == 0)")
         cfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
-        self.vae_ = train_vae(xn, cfg, self.vae_train)
+        self.vae_ = _prepare(train_vae(xn, cfg, self.vae_train))
         self._set_threshold(xn)
         return self
 
@@ -290,7 +299,7 @@ class VAEDetector(_BaseDetector):
     def from_models(cls, vae: ConvVAE, **params: Any) -> VAEDetector:
         """A fitted detector around an already trained VAE (``threshold_`` left unset)."""
         det = cls(**params)
-        det.vae_ = vae.eval()
+        det.vae_ = _prepare(vae)
         det.threshold_ = None
         return det
 
@@ -344,7 +353,7 @@ class CNNDetector(_BaseDetector):
         if not ((yt == 0).any() and (yt == 1).any()):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         cfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.cnn_ = train_cnn(x, yt, cfg, self.cnn_train, self.loss)
+        self.cnn_ = _prepare(train_cnn(x, yt, cfg, self.cnn_train, self.loss))
         self._set_threshold(x[yt == 0])
         return self
 
@@ -352,7 +361,7 @@ class CNNDetector(_BaseDetector):
     def from_models(cls, cnn: ConvClassifier, **params: Any) -> CNNDetector:
         """A fitted detector around an already trained classifier."""
         det = cls(**params)
-        det.cnn_ = cnn.eval()
+        det.cnn_ = _prepare(cnn)
         det.threshold_ = None
         return det
 
@@ -458,8 +467,8 @@ class SPADE(_BaseDetector):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         vcfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
         ccfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.vae_ = train_vae(x[yt == 0], vcfg, self.vae_train)
-        self.cnn_ = train_cnn(x, yt, ccfg, self.cnn_train, self.loss)
+        self.vae_ = _prepare(train_vae(x[yt == 0], vcfg, self.vae_train))
+        self.cnn_ = _prepare(train_cnn(x, yt, ccfg, self.cnn_train, self.loss))
         self._set_threshold(x[yt == 0])
         return self
 
@@ -470,8 +479,8 @@ class SPADE(_BaseDetector):
         Used by the reproduction, which trains the VAE once and a classifier per known class.
         """
         det = cls(**params)
-        det.vae_ = vae.eval()
-        det.cnn_ = cnn.eval()
+        det.vae_ = _prepare(vae)
+        det.cnn_ = _prepare(cnn)
         det.threshold_ = None
         return det
 
