@@ -1,7 +1,11 @@
 """Command-line interface: a thin layer over the Python API.
 
-    spadecam reproduce noisy-mnist [--known 1,3,5,7,9] [--seeds 0] [--quick] [--data-dir D] [--out DIR]
+    spadecam reproduce noisy-mnist [--known 1,3,5,7,9] [--seeds 0] [--quick] [--ablations]
+                                   [--recipe paper|spadecam] [--data-dir D] [--out DIR]
     spadecam download [--cache-dir D]
+    spadecam train --normal DIR --anomaly DIR [--anomaly DIR ...] --out MODEL_DIR [options]
+    spadecam score MODEL_DIR INPUT... [--out scores.csv] [--maps DIR]
+    spadecam evaluate MODEL_DIR --normal DIR --anomaly DIR [--masks DIR] [--out metrics.json]
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--out", default="runs/noisy-mnist", help="output folder (default runs/noisy-mnist)")
     rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    rep.add_argument(
+        "--ablations", action="store_true",
+        help="also score SPADE without each of the paper's modifications (ablations.csv)",
+    )
+    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
     dl = sub.add_parser(
         "download",
@@ -62,6 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Download the four MNIST IDX files and check their sha256.",
     )
     dl.add_argument("--cache-dir", default=None, help="target folder (default ~/.cache/spadecam/mnist)")
+    _add_image_commands(sub)
     return p
 
 
@@ -76,6 +86,142 @@ def _data_dir(args: argparse.Namespace) -> str | None:
         raise
 
 
+_TRAIN_EXAMPLE = """\
+example (three folders of PNGs):
+  spadecam train --normal good/ --anomaly scratch/ --out model/
+  spadecam score model/ new_images/ --out scores.csv --maps overlays/
+  spadecam evaluate model/ --normal test/good --anomaly test/bad --masks test/masks \\
+      --out metrics.json
+
+Images: PNG, TIFF, JPEG or BMP; 8- or 16-bit grey (16-bit kept at full precision and
+divided by 65535), RGB, RGBA (alpha dropped) or palette. Each is resized to
+--image-size x --image-size (--resize resize stretches; letterbox keeps the aspect ratio
+and pads with black). Folders are read without recursion."""
+
+
+def _add_image_commands(sub) -> None:
+    """train / score / evaluate on the user's own image folders (spadecam.workflow)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    tr = sub.add_parser(
+        "train",
+        help="train SPADE on folders of normal and known-anomaly images",
+        description=(
+            "Train SPADE on your own images: a VAE learns the normal images, a classifier\n"
+            "separates them from the known anomalies, and a decision threshold is set on\n"
+            "held-out images. Writes MODEL_DIR: safetensors weights and config.json."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+    )
+    tr.add_argument("--normal", action="append", required=True, metavar="DIR",
+                    help="folder of normal images (repeat for several folders)")
+    tr.add_argument("--anomaly", action="append", required=True, metavar="DIR",
+                    help="folder of known-anomaly images (repeat for several folders)")
+    tr.add_argument("--out", required=True, metavar="MODEL_DIR",
+                    help="model directory to write (new, empty, or an older model)")
+    tr.add_argument("--image-size", type=int, default=128, metavar="N",
+                    help="side of the square model input in pixels (default 128)")
+    tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                    help="convert every image to 1 (grey) or 3 (colour) channels; default: "
+                    "the images' own count, which must then be the same for all")
+    tr.add_argument("--resize", choices=["resize", "letterbox"], default="resize",
+                    help="resize: stretch to the square (default); letterbox: keep the "
+                    "aspect ratio and pad with black")
+    tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
+                    help="classifier: the paper's 3-conv CNN (default) or a ResNet-18 "
+                    "(needs --image-size >= 32; Grad-CAM grid = size / 32)")
+    tr.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--latent-dim", type=int, default=128,
+                    help="VAE latent dimension (default 128, the paper's)")
+    tr.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    tr.add_argument("--threshold-holdout", type=float, default=0.1, metavar="FRACTION",
+                    help="share of normal and of known-anomaly images held out of training "
+                    "to set the threshold (default 0.1)")
+    tr.add_argument("--threshold-quantile", type=float, default=0.99, metavar="Q",
+                    help="with no held-out anomaly: flag scores above this quantile of "
+                    "held-out normal scores (default 0.99); else the F1-max point is used")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    sc = sub.add_parser(
+        "score",
+        help="score images with a trained model (CSV of path,score,label; overlays)",
+        description=(
+            "Score images with a model directory from `spadecam train`. Prints or writes a\n"
+            "CSV with columns path,score,label: score is SPADE's anomaly score (higher =\n"
+            "more anomalous), label the decision (1 = anomalous: score > the model's\n"
+            "threshold, 0 = normal)."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+    )
+    sc.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
+    sc.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    sc.add_argument("--out", metavar="CSV", help="write the CSV here (default: print it)")
+    sc.add_argument("--maps", metavar="DIR",
+                    help="write one PNG per image: the weighted reconstruction error over the "
+                    "image (brighter = more anomalous)")
+    sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="image AUROC, AUPR, F1-max (and pixel AUROC with masks) on labelled folders",
+        description=(
+            "Evaluate a model directory on labelled test folders: image AUROC, AUPR, F1-max\n"
+            "and the precision/recall of its decisions; pixel AUROC when --masks are given.\n"
+            "Masks are matched to anomalous images by file stem (name.png or name_mask.png);\n"
+            "any non-zero mask pixel is anomalous."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+    )
+    ev.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
+    ev.add_argument("--normal", action="append", metavar="DIR", help="folder of normal test images")
+    ev.add_argument("--anomaly", action="append", metavar="DIR",
+                    help="folder of anomalous test images (repeatable)")
+    ev.add_argument("--masks", action="append", metavar="DIR",
+                    help="ground-truth masks: one folder, or one per --anomaly folder in order")
+    ev.add_argument("--mvtec", metavar="CATEGORY_DIR",
+                    help="an MVTec AD category (uses its test/ and ground_truth/ folders) "
+                    "instead of --normal/--anomaly/--masks")
+    ev.add_argument("--out", metavar="JSON", help="write the metrics here (default: print them)")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _run_image_command(args: argparse.Namespace) -> int:
+    """Run train / score / evaluate; errors are printed by main (exit code 2)."""
+    import json
+
+    from spadecam import workflow
+
+    progress = not args.no_progress
+    if args.command == "train":
+        path = workflow.train(
+            args.normal, args.anomaly, args.out, image_size=args.image_size,
+            channels=args.channels, backbone=args.backbone, epochs=args.epochs, seed=args.seed,
+            resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
+            threshold_quantile=args.threshold_quantile,
+            threshold_holdout=args.threshold_holdout, progress=progress,
+        )
+        print(f"model written to {path}")
+    elif args.command == "score":
+        rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress)
+        flagged = sum(r["label"] for r in rows)
+        if args.out is None:
+            print(workflow.rows_to_csv(rows), end="")
+        else:
+            print(f"scored {len(rows)} images, {flagged} flagged anomalous; wrote {args.out}")
+        if args.maps is not None:
+            print(f"overlays in {args.maps}")
+    else:
+        metrics = workflow.evaluate(
+            args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
+            progress,
+        )
+        if args.out is None:
+            print(json.dumps(metrics, indent=2))
+        else:
+            print(f"image AUROC {metrics['image_auroc']:.4f}; wrote {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spadecam`` console script. Returns the exit code."""
     args = _build_parser().parse_args(argv)
@@ -84,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spadecam.data import MNISTDownloadError, MNISTFormatError, MNISTNotFoundError
 
     try:
+        if args.command in ("train", "score", "evaluate"):
+            return _run_image_command(args)
         if args.command == "download":
             from spadecam.data import download_mnist
 
@@ -102,9 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data_dir=_data_dir(args),
                 out_dir=args.out,
                 progress=not args.no_progress,
+                ablations=args.ablations,
+                figures=not args.no_figures,
             )
             return 0
-    except (MNISTNotFoundError, MNISTFormatError, MNISTDownloadError, ValueError) as exc:
+    except (
+        MNISTNotFoundError, MNISTFormatError, MNISTDownloadError, ValueError, OSError
+    ) as exc:
         print(f"spadecam: error: {exc}", file=sys.stderr)
         return 2
     return 1

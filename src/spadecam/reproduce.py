@@ -18,15 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spadecam.cam import grad_cam, normalise_roi, upsample_roi
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
-from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
+from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, reconstruction_error
 from spadecam.evaluation import (
+    METHOD_LABELS,
     METHODS,
     atomic_write_text,
     auroc,
     format_table,
     write_results_csv,
 )
+from spadecam.figures import plot_gallery, plot_roc_curves, plot_roi_rows, plot_samples
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.training import TrainConfig, train_cnn, train_vae
@@ -74,6 +77,105 @@ class Recipe:
     n_test: int | None = None
     train_copies: int = 1
     noisy: NoisyMNISTConfig = field(default_factory=NoisyMNISTConfig)
+
+
+#: SPADE variants scored on the same models for the ablation table (issue: which of the
+#: paper's modifications matter). Keys are the method names in ablations.csv.
+ABLATIONS: dict[str, dict] = {
+    "spade_no_recon_roi": {"recon_branch": "none"},
+    "spade_relu_input": {"input_branch": "relu"},
+    "spade_no_normalise": {"normalise": False},
+    "spade_abs_both": {"recon_branch": "abs"},
+    "spade_cam_layer_-2": {"cam_layer": -2},
+}
+ABLATION_LABELS = {
+    "spade": "SPADE (eq. 5)",
+    "spade_no_recon_roi": "without the reconstruction ROI",
+    "spade_relu_input": "ReLU instead of Abs on the input",
+    "spade_no_normalise": "without normalisation (raw L)",
+    "spade_abs_both": "Abs on both",
+    "spade_cam_layer_-2": "CAM at the penultimate conv layer",
+}
+_BATCH = 256
+
+
+def _row(method: str, k: int, seed: int, value: float) -> dict:
+    return {"method": method, "known_class": k, "seed": seed, "auroc": value}
+
+
+def _float(u8: torch.Tensor) -> torch.Tensor:
+    return u8.float().div_(255).contiguous(memory_format=torch.channels_last)
+
+
+def _reconstruct(vae, u8: torch.Tensor) -> torch.Tensor:
+    vae = vae.eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return torch.cat(
+            [vae.reconstruct(_float(u8[i : i + _BATCH])) for i in range(0, len(u8), _BATCH)]
+        )
+
+
+def _spade_scores(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> np.ndarray:
+    parts = [
+        det.error_map_from_reconstruction(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
+        .sum(dim=(1, 2))
+        for i in range(0, len(u8), _BATCH)
+    ]
+    return torch.cat(parts).double().numpy()
+
+
+def _figures_for_model(out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int) -> None:
+    """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery."""
+    # one normal, the known class and unknown digits, in a fixed order
+    picks = [int(np.flatnonzero(digits == d)[0]) for d in (0, k, 2, 4, 6, 8) if d in digits]
+    u = _float(u8[picks])
+    uh = u_hat[picks]
+    size = u.shape[-2:]
+    plot_samples(u8[:24, 0].numpy(), [f"digit {d}" for d in digits[:24]], out / "samples.png")
+    with torch.inference_mode():
+        m_u = grad_cam(cnn, u, layer=r.cam_layer)
+        m_h = grad_cam(cnn, uh, layer=r.cam_layer)
+        m_u_small = grad_cam(cnn, u, layer=-2)
+        m_h_small = grad_cam(cnn, uh, layer=-2)
+
+    def up(m):
+        return upsample_roi(m.float(), size, r.upsample).numpy()
+
+    e = (u - uh).abs().sum(1)
+    roi = upsample_roi((m_u.abs() + m_h.clamp_min(0)).float(), size, r.upsample)
+    titles = [f"digit {digits[i]}" for i in picks]
+    plot_roi_rows(
+        {
+            "input u": u[:, 0].numpy(),
+            "reconstruction": uh[:, 0].numpy(),
+            "ReLU(M(u))": up(m_u.clamp_min(0)),
+            "Abs(M(u))": up(m_u.abs()),
+            "L (eq. 5)": roi.numpy(),
+            "weighted error e'": (e * normalise_roi(roi)).numpy(),
+        },
+        titles, out / "roi_relu_vs_abs.png", image_keys=("input u", "reconstruction"),
+    )
+    roi_small = upsample_roi((m_u_small.abs() + m_h_small.clamp_min(0)).float(), size, r.upsample)
+    plot_roi_rows(
+        {
+            "input u": u[:, 0].numpy(),
+            "small ROI (conv -2)": roi_small.numpy(),
+            "e' small": (e * normalise_roi(roi_small)).numpy(),
+            "large ROI (conv -1)": roi.numpy(),
+            "e' large": (e * normalise_roi(roi)).numpy(),
+        },
+        titles, out / "roi_small_vs_large.png", image_keys=("input u",),
+    )
+    det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample)
+    n = min(len(u8), 2000)
+    maps = torch.cat([
+        det.error_map_from_reconstruction(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
+        for i in range(0, n, _BATCH)
+    ])
+    plot_gallery(
+        u8[:n, 0].float().div(255).numpy(), maps.numpy(), maps.sum((1, 2)).numpy(),
+        digits[:n], out / "gallery.png",
+    )
 
 
 def _paper_recipe() -> Recipe:
@@ -136,6 +238,8 @@ def run_noisy_mnist(
     data_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    ablations: bool = False,
+    figures: bool = True,
     log=print,
 ) -> list[dict]:
     """Run the Noisy-MNIST benchmark and return one row per (method, known class, seed).
@@ -153,7 +257,11 @@ def run_noisy_mnist(
     data_dir : path, optional
         MNIST IDX folder (else ``SPADECAM_DATA`` or ``../shared/data/mnist``).
     out_dir : path, optional
-        If given, ``results.csv`` and ``table.md`` are written there (atomically).
+        If given, ``results.csv`` and ``table.md`` are written there (atomically), and the
+        figures (samples, ROIs, ROC curves, gallery) when ``figures``.
+    ablations : bool
+        Also score the SPADE variants of :data:`ABLATIONS` on the same models and write
+        ``ablations.csv``.
 
     Returns
     -------
@@ -181,74 +289,82 @@ def run_noisy_mnist(
     )
 
     rows: list[dict] = []
-    timings: dict[str, float] = {}
+    ablation_rows: list[dict] = []
+    roc_scores: dict[int, dict[str, np.ndarray]] = {}
     for seed in seeds:
         digits_normal = x_train[y_train == NORMAL_DIGIT][: r.n_train_normal]
         x_normal = _to_tensor(
             _render(digits_normal, _TRAIN_SEED_BASE + seed, r.train_copies, r.noisy)
         )
-        t0 = time.perf_counter()
         vae = train_vae(
             x_normal, r.vae, dataclasses.replace(r.vae_train, seed=seed, progress=progress)
         )
-        timings[f"vae_train_s{seed}"] = time.perf_counter() - t0
-        vae_det = VAEDetector.from_models(vae)
-        t0 = time.perf_counter()
         # The VAE does not depend on the known class: reconstruct the test set once.
-        scores_vae = vae_det.decision_function(u_test)
-        u_hat = torch.cat(
-            [vae.reconstruct(u_test[i : i + 512].float() / 255) for i in range(0, len(u_test), 512)]
+        u_hat = _reconstruct(vae, u_test)
+        scores_vae = np.concatenate(
+            [
+                reconstruction_error(_float(u_test[i : i + _BATCH]), u_hat[i : i + _BATCH])
+                .sum(dim=(1, 2, 3)).double().numpy()
+                for i in range(0, len(u_test), _BATCH)
+            ]
         )
-        timings[f"vae_score_s{seed}"] = time.perf_counter() - t0
-        for k in known:
-            rows.append(dict(method="vae", known_class=k, seed=seed, auroc=auroc(labels, scores_vae)))
         for k in known:
             digits_k = x_train[y_train == k][: r.n_train_known]
             # a different render seed per class, so known-class images differ across classes
-            x_k = _to_tensor(_render(digits_k, _TRAIN_SEED_BASE + seed + 17 * k, r.train_copies, r.noisy))
+            x_k = _to_tensor(
+                _render(digits_k, _TRAIN_SEED_BASE + seed + 17 * k, r.train_copies, r.noisy)
+            )
             x = torch.cat([x_normal, x_k])
             y = torch.cat([torch.zeros(len(x_normal)), torch.ones(len(x_k))]).long()
-            t0 = time.perf_counter()
             cnn = train_cnn(
                 x, y, r.cnn, dataclasses.replace(r.cnn_train, seed=seed, progress=progress), r.loss
             )
-            timings[f"cnn{k}_train_s{seed}"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            dets = {
-                "cnn": CNNDetector.from_models(cnn),
-                "naive_spade": NaiveSPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample),
-                "spade": SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample),
+            base = {"cam_layer": r.cam_layer, "upsample": r.upsample}
+            scores = {
+                "vae": scores_vae,
+                "cnn": CNNDetector.from_models(cnn).decision_function(u_test),
+                "naive_spade": _spade_scores(NaiveSPADE.from_models(vae, cnn, **base),
+                                             u_test, u_hat),
+                "spade": _spade_scores(SPADE.from_models(vae, cnn, **base), u_test, u_hat),
             }
-            scores = {"cnn": dets["cnn"].decision_function(u_test)}
-            for name in ("naive_spade", "spade"):
-                det = dets[name]
-                parts = [
-                    det.error_map_from_reconstruction(
-                        u_test[i : i + 256].float() / 255, u_hat[i : i + 256]
-                    ).sum(dim=(1, 2))
-                    for i in range(0, len(u_test), 256)
-                ]
-                scores[name] = torch.cat(parts).double().numpy()
-            timings[f"cnn{k}_score_s{seed}"] = time.perf_counter() - t0
-            for name, s in scores.items():
-                rows.append(dict(method=name, known_class=k, seed=seed, auroc=auroc(labels, s)))
+            for name in METHODS:
+                rows.append(_row(name, k, seed, auroc(labels, scores[name])))
             log(
                 f"seed {seed} known {k}: "
-                + ", ".join(f"{m} {auroc(labels, scores[m]) if m in scores else auroc(labels, scores_vae):.3f}" for m in METHODS)
+                + ", ".join(f"{m} {rows[-len(METHODS) + i]['auroc']:.3f}"
+                            for i, m in enumerate(METHODS))
             )
-    for row in rows:
+            if ablations:
+                ablation_rows.append(rows[-1] | {"method": "spade"})
+                for name, params in ABLATIONS.items():
+                    det = SPADE.from_models(vae, cnn, **{**base, **params})
+                    a = auroc(labels, _spade_scores(det, u_test, u_hat))
+                    ablation_rows.append(_row(name, k, seed, a))
+                log("  ablations: " + ", ".join(
+                    f"{r_['method']} {r_['auroc']:.3f}" for r_ in ablation_rows[-len(ABLATIONS):]))
+            if seed == seeds[0]:
+                roc_scores[k] = scores
+                if out_dir is not None and figures and k == known[0]:
+                    _figures_for_model(Path(out_dir), vae, cnn, r, u_test, u_hat, y_test, k)
+    for row in rows + ablation_rows:
         row["recipe"] = r.name
     wall = time.perf_counter() - t_start
     table = format_table(rows)
     log("\n" + table)
+    if ablations:
+        log(format_table(ablation_rows, methods=("spade", *ABLATIONS), paper=None,
+                         labels=ABLATION_LABELS))
     log(f"wall time {wall:.0f} s")
     if out_dir is not None:
         out = Path(out_dir)
         write_results_csv(out / "results.csv", rows)
-        atomic_write_text(
-            out / "table.md",
-            f"# Noisy-MNIST AUROC, recipe `{r.name}`, seeds {list(seeds)}\n\n{table}\n"
-            f"Wall time: {wall:.0f} s on {torch.get_num_threads()} threads.\n",
-        )
-        log(f"wrote {out / 'results.csv'} and {out / 'table.md'}")
+        text = (f"# Noisy-MNIST AUROC, recipe `{r.name}`, seeds {list(seeds)}\n\n{table}\n"
+                f"Wall time: {wall:.0f} s on {torch.get_num_threads()} threads.\n")
+        atomic_write_text(out / "table.md", text)
+        if ablations:
+            write_results_csv(out / "ablations.csv", ablation_rows)
+        if figures:
+            plot_roc_curves(labels, roc_scores, out / "roc_curves.png", METHOD_LABELS)
+        log(f"wrote {out / 'results.csv'}, {out / 'table.md'}"
+            + (", ablations.csv" if ablations else "") + (" and figures" if figures else ""))
     return rows
