@@ -1,0 +1,351 @@
+"""Reading the user's own images and masks with Pillow: bit depth, channels, size.
+
+numpy + Pillow only (no torch). Every image becomes a float32 array (C, H, W) in [0, 1].
+
+Choices, and what this module does
+----------------------------------
+* **Scaling**: an image is divided by the maximum of its storage type — 255 for 8-bit and
+  65535 for 16-bit (PNG ``I;16``, TIFF ``I;16``, e.g. Kinect depth frames). 16-bit images are
+  read at full precision and never pass through 8 bits. No mean/std normalisation follows:
+  the VAE's Bernoulli likelihood (eq. 1) wants [0, 1].
+* **Modes**: ``1``, ``L``, ``LA``, ``I;16*`` are grey (1 channel); ``RGB``, ``RGBA``, ``P``
+  (palette), ``PA``, ``CMYK``, ``YCbCr`` (JPEG) are colour (3 channels). Alpha is dropped,
+  not composited. 32-bit integer or float images and 16-bit colour (which Pillow would
+  silently reduce to 8 bits) are refused with :class:`ImageError`.
+* **Channels**: ``channels=1`` turns colour into grey with the ITU-R 601-2 luma weights
+  (0.299 R + 0.587 G + 0.114 B, Pillow's own), computed in float so 16 bits survive;
+  ``channels=3`` repeats a grey image three times; ``None`` keeps the image's own count.
+* **Size policy** (:data:`RESIZE_POLICIES`): ``"resize"`` (default) stretches every image to
+  size x size and may change its aspect ratio; ``"letterbox"`` scales the longer side to
+  ``size``, keeps the aspect ratio and pads the rest with zeros (black), centred. Both use
+  Pillow's bilinear filter in 32-bit float mode ("F"; antialiased when shrinking, never
+  overshoots [0, 1]).
+* **Masks**: any non-zero pixel is anomalous; masks go through the same size policy with
+  nearest-neighbour resampling, so they stay binary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+__all__ = [
+    "GREY_MODES",
+    "COLOUR_MODES",
+    "RESIZE_POLICIES",
+    "ImageError",
+    "content_box",
+    "image_channels",
+    "image_hw",
+    "load_image",
+    "load_images",
+    "load_mask",
+    "read_image",
+    "resize_image",
+    "resize_mask",
+    "to_channels",
+]
+
+#: Pillow modes read as one grey channel (``LA`` loses its alpha).
+GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
+#: Pillow modes read as three colour channels (alpha dropped; palette expanded).
+COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr")
+#: Ways of bringing an image to size x size: stretch, or keep the aspect ratio and pad.
+RESIZE_POLICIES = ("resize", "letterbox")
+
+
+class ImageError(ValueError):
+    """An image or mask file cannot be used; the message names the file and the reason."""
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image, turning Pillow's many failure types into ImageError."""
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)")
+    try:
+        im = Image.open(path)
+        # Pillow decodes 16-bit colour PNGs straight to 8 bits; refuse instead of clipping
+        if im.mode in COLOUR_MODES and any(";16" in str(t.args) for t in im.tile):
+            raise ImageError(
+                f"{path}: 16-bit colour images cannot be read at full precision with Pillow; "
+                "save it as 16-bit grey or 8-bit colour"
+            )
+        im.load()  # decode now: truncated files fail here, not later
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except Exception as exc:  # UnidentifiedImageError, OSError("truncated"), SyntaxError, ...
+        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
+    return im
+
+
+def image_channels(image: Image.Image, path: str | os.PathLike = "<image>") -> int:
+    """Channel count an opened image is read with: 1 (grey modes) or 3 (colour modes).
+
+    Raises
+    ------
+    ImageError
+        For a mode in neither :data:`GREY_MODES` nor :data:`COLOUR_MODES`.
+    """
+    if image.mode in GREY_MODES:
+        return 1
+    if image.mode in COLOUR_MODES:
+        return 3
+    raise ImageError(
+        f"{path}: unsupported image mode {image.mode!r} (32-bit integer or float images are "
+        f"not read); supported: grey {GREY_MODES}, colour {COLOUR_MODES}"
+    )
+
+
+def image_hw(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header.
+
+    Raises
+    ------
+    ImageError
+        Missing, empty or unidentifiable file.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ImageError(f"{path}: no such file, or the file is empty")
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to float32 (C, H, W) in [0, 1] with its own channel count.
+
+    Parameters
+    ----------
+    path : path to a PNG, TIFF, JPEG or BMP file
+
+    Returns
+    -------
+    ndarray (C, H, W), float32 in [0, 1], C = 1 (grey) or 3 (colour); 8-bit values are
+    divided by 255, 16-bit values by 65535.
+
+    Raises
+    ------
+    ImageError
+        Missing, zero-byte, corrupt or truncated file; unsupported mode; 16-bit colour.
+    """
+    path = Path(path)
+    im = _open(path)
+    c = image_channels(im, path)
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float32) / 65535.0
+    elif c == 1:
+        a = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    else:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def to_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
+    """Convert (C, H, W) float images to ``channels`` channels (see the module notes).
+
+    Parameters
+    ----------
+    x : ndarray (1 or 3, H, W), float in [0, 1]
+    channels : {1, 3} or None
+        None returns ``x`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``channels`` other than 1, 3 or None, or ``x`` with other than 1 or 3 channels.
+    """
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if x.shape[0] not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got shape {x.shape}")
+    if channels is None or x.shape[0] == channels:
+        return x
+    if channels == 3:
+        return np.repeat(x, 3, axis=0)
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
+    return np.tensordot(luma, x, axes=1)[None].astype(np.float32)
+
+
+def content_box(height: int, width: int, size: int, policy: str = "resize") -> tuple[int, ...]:
+    """Where an image of height x width lands inside the size x size output.
+
+    Returns
+    -------
+    (top, left, h, w) : the pasted region; ``(0, 0, size, size)`` for ``"resize"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``policy`` or a size below 1.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    if size < 1:
+        raise ValueError(f"image size must be >= 1, got {size}")
+    if policy == "resize":
+        return 0, 0, size, size
+    scale = size / max(height, width)
+    h = min(size, max(1, round(height * scale)))
+    w = min(size, max(1, round(width * scale)))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def _resize_plane(plane: np.ndarray, hw: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    if plane.shape == hw:
+        return plane
+    out = Image.fromarray(plane).resize((hw[1], hw[0]), resample)
+    return np.asarray(out)
+
+
+def resize_image(x: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
+    """Bring a (C, H, W) float image to (C, size, size) by ``policy`` (bilinear, float).
+
+    Parameters
+    ----------
+    x : ndarray (C, H, W), float32 in [0, 1]
+    size : int, >= 1
+    policy : {"resize", "letterbox"}
+        See the module notes; letterbox pads with zeros.
+
+    Returns
+    -------
+    ndarray (C, size, size), float32 in [0, 1]
+    """
+    top, left, h, w = content_box(x.shape[1], x.shape[2], size, policy)
+    out = np.zeros((x.shape[0], size, size), dtype=np.float32)
+    for c in range(x.shape[0]):
+        plane = _resize_plane(x[c].astype(np.float32), (h, w), Image.Resampling.BILINEAR)
+        out[c, top : top + h, left : left + w] = plane
+    return np.clip(out, 0.0, 1.0)
+
+
+def resize_mask(m: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
+    """Bring a (H, W) binary mask to (size, size) with nearest-neighbour resampling.
+
+    Returns
+    -------
+    ndarray (size, size), uint8 in {0, 1}; letterbox padding is 0 (normal).
+    """
+    top, left, h, w = content_box(m.shape[0], m.shape[1], size, policy)
+    out = np.zeros((size, size), dtype=np.uint8)
+    plane = _resize_plane((m > 0).astype(np.uint8), (h, w), Image.Resampling.NEAREST)
+    out[top : top + h, left : left + w] = plane
+    return out
+
+
+def load_image(
+    path: str | os.PathLike,
+    channels: int | None = None,
+    size: int | None = None,
+    policy: str = "resize",
+    min_size: int = 1,
+) -> np.ndarray:
+    """Read one image and prepare it for the models: channels, then size.
+
+    Parameters
+    ----------
+    path : image file (PNG, TIFF, JPEG, BMP; 8- or 16-bit grey, RGB, RGBA, palette)
+    channels : {1, 3} or None
+        Output channels (None keeps the file's own).
+    size : int or None
+        Output height = width (None keeps the file's size).
+    policy : {"resize", "letterbox"}
+    min_size : int
+        Smallest accepted height and width of the file, e.g. the networks' minimum input.
+
+    Returns
+    -------
+    ndarray (C, H, W), float32 in [0, 1]
+
+    Raises
+    ------
+    ImageError
+        Unreadable file (see :func:`read_image`) or a side below ``min_size``.
+    """
+    x = read_image(path)
+    if min(x.shape[1:]) < min_size:
+        raise ImageError(
+            f"{path}: image is {x.shape[2]}x{x.shape[1]} pixels, smaller than the network's "
+            f"minimum of {min_size}x{min_size}"
+        )
+    x = to_channels(x, channels)
+    return resize_image(x, size, policy) if size is not None else x
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    channels: int | None,
+    size: int,
+    policy: str = "resize",
+    min_size: int = 1,
+    progress: bool = True,
+    desc: str = "reading images",
+) -> tuple[np.ndarray, int]:
+    """Read many images into one float32 batch (N, C, size, size) in [0, 1].
+
+    With ``channels=None`` all images must have the same channel count, which is then used;
+    otherwise each image is converted.
+
+    Returns
+    -------
+    images : ndarray (N, C, size, size), float32 in [0, 1]
+    channels : int, the C used
+
+    Raises
+    ------
+    ImageError
+        An unreadable or too small file, or mixed grey and colour files with
+        ``channels=None`` (the message names one file of each kind).
+    ValueError
+        No paths.
+    """
+    if not paths:
+        raise ValueError("no images to read")
+    out: list[np.ndarray] = []
+    first: tuple[int, Path] | None = None
+    for p in tqdm(paths, desc=desc, disable=not progress, leave=False):
+        x = load_image(p, None, None, policy, min_size)
+        if channels is None:
+            if first is None:
+                first = (x.shape[0], Path(p))
+            elif x.shape[0] != first[0]:
+                raise ImageError(
+                    f"mixed channel counts: {first[1]} has {first[0]} channel(s) but {p} has "
+                    f"{x.shape[0]}; pass --channels 1 or --channels 3 (channels=1 or 3) to "
+                    "convert them all"
+                )
+        out.append(resize_image(to_channels(x, channels), size, policy))
+    return np.stack(out), out[0].shape[0]
+
+
+def load_mask(
+    path: str | os.PathLike, size: int | None = None, policy: str = "resize"
+) -> np.ndarray:
+    """Read a ground-truth mask: any non-zero pixel (in any channel) is anomalous.
+
+    Returns
+    -------
+    ndarray (H, W) or (size, size), uint8 in {0, 1}
+
+    Raises
+    ------
+    ImageError
+        Unreadable file or unsupported mode.
+    """
+    path = Path(path)
+    x = read_image(path)
+    m = (x > 0).any(axis=0).astype(np.uint8)
+    return resize_mask(m, size, policy) if size is not None else m

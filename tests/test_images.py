@@ -1,0 +1,180 @@
+"""Reading own images: bit depths, modes, channel conversion, resize/letterbox, masks, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _own_images import png_rgb16, save
+from spadecam.data.images import (
+    ImageError,
+    content_box,
+    image_hw,
+    load_image,
+    load_images,
+    load_mask,
+    read_image,
+    resize_image,
+    to_channels,
+)
+
+RNG = np.random.default_rng(0)
+GREY8 = RNG.integers(0, 256, (12, 20), dtype=np.uint8)
+RGB8 = RNG.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+# 16-bit values that 8 bits cannot hold: neighbours differ by 1, and the top of the range
+GREY16 = np.array(
+    [[0, 1, 2, 255, 256, 257], [1000, 1001, 30000, 30001, 65534, 65535]], dtype=np.uint16
+)
+
+
+# --------------------------------------------------------------------------- bit depth
+
+
+def test_8bit_grey_png_is_divided_by_255(tmp_path):
+    x = read_image(save(tmp_path / "a.png", GREY8))
+    assert x.dtype == np.float32 and x.shape == (1, 12, 20)
+    np.testing.assert_array_equal(x[0], GREY8.astype(np.float32) / 255)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_grey_keeps_full_precision(tmp_path, suffix):
+    x = read_image(save(tmp_path / f"depth{suffix}", GREY16))
+    assert x.shape == (1, 2, 6) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0], GREY16.astype(np.float32) / 65535)
+    # neighbouring 16-bit levels stay distinct (8 bits would merge or clip them)
+    assert len(np.unique(x)) == GREY16.size
+    assert x.max() == 1.0 and x.min() == 0.0
+
+
+def test_16bit_values_survive_resizing_and_channel_conversion(tmp_path):
+    flat = np.full((8, 8), 1001, dtype=np.uint16)
+    x = load_image(save(tmp_path / "d.png", flat), channels=3, size=16)
+    assert x.shape == (3, 16, 16)
+    np.testing.assert_allclose(x, 1001 / 65535, rtol=1e-6)
+
+
+def test_16bit_colour_is_refused_not_clipped(tmp_path):
+    path = png_rgb16(tmp_path / "rgb16.png", RNG.integers(0, 65536, (4, 4, 3)))
+    with pytest.raises(ImageError, match="rgb16.png.*16-bit colour"):
+        read_image(path)
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_rgb_rgba_palette_jpeg_la_and_bilevel(tmp_path):
+    rgb = read_image(save(tmp_path / "c.png", RGB8))
+    np.testing.assert_array_equal(rgb, np.moveaxis(RGB8, -1, 0) / np.float32(255))
+    rgba = np.dstack([RGB8, np.full((12, 20), 7, np.uint8)])
+    np.testing.assert_array_equal(read_image(save(tmp_path / "c4.png", rgba)), rgb)  # alpha out
+    pal = Image.fromarray(RGB8).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(tmp_path / "p.png")
+    xp = read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(xp, read_image(save(tmp_path / "pc.png",
+                                                      np.asarray(pal.convert("RGB")))))
+    jpg = read_image(save(tmp_path / "j.jpg", RGB8, quality=95))
+    assert jpg.shape == (3, 12, 20) and 0 <= jpg.min() and jpg.max() <= 1
+    la = Image.fromarray(GREY8).convert("LA")
+    la.save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png")[0], GREY8 / np.float32(255))
+    Image.fromarray(GREY8 > 127).save(tmp_path / "b.png")
+    assert set(np.unique(read_image(tmp_path / "b.png"))) <= {0.0, 1.0}
+
+
+def test_channel_conversion_uses_pillow_luma_and_repeats_grey(tmp_path):
+    grey = to_channels(read_image(save(tmp_path / "c.png", RGB8)), 1)
+    pillow = np.asarray(Image.fromarray(RGB8).convert("L"), dtype=np.float32) / 255
+    np.testing.assert_allclose(grey[0], pillow, atol=1 / 255 + 1e-6)
+    three = to_channels(grey, 3)
+    assert three.shape == (3, 12, 20) and (three == grey).all()
+    with pytest.raises(ValueError, match="channels"):
+        to_channels(grey, 2)
+
+
+def test_unsupported_modes_are_named(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageError, match=r"float.tif.*unsupported image mode 'F'"):
+        read_image(tmp_path / "float.tif")
+    Image.fromarray(np.zeros((4, 4), np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(ImageError, match=r"int32.tif.*unsupported image mode 'I'"):
+        read_image(tmp_path / "int32.tif")
+
+
+# --------------------------------------------------------------------------- broken files
+
+
+def test_corrupt_zero_byte_truncated_and_missing_files(tmp_path):
+    good = save(tmp_path / "good.png", GREY8).read_bytes()
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "corrupt.png").write_bytes(b"this is not an image" * 5)
+    (tmp_path / "trunc.png").write_bytes(good[: len(good) // 2])
+    jpg = save(tmp_path / "full.jpg", RGB8).read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(jpg[: len(jpg) // 2])
+    for name, why in [("zero.png", "empty"), ("corrupt.png", "cannot read"),
+                      ("trunc.png", "truncated"), ("trunc.jpg", "truncated"),
+                      ("missing.png", "no such file")]:
+        with pytest.raises(ImageError, match=rf"(?i){name}.*{why}"):
+            read_image(tmp_path / name)
+
+
+# --------------------------------------------------------------------------- size policy
+
+
+def test_resize_stretches_non_square_images():
+    x = np.random.default_rng(1).random((1, 10, 30), dtype=np.float32)
+    out = resize_image(x, 16, "resize")
+    assert out.shape == (1, 16, 16) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    np.testing.assert_array_equal(resize_image(x[:, :, :10], 10), x[:, :, :10])  # no-op size
+
+
+def test_letterbox_keeps_aspect_ratio_and_pads_with_zeros():
+    x = np.full((3, 10, 30), 0.5, dtype=np.float32)  # wide: 3x as wide as high
+    assert content_box(10, 30, 15, "letterbox") == (5, 0, 5, 15)
+    out = resize_image(x, 15, "letterbox")
+    assert out.shape == (3, 15, 15)
+    np.testing.assert_allclose(out[:, 5:10], 0.5, rtol=1e-6)
+    assert (out[:, :5] == 0).all() and (out[:, 10:] == 0).all()
+    with pytest.raises(ValueError, match="resize policy"):
+        resize_image(x, 15, "crop")
+
+
+def test_mixed_sizes_load_into_one_batch(tmp_path):
+    a = save(tmp_path / "a.png", GREY8)  # 20x12
+    b = save(tmp_path / "b.png", RNG.integers(0, 256, (40, 33), dtype=np.uint8))
+    x, c = load_images([a, b], None, 24, "letterbox", progress=False)
+    assert x.shape == (2, 1, 24, 24) and c == 1 and x.dtype == np.float32
+
+
+def test_masks_are_binary_after_nearest_resizing(tmp_path):
+    m = np.zeros((12, 20), np.uint8)
+    m[3:9, 5:15] = 255
+    path = save(tmp_path / "m.png", m)
+    assert image_hw(path) == (12, 20)
+    native = load_mask(path)
+    np.testing.assert_array_equal(native, (m > 0).astype(np.uint8))
+    for policy in ("resize", "letterbox"):
+        small = load_mask(path, 7, policy)
+        assert small.shape == (7, 7) and set(np.unique(small)) == {0, 1}
+    assert load_mask(path, 40, "letterbox")[:8].max() == 0  # padding rows are normal
+
+
+# --------------------------------------------------------------------------- batch errors
+
+
+def test_mixed_channel_counts_need_explicit_channels(tmp_path):
+    g = save(tmp_path / "grey.png", GREY8)
+    c = save(tmp_path / "colour.png", RGB8)
+    with pytest.raises(ImageError, match=r"grey.png.*colour.png.*--channels"):
+        load_images([g, c], None, 16, progress=False)
+    for channels in (1, 3):
+        x, used = load_images([g, c], channels, 16, progress=False)
+        assert x.shape == (2, channels, 16, 16) and used == channels
+
+
+def test_image_smaller_than_network_minimum_is_named(tmp_path):
+    tiny = save(tmp_path / "tiny.png", GREY8[:8, :8])
+    ok = save(tmp_path / "ok.png", GREY8[:, :16])  # 16 x 12: above a minimum of 12
+    with pytest.raises(ImageError, match=r"tiny.png.*8x8.*minimum of 12x12"):
+        load_images([ok, tiny], 1, 32, min_size=12, progress=False)
