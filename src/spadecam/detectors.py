@@ -17,6 +17,7 @@ sees both. Methods (Narita et al., arXiv 1810.02607, section III):
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,9 +32,11 @@ from spadecam.cam import (
     upsample_roi,
     weighted_error,
 )
-from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
+from spadecam.io import ModelFormatError, load_models, read_config, save_models
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier, classifier_loss
+from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
+from spadecam.training import TrainConfig, _fit, to_float_images, train_cnn, train_vae
 
 __all__ = [
     "SPADE",
@@ -42,6 +45,7 @@ __all__ = [
     "NotFittedError",
     "VAEDetector",
     "as_image_tensor",
+    "fit_threshold",
     "reconstruction_error",
     "spade_error_map",
 ]
@@ -132,6 +136,83 @@ def _prepare(model: nn.Module) -> nn.Module:
     return model.eval().to(memory_format=torch.channels_last)
 
 
+# --------------------------------------------------------------------------- threshold
+
+
+def fit_threshold(
+    normal_scores: Any, anomaly_scores: Any = None, quantile: float = 0.99
+) -> float:
+    """Decision threshold t for ``predict``: an image is anomalous when its score > t.
+
+    * Only normal scores (or no anomaly scores): t = the ``quantile`` of the normal scores
+      (numpy's linear interpolation), e.g. their 99th percentile, so about 1% of normal
+      images are flagged.
+    * With anomaly scores too: t maximises F1 (anomalous = positive) over the midpoints
+      between consecutive distinct scores; ties go to the lowest such t (higher recall).
+
+    t is never below the smallest score, so held-out data of a single class never yields
+    a threshold that flags every image.
+
+    Parameters
+    ----------
+    normal_scores : array-like (n,), float, n >= 1
+        Scores of normal images not used for training.
+    anomaly_scores : array-like (m,), float, optional
+        Scores of labelled anomalous images not used for training.
+    quantile : float in (0, 1]
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        No normal scores, non-finite scores, or ``quantile`` outside (0, 1].
+    """
+    if not 0 < quantile <= 1:
+        raise ValueError(f"threshold_quantile must be in (0, 1], got {quantile!r}")
+    n = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+    a = np.asarray([] if anomaly_scores is None else anomaly_scores, dtype=np.float64).reshape(-1)
+    if n.size == 0:
+        raise ValueError("fit_threshold needs at least one normal score")
+    if not (np.isfinite(n).all() and np.isfinite(a).all()):
+        raise ValueError("fit_threshold: scores must be finite")
+    if a.size == 0:
+        return float(np.quantile(n, quantile))
+    u = np.unique(np.concatenate([n, a]))  # sorted distinct scores
+    if u.size == 1:
+        return float(u[0])  # all scores tie: flag nothing rather than everything
+    # the midpoint between u[i] and u[i + 1] flags exactly the scores >= u[i + 1]
+    tp = a.size - np.searchsorted(np.sort(a), u[1:], side="left")
+    fp = n.size - np.searchsorted(np.sort(n), u[1:], side="left")
+    f1 = 2 * tp / (2 * tp + fp + (a.size - tp))
+    i = int(np.argmax(f1))
+    return float((u[i] + u[i + 1]) / 2)
+
+
+def _train_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: CNNConfig | ResNetConfig,
+    train: TrainConfig | None,
+    loss: str,
+) -> ConvClassifier:
+    """:func:`train_cnn` for either backbone (3-conv :class:`ConvClassifier` or ResNet-18)."""
+    if not isinstance(config, ResNetConfig):
+        return train_cnn(x, y, config, train, loss)
+    # the same loop as train_cnn, which builds a ConvClassifier itself (eq. 2)
+    train = train or TrainConfig()
+    torch.manual_seed(train.seed)
+    model = ResNetClassifier(config)
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
+        return classifier_loss(m(u).float(), batch[1], loss)
+
+    return _fit(model, (x, y.long()), loss_fn, train, "CNN")
+
+
 # --------------------------------------------------------------------------- scoring blocks
 
 
@@ -215,6 +296,12 @@ def _require(det: Any, *attrs: str) -> None:
 
 # --------------------------------------------------------------------------- detectors
 
+#: SPADE parameters stored in a model directory (the models carry their own configs).
+_SAVED_PARAMS = (
+    "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
+    "batch_size", "precision", "threshold_quantile", "threshold_holdout",
+)
+
 
 class _BaseDetector:
     """Shared PyOD-style plumbing: threshold_, predict, batching."""
@@ -222,6 +309,7 @@ class _BaseDetector:
     batch_size: int
     precision: str
     threshold_quantile: float
+    threshold_holdout: float
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
@@ -246,11 +334,52 @@ class _BaseDetector:
         _require(self, "threshold_")
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
-    def _set_threshold(self, x_normal: torch.Tensor) -> None:
-        # Scores of normal training images at a high quantile; refined with held-out data and
-        # F1-max in the image-folder workflow.
-        scores = self.decision_function(x_normal)
-        self.threshold_ = float(np.quantile(scores, self.threshold_quantile))
+    def _threshold_split(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Split off ``threshold_holdout`` of the normals and of the known anomalies.
+
+        Returns (x_fit, y_fit, x_normal_held_out, x_anomaly_held_out); the held-out parts
+        are None when ``threshold_holdout == 0``. At least 2 normals and 1 known anomaly stay
+        for training; a class too small to spare an image holds none out (normals: error).
+        """
+        frac = self.threshold_holdout
+        if not 0 <= frac < 1:
+            raise ValueError(f"threshold_holdout must be in [0, 1), got {frac!r}")
+        if frac == 0:
+            return x, y, None, None
+        seed = next(
+            (t.seed for t in (getattr(self, "vae_train", None), getattr(self, "cnn_train", None))
+             if t is not None),
+            TrainConfig().seed,
+        )
+        g = torch.Generator().manual_seed(seed + 104729)  # the training seed, offset
+        hold = torch.zeros(len(y), dtype=torch.bool)
+        for label, keep in ((0, 2), (1, 1)):
+            idx = torch.nonzero(y == label).flatten()
+            k = min(max(1, round(frac * len(idx))), len(idx) - keep) if len(idx) else 0
+            if label == 0 and k < 1:
+                raise ValueError(
+                    f"threshold_holdout={frac} needs at least 3 normal images (y == 0) to hold "
+                    f"one out and train on 2, got {len(idx)}; add images or set it to 0"
+                )
+            if k > 0:
+                hold[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
+        return x[~hold], y[~hold], x[hold & (y == 0)], x[hold & (y == 1)]
+
+    def _set_threshold(
+        self, x_normal: torch.Tensor, x_anomaly: torch.Tensor | None = None, held_out: bool = False
+    ) -> None:
+        # See fit_threshold: F1-max when held-out anomalies exist, else a normal quantile.
+        normal = self.decision_function(x_normal)
+        anomaly = None
+        if x_anomaly is not None and len(x_anomaly):
+            anomaly = self.decision_function(x_anomaly)
+        self.threshold_ = fit_threshold(normal, anomaly, self.threshold_quantile)
+        if anomaly is not None:
+            self.threshold_source_ = "f1_max_held_out"
+        else:
+            self.threshold_source_ = "quantile_held_out" if held_out else "quantile_train"
 
 
 class VAEDetector(_BaseDetector):
@@ -267,6 +396,12 @@ class VAEDetector(_BaseDetector):
         Scoring precision on the CPU (bf16 autocast).
     threshold_quantile : float
         Quantile of normal training scores used as ``threshold_``.
+    threshold_holdout : float in [0, 1)
+        Share of the normal (and of the known-anomaly) images split off with the training
+        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
+        F1-max with held-out anomalies, else the quantile of held-out normal scores).
+        0 (default) keeps every image for training and takes the quantile of the normal
+        training scores, which runs low because the models have seen those images.
     """
 
     def __init__(
@@ -276,23 +411,28 @@ class VAEDetector(_BaseDetector):
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
     ) -> None:
         self.vae_config = vae_config
         self.vae_train = vae_train
         self.batch_size = batch_size
         self.precision = precision
         self.threshold_quantile = threshold_quantile
+        self.threshold_holdout = threshold_holdout
 
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
         """Train the VAE on the normal images (y == 0) of X (eq. 1). Returns self."""
         x = as_image_tensor(X)
         yt = _as_labels(y, x.shape[0])
-        xn = x[yt == 0]
-        if xn.shape[0] < 2:
+        if (yt == 0).sum() < 2:
             raise ValueError("fit needs at least 2 normal images (y == 0)")
+        xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         cfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
-        self.vae_ = _prepare(train_vae(xn, cfg, self.vae_train))
-        self._set_threshold(xn)
+        self.vae_ = _prepare(train_vae(xf[yf == 0], cfg, self.vae_train))
+        if x_hold is None:
+            self._set_threshold(xf[yf == 0])
+        else:
+            self._set_threshold(x_hold, a_hold, held_out=True)
         return self
 
     @classmethod
@@ -323,11 +463,18 @@ class CNNDetector(_BaseDetector):
 
     Parameters
     ----------
-    cnn_config : CNNConfig, optional
-        Defaults to the paper's 3 conv layers with a GAP + linear head.
+    cnn_config : CNNConfig or ResNetConfig, optional
+        Defaults to the paper's 3 conv layers with a GAP + linear head; a
+        :class:`~spadecam.models.resnet.ResNetConfig` selects the ResNet-18-style backbone.
     cnn_train : TrainConfig, optional
     loss : {"eq2", "cross_entropy"}
         Classifier loss (eq. 2 by default).
+    threshold_holdout : float in [0, 1)
+        Share of the normal (and of the known-anomaly) images split off with the training
+        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
+        F1-max with held-out anomalies, else the quantile of held-out normal scores).
+        0 (default) keeps every image for training and takes the quantile of the normal
+        training scores, which runs low because the models have seen those images.
     """
 
     def __init__(
@@ -338,6 +485,7 @@ class CNNDetector(_BaseDetector):
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
     ) -> None:
         self.cnn_config = cnn_config
         self.cnn_train = cnn_train
@@ -345,6 +493,7 @@ class CNNDetector(_BaseDetector):
         self.batch_size = batch_size
         self.precision = precision
         self.threshold_quantile = threshold_quantile
+        self.threshold_holdout = threshold_holdout
 
     def fit(self, X: Any, y: Any) -> CNNDetector:
         """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
@@ -352,9 +501,13 @@ class CNNDetector(_BaseDetector):
         yt = _as_labels(y, x.shape[0])
         if not ((yt == 0).any() and (yt == 1).any()):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
+        xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         cfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.cnn_ = _prepare(train_cnn(x, yt, cfg, self.cnn_train, self.loss))
-        self._set_threshold(x[yt == 0])
+        self.cnn_ = _prepare(_train_classifier(xf, yf, cfg, self.cnn_train, self.loss))
+        if x_hold is None:
+            self._set_threshold(xf[yf == 0])
+        else:
+            self._set_threshold(x_hold, a_hold, held_out=True)
         return self
 
     @classmethod
@@ -383,6 +536,8 @@ class SPADE(_BaseDetector):
     ----------
     vae_config, cnn_config : optional
         Model hyper-parameters; default the paper's (4-conv VAE with 128-d latent, 3-conv CNN).
+        A :class:`~spadecam.models.resnet.ResNetConfig` as ``cnn_config`` selects the
+        ResNet-18-style classifier (the paper's Table II).
     vae_train, cnn_train : TrainConfig, optional
     loss : {"eq2", "cross_entropy"}
         Classifier loss.
@@ -402,13 +557,23 @@ class SPADE(_BaseDetector):
     precision : {"32", "bf16"}
         Scoring precision (bf16 autocast on the CPU).
     threshold_quantile : float
-        Quantile of the normal training images' scores used as ``threshold_``.
+        Quantile of the normal images' scores used as ``threshold_`` (held-out normals when
+        ``threshold_holdout > 0`` and no known anomaly is held out; training normals at 0).
+    threshold_holdout : float in [0, 1)
+        Share of the normal (and of the known-anomaly) images split off with the training
+        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
+        F1-max with held-out anomalies, else the quantile of held-out normal scores).
+        0 (default) keeps every image for training and takes the quantile of the normal
+        training scores, which runs low because the models have seen those images.
 
     Attributes
     ----------
     vae_ : ConvVAE
-    cnn_ : ConvClassifier
+    cnn_ : ConvClassifier (or its subclass ResNetClassifier)
     threshold_ : float
+        ``predict`` flags scores above it.
+    threshold_source_ : str
+        How it was set: "f1_max_held_out", "quantile_held_out" or "quantile_train".
     """
 
     def __init__(
@@ -427,6 +592,7 @@ class SPADE(_BaseDetector):
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
     ) -> None:
         self.vae_config = vae_config
         self.cnn_config = cnn_config
@@ -442,6 +608,7 @@ class SPADE(_BaseDetector):
         self.batch_size = batch_size
         self.precision = precision
         self.threshold_quantile = threshold_quantile
+        self.threshold_holdout = threshold_holdout
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -459,18 +626,94 @@ class SPADE(_BaseDetector):
         ------
         ValueError
             Bad shapes, dtypes or ranges; labels other than 0/1; no normal or no known-anomaly
-            images.
+            images; too few normal images for ``threshold_holdout``.
+
+        Notes
+        -----
+        With ``threshold_holdout > 0`` the held-out images are split off first (seeded by the
+        training seed) and neither model sees them; ``threshold_`` comes from their scores.
         """
         x = as_image_tensor(X)
         yt = _as_labels(y, x.shape[0])
         if not ((yt == 0).any() and (yt == 1).any()):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
+        xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         vcfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
         ccfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.vae_ = _prepare(train_vae(x[yt == 0], vcfg, self.vae_train))
-        self.cnn_ = _prepare(train_cnn(x, yt, ccfg, self.cnn_train, self.loss))
-        self._set_threshold(x[yt == 0])
+        self.vae_ = _prepare(train_vae(xf[yf == 0], vcfg, self.vae_train))
+        self.cnn_ = _prepare(_train_classifier(xf, yf, ccfg, self.cnn_train, self.loss))
+        if x_hold is None:
+            self._set_threshold(xf[yf == 0])
+        else:
+            self._set_threshold(x_hold, a_hold, held_out=True)
         return self
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        preprocessing: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> os.PathLike:
+        """Write a model directory: safetensors weights + config.json (:mod:`spadecam.io`).
+
+        config.json holds the format version, both model configs, the classifier backbone,
+        the detector's scoring parameters, ``threshold_`` and ``preprocessing``. Every file is
+        written to a temp file and renamed, config.json last.
+
+        Parameters
+        ----------
+        path : str or PathLike, the model directory (created if missing)
+        preprocessing : dict, optional
+            How images become inputs, e.g. ``{"image_size": 128, "channels": 1, "resize":
+            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set.
+        extra : dict, optional
+            More JSON-serialisable fields for config.json.
+
+        Returns
+        -------
+        pathlib.Path of the directory.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit`` / ``from_models``.
+        """
+        _require(self, "vae_", "cnn_")
+        params = {k: getattr(self, k) for k in _SAVED_PARAMS}
+        config = {
+            "detector": {"class": type(self).__name__, "params": params},
+            "threshold_": self.threshold_,
+            "threshold_source": getattr(self, "threshold_source_", None),
+            "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
+            **(extra or {}),
+        }
+        return save_models(path, self.vae_, self.cnn_, extra=config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """A fitted detector from a model directory written by :meth:`save` or the CLI.
+
+        Sets ``threshold_`` (None if the directory has none) and ``preprocessing_`` (dict or
+        None) from config.json.
+
+        Raises
+        ------
+        ModelFormatError
+            Missing or malformed directory, another format version, pickle files, weights
+            that do not fit the config, or a directory saved by another detector class.
+        """
+        config = read_config(path)
+        saved = config.get("detector") or {}
+        if saved.get("class", cls.__name__) != cls.__name__:
+            raise ModelFormatError(
+                f"{path} holds a {saved['class']} model; load it with {saved['class']}.load"
+            )
+        vae, cnn = load_models(path)
+        params = {k: v for k, v in (saved.get("params") or {}).items() if k in _SAVED_PARAMS}
+        det = cls.from_models(vae, cnn, **params)
+        det.threshold_ = config.get("threshold_")
+        det.preprocessing_ = config.get("preprocessing")
+        return det
 
     @classmethod
     def from_models(cls, vae: ConvVAE, cnn: ConvClassifier, **params: Any):
@@ -515,6 +758,18 @@ class SPADE(_BaseDetector):
         maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
         return torch.cat(maps).numpy()
 
+    def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`decision_function` and :meth:`anomaly_map` from one scoring pass.
+
+        Returns
+        -------
+        scores : ndarray (N,), float64, higher = more anomalous
+        maps : ndarray (N, H, W), float32, >= 0, the weighted error e' (Algorithm 1)
+        """
+        out = [self._scores_and_maps(u, True) for u in _batches(X, self.batch_size)]
+        scores = torch.cat([s for s, _ in out]).double().numpy()
+        return scores, torch.cat([m for _, m in out]).numpy()
+
 
 class NaiveSPADE(SPADE):
     """Naive SPADE baseline: e * ReLU(Grad-CAM(u)), not normalised (paper section III).
@@ -539,9 +794,10 @@ class NaiveSPADE(SPADE):
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
             recon_branch, normalise, upsample, cam_method, batch_size, precision,
-            threshold_quantile,
+            threshold_quantile, threshold_holdout,
         )

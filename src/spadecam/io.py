@@ -2,25 +2,32 @@
 
 Layout of a model directory::
 
-    MODEL_DIR/config.json        format_version, model configs, preprocessing, threshold_, ...
+    MODEL_DIR/config.json        format_version, model configs, cnn_backbone, weights_sha256,
+                                 preprocessing, threshold_, ...
     MODEL_DIR/vae.safetensors    VAE weights
     MODEL_DIR/cnn.safetensors    classifier weights
 
 Every file is written to a temp file in the same folder and renamed, and ``config.json`` is
-written last, so a crash never leaves a directory that loads as a half model.
+written last with the sha256 of both weight files, so a crash never leaves a directory that
+loads as a half model: an interrupted re-save leaves weights that fail the check, with a
+clear error. ``cnn_backbone`` is "conv" (:class:`ConvClassifier`, the default when absent) or
+"resnet" (:class:`~spadecam.models.resnet.ResNetClassifier`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 
 __all__ = ["FORMAT_VERSION", "ModelFormatError", "save_models", "load_models", "read_config"]
@@ -68,13 +75,18 @@ def save_models(
     """
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
+    hashes = {}
     for name, model in (("vae", vae), ("cnn", cnn)):
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        _atomic_bytes_writer(d / f"{name}.safetensors", lambda p, s=state: save_file(s, p))
+        data = save_bytes(state)
+        hashes[f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
+        _atomic_bytes_writer(d / f"{name}.safetensors", lambda p, b=data: Path(p).write_bytes(b))
     config = {
         "format_version": FORMAT_VERSION,
         "vae_config": vae.config.to_dict(),
         "cnn_config": cnn.config.to_dict(),
+        "cnn_backbone": "resnet" if isinstance(cnn, ResNetClassifier) else "conv",
+        "weights_sha256": hashes,
         **(extra or {}),
     }
     text = json.dumps(config, indent=2, sort_keys=True)
@@ -126,15 +138,36 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
     """
     d = Path(model_dir)
     config = read_config(d)
-    vae = ConvVAE(VAEConfig(**config["vae_config"]))
-    cnn = ConvClassifier(CNNConfig(**config["cnn_config"]))
+    backbone = config.get("cnn_backbone", "conv")
+    classifiers = {"conv": (ConvClassifier, CNNConfig), "resnet": (ResNetClassifier, ResNetConfig)}
+    if backbone not in classifiers:
+        raise ModelFormatError(
+            f"{d / 'config.json'}: unknown cnn_backbone {backbone!r}; expected one of "
+            f"{sorted(classifiers)}"
+        )
+    try:
+        vae = ConvVAE(VAEConfig(**config["vae_config"]))
+        cnn_cls, cnn_cfg = classifiers[backbone]
+        cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{d / 'config.json'}: bad model config ({exc})") from None
+    hashes = config.get("weights_sha256") or {}
     for name, model in (("vae", vae), ("cnn", cnn)):
         path = d / f"{name}.safetensors"
         if not path.is_file():
             raise ModelFormatError(f"{path} is missing")
+        data = path.read_bytes()
+        expected = hashes.get(path.name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise ModelFormatError(
+                f"{path} does not match the sha256 recorded in config.json (an interrupted or "
+                "partial save?); re-save or re-train the model"
+            )
         try:
-            state = load_file(str(path))
+            state = load_bytes(data)
             model.load_state_dict(state)
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelFormatError(f"{path} cannot be loaded into the configured model: {exc}") from None
+            raise ModelFormatError(
+                f"{path} cannot be loaded into the configured model: {exc}"
+            ) from None
     return vae.eval(), cnn.eval()
