@@ -1,0 +1,145 @@
+"""Image- and pixel-level detection metrics (scikit-learn): AUROC, AUPR, F1-max.
+
+Conventions: label 1 = anomalous (the positive class), a higher score = more anomalous.
+Image AUROC is the paper's metric (Narita et al., arXiv 1810.02607, section III); AUPR,
+F1-max and pixel AUROC are the usual companions on MVTec-style data (Bergmann et al. 2019).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from spadecam.evaluation import auroc
+
+__all__ = ["aupr", "f1_max", "image_metrics", "pixel_auroc"]
+
+
+def _check(labels: Any, scores: Any, what: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"{what} {y.shape} and scores {s.shape} differ in length")
+    if np.unique(y).size < 2:
+        raise ValueError(
+            f"{what} hold a single class ({np.unique(y).tolist()}); the metric needs both "
+            "normal (0) and anomalous (1) examples"
+        )
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite")
+    return y.astype(np.int64), s
+
+
+def aupr(labels: Any, scores: Any) -> float:
+    """Area under the precision-recall curve (average precision), anomalous = positive.
+
+    Parameters
+    ----------
+    labels : array-like (N,), {0, 1}
+    scores : array-like (N,), float, finite
+
+    Raises
+    ------
+    ValueError
+        Labels of a single class, lengths that differ, or non-finite scores.
+    """
+    y, s = _check(labels, scores)
+    return float(average_precision_score(y, s))
+
+
+def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
+    """Best F1 over all thresholds, and the threshold t reaching it (anomalous: score >= t).
+
+    Returns
+    -------
+    (f1, t) : floats, f1 in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        As :func:`aupr`.
+    """
+    y, s = _check(labels, scores)
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    p, r = precision[:-1], recall[:-1]  # the last point has no threshold
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(thresholds[i])
+
+
+def pixel_auroc(masks: Any, maps: Any, valid: Any = None) -> float:
+    """AUROC over pixels: every pixel of every image is one example.
+
+    Parameters
+    ----------
+    masks : array-like (N, H, W), {0, 1}, 1 = anomalous pixel
+    maps : array-like (N, H, W), float, the per-pixel anomaly map (e.g. SPADE's e')
+    valid : array-like (N, H, W) of bool, optional
+        Pixels to count (e.g. excluding letterbox padding); default all.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, or masks without any anomalous (or any normal) pixel.
+    """
+    m = np.asarray(masks)
+    a = np.asarray(maps, dtype=np.float64)
+    if m.shape != a.shape:
+        raise ValueError(f"masks {m.shape} and maps {a.shape} differ in shape")
+    if valid is not None:
+        v = np.asarray(valid, dtype=bool)
+        m, a = m[v], a[v]
+    y, s = _check((m > 0).astype(np.int64), a, what="pixel labels of the masks")
+    return float(roc_auc_score(y, s))
+
+
+def image_metrics(labels: Any, scores: Any, threshold: float | None = None) -> dict[str, Any]:
+    """Image-level AUROC, AUPR, F1-max and, given a threshold, the decisions' quality.
+
+    Parameters
+    ----------
+    labels : array-like (N,), {0, 1}
+    scores : array-like (N,), float
+    threshold : float, optional
+        The detector's ``threshold_`` (anomalous: score > threshold).
+
+    Returns
+    -------
+    dict with image_auroc, image_aupr, image_f1_max, image_f1_max_threshold, n_images,
+    n_normal, n_anomalous and, with a threshold, ``at_threshold``: {threshold, precision,
+    recall, f1, false_positive_rate, accuracy, n_flagged}.
+
+    Raises
+    ------
+    ValueError
+        As :func:`aupr`.
+    """
+    y, s = _check(labels, scores)
+    f1, t = f1_max(y, s)
+    out: dict[str, Any] = {
+        "n_images": int(y.size),
+        "n_normal": int((y == 0).sum()),
+        "n_anomalous": int((y == 1).sum()),
+        "image_auroc": auroc(y, s),
+        "image_aupr": aupr(y, s),
+        "image_f1_max": f1,
+        "image_f1_max_threshold": t,
+    }
+    if threshold is not None:
+        pred = s > threshold
+        tp = int((pred & (y == 1)).sum())
+        fp = int((pred & (y == 0)).sum())
+        fn = int((~pred & (y == 1)).sum())
+        tn = int((~pred & (y == 0)).sum())
+        out["at_threshold"] = {
+            "threshold": float(threshold),
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "false_positive_rate": fp / (fp + tn),
+            "accuracy": (tp + tn) / y.size,
+            "n_flagged": int(pred.sum()),
+        }
+    return out

@@ -1,0 +1,514 @@
+"""SPADE on the user's own images: train, score and evaluate from folders.
+
+These are the functions behind ``spadecam train``, ``spadecam score`` and
+``spadecam evaluate``; the CLI only parses arguments and prints. Each function checks all
+of its inputs (folders, every image, the model directory) before it writes anything, so a
+bad input leaves no file behind, and every file it writes goes to a temp file first.
+
+Preprocessing (stored in the model directory, reused by score and evaluate)
+--------------------------------------------------------------------------
+Images are read by :mod:`spadecam.data.images`: scaled to [0, 1] by their storage type's
+maximum (8- or 16-bit), converted to ``channels`` (1 or 3; by default the images' own count,
+which must then be the same for all) and brought to ``image_size`` x ``image_size`` by the
+``resize`` policy ("resize" stretches, "letterbox" keeps the aspect ratio and pads with black).
+
+Thresholds
+----------
+``spadecam train`` holds out ``threshold_holdout`` (default 10%) of the normal and of the
+known-anomaly images; ``threshold_`` is the F1-max point on them, or the
+``threshold_quantile`` (default 99th percentile) of held-out normal scores when no anomaly
+could be held out (:func:`spadecam.detectors.fit_threshold`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from spadecam.data.folders import (
+    DatasetError,
+    LabelledImages,
+    collect_inputs,
+    folder_layout,
+    mvtec_layout,
+)
+from spadecam.data.images import (
+    RESIZE_POLICIES,
+    ImageError,
+    content_box,
+    image_hw,
+    load_images,
+    load_mask,
+)
+from spadecam.detectors import SPADE
+from spadecam.evaluation import atomic_write_text
+from spadecam.io import ModelFormatError, _atomic_bytes_writer
+from spadecam.metrics import image_metrics, pixel_auroc
+from spadecam.models.cnn import CNNConfig
+from spadecam.models.resnet import ResNetConfig
+from spadecam.models.vae import VAEConfig
+from spadecam.training import TrainConfig
+
+__all__ = [
+    "BACKBONES",
+    "build_detector",
+    "evaluate",
+    "min_input_size",
+    "overlay",
+    "rows_to_csv",
+    "score",
+    "train",
+]
+
+#: Classifier backbones: the paper's 3-conv CNN ("small") and a ResNet-18 (its Table II).
+BACKBONES = ("small", "resnet18")
+#: How many normal training images set the colour scale of the overlays.
+_OVERLAY_SAMPLE = 64
+
+
+# --------------------------------------------------------------------------- models
+
+
+def min_input_size(vae_config: VAEConfig, cnn_config: CNNConfig | ResNetConfig) -> int:
+    """Smallest image side both networks accept with a non-empty last feature map.
+
+    The VAE needs its ``len(channels)`` stride-2 convolutions to leave at least one pixel;
+    the classifier needs at least its total stride (8 for the paper's CNN, 32 for ResNet-18)
+    so that its Grad-CAM grid is not pure padding.
+    """
+    k, pad = vae_config.kernel_size, (vae_config.kernel_size - 1) // 2
+    vae_min = 1
+    while True:
+        s = vae_min
+        for _ in vae_config.channels:
+            s = (s + 2 * pad - k) // 2 + 1
+        if s >= 1:
+            break
+        vae_min += 1
+    if isinstance(cnn_config, ResNetConfig):
+        cnn_min = cnn_config.min_input_size
+    else:
+        cnn_min = int(np.prod(cnn_config.strides))
+    return max(vae_min, cnn_min)
+
+
+def build_detector(
+    image_size: int,
+    channels: int,
+    backbone: str = "small",
+    epochs: int = 30,
+    seed: int = 0,
+    latent_dim: int = 128,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    threshold_quantile: float = 0.99,
+    threshold_holdout: float = 0.1,
+    progress: bool = True,
+) -> SPADE:
+    """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
+
+    Parameters
+    ----------
+    image_size : int, side of the square model input in pixels
+    channels : {1, 3}
+    backbone : {"small", "resnet18"}
+        The paper's 3-conv classifier or the ResNet-18-style one (:mod:`spadecam.models.resnet`).
+    epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier
+    latent_dim : int, the VAE's latent dimension (paper: 128; eq. 1)
+    threshold_quantile, threshold_holdout : see :class:`SPADE`
+
+    Raises
+    ------
+    ValueError
+        An unknown backbone, ``channels`` not 1 or 3, ``epochs < 1``, or an ``image_size``
+        below the networks' minimum (:func:`min_input_size`); messages name the CLI option.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=latent_dim)
+    cnn_cfg = (
+        ResNetConfig(in_channels=channels) if backbone == "resnet18"
+        else CNNConfig(in_channels=channels)
+    )
+    need = min_input_size(vae_cfg, cnn_cfg)
+    if image_size < need:
+        raise ValueError(
+            f"--image-size {image_size} is smaller than the minimum of {need} pixels for the "
+            f"{backbone} backbone and the VAE"
+        )
+    train_cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+    )
+    return SPADE(
+        vae_config=vae_cfg,
+        cnn_config=cnn_cfg,
+        vae_train=train_cfg,
+        cnn_train=train_cfg,
+        threshold_quantile=threshold_quantile,
+        threshold_holdout=threshold_holdout,
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out that would mix a model into an unrelated folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ValueError(
+            f"--out {out} is a non-empty folder that is not a spadecam model directory; "
+            "choose a new or empty folder"
+        )
+
+
+def train(
+    normal: str | os.PathLike | Sequence[str | os.PathLike],
+    anomaly: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    image_size: int = 128,
+    channels: int | None = None,
+    backbone: str = "small",
+    epochs: int = 30,
+    seed: int = 0,
+    resize: str = "resize",
+    latent_dim: int = 128,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    threshold_quantile: float = 0.99,
+    threshold_holdout: float = 0.1,
+    progress: bool = True,
+) -> Path:
+    """Train SPADE on folders of normal and known-anomaly images; write a model directory.
+
+    Parameters
+    ----------
+    normal, anomaly : folder or list of folders
+        Normal images (the VAE learns these, eq. 1) and known anomalies (the classifier
+        separates them from the normal ones, eq. 2).
+    out : path of the model directory (new, empty, or an older spadecam model)
+    image_size, channels, resize : preprocessing (see the module notes); ``channels=None``
+        uses the images' own channel count, which must be the same for all.
+    backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
+    threshold_holdout : see :func:`build_detector`.
+    progress : bool, show tqdm bars
+
+    Returns
+    -------
+    Path of the model directory: vae.safetensors, cnn.safetensors, config.json.
+
+    Raises
+    ------
+    DatasetError, ImageError, ValueError
+        A missing or empty folder, an unreadable or too small image, mixed channel counts
+        without ``channels``, a bad option value or an unusable ``out``; nothing is written.
+
+    References
+    ----------
+    Narita et al., arXiv 1810.02607, Algorithm 1 (training of the VAE and the classifier).
+    """
+    out = Path(out)
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+    _check_out_dir(out)
+    # check the options before reading any image; the minimum size does not depend on the
+    # channel count, which may only be known once the images are read
+    det = build_detector(image_size, channels or 1, backbone, epochs, seed, latent_dim)
+    need = min_input_size(det.vae_config, det.cnn_config)
+    data = folder_layout(normal, anomaly)
+    if not (data.labels == 1).any():
+        raise DatasetError("--anomaly: give at least one folder of known-anomaly images")
+    x, c = load_images(data.paths, channels, image_size, resize, need, progress)
+    det = build_detector(
+        image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
+        threshold_quantile, threshold_holdout, progress,
+    )
+    det.fit(x, data.labels)
+    normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]
+    overlay_scale = float(np.quantile(det.anomaly_map(normal_x).max(axis=(1, 2)), 0.99))
+    preprocessing = {
+        "image_size": image_size,
+        "channels": c,
+        "resize": resize,
+        "normalisation": "dtype_max",  # 8-bit / 255, 16-bit / 65535, into [0, 1]
+        "min_input_size": need,
+    }
+    extra = {
+        "backbone": backbone,
+        "overlay_scale": overlay_scale,
+        "training": {
+            "train": det.vae_train.to_dict(),
+            "normal": [str(p) for p in _as_list(normal)],
+            "anomaly": [str(p) for p in _as_list(anomaly)],
+            "n_normal": int((data.labels == 0).sum()),
+            "n_anomaly": int((data.labels == 1).sum()),
+        },
+    }
+    return Path(det.save(out, preprocessing, extra))
+
+
+def _as_list(x: Any) -> list:
+    return [x] if isinstance(x, (str, os.PathLike)) else list(x)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _load_model(model_dir: str | os.PathLike) -> tuple[SPADE, dict[str, Any], dict[str, Any]]:
+    from spadecam.io import read_config
+
+    det = SPADE.load(model_dir)
+    config = read_config(model_dir)
+    pre = det.preprocessing_
+    if not pre or det.threshold_ is None:
+        raise ModelFormatError(
+            f"{model_dir} has no preprocessing or threshold_ in config.json; it was not "
+            "written by `spadecam train` (or SPADE.save with preprocessing)"
+        )
+    return det, pre, config
+
+
+def _read(paths: Sequence[Path], pre: dict[str, Any], progress: bool) -> np.ndarray:
+    x, _ = load_images(
+        paths, pre["channels"], pre["image_size"], pre["resize"],
+        pre.get("min_input_size", 1), progress,
+    )
+    return x
+
+
+def _score(det: SPADE, x: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    scores, maps = [], []
+    step = det.batch_size
+    bar = tqdm(total=len(x), desc="scoring", disable=not progress, leave=False)
+    for i in range(0, len(x), step):
+        s, m = det.decision_function_and_map(x[i : i + step])
+        scores.append(s)
+        maps.append(m)
+        bar.update(len(s))
+    bar.close()
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
+    """Blend a weighted-error map over its image as an RGB picture.
+
+    Parameters
+    ----------
+    image : ndarray (C, H, W), float in [0, 1], C = 1 or 3
+    error_map : ndarray (H, W), float >= 0 (SPADE's e')
+    scale : float > 0
+        Map value shown at full colour; values are ``clip(map / scale, 0, 1)``. The
+        ``spadecam train`` scale is the 99th percentile of the per-image maximum over normal
+        training images, so colour means "above what normal images show" and is comparable
+        across images.
+
+    Returns
+    -------
+    ndarray (H, W, 3), uint8; the "inferno" colormap with opacity 0.6 x value.
+    """
+    from matplotlib import colormaps
+
+    v = np.clip(error_map / max(scale, 1e-12), 0.0, 1.0)
+    base = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+    base = np.moveaxis(base, 0, -1)
+    colour = colormaps["inferno"](v)[..., :3]
+    alpha = 0.6 * v[..., None]
+    return np.round(255 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
+
+
+def _map_names(paths: Sequence[Path]) -> list[str]:
+    """One PNG name per input: its stem, or parent_stem when stems repeat (then _index)."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return [f"{s}.png" for s in stems]
+    names = [f"{p.parent.name}_{p.stem}" for p in paths]
+    if len(set(names)) != len(names):
+        names = [f"{i:05d}_{n}" for i, n in enumerate(names)]
+    return [f"{n}.png" for n in names]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    _atomic_bytes_writer(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"))
+
+
+def score(
+    model_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    maps: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score images with a trained model directory; optionally write a CSV and overlays.
+
+    Parameters
+    ----------
+    model_dir : path written by :func:`train` (or ``SPADE.save`` with preprocessing)
+    inputs : image files and/or folders (folders are read without recursion)
+    out : path, optional
+        CSV with columns ``path,score,label``; ``label`` is the decision, 1 when
+        score > ``threshold_`` (anomalous), else 0.
+    maps : folder, optional
+        One PNG per image: the weighted reconstruction error e' (Algorithm 1) over the image
+        at the model's input size (see :func:`overlay`).
+    progress : bool
+
+    Returns
+    -------
+    list of dict(path=str, score=float, label=int), in input order.
+
+    Raises
+    ------
+    ModelFormatError, DatasetError, ImageError, ValueError
+        A bad model directory, a missing input, an empty folder or an unreadable or too
+        small image; nothing is written.
+    """
+    det, pre, config = _load_model(model_dir)
+    if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
+        raise ValueError(f"--maps {maps} exists and is not a folder")
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a CSV file name")
+    paths = collect_inputs(inputs)
+    x = _read(paths, pre, progress)
+    scores, error_maps = _score(det, x, progress)
+    labels = (scores > det.threshold_).astype(np.int64)
+    rows = [
+        {"path": str(p), "score": float(s), "label": int(lab)}
+        for p, s, lab in zip(paths, scores, labels)
+    ]
+    if out is not None:
+        atomic_write_text(out, rows_to_csv(rows))
+    if maps is not None:
+        d = Path(maps)
+        d.mkdir(parents=True, exist_ok=True)
+        scale = float(config.get("overlay_scale") or error_maps.max() or 1.0)
+        names = _map_names(paths)
+        for i in tqdm(range(len(paths)), desc="writing overlays", disable=not progress,
+                      leave=False):
+            _write_png(d / names[i], overlay(x[i], error_maps[i], scale))
+    return rows
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV text with the columns path,score,label (score with 9 significant digits)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "score", "label"])
+    for r in rows:
+        w.writerow([r["path"], f"{r['score']:.9g}", r["label"]])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _mask_arrays(
+    data: LabelledImages, pre: dict[str, Any], progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks (N, S, S) {0, 1}, pixel-valid flags and the images that enter pixel AUROC."""
+    size, policy = pre["image_size"], pre["resize"]
+    n = len(data)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    valid = np.ones((n, size, size), dtype=bool)
+    use = np.zeros(n, dtype=bool)
+    for i in tqdm(range(n), desc="reading masks", disable=not progress, leave=False):
+        img, mask = data.paths[i], data.masks[i]
+        if data.labels[i] == 1 and mask is None:
+            continue  # an anomaly without a mask cannot be scored per pixel
+        use[i] = True
+        hw = image_hw(img)
+        if policy == "letterbox":
+            top, left, h, w = content_box(hw[0], hw[1], size, policy)
+            valid[i] = False
+            valid[i, top : top + h, left : left + w] = True
+        if mask is None:
+            continue
+        m = load_mask(mask)
+        if m.shape != hw:
+            raise ImageError(
+                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} is "
+                f"{hw[1]}x{hw[0]}"
+            )
+        masks[i] = load_mask(mask, size, policy)
+    return masks, valid, use
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    normal: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    anomaly: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    mvtec: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Image AUROC, AUPR, F1-max (and pixel AUROC with masks) of a model on labelled folders.
+
+    Parameters
+    ----------
+    model_dir : path written by :func:`train`
+    normal, anomaly : folder or list of folders of normal / anomalous test images
+    masks : folder or list of folders, optional
+        Ground-truth masks matched to anomalous images by stem (see
+        :func:`spadecam.data.folders.folder_layout`). Pixel AUROC counts every normal image
+        (all pixels normal) and every anomalous image that has a mask, at the model's input
+        size; letterbox padding is left out.
+    mvtec : path, optional
+        An MVTec AD category folder; its ``test`` split and ``ground_truth`` masks replace
+        ``normal``, ``anomaly`` and ``masks``.
+    out : path, optional
+        Where to write the metrics as JSON (temp file, then renamed).
+
+    Returns
+    -------
+    dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
+    ``n_pixel_images`` (None / 0 without masks) and ``model_dir``.
+
+    Raises
+    ------
+    ModelFormatError, DatasetError, ImageError, ValueError
+        A bad model directory or folder, an unreadable image or mask, a mask with no image
+        or of another size than its image, or labels of a single class; nothing is written.
+    """
+    det, pre, _ = _load_model(model_dir)
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a JSON file name")
+    if mvtec is not None:
+        if normal or anomaly or masks:
+            raise ValueError("give either --mvtec or --normal/--anomaly/--masks, not both")
+        data = mvtec_layout(mvtec)[1]
+    else:
+        if not normal:
+            raise DatasetError("evaluation needs normal images: give --normal")
+        if not anomaly:
+            raise DatasetError(
+                "evaluation needs anomalous images too (AUROC of a single class is undefined): "
+                "give --anomaly"
+            )
+        data = folder_layout(normal, anomaly, masks)
+    if np.unique(data.labels).size < 2:
+        raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
+    has_masks = any(m is not None for m in data.masks)
+    mask_arr = _mask_arrays(data, pre, progress) if has_masks else None
+    x = _read(data.paths, pre, progress)
+    scores, maps = _score(det, x, progress)
+    metrics: dict[str, Any] = {"model_dir": str(model_dir)}
+    metrics.update(image_metrics(data.labels, scores, det.threshold_))
+    metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
+    if mask_arr is not None:
+        m, valid, use = mask_arr
+        metrics["pixel_auroc"] = pixel_auroc(m[use], maps[use], valid[use])
+        metrics["n_pixel_images"] = int(use.sum())
+    if out is not None:
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    return metrics
