@@ -33,10 +33,9 @@ from spadecam.cam import (
     weighted_error,
 )
 from spadecam.io import ModelFormatError, load_models, read_config, save_models
-from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier, classifier_loss
-from spadecam.models.resnet import ResNetClassifier, ResNetConfig
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.training import TrainConfig, _fit, to_float_images, train_cnn, train_vae
+from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
 
 __all__ = [
     "SPADE",
@@ -189,28 +188,6 @@ def fit_threshold(
     f1 = 2 * tp / (2 * tp + fp + (a.size - tp))
     i = int(np.argmax(f1))
     return float((u[i] + u[i + 1]) / 2)
-
-
-def _train_classifier(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    config: CNNConfig | ResNetConfig,
-    train: TrainConfig | None,
-    loss: str,
-) -> ConvClassifier:
-    """:func:`train_cnn` for either backbone (3-conv :class:`ConvClassifier` or ResNet-18)."""
-    if not isinstance(config, ResNetConfig):
-        return train_cnn(x, y, config, train, loss)
-    # the same loop as train_cnn, which builds a ConvClassifier itself (eq. 2)
-    train = train or TrainConfig()
-    torch.manual_seed(train.seed)
-    model = ResNetClassifier(config)
-
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
-        return classifier_loss(m(u).float(), batch[1], loss)
-
-    return _fit(model, (x, y.long()), loss_fn, train, "CNN")
 
 
 # --------------------------------------------------------------------------- scoring blocks
@@ -503,7 +480,7 @@ class CNNDetector(_BaseDetector):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         cfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.cnn_ = _prepare(_train_classifier(xf, yf, cfg, self.cnn_train, self.loss))
+        self.cnn_ = _prepare(train_cnn(xf, yf, cfg, self.cnn_train, self.loss))
         if x_hold is None:
             self._set_threshold(xf[yf == 0])
         else:
@@ -641,7 +618,7 @@ class SPADE(_BaseDetector):
         vcfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
         ccfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
         self.vae_ = _prepare(train_vae(xf[yf == 0], vcfg, self.vae_train))
-        self.cnn_ = _prepare(_train_classifier(xf, yf, ccfg, self.cnn_train, self.loss))
+        self.cnn_ = _prepare(train_cnn(xf, yf, ccfg, self.cnn_train, self.loss))
         if x_hold is None:
             self._set_threshold(xf[yf == 0])
         else:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
+from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
 
 __all__ = ["TrainConfig", "to_float_images", "train_cnn", "train_vae"]
@@ -220,7 +221,7 @@ def train_vae(
 def train_cnn(
     x: torch.Tensor,
     y: torch.Tensor,
-    config: CNNConfig | None = None,
+    config: CNNConfig | ResNetConfig | None = None,
     train: TrainConfig | None = None,
     loss: str = "eq2",
 ) -> ConvClassifier:
@@ -230,6 +231,8 @@ def train_cnn(
     ----------
     x : Tensor (N, C, H, W), uint8 in [0, 255] or float in [0, 1]
     y : Tensor (N,), int64, 0 = normal, 1 = known anomaly
+    config : CNNConfig or ResNetConfig
+        The backbone: the paper's small conv stack, or ResNet-18 (paper Table II).
     loss : {"eq2", "cross_entropy"}
         See :func:`spadecam.models.cnn.classifier_loss`.
 
@@ -240,7 +243,7 @@ def train_cnn(
     config = config or CNNConfig(in_channels=x.shape[1])
     train = train or TrainConfig()
     torch.manual_seed(train.seed)
-    model = ConvClassifier(config)
+    model = ResNetClassifier(config) if isinstance(config, ResNetConfig) else ConvClassifier(config)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
