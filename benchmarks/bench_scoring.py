@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from spadecam import SPADE
+from spadecam._runtime import tune_malloc
 from spadecam.cam import normalise_roi
 from spadecam.data import load_mnist, make_noisy_mnist
 from spadecam.io import load_models, save_models
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--rss-child", nargs=2, metavar=("MODEL_DIR", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(2)
+    tune_malloc()  # the same process set-up for (a), (b) and (c)
     if args.rss_child:
         print(json.dumps({"rss_kib": _rss_child(args.rss_child[0], args.data_dir,
                                                 int(args.rss_child[1]))}))

@@ -56,7 +56,7 @@ def test_run_writes_results_table_ablations_and_figures(tmp_path, one_thread):
         assert [r["method"] for r in reader] == list(METHODS)
     with open(tmp_path / "ablations.csv") as f:
         methods = [r["method"] for r in csv.DictReader(f)]
-    assert methods == ["spade", *ABLATIONS]
+    assert methods == ["spade", *ABLATIONS, "spade_bf16"]
     table = (tmp_path / "table.md").read_text()
     assert "SPADE (paper) | 0.87" in table  # the paper's known-3 figure sits beside ours
     for name in ("samples", "roi_relu_vs_abs", "roi_small_vs_large", "roc_curves", "gallery"):

@@ -225,6 +225,9 @@ def _run_image_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spadecam`` console script. Returns the exit code."""
     args = _build_parser().parse_args(argv)
+    from spadecam._runtime import tune_malloc
+
+    tune_malloc()
     import torch
 
     from spadecam.data import MNISTDownloadError, MNISTFormatError, MNISTNotFoundError
