@@ -21,6 +21,7 @@ import torch
 from spadecam.cam import grad_cam, normalise_roi, upsample_roi
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, reconstruction_error
+from spadecam.distributed import launch
 from spadecam.evaluation import (
     METHOD_LABELS,
     METHODS,
@@ -206,7 +207,25 @@ def _quick(r: Recipe) -> Recipe:
     )
 
 
-RECIPES = {"paper": _paper_recipe}
+def _spadecam_recipe() -> Recipe:
+    # Same method (eq. 1-5, Algorithm 1); what changed from the paper recipe and why:
+    # - latent_dim 128 -> 8: a wide bottleneck lets a VAE trained on 0s reconstruct other
+    #   digits too, so |u - u_hat| carried no label signal (VAE-only AUROC ~0.5). With an
+    #   oracle ROI (the true digit mask) the weighted error reaches AUROC 0.79 at 16-d and
+    #   0.85 at 8-d on our 2,000-image development slice.
+    # - cosine learning-rate decay and more VAE epochs: sharper reconstructions of normals.
+    # - CNN kernels 3 -> 5: receptive field 15 -> 29 px (digits are 28-84 px), so the CAM
+    #   sees whole strokes; CNN-only AUROC for known 3 rose from 0.84 to 0.91.
+    return Recipe(
+        name="spadecam",
+        vae=VAEConfig(latent_dim=8),
+        cnn=CNNConfig(channels=(32, 64, 64), kernel_sizes=(5, 5, 5), strides=(2, 2, 2)),
+        vae_train=TrainConfig(epochs=15, batch_size=128, lr=1e-3, schedule="cosine", patience=100),
+        cnn_train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, schedule="cosine", patience=100),
+    )
+
+
+RECIPES = {"paper": _paper_recipe, "spadecam": _spadecam_recipe}
 
 
 def get_recipe(name: str, quick: bool = False) -> Recipe:
@@ -243,6 +262,7 @@ def run_noisy_mnist(
     ablations: bool = False,
     figures: bool = True,
     log=print,
+    distributed: dict | None = None,
 ) -> list[dict]:
     """Run the Noisy-MNIST benchmark and return one row per (method, known class, seed).
 
@@ -264,6 +284,11 @@ def run_noisy_mnist(
     ablations : bool
         Also score the SPADE variants of :data:`ABLATIONS` on the same models and write
         ``ablations.csv``.
+    distributed : dict, optional
+        Lightning Fabric settings for the training loops (``accelerator``, ``devices``,
+        ``strategy``, ``num_nodes``, ``precision``; see :class:`TrainConfig`). With several
+        processes the models train under DDP (``batch_size`` per process), every process
+        scores the whole test set, and only rank 0 logs and writes ``out_dir``.
 
     Returns
     -------
@@ -278,6 +303,9 @@ def run_noisy_mnist(
     if not known or any(k < 1 or k > 9 for k in known) or len(set(known)) != len(known):
         raise ValueError(f"--known must be distinct digits in 1-9, got {known}")
     r = recipe if isinstance(recipe, Recipe) else get_recipe(recipe, quick)
+    fab = {k: v for k, v in (distributed or {}).items() if v is not None}
+    if launch(**fab).global_rank != 0:  # start the other processes (if any) first
+        log, progress, out_dir = (lambda *a, **k: None), False, None  # rank 0 reports
     t_start = time.perf_counter()
     x_train, y_train = load_mnist("train", data_dir)
     x_test, y_test = load_mnist("test", data_dir)
@@ -299,7 +327,7 @@ def run_noisy_mnist(
             _render(digits_normal, _TRAIN_SEED_BASE + seed, r.train_copies, r.noisy)
         )
         vae = train_vae(
-            x_normal, r.vae, dataclasses.replace(r.vae_train, seed=seed, progress=progress)
+            x_normal, r.vae, dataclasses.replace(r.vae_train, seed=seed, progress=progress, **fab)
         )
         # The VAE does not depend on the known class: reconstruct the test set once.
         u_hat = _reconstruct(vae, u_test)
@@ -320,7 +348,8 @@ def run_noisy_mnist(
             x = torch.cat([x_normal, x_k])
             y = torch.cat([torch.zeros(len(x_normal)), torch.ones(len(x_k))]).long()
             cnn = train_cnn(
-                x, y, r.cnn, dataclasses.replace(r.cnn_train, seed=seed, progress=progress), r.loss
+                x, y, r.cnn, dataclasses.replace(r.cnn_train, seed=seed, progress=progress, **fab),
+                r.loss,
             )
             base = {"cam_layer": r.cam_layer, "upsample": r.upsample}
             scores = {
