@@ -6,6 +6,9 @@
     spadecam train --normal DIR --anomaly DIR [--anomaly DIR ...] --out MODEL_DIR [options]
     spadecam score MODEL_DIR INPUT... [--out scores.csv] [--maps DIR]
     spadecam evaluate MODEL_DIR --normal DIR --anomaly DIR [--masks DIR] [--out metrics.json]
+
+train and reproduce also take --accelerator, --devices, --strategy, --num-nodes and
+--precision, and score the first four (Lightning Fabric; see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,32 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers like 1,3,5, got {text!r}"
         ) from None
+
+
+def _add_distributed_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """Lightning Fabric settings; unset ones come from torchrun / `fabric run`, else 1 CPU."""
+    g = p.add_argument_group(
+        "distributed (Lightning Fabric; also under torchrun or `fabric run`, see "
+        "docs/distributed.md)"
+    )
+    g.add_argument("--accelerator", choices=["cpu", "cuda", "auto"], default=None,
+                   help="device type (default cpu, or that of `fabric run`)")
+    g.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="processes (devices) per node (default 1, or as many as torchrun / "
+                   "`fabric run` started); N > 1 without a launcher starts N - 1 more copies "
+                   "of this command")
+    g.add_argument("--strategy", choices=["auto", "ddp"], default=None,
+                   help="auto: DDP when there is more than one process (default)")
+    g.add_argument("--num-nodes", type=int, default=None, metavar="N",
+                   help="machines taking part (default 1, or torchrun's)")
+    if precision:
+        g.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default=None,
+                       help="training precision (default 32)")
+
+
+def _distributed(args: argparse.Namespace) -> dict:
+    keys = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also score SPADE without each of the paper's modifications (ablations.csv)",
     )
     rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    _add_distributed_options(rep)
 
     dl = sub.add_parser(
         "download",
@@ -141,6 +171,7 @@ def _add_image_commands(sub) -> None:
                     help="with no held-out anomaly: flag scores above this quantile of "
                     "held-out normal scores (default 0.99); else the F1-max point is used")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_distributed_options(tr)
 
     sc = sub.add_parser(
         "score",
@@ -160,6 +191,7 @@ def _add_image_commands(sub) -> None:
                     help="write one PNG per image: the weighted reconstruction error over the "
                     "image (brighter = more anomalous)")
     sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_distributed_options(sc, precision=False)
 
     ev = sub.add_parser(
         "evaluate",
@@ -190,6 +222,7 @@ def _run_image_command(args: argparse.Namespace) -> int:
     import json
 
     from spadecam import workflow
+    from spadecam.distributed import global_rank
 
     progress = not args.no_progress
     if args.command == "train":
@@ -199,10 +232,15 @@ def _run_image_command(args: argparse.Namespace) -> int:
             resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
             threshold_quantile=args.threshold_quantile,
             threshold_holdout=args.threshold_holdout, progress=progress,
+            distributed=_distributed(args),
         )
-        print(f"model written to {path}")
+        if global_rank() == 0:
+            print(f"model written to {path}")
     elif args.command == "score":
-        rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress)
+        rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,
+                              distributed=_distributed(args))
+        if global_rank() != 0:
+            return 0  # rank 0 prints for every process
         flagged = sum(r["label"] for r in rows)
         if args.out is None:
             print(workflow.rows_to_csv(rows), end="")
@@ -255,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.no_progress,
                 ablations=args.ablations,
                 figures=not args.no_figures,
+                distributed=_distributed(args),
             )
             return 0
     except (

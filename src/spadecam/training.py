@@ -1,9 +1,22 @@
 """Training loops for the VAE (eq. 1) and the classifier (eq. 2), run through Lightning Fabric.
 
-Device, precision and (later) distribution are Fabric settings in :class:`TrainConfig`, so
-the loops below stay the same on CPU, one GPU or several. Each loop holds out a seeded
-validation split, shows a tqdm bar per epoch, early-stops on the validation loss and returns
-the model with the best validation weights, in eval mode on the CPU.
+Device, precision and distribution are Fabric settings in :class:`TrainConfig`, so the
+loops below stay the same on CPU, one GPU or several processes under DDP
+(:mod:`spadecam.distributed` launches them). Each loop holds out a seeded validation split,
+shows a tqdm bar per epoch, early-stops on the validation loss and returns the model with the
+best validation weights, in eval mode on the CPU; under DDP every rank returns rank 0's.
+
+Under DDP (``W`` processes) each process takes ``batch_size`` images per step, so a step
+sees ``W * batch_size`` images; the gradient is their mean, as in one process with that
+batch. What agrees and what differs across ranks:
+
+* agree: the initial weights (drawn with ``seed`` on every rank; DDP copies rank 0's too),
+  the validation split, the shuffling permutation of each epoch, the validation loss (an
+  all-reduced sum over exactly the held-out images), hence the early-stopping decision;
+* differ: the images of each step (every W-th image of the permutation, DistributedSampler)
+  and the VAE's sampling noise (:func:`spadecam.distributed.rank_seed`);
+* batch norm: statistics of each process's own batch (no SyncBatchNorm: it needs a GPU and
+  a collective per layer); the running statistics kept are rank 0's.
 """
 
 from __future__ import annotations
@@ -14,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from spadecam.distributed import launch, rank_seed, shard
 from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
@@ -41,10 +55,15 @@ class TrainConfig:
         Share of the training images held out for early stopping (0 disables it).
     patience : int
         Epochs without a better validation loss before stopping.
+    batch_size : int
+        Images per step and process: a DDP step over W processes sees W * batch_size.
     seed : int
         Seeds the weights, the split, the batch order and the VAE's sampling.
-    accelerator, devices, precision, strategy :
-        Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 1, "32-true" or "bf16-mixed").
+    accelerator, devices, num_nodes, precision, strategy :
+        Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 2, 1, "32-true" or "bf16-mixed",
+        "ddp"); ``devices`` is processes per node. ``None`` takes the launcher's value under
+        torchrun or ``fabric run``, else one process on the CPU in "32-true"
+        (:func:`spadecam.distributed.fabric_settings`).
     progress : bool
         Show a tqdm bar per epoch.
     """
@@ -57,10 +76,11 @@ class TrainConfig:
     val_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
-    accelerator: str = "cpu"
-    devices: int = 1
-    precision: str = "32-true"
-    strategy: str = "auto"
+    accelerator: str | None = None
+    devices: int | None = None
+    precision: str | None = None
+    strategy: str | None = None
+    num_nodes: int | None = None
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -75,15 +95,14 @@ def to_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def _fabric(cfg: TrainConfig):
-    from lightning.fabric import Fabric
+    return launch(cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision)
 
-    fabric = Fabric(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        precision=cfg.precision,
-        strategy=cfg.strategy,
-    )
-    return fabric
+
+def _sync_from_rank_zero(fabric, tensors) -> None:
+    """Overwrite ``tensors`` (in place) with rank 0's values on every rank."""
+    if fabric.world_size > 1:
+        for t in tensors:
+            torch.distributed.broadcast(t, src=0)
 
 
 def _split(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,28 +127,34 @@ def _fit(
     n = tensors[0].shape[0]
     if n < 2:
         raise ValueError(f"{name}: need at least 2 training images, got {n}")
-    train_idx, val_idx = _split(n, cfg)
+    train_idx, val_idx = _split(n, cfg)  # seeded by cfg.seed alone: the same on every rank
     fabric = _fabric(cfg)
-    torch.manual_seed(cfg.seed)
+    rank, world = fabric.global_rank, fabric.world_size
+    torch.manual_seed(rank_seed(cfg.seed, rank))  # the VAE's sampling noise differs per rank
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
-    g = torch.Generator().manual_seed(cfg.seed)
+    module = model.module  # the plain model, outside the DDP wrapper
+    train_set = TensorDataset(*(t[train_idx] for t in tensors))
+    # one permutation per (seed, epoch) on every rank; rank r takes every world-th image
+    # from position r, so step i of all ranks together is step i of one process with
+    # world * batch_size images (one process runs the same sampler with world = 1)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
     train_loader = DataLoader(
-        TensorDataset(*(t[train_idx] for t in tensors)),
+        train_set,
         batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=g,
-        drop_last=len(train_idx) > cfg.batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) > cfg.batch_size,
     )
-    val_loader = (
-        DataLoader(TensorDataset(*(t[val_idx] for t in tensors)), batch_size=512)
-        if len(val_idx)
-        else None
-    )
-    train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=True)
-    if val_loader is not None:
-        val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=True)
+    train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False)
+    val_loader = None
+    if len(val_idx):
+        # a contiguous shard per rank without the sampler's padding, so the all-reduced
+        # loss is the mean over exactly the held-out images, whatever the world size
+        mine = shard(len(val_idx), rank, world)
+        mine = val_idx[mine.start : mine.stop]
+        val_loader = DataLoader(TensorDataset(*(t[mine] for t in tensors)), batch_size=512)
+        val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
     steps = cfg.epochs * max(1, len(train_loader))
     scheduler = (
         torch.optim.lr_scheduler.LambdaLR(
@@ -143,6 +168,7 @@ def _fit(
 
     best, best_state, stale = math.inf, None, 0
     for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
         model.train()
         bar = tqdm(
             train_loader,
@@ -161,11 +187,15 @@ def _fit(
         if val_loader is None:
             continue
         model.eval()
+        # validate rank 0's model on every rank: its batch-norm running statistics too;
+        # the plain module, as DDP's forward may run collectives that ranks with unequal
+        # numbers of validation batches would not match
+        _sync_from_rank_zero(fabric, module.buffers())
         total, count = torch.zeros(()), torch.zeros(())
-        with torch.no_grad():
+        with torch.no_grad(), fabric.autocast():
             for batch in val_loader:
                 k = batch[0].shape[0]
-                total += loss_fn(model, batch).float().cpu() * k
+                total += loss_fn(module, batch).float().cpu() * k
                 count += k
         total = fabric.all_reduce(total, reduce_op="sum")
         count = fabric.all_reduce(count, reduce_op="sum")
@@ -179,9 +209,10 @@ def _fit(
             stale += 1
             if stale >= cfg.patience:
                 break
-    module = model.module if hasattr(model, "module") else model
     if best_state is not None:
         module.load_state_dict(best_state)
+    # every rank returns rank 0's model (identical weights; batch-norm statistics too)
+    _sync_from_rank_zero(fabric, module.state_dict().values())
     module = module.to("cpu", memory_format=torch.contiguous_format).eval()
     return module
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -50,6 +51,7 @@ from spadecam.data.images import (
     load_mask,
 )
 from spadecam.detectors import SPADE
+from spadecam.distributed import fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
 from spadecam.io import ModelFormatError, _atomic_bytes_writer
 from spadecam.metrics import image_metrics, pixel_auroc
@@ -113,6 +115,7 @@ def build_detector(
     threshold_quantile: float = 0.99,
     threshold_holdout: float = 0.1,
     progress: bool = True,
+    distributed: dict[str, Any] | None = None,
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -125,6 +128,10 @@ def build_detector(
     epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier
     latent_dim : int, the VAE's latent dimension (paper: 128; eq. 1)
     threshold_quantile, threshold_holdout : see :class:`SPADE`
+    distributed : dict, optional
+        Lightning Fabric settings for both training loops: any of ``accelerator``,
+        ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
+        None or missing = the launcher's, else one CPU process).
 
     Raises
     ------
@@ -150,7 +157,8 @@ def build_detector(
             f"{backbone} backbone and the VAE"
         )
     train_cfg = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        **(distributed or {}),
     )
     return SPADE(
         vae_config=vae_cfg,
@@ -189,6 +197,7 @@ def train(
     threshold_quantile: float = 0.99,
     threshold_holdout: float = 0.1,
     progress: bool = True,
+    distributed: dict[str, Any] | None = None,
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -203,6 +212,10 @@ def train(
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
     threshold_holdout : see :func:`build_detector`.
     progress : bool, show tqdm bars
+    distributed : dict, optional
+        Fabric settings (see :func:`build_detector`). With several processes each one reads
+        the images and trains its share of every batch (DDP; ``batch_size`` is per process),
+        and only rank 0 writes ``out``. See docs/distributed.md.
 
     Returns
     -------
@@ -229,10 +242,13 @@ def train(
     data = folder_layout(normal, anomaly)
     if not (data.labels == 1).any():
         raise DatasetError("--anomaly: give at least one folder of known-anomaly images")
+    # start the other processes (if any) once the options and folders are known to be good
+    fabric = launch(**(distributed or {}))
+    progress = progress and fabric.global_rank == 0
     x, c = load_images(data.paths, channels, image_size, resize, need, progress)
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
-        threshold_quantile, threshold_holdout, progress,
+        threshold_quantile, threshold_holdout, progress, distributed,
     )
     det.fit(x, data.labels)
     normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]
@@ -253,9 +269,14 @@ def train(
             "anomaly": [str(p) for p in _as_list(anomaly)],
             "n_normal": int((data.labels == 0).sum()),
             "n_anomaly": int((data.labels == 1).sum()),
+            "world_size": fabric.world_size,
+            "global_batch_size": batch_size * fabric.world_size,
         },
     }
-    return Path(det.save(out, preprocessing, extra))
+    if fabric.global_rank == 0:  # every rank holds rank 0's models; one writes them
+        det.save(out, preprocessing, extra)
+    fabric.barrier()
+    return out
 
 
 def _as_list(x: Any) -> list:
@@ -348,6 +369,7 @@ def score(
     out: str | os.PathLike | None = None,
     maps: str | os.PathLike | None = None,
     progress: bool = True,
+    distributed: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score images with a trained model directory; optionally write a CSV and overlays.
 
@@ -362,16 +384,23 @@ def score(
         One PNG per image: the weighted reconstruction error e' (Algorithm 1) over the image
         at the model's input size (see :func:`overlay`).
     progress : bool
+    distributed : dict, optional
+        Fabric settings: ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (None or
+        missing = the launcher's, else one process). With W processes each reads and scores
+        a contiguous 1/W of the inputs (on the CPU, like one process); the scores are
+        gathered in input order, rank 0 writes the CSV and each rank writes the overlays of
+        its own images (so ``maps`` must be on a file system every node sees).
 
     Returns
     -------
-    list of dict(path=str, score=float, label=int), in input order.
+    list of dict(path=str, score=float, label=int), in input order, on every rank.
 
     Raises
     ------
     ModelFormatError, DatasetError, ImageError, ValueError
         A bad model directory, a missing input, an empty folder or an unreadable or too
-        small image; nothing is written.
+        small image; nothing is written. With several processes, an image that one process
+        cannot read makes every process raise.
     """
     det, pre, config = _load_model(model_dir)
     if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
@@ -379,23 +408,34 @@ def score(
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give a CSV file name")
     paths = collect_inputs(inputs)
-    x = _read(paths, pre, progress)
-    scores, error_maps = _score(det, x, progress)
+    fabric = launch(**(distributed or {}))
+    mine = shard(len(paths), fabric.global_rank, fabric.world_size)
+    progress = progress and fabric.global_rank == 0
+    x, local, error_maps = None, np.zeros(0), None
+    with fail_together(fabric):  # every image of every shard is read before any write
+        if len(mine):
+            x = _read(paths[mine.start : mine.stop], pre, progress)
+            local, error_maps = _score(det, x, progress)
+    scores = gather_in_order(fabric, local, len(paths))
     labels = (scores > det.threshold_).astype(np.int64)
     rows = [
         {"path": str(p), "score": float(s), "label": int(lab)}
         for p, s, lab in zip(paths, scores, labels)
     ]
-    if out is not None:
+    if out is not None and fabric.global_rank == 0:
         atomic_write_text(out, rows_to_csv(rows))
     if maps is not None:
         d = Path(maps)
         d.mkdir(parents=True, exist_ok=True)
-        scale = float(config.get("overlay_scale") or error_maps.max() or 1.0)
-        names = _map_names(paths)
-        for i in tqdm(range(len(paths)), desc="writing overlays", disable=not progress,
+        scale = config.get("overlay_scale")
+        if not scale:  # a model without one: the largest value over all images
+            top = torch.tensor(0.0 if error_maps is None else float(error_maps.max()))
+            scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
+        names = _map_names(paths)  # names from the full list: the same as in one process
+        for i in tqdm(range(len(mine)), desc="writing overlays", disable=not progress,
                       leave=False):
-            _write_png(d / names[i], overlay(x[i], error_maps[i], scale))
+            _write_png(d / names[mine[i]], overlay(x[i], error_maps[i], float(scale)))
+    fabric.barrier()
     return rows
 
 
