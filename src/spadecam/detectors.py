@@ -249,13 +249,15 @@ def spade_error_map(
 
 
 @contextlib.contextmanager
-def _scoring_context(precision: str) -> Iterator[None]:
+def _scoring_context(precision: str, model: nn.Module) -> Iterator[str]:
+    """inference_mode plus optional bf16 autocast on the model's device; yields that device."""
     if precision not in ("32", "bf16"):
         raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
+    device = next(model.parameters()).device.type
     with torch.inference_mode(), torch.autocast(
-        "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+        device, dtype=torch.bfloat16, enabled=precision == "bf16"
     ):
-        yield
+        yield device
 
 
 def _require(det: Any, *attrs: str) -> None:
@@ -422,8 +424,9 @@ class VAEDetector(_BaseDetector):
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_")
-        with _scoring_context(self.precision):
-            e = reconstruction_error(u, self.vae_.reconstruct(u).float()).sum(dim=1)
+        with _scoring_context(self.precision, self.vae_) as device:
+            u = u.to(device)
+            e = reconstruction_error(u, self.vae_.reconstruct(u).float()).sum(dim=1).cpu()
         return e.sum(dim=(1, 2)), (e if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray:
@@ -497,8 +500,8 @@ class CNNDetector(_BaseDetector):
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         _require(self, "cnn_")
-        with _scoring_context(self.precision):
-            logits = self.cnn_(u).float()
+        with _scoring_context(self.precision, self.cnn_) as device:
+            logits = self.cnn_(u.to(device)).float().cpu()
         return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None
 
 
@@ -717,14 +720,16 @@ class SPADE(_BaseDetector):
     def error_map_from_reconstruction(self, u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
         """Weighted error e' (N, H, W) given precomputed reconstructions (float [0, 1])."""
         _require(self, "cnn_")
-        with _scoring_context(self.precision):
-            return spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float()
+        with _scoring_context(self.precision, self.cnn_) as device:
+            m = spade_error_map(self.cnn_, u.to(device), u_hat.to(device), **self._map_kwargs())
+            return m.float().cpu()
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_", "cnn_")
-        with _scoring_context(self.precision):
+        with _scoring_context(self.precision, self.cnn_) as device:
+            u = u.to(device)
             u_hat = self.vae_.reconstruct(u)
-            m = spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float()
+            m = spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float().cpu()
         return m.sum(dim=(1, 2)), (m if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray:
