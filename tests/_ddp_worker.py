@@ -10,7 +10,9 @@ running this same command line again (Fabric's subprocess launcher, exactly what
    slice (tests/_ddp_data.py) and writes its own weights to OUT_DIR/rank{r}_{name}.safetensors,
    so the test can compare ranks with each other and with one process;
 2. runs ``spadecam train --devices 2 ...`` on MNIST PNG folders (only rank 0 may write);
-3. runs ``spadecam score --devices 2 ...`` (sharded scoring) into OUT_DIR/scores_ddp.csv.
+3. runs ``spadecam score --devices 2 ...`` (sharded scoring) into OUT_DIR/scores_ddp.csv,
+   then on a folder whose last image (in rank 1's shard) is corrupt, and writes its exit
+   code to OUT_DIR/bad_rank{r}.txt.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def run(out: Path, data: Path, score_model: Path, score_inputs: Path) -> None:
         "score", str(score_model), str(score_inputs), "--out", str(out / "scores_ddp.csv"),
         "--maps", str(out / "maps_ddp"), "--no-progress", *flags,
     ]) == 0
+    # a corrupt image in rank 1's shard only: both ranks must fail, and nothing be written
+    rc = main(["score", str(score_model), str(score_inputs.parent / "inputs_bad"), "--out",
+               str(out / "bad.csv"), "--no-progress", *flags])
+    (out / f"bad_rank{rank}.txt").write_text(str(rc))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,32 @@ def test_rank_seeds_keep_rank_zero_and_differ_elsewhere():
     assert len(seeds) == 16
 
 
+def test_cli_options_reach_fabric():
+    from spadecam.cli import _build_parser, _distributed
+
+    args = _build_parser().parse_args([
+        "train", "--normal", "n", "--anomaly", "a", "--out", "m", "--accelerator", "cuda",
+        "--devices", "4", "--strategy", "ddp", "--num-nodes", "2", "--precision", "bf16-mixed",
+    ])
+    assert _distributed(args) == dict(accelerator="cuda", devices=4, strategy="ddp",
+                                      num_nodes=2, precision="bf16-mixed")
+    args = _build_parser().parse_args(["score", "m", "x.png"])
+    assert _distributed(args) == {}  # all from the launcher, or one process
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args(["score", "m", "x.png", "--precision", "32"])
+
+
+def test_reproduce_keeps_the_recipe_global_batch():
+    from spadecam.reproduce import _per_process_batch, get_recipe
+
+    r = get_recipe("paper")
+    split = _per_process_batch(r, 4)
+    assert (split.vae_train.batch_size, split.cnn_train.batch_size) == (
+        r.vae_train.batch_size // 4, r.cnn_train.batch_size // 4)
+    with pytest.raises(ValueError, match="split evenly"):
+        _per_process_batch(r, 3)
+
+
 # --------------------------------------------------------------------------- one DDP run
 
 
@@ -143,6 +169,9 @@ def run(tmp_path_factory, single_thread):
     det.save(root / "score_model", pre, {"overlay_scale": 1.0})
     for i in range(1000, 1037):
         _save_png(root / "inputs" / f"t{i:05d}_{yt[i]}.png", xt[i])
+    for i in range(5):
+        _save_png(root / "inputs_bad" / f"t{i}.png", xt[i])
+    (root / "inputs_bad" / "z_corrupt.png").write_bytes(b"not a png")
     for i in range(24):
         _save_png(root / "png" / "normal" / f"n{i}.png", xt[np.flatnonzero(yt == 0)[200 + i]])
     for i in range(12):
@@ -270,3 +299,10 @@ def test_scoring_under_an_external_launcher(run, launcher, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "scores.csv").read_text() == (run["out"] / "scores_ddp.csv").read_text()
     assert proc.stdout.count("scored 37 images") == 1
+
+
+@needs_mnist
+def test_a_bad_image_in_one_shard_stops_every_process_before_any_write(run):
+    assert [(run["out"] / f"bad_rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
+    assert not (run["out"] / "bad.csv").exists()
+    assert run["log"].count("z_corrupt.png") >= 2  # each process names the file

@@ -24,6 +24,7 @@ the VAE's sampling noise differ.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
@@ -136,7 +137,26 @@ def launch(
     fabric = Fabric(**fabric_settings(accelerator, devices, strategy, num_nodes, precision))
     if not _is_using_cli():  # `fabric run` has set up the processes in Fabric(...)
         fabric.launch()
+    if fabric.world_size > 1 and not _teardown_registered:
+        _register_teardown()
     return fabric
+
+
+_teardown_registered = False
+
+
+def _register_teardown() -> None:
+    # Left to interpreter shutdown, the gloo process group's threads are sometimes torn
+    # down while still running ("terminate called without an active exception", SIGABRT
+    # after all the work is done); destroying the group at exit ends them in order.
+    global _teardown_registered
+    atexit.register(_destroy_process_group)
+    _teardown_registered = True
+
+
+def _destroy_process_group() -> None:
+    if _initialised():
+        torch.distributed.destroy_process_group()
 
 
 def _initialised() -> bool:

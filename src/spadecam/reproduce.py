@@ -243,6 +243,21 @@ def get_recipe(name: str, quick: bool = False) -> Recipe:
     return _quick(r) if quick else r
 
 
+def _per_process_batch(r: Recipe, world: int) -> Recipe:
+    """The recipe with each batch split over ``world`` DDP processes (same global batch)."""
+    for t in (r.vae_train, r.cnn_train):
+        if t.batch_size % world:
+            raise ValueError(
+                f"recipe {r.name}: its batch of {t.batch_size} images does not split evenly "
+                f"over {world} processes; use a number of processes that divides it"
+            )
+    return dataclasses.replace(
+        r,
+        vae_train=dataclasses.replace(r.vae_train, batch_size=r.vae_train.batch_size // world),
+        cnn_train=dataclasses.replace(r.cnn_train, batch_size=r.cnn_train.batch_size // world),
+    )
+
+
 def _render(digits: np.ndarray, seed: int, copies: int, cfg: NoisyMNISTConfig) -> np.ndarray:
     out = [make_noisy_mnist(digits, seed * 100 + c, cfg) for c in range(copies)]
     return np.concatenate(out)
@@ -288,8 +303,10 @@ def run_noisy_mnist(
     distributed : dict, optional
         Lightning Fabric settings for the training loops (``accelerator``, ``devices``,
         ``strategy``, ``num_nodes``, ``precision``; see :class:`TrainConfig`). With several
-        processes the models train under DDP (``batch_size`` per process), every process
-        scores the whole test set, and only rank 0 logs and writes ``out_dir``.
+        processes the models train under DDP, every process scores the whole test set, and
+        only rank 0 logs and writes ``out_dir``. A recipe's ``batch_size`` is the global
+        batch: each of W processes takes ``batch_size / W`` images per step, so the steps
+        are those of one process (docs/distributed.md).
 
     Returns
     -------
@@ -305,8 +322,10 @@ def run_noisy_mnist(
         raise ValueError(f"--known must be distinct digits in 1-9, got {known}")
     r = recipe if isinstance(recipe, Recipe) else get_recipe(recipe, quick)
     fab = {k: v for k, v in (distributed or {}).items() if v is not None}
-    if launch(**fab).global_rank != 0:  # start the other processes (if any) first
+    fabric = launch(**fab)  # start the other processes (if any) first
+    if fabric.global_rank != 0:
         log, progress, out_dir = (lambda *a, **k: None), False, None  # rank 0 reports
+    r = _per_process_batch(r, fabric.world_size)
     t_start = time.perf_counter()
     x_train, y_train = load_mnist("train", data_dir)
     x_test, y_test = load_mnist("test", data_dir)
