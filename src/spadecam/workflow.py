@@ -387,7 +387,8 @@ def score(
     distributed : dict, optional
         Fabric settings: ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (None or
         missing = the launcher's, else one process). With W processes each reads and scores
-        a contiguous 1/W of the inputs (on the CPU, like one process); the scores are
+        a contiguous 1/W of the inputs (on its GPU with accelerator "cuda", else on the
+        CPU); the scores are
         gathered in input order, rank 0 writes the CSV and each rank writes the overlays of
         its own images (so ``maps`` must be on a file system every node sees).
 
@@ -409,6 +410,8 @@ def score(
         raise ValueError(f"--out {out} is a folder; give a CSV file name")
     paths = collect_inputs(inputs)
     fabric = launch(**(distributed or {}))
+    if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
+        det.vae_, det.cnn_ = det.vae_.to(fabric.device), det.cnn_.to(fabric.device)
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
     progress = progress and fabric.global_rank == 0
     x, local, error_maps = None, np.zeros(0), None
