@@ -159,22 +159,14 @@ def test_cli_nonexistent_absolute_data_dir(capsys, tmp_path, no_reproduction):
 
 
 def test_cli_unknown_recipe(tmp_path, capsys, no_reproduction):
-    code = main(
-        [
-            "reproduce",
-            "noisy-mnist",
-            "--known",
-            "1",
-            "--recipe",
-            "nope",
-            "--data-dir",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-    assert code == 2
-    assert "nope" in capsys.readouterr().err
+    # argparse rejects it before any work: exit code 2, the bad value and the choices named
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "noisy-mnist", "--known", "1", "--recipe", "nope",
+              "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "spadecam" in err and "paper" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_requires_a_command(capsys):

@@ -73,7 +73,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="known anomaly digits, comma-separated (default 1,3,5,7,9)",
     )
     rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
-    rep.add_argument("--recipe", default="paper", help="training recipe (default: paper)")
+    rep.add_argument(
+        "--recipe", default="spadecam", choices=["spadecam", "paper"],
+        help="spadecam (default: 8-d latent, larger CNN receptive field) or paper (the paper's "
+        "architecture: 128-d latent, 3x3 CNN); see the README",
+    )
     rep.add_argument(
         "--quick", action="store_true",
         help="smaller data slices and fewer epochs (a few minutes on 2 CPU cores)",

@@ -270,7 +270,7 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
 def run_noisy_mnist(
     known: Sequence[int] = (1, 3, 5, 7, 9),
     seeds: Sequence[int] = (0,),
-    recipe: str | Recipe = "paper",
+    recipe: str | Recipe = "spadecam",
     quick: bool = False,
     data_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -289,7 +289,7 @@ def run_noisy_mnist(
     seeds : sequence of int
         Model seeds (training noise, weights, batch order). The test set is the same for all.
     recipe : str or Recipe
-        "paper" or a :class:`Recipe`.
+        "spadecam" (default), "paper" or a :class:`Recipe`.
     quick : bool
         Smaller slices and epochs (see :func:`get_recipe`).
     data_dir : path, optional
