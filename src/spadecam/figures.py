@@ -148,8 +148,6 @@ def plot_gallery(
         axes[row + 1, col].imshow(maps[i], cmap="inferno")
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].text(0, 1.35, "most anomalous (top) / weighted error e'", fontsize=8,
-                    transform=axes[0, 0].transAxes)
-    axes[2, 0].text(0, 1.35, "least anomalous / weighted error e'", fontsize=8,
-                    transform=axes[2, 0].transAxes)
+    fig.suptitle("most anomalous (rows 1-2) and least anomalous (rows 3-4) test images, "
+                 "each above its weighted error e'", fontsize=9)
     return _save(fig, path)
