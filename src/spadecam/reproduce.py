@@ -172,7 +172,8 @@ def _figures_for_model(out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int
     det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample)
     n = min(len(u8), 2000)
     maps = torch.cat([
-        det.error_map_from_reconstruction(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
+        det.error_map_from_reconstruction(_float(u8[i : min(i + _BATCH, n)]),
+                                          u_hat[i : min(i + _BATCH, n)])
         for i in range(0, n, _BATCH)
     ])
     plot_gallery(
