@@ -76,3 +76,18 @@ def test_same_seed_same_numbers(one_thread):
 def test_bad_known_class_is_rejected():
     with pytest.raises(ValueError, match="--known"):
         run_noisy_mnist(known=(0,), data_dir=DATA)
+
+
+def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_thread):
+    # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
+    from spadecam.models.cnn import ConvClassifier
+    from spadecam.models.vae import ConvVAE
+    from spadecam.reproduce import _figures_for_model, _reconstruct
+
+    r = tiny_recipe()
+    torch.manual_seed(0)
+    vae, cnn = ConvVAE(r.vae).eval(), ConvClassifier(r.cnn).eval()
+    u8 = torch.randint(0, 256, (2100, 1, 84, 84), dtype=torch.uint8)
+    digits = torch.arange(2100).remainder(10).numpy()
+    _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3)
+    assert (tmp_path / "gallery.png").stat().st_size > 1000
