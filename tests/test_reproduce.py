@@ -78,11 +78,21 @@ def test_bad_known_class_is_rejected():
         run_noisy_mnist(known=(0,), data_dir=DATA)
 
 
-def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_thread):
+def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
     from spadecam.models.cnn import ConvClassifier
     from spadecam.models.vae import ConvVAE
+    from spadecam import reproduce
     from spadecam.reproduce import _figures_for_model, _reconstruct
+
+    seen = {}
+    real = reproduce.plot_gallery
+
+    def spy(images, maps, scores, digits, path, **kw):
+        seen.update(images=len(images), maps=len(maps), scores=len(scores), digits=len(digits))
+        return real(images, maps, scores, digits, path, **kw)
+
+    monkeypatch.setattr(reproduce, "plot_gallery", spy)
 
     r = tiny_recipe()
     torch.manual_seed(0)
@@ -91,3 +101,4 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_threa
     digits = torch.arange(2100).remainder(10).numpy()
     _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3)
     assert (tmp_path / "gallery.png").stat().st_size > 1000
+    assert seen == {"images": 2000, "maps": 2000, "scores": 2000, "digits": 2000}
