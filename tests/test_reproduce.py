@@ -80,9 +80,9 @@ def test_bad_known_class_is_rejected():
 
 def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
+    from spadecam import reproduce
     from spadecam.models.cnn import ConvClassifier
     from spadecam.models.vae import ConvVAE
-    from spadecam import reproduce
     from spadecam.reproduce import _figures_for_model, _reconstruct
 
     seen = {}
