@@ -26,14 +26,7 @@ MAP_BASED = ["spade", "naive_spade", "vae"]
 SIZE = 28
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Tiny models train faster on one thread, and a shared 2-core machine under load makes
-    # multi-threaded BLAS spin; restore the setting for the rest of the session.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------- data and models

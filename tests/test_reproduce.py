@@ -22,14 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture()
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_recipe():
     r = get_recipe("paper", quick=True)
     return dataclasses.replace(
@@ -45,7 +37,7 @@ def tiny_recipe():
     )
 
 
-def test_run_writes_results_table_ablations_and_figures(tmp_path, one_thread):
+def test_run_writes_results_table_ablations_and_figures(tmp_path, single_thread):
     rows = run_noisy_mnist(known=(3,), seeds=(0,), recipe=tiny_recipe(), data_dir=DATA,
                            out_dir=tmp_path, progress=False, ablations=True, log=lambda *_: None)
     assert [r["method"] for r in rows] == list(METHODS)
@@ -65,7 +57,7 @@ def test_run_writes_results_table_ablations_and_figures(tmp_path, one_thread):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_same_seed_same_numbers(one_thread):
+def test_same_seed_same_numbers(single_thread):
     kw = dict(known=(5,), seeds=(1,), recipe=tiny_recipe(), data_dir=DATA, progress=False,
               figures=False, log=lambda *_: None)
     a = run_noisy_mnist(**kw)
@@ -78,7 +70,7 @@ def test_bad_known_class_is_rejected():
         run_noisy_mnist(known=(0,), data_dir=DATA)
 
 
-def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, one_thread, monkeypatch):
+def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
     from spadecam import reproduce
     from spadecam.models.cnn import ConvClassifier

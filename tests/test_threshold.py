@@ -15,12 +15,7 @@ from spadecam.training import TrainConfig
 SIZE = 28
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def data(n_normal: int, n_anomaly: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,12 +20,7 @@ from spadecam.models.resnet import ResNetClassifier
 QUICK = ["--image-size", "32", "--latent-dim", "16", "--batch-size", "8", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train_args(d: dict, out, *extra: str) -> list[str]:
