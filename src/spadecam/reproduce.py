@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,14 @@ import torch
 
 from spadecam.cam import grad_cam, normalise_roi, upsample_roi
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
-from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, reconstruction_error
+from spadecam.detectors import (
+    SPADE,
+    CNNDetector,
+    NaiveSPADE,
+    _channels_last,
+    _scoring_context,
+    reconstruction_error,
+)
 from spadecam.distributed import launch
 from spadecam.evaluation import (
     METHOD_LABELS,
@@ -33,7 +40,7 @@ from spadecam.evaluation import (
 from spadecam.figures import plot_gallery, plot_roc_curves, plot_roi_rows, plot_samples
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
-from spadecam.training import TrainConfig, train_cnn, train_vae
+from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
 
 __all__ = ["NORMAL_DIGIT", "RECIPES", "TEST_SEED", "Recipe", "get_recipe", "run_noisy_mnist"]
 
@@ -106,24 +113,27 @@ def _row(method: str, k: int, seed: int, value: float) -> dict:
 
 
 def _float(u8: torch.Tensor) -> torch.Tensor:
-    return u8.float().div_(255).contiguous(memory_format=torch.channels_last)
+    return _channels_last(to_float_images(u8))
 
 
 def _reconstruct(vae, u8: torch.Tensor, precision: str = "32") -> torch.Tensor:
     vae = vae.eval().to(memory_format=torch.channels_last)
-    bf16 = precision == "bf16"
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with _scoring_context(precision, vae):
         return torch.cat(
             [vae.reconstruct(_float(u8[i : i + _BATCH])) for i in range(0, len(u8), _BATCH)]
         ).float()
 
 
+def _spade_map_batches(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Weighted error maps e' batch by batch, for every image of ``u8`` (and ``u_hat``)."""
+    if len(u8) != len(u_hat):
+        raise ValueError(f"{len(u8)} images but {len(u_hat)} reconstructions")
+    for i in range(0, len(u8), _BATCH):
+        yield det.error_map_from_reconstruction(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
+
+
 def _spade_scores(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> np.ndarray:
-    parts = [
-        det.error_map_from_reconstruction(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
-        .sum(dim=(1, 2))
-        for i in range(0, len(u8), _BATCH)
-    ]
+    parts = [m.sum(dim=(1, 2)) for m in _spade_map_batches(det, u8, u_hat)]
     return torch.cat(parts).double().numpy()
 
 
@@ -171,11 +181,7 @@ def _figures_for_model(out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int
     )
     det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample)
     n = min(len(u8), 2000)
-    maps = torch.cat([
-        det.error_map_from_reconstruction(_float(u8[i : min(i + _BATCH, n)]),
-                                          u_hat[i : min(i + _BATCH, n)])
-        for i in range(0, n, _BATCH)
-    ])
+    maps = torch.cat(list(_spade_map_batches(det, u8[:n], u_hat[:n])))
     plot_gallery(
         u8[:n, 0].float().div(255).numpy(), maps.numpy(), maps.sum((1, 2)).numpy(),
         digits[:n], out / "gallery.png",
