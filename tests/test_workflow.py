@@ -142,6 +142,14 @@ def test_resnet18_backbone(folders8, tmp_path):
     assert main(["score", str(out), str(folders8["test/defect"]), "--no-progress"]) == 0
 
 
+def test_error_options_reach_the_saved_model(folders8, tmp_path):
+    out = tmp_path / "l2"
+    assert main(train_args(folders8, out, "--epochs", "1", "--error-smoothing", "2",
+                           "--error-norm", "l2")) == 0
+    det = SPADE.load(out)
+    assert (det.error_smoothing, det.error_norm) == (2.0, "l2")
+
+
 def test_retraining_into_the_same_model_directory(model8, folders8, tmp_path):
     out = tmp_path / "again"
     assert main(train_args(folders8, out, "--epochs", "1")) == 0
@@ -225,6 +233,7 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
     fails([*base, *anomaly, "--image-size", "16", "--backbone", "resnet18"], capsys,
           "--image-size 16", "minimum of 32")
     fails([*base, *anomaly, "--epochs", "0"], capsys, "--epochs")
+    fails([*base, *anomaly, "--error-smoothing", "-1"], capsys, "--error-smoothing", ">= 0")
     assert not out.exists()
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "keep.txt").write_text("mine")

@@ -168,6 +168,11 @@ def _add_image_commands(sub) -> None:
     tr.add_argument("--latent-dim", type=int, default=128,
                     help="VAE latent dimension (default 128, the paper's)")
     tr.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    tr.add_argument("--error-smoothing", type=float, default=0.0, metavar="PIXELS",
+                    help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
+                    "reconstruction error; 0 = the paper's (default), 2 helps on noisy images")
+    tr.add_argument("--error-norm", choices=["l1", "l2"], default="l1",
+                    help="reconstruction error |r| (l1, the paper's, default) or r^2 (l2)")
     tr.add_argument("--threshold-holdout", type=float, default=0.1, metavar="FRACTION",
                     help="share of normal and of known-anomaly images held out of training "
                     "to set the threshold (default 0.1)")
@@ -236,7 +241,8 @@ def _run_image_command(args: argparse.Namespace) -> int:
             resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
             threshold_quantile=args.threshold_quantile,
             threshold_holdout=args.threshold_holdout, progress=progress,
-            distributed=_distributed(args),
+            distributed=_distributed(args), error_smoothing=args.error_smoothing,
+            error_norm=args.error_norm,
         )
         if global_rank() == 0:
             print(f"model written to {path}")

@@ -45,6 +45,7 @@ __all__ = [
     "VAEDetector",
     "as_image_tensor",
     "fit_threshold",
+    "gaussian_blur",
     "reconstruction_error",
     "spade_error_map",
 ]
@@ -193,9 +194,67 @@ def fit_threshold(
 # --------------------------------------------------------------------------- scoring blocks
 
 
-def reconstruction_error(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
-    """Reconstruction error e = |u - u_hat| (Algorithm 1), (N, C, H, W) on the [0, 1] scale."""
-    return (u - u_hat).abs()
+ERROR_NORMS = ("l1", "l2")
+
+
+def _gaussian_kernel(sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    radius = max(1, int(np.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, per channel, replicate padding.
+
+    The kernel has radius ceil(3 sigma) pixels and sums to 1, so a constant image is unchanged.
+    ``sigma == 0`` returns ``x`` itself.
+    """
+    if sigma == 0:
+        return x
+    k = _gaussian_kernel(sigma, x.dtype).to(x.device)
+    r, c = len(k) // 2, x.shape[1]
+    x = nn.functional.pad(x, (r, r, 0, 0), mode="replicate")
+    x = nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = nn.functional.pad(x, (0, 0, r, r), mode="replicate")
+    return nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _check_error_params(smoothing: float, norm: str) -> None:
+    if not (isinstance(smoothing, (int, float)) and np.isfinite(smoothing) and smoothing >= 0):
+        raise ValueError(f"error_smoothing must be a finite number >= 0 (pixels), got {smoothing!r}")
+    if norm not in ERROR_NORMS:
+        raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {norm!r}")
+
+
+def reconstruction_error(
+    u: torch.Tensor, u_hat: torch.Tensor, smoothing: float = 0.0, norm: str = "l1"
+) -> torch.Tensor:
+    """Per-pixel reconstruction error e between images and their reconstructions.
+
+    Parameters
+    ----------
+    u, u_hat : Tensor (N, C, H, W), float on the [0, 1] scale
+    smoothing : float >= 0, pixels
+        Standard deviation of a Gaussian blur applied to the residual u - u_hat before the
+        norm. 0 (default) is the paper's e = |u - u_hat| (Algorithm 1). A blur of about 2 px
+        averages out pixel noise (uncorrelated between pixels) while keeping stroke-sized
+        residuals; this is our extension, not in the paper (README, "Reconstruction error").
+    norm : {"l1", "l2"}
+        "l1" (paper): |r|; "l2": r ** 2, which weighs large residuals over many small ones.
+
+    Returns
+    -------
+    Tensor (N, C, H, W), >= 0, same dtype as the inputs.
+
+    Raises
+    ------
+    ValueError
+        ``smoothing`` negative or not finite, or an unknown ``norm``.
+    """
+    _check_error_params(smoothing, norm)
+    r = gaussian_blur(u - u_hat, smoothing)
+    return r.abs() if norm == "l1" else r * r
 
 
 def spade_error_map(
@@ -209,6 +268,8 @@ def spade_error_map(
     normalise: bool = True,
     upsample: str = "bilinear",
     cam_method: str = "auto",
+    error_smoothing: float = 0.0,
+    error_norm: str = "l1",
 ) -> torch.Tensor:
     """Weighted reconstruction error e' of SPADE (Algorithm 1), one map per image.
 
@@ -227,15 +288,24 @@ def spade_error_map(
         Divide the upsampled ROI by its per-image sum (L / |L|).
     upsample : str
         Interpolation of the ROI to the image size.
+    error_smoothing, error_norm :
+        The reconstruction error e, see :func:`reconstruction_error` (defaults: the paper's
+        |u - u_hat|).
 
     Returns
     -------
     Tensor (N, H, W) float32; ``.sum((1, 2))`` is the anomaly score.
 
+    Raises
+    ------
+    ValueError
+        Unknown branch, or bad ``error_smoothing`` / ``error_norm``.
+
     References
     ----------
     Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
     """
+    _check_error_params(error_smoothing, error_norm)
     n = u.shape[0]
     if recon_branch == "none":  # skip the CAM of u_hat when it does not enter the ROI
         roi = apply_branch(grad_cam(cnn, u, layer=cam_layer, method=cam_method), input_branch)
@@ -245,7 +315,8 @@ def spade_error_map(
     roi = upsample_roi(roi.float(), u.shape[-2:], mode=upsample)
     if normalise:
         roi = normalise_roi(roi)
-    return weighted_error(reconstruction_error(u, u_hat.float()), roi)
+    error = reconstruction_error(u, u_hat.float(), error_smoothing, error_norm)
+    return weighted_error(error, roi)
 
 
 @contextlib.contextmanager
@@ -278,7 +349,8 @@ def _require(det: Any, *attrs: str) -> None:
 #: SPADE parameters stored in a model directory (the models carry their own configs).
 _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
-    "batch_size", "precision", "threshold_quantile", "threshold_holdout",
+    "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
+    "threshold_holdout",
 )
 
 
@@ -369,6 +441,11 @@ class VAEDetector(_BaseDetector):
     vae_config : VAEConfig, optional
         Defaults to the paper's 4 conv layers and 128-d latent, sized to the data.
     vae_train : TrainConfig, optional
+    error_smoothing : float >= 0, pixels
+        Gaussian blur of the residual before the norm (0 = the paper's error; see
+        :func:`reconstruction_error`).
+    error_norm : {"l1", "l2"}
+        |r| (paper) or r ** 2.
     batch_size : int
         Images per scoring batch.
     precision : {"32", "bf16"}
@@ -387,6 +464,8 @@ class VAEDetector(_BaseDetector):
         self,
         vae_config: VAEConfig | None = None,
         vae_train: TrainConfig | None = None,
+        error_smoothing: float = 0.0,
+        error_norm: str = "l1",
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
@@ -394,6 +473,8 @@ class VAEDetector(_BaseDetector):
     ) -> None:
         self.vae_config = vae_config
         self.vae_train = vae_train
+        self.error_smoothing = error_smoothing
+        self.error_norm = error_norm
         self.batch_size = batch_size
         self.precision = precision
         self.threshold_quantile = threshold_quantile
@@ -426,11 +507,13 @@ class VAEDetector(_BaseDetector):
         _require(self, "vae_")
         with _scoring_context(self.precision, self.vae_) as device:
             u = u.to(device)
-            e = reconstruction_error(u, self.vae_.reconstruct(u).float()).sum(dim=1).cpu()
+            u_hat = self.vae_.reconstruct(u).float()
+            e = reconstruction_error(u, u_hat, self.error_smoothing, self.error_norm)
+            e = e.sum(dim=1).cpu()
         return e.sum(dim=(1, 2)), (e if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray:
-        """Reconstruction error per pixel, summed over channels: (N, H, W) float32, >= 0."""
+        """Reconstruction error e per pixel, summed over channels: (N, H, W) float32, >= 0."""
         maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
         return torch.cat(maps).numpy()
 
@@ -533,6 +616,12 @@ class SPADE(_BaseDetector):
         ROI interpolation to the image size (bilinear by default; paper silent).
     cam_method : {"auto", "closed_form", "autograd"}
         Grad-CAM computation; "auto" uses the exact closed form for a GAP + linear head.
+    error_smoothing : float >= 0, pixels
+        Gaussian blur (standard deviation, pixels) of the residual u - u_hat before the norm.
+        0 (default) is the paper's e; 2 is the ``spadecam`` recipe's (our extension: it
+        averages out pixel noise, +0.08-0.13 AUROC on Noisy-MNIST, README).
+    error_norm : {"l1", "l2"}
+        "l1" is the paper's |r|; "l2" squares the (smoothed) residual.
     batch_size : int
     precision : {"32", "bf16"}
         Scoring precision (bf16 autocast on the CPU).
@@ -569,6 +658,8 @@ class SPADE(_BaseDetector):
         normalise: bool = True,
         upsample: str = "bilinear",
         cam_method: str = "auto",
+        error_smoothing: float = 0.0,
+        error_norm: str = "l1",
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
@@ -585,6 +676,8 @@ class SPADE(_BaseDetector):
         self.normalise = normalise
         self.upsample = upsample
         self.cam_method = cam_method
+        self.error_smoothing = error_smoothing
+        self.error_norm = error_norm
         self.batch_size = batch_size
         self.precision = precision
         self.threshold_quantile = threshold_quantile
@@ -715,6 +808,8 @@ class SPADE(_BaseDetector):
             normalise=self.normalise,
             upsample=self.upsample,
             cam_method=self.cam_method,
+            error_smoothing=self.error_smoothing,
+            error_norm=self.error_norm,
         )
 
     def error_map_from_reconstruction(self, u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
@@ -773,6 +868,8 @@ class NaiveSPADE(SPADE):
         normalise: bool = False,
         upsample: str = "bilinear",
         cam_method: str = "auto",
+        error_smoothing: float = 0.0,
+        error_norm: str = "l1",
         batch_size: int = 256,
         precision: str = "32",
         threshold_quantile: float = 0.99,
@@ -780,6 +877,6 @@ class NaiveSPADE(SPADE):
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
-            recon_branch, normalise, upsample, cam_method, batch_size, precision,
-            threshold_quantile, threshold_holdout,
+            recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
+            batch_size, precision, threshold_quantile, threshold_holdout,
         )

@@ -116,6 +116,8 @@ def build_detector(
     threshold_holdout: float = 0.1,
     progress: bool = True,
     distributed: dict[str, Any] | None = None,
+    error_smoothing: float = 0.0,
+    error_norm: str = "l1",
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -128,6 +130,8 @@ def build_detector(
     epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier
     latent_dim : int, the VAE's latent dimension (paper: 128; eq. 1)
     threshold_quantile, threshold_holdout : see :class:`SPADE`
+    error_smoothing, error_norm : the reconstruction error (see :class:`SPADE`; default the
+        paper's |u - u_hat|)
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
@@ -145,6 +149,10 @@ def build_detector(
         raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    if not (np.isfinite(error_smoothing) and error_smoothing >= 0):
+        raise ValueError(f"--error-smoothing must be a number >= 0 (pixels), got {error_smoothing}")
+    if error_norm not in ("l1", "l2"):
+        raise ValueError(f"--error-norm must be l1 or l2, got {error_norm!r}")
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=latent_dim)
     cnn_cfg = (
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
@@ -167,6 +175,8 @@ def build_detector(
         cnn_train=train_cfg,
         threshold_quantile=threshold_quantile,
         threshold_holdout=threshold_holdout,
+        error_smoothing=error_smoothing,
+        error_norm=error_norm,
     )
 
 
@@ -198,6 +208,8 @@ def train(
     threshold_holdout: float = 0.1,
     progress: bool = True,
     distributed: dict[str, Any] | None = None,
+    error_smoothing: float = 0.0,
+    error_norm: str = "l1",
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -210,7 +222,7 @@ def train(
     image_size, channels, resize : preprocessing (see the module notes); ``channels=None``
         uses the images' own channel count, which must be the same for all.
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
-    threshold_holdout : see :func:`build_detector`.
+    threshold_holdout, error_smoothing, error_norm : see :func:`build_detector`.
     progress : bool, show tqdm bars
     distributed : dict, optional
         Fabric settings (see :func:`build_detector`). With several processes each one reads
@@ -237,7 +249,8 @@ def train(
     _check_out_dir(out)
     # check the options before reading any image; the minimum size does not depend on the
     # channel count, which may only be known once the images are read
-    det = build_detector(image_size, channels or 1, backbone, epochs, seed, latent_dim)
+    det = build_detector(image_size, channels or 1, backbone, epochs, seed, latent_dim,
+                         error_smoothing=error_smoothing, error_norm=error_norm)
     need = min_input_size(det.vae_config, det.cnn_config)
     data = folder_layout(normal, anomaly)
     if not (data.labels == 1).any():
@@ -248,7 +261,8 @@ def train(
     x, c = load_images(data.paths, channels, image_size, resize, need, progress)
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
-        threshold_quantile, threshold_holdout, progress, distributed,
+        threshold_quantile, threshold_holdout, progress, distributed, error_smoothing,
+        error_norm,
     )
     det.fit(x, data.labels)
     normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]

@@ -1,0 +1,142 @@
+"""The reconstruction error e and its options (blurred residual, l1 / l2).
+
+Hand computations: a Gaussian kernel that sums to one leaves a constant unchanged and keeps
+the mass of a point away from the borders; on white noise of variance v it leaves variance
+v * (sum_t k_t ** 2) ** 2 (separable kernel), about v / (4 pi sigma ** 2) for sigma >= 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spadecam import SPADE, NaiveSPADE, VAEDetector
+from spadecam.detectors import gaussian_blur, reconstruction_error, spade_error_map
+from spadecam.models import CNNConfig, ConvClassifier, ConvVAE, VAEConfig
+from spadecam.reproduce import ABLATIONS, get_recipe
+
+
+def test_blur_zero_sigma_is_identity():
+    x = torch.rand(2, 1, 9, 9)
+    assert gaussian_blur(x, 0.0) is x
+
+
+def test_blur_keeps_constants_and_point_mass():
+    c = torch.full((1, 1, 20, 20), 0.37)
+    torch.testing.assert_close(gaussian_blur(c, 2.0), c)
+    d = torch.zeros(1, 1, 41, 41)
+    d[0, 0, 20, 20] = 1.0
+    b = gaussian_blur(d, 2.0)
+    assert b.shape == d.shape
+    assert b.sum().item() == pytest.approx(1.0, abs=1e-6)
+    # the point spreads as the outer product of the 1-d kernel: centre weight k_0 ** 2
+    k0 = 1 / sum(math.exp(-(t**2) / 8) for t in range(-6, 7))
+    assert b[0, 0, 20, 20].item() == pytest.approx(k0**2, rel=1e-5)
+    assert b[0, 0, 20, 22].item() == pytest.approx(k0**2 * math.exp(-4 / 8), rel=1e-5)
+
+
+def test_blur_is_per_channel():
+    x = torch.zeros(1, 2, 15, 15)
+    x[0, 0, 7, 7] = 1.0
+    b = gaussian_blur(x, 1.0)
+    assert b[0, 1].abs().max().item() == 0.0
+    assert b[0, 0].sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_blur_divides_white_noise_variance_by_4_pi_sigma_squared():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 400, 400, generator=g, dtype=torch.float64)
+    sigma = 2.0
+    inner = gaussian_blur(noise, sigma)[0, 0, 10:-10, 10:-10]  # away from the padding
+    expected = 1 / (4 * math.pi * sigma**2)  # 0.0199
+    assert inner.var().item() == pytest.approx(expected, rel=0.1)
+
+
+def test_default_error_is_the_papers_absolute_difference():
+    u, u_hat = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(reconstruction_error(u, u_hat), (u - u_hat).abs())
+
+
+def test_l2_squares_the_blurred_residual():
+    u, u_hat = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    r = gaussian_blur(u - u_hat, 1.5)
+    torch.testing.assert_close(reconstruction_error(u, u_hat, 1.5, "l2"), r * r)
+    torch.testing.assert_close(reconstruction_error(u, u_hat, 1.5, "l1"), r.abs())
+    # hand value: residual 0.5 everywhere -> blurred 0.5 -> squared 0.25
+    e = reconstruction_error(torch.full((1, 1, 6, 6), 0.75), torch.full((1, 1, 6, 6), 0.25),
+                             2.0, "l2")
+    torch.testing.assert_close(e, torch.full((1, 1, 6, 6), 0.25))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"smoothing": -1.0}, "error_smoothing"),
+        ({"smoothing": float("nan")}, "error_smoothing"),
+        ({"smoothing": "2"}, "error_smoothing"),
+        ({"norm": "l3"}, "error_norm"),
+    ],
+)
+def test_bad_error_options_name_the_argument(kwargs, match):
+    u = torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=match):
+        reconstruction_error(u, u, **kwargs)
+
+
+def _models(seed: int = 0) -> tuple[ConvVAE, ConvClassifier]:
+    torch.manual_seed(seed)
+    vae = ConvVAE(VAEConfig(image_size=28, latent_dim=4, channels=(8, 8))).eval()
+    cnn = ConvClassifier(CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2))).eval()
+    return vae, cnn
+
+
+def test_spade_score_uses_the_configured_error():
+    vae, cnn = _models()
+    x = torch.rand(5, 1, 28, 28)
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2")
+    with torch.no_grad():
+        u_hat = vae.reconstruct(x)
+        plain = spade_error_map(cnn, x, u_hat)
+        weights = plain / (x - u_hat).abs()[:, 0]  # L / |L| of eq. 5, recovered
+        expected = (reconstruction_error(x, u_hat, 2.0, "l2")[:, 0] * weights).sum((1, 2))
+    got = det.decision_function(x.numpy())
+    np.testing.assert_allclose(got, expected.double().numpy(), rtol=1e-4)
+    paper = SPADE.from_models(vae, cnn).decision_function(x.numpy())
+    assert not np.allclose(got, paper)
+
+
+def test_vae_detector_score_uses_the_configured_error():
+    vae, _ = _models()
+    x = torch.rand(4, 1, 28, 28)
+    det = VAEDetector.from_models(vae, error_smoothing=1.0, error_norm="l2")
+    with torch.no_grad():
+        expected = reconstruction_error(x, vae.reconstruct(x), 1.0, "l2").sum((1, 2, 3))
+    np.testing.assert_allclose(det.decision_function(x.numpy()), expected.double().numpy(),
+                               rtol=1e-5)
+
+
+def test_bad_error_option_fails_at_scoring_with_its_name():
+    vae, cnn = _models()
+    det = NaiveSPADE.from_models(vae, cnn, error_norm="squared")
+    with pytest.raises(ValueError, match="error_norm"):
+        det.decision_function(np.zeros((1, 28, 28), np.uint8))
+
+
+def test_save_load_keeps_error_options(tmp_path):
+    vae, cnn = _models()
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2")
+    det.threshold_ = 0.5
+    loaded = SPADE.load(det.save(tmp_path / "m"))
+    assert (loaded.error_smoothing, loaded.error_norm) == (2.0, "l2")
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.testing.assert_allclose(loaded.decision_function(x), det.decision_function(x), rtol=1e-6)
+
+
+def test_recipes_error_settings():
+    assert (get_recipe("paper").error_smoothing, get_recipe("paper").error_norm) == (0.0, "l1")
+    r = get_recipe("spadecam")
+    assert (r.error_smoothing, r.error_norm) == (2.0, "l2")
+    assert ABLATIONS["spade_paper_error"] == {"error_smoothing": 0.0, "error_norm": "l1"}
