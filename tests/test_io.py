@@ -1,5 +1,5 @@
-"""Model directories: SPADE.save / SPADE.load, backbones, and refusals (pickle, versions,
-interrupted saves). Untrained tiny models are enough: only the round trip is tested."""
+"""Model directories: save / load of SPADE and the baselines, backbones, and refusals (pickle,
+versions, interrupted saves). Untrained tiny models are enough: only the round trip is tested."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import spadecam.io as sio
-from spadecam import SPADE, NaiveSPADE
+from spadecam import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.io import FORMAT_VERSION, ModelFormatError, load_models, read_config, save_models
 from spadecam.models import CNNConfig, ConvClassifier, ConvVAE, VAEConfig
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
@@ -167,3 +167,48 @@ def test_save_before_fit_raises():
 
     with pytest.raises(NotFittedError):
         SPADE().save("unused")
+
+
+def test_baseline_detectors_round_trip_with_one_model(tmp_path):
+    vae, cnn = models()
+    vdet = VAEDetector.from_models(vae, error_smoothing=1.5, error_norm="l2")
+    vdet.threshold_ = 3.0
+    cdet = CNNDetector.from_models(cnn, loss="cross_entropy")
+    cdet.threshold_ = -0.5
+    for det, kept, gone in ((vdet, "vae", "cnn"), (cdet, "cnn", "vae")):
+        path = det.save(tmp_path / type(det).__name__, PRE)
+        assert sorted(p.name for p in path.iterdir()) == sorted(["config.json", f"{kept}.safetensors"])
+        config = json.loads((path / "config.json").read_text())
+        assert f"{kept}_config" in config and f"{gone}_config" not in config
+        loaded = type(det).load(path)
+        assert loaded.threshold_ == det.threshold_ and loaded.preprocessing_ == PRE
+        np.testing.assert_array_equal(loaded.decision_function(X), det.decision_function(X))
+    assert VAEDetector.load(tmp_path / "VAEDetector").error_norm == "l2"
+    assert CNNDetector.load(tmp_path / "CNNDetector").loss == "cross_entropy"
+    # the saved parameters are those the class takes: no SPADE-only keys for the baselines
+    params = json.loads((tmp_path / "CNNDetector" / "config.json").read_text())["detector"]
+    assert "cam_layer" not in params["params"] and "error_norm" not in params["params"]
+
+
+def test_one_model_directory_is_refused_where_two_are_needed(tmp_path):
+    vae, _ = models()
+    path = VAEDetector.from_models(vae).save(tmp_path / "v", PRE)
+    with pytest.raises(ModelFormatError, match="VAEDetector.load"):
+        SPADE.load(path)
+    with pytest.raises(ModelFormatError, match="holds no classifier"):
+        load_models(path)
+    config = json.loads((path / "config.json").read_text())
+    del config["detector"]  # a bare directory: the class check passes, the model check not
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="lacks a model SPADE needs"):
+        SPADE.load(path)
+    with pytest.raises(ValueError, match="neither"):
+        save_models(tmp_path / "none", None, None)
+
+
+def test_resave_with_one_model_fewer_removes_the_stale_weights(tmp_path):
+    path = detector().save(tmp_path / "m", PRE)
+    vae, _ = models()
+    VAEDetector.from_models(vae).save(path, PRE)
+    assert not (path / "cnn.safetensors").exists()
+    assert VAEDetector.load(path).threshold_ is None

@@ -17,6 +17,7 @@ sees both. Methods (Narita et al., arXiv 1810.02607, section III):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,7 +33,7 @@ from spadecam.cam import (
     upsample_roi,
     weighted_error,
 )
-from spadecam.io import ModelFormatError, load_models, read_config, save_models
+from spadecam.io import ModelFormatError, load_model_parts, read_config, save_models
 from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
@@ -385,6 +386,91 @@ class _BaseDetector:
         _require(self, "threshold_")
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
+    #: Fitted models of this detector, in the order ``from_models`` takes them.
+    _model_attrs: tuple[str, ...] = ()
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        preprocessing: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> os.PathLike:
+        """Write a model directory: safetensors weights + config.json (:mod:`spadecam.io`).
+
+        config.json holds the format version, the model configs (the VAE's, the classifier's
+        and its backbone, whichever the detector has), the detector's class and scoring
+        parameters, ``threshold_`` and ``preprocessing``. Every file is written to a temp file
+        and renamed, config.json last.
+
+        Parameters
+        ----------
+        path : str or PathLike, the model directory (created if missing)
+        preprocessing : dict, optional
+            How images become inputs, e.g. ``{"image_size": 128, "channels": 1, "resize":
+            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set.
+        extra : dict, optional
+            More JSON-serialisable fields for config.json.
+
+        Returns
+        -------
+        pathlib.Path of the directory.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit`` / ``from_models``.
+        """
+        _require(self, *self._model_attrs)
+        params = {k: getattr(self, k) for k in self._saved_params()}
+        config = {
+            "detector": {"class": type(self).__name__, "params": params},
+            "threshold_": getattr(self, "threshold_", None),
+            "threshold_source": getattr(self, "threshold_source_", None),
+            "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
+            **(extra or {}),
+        }
+        return save_models(path, getattr(self, "vae_", None), getattr(self, "cnn_", None),
+                           extra=config)
+
+    @classmethod
+    def _saved_params(cls) -> list[str]:
+        accepted = inspect.signature(cls.__init__).parameters
+        return [k for k in _SAVED_PARAMS if k in accepted]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """A fitted detector from a model directory written by :meth:`save` or the CLI.
+
+        Sets ``threshold_`` (None if the directory has none) and ``preprocessing_`` (dict or
+        None) from config.json.
+
+        Raises
+        ------
+        ModelFormatError
+            Missing or malformed directory, another format version, pickle files, weights
+            that do not fit the config, a directory saved by another detector class, or one
+            without a model this detector needs.
+        """
+        config = read_config(path)
+        saved = config.get("detector") or {}
+        other = saved.get("class", cls.__name__)
+        if other != cls.__name__:
+            raise ModelFormatError(f"{path} holds a {other} model; load it with {other}.load")
+        vae, cnn = load_model_parts(path)
+        found = {"vae_": vae, "cnn_": cnn}
+        models = [found[a] for a in cls._model_attrs]
+        if any(m is None for m in models):
+            raise ModelFormatError(
+                f"{path}/config.json lacks a model {cls.__name__} needs "
+                f"({', '.join(a.rstrip('_') for a in cls._model_attrs)})"
+            )
+        allowed = cls._saved_params()
+        params = {k: v for k, v in (saved.get("params") or {}).items() if k in allowed}
+        det = cls.from_models(*models, **params)
+        det.threshold_ = config.get("threshold_")
+        det.preprocessing_ = config.get("preprocessing")
+        return det
+
     def _threshold_split(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -459,6 +545,8 @@ class VAEDetector(_BaseDetector):
         0 (default) keeps every image for training and takes the quantile of the normal
         training scores, which runs low because the models have seen those images.
     """
+
+    _model_attrs = ("vae_",)
 
     def __init__(
         self,
@@ -539,6 +627,8 @@ class CNNDetector(_BaseDetector):
         0 (default) keeps every image for training and takes the quantile of the normal
         training scores, which runs low because the models have seen those images.
     """
+
+    _model_attrs = ("cnn_",)
 
     def __init__(
         self,
@@ -645,6 +735,8 @@ class SPADE(_BaseDetector):
         How it was set: "f1_max_held_out", "quantile_held_out" or "quantile_train".
     """
 
+    _model_attrs = ("vae_", "cnn_")
+
     def __init__(
         self,
         vae_config: VAEConfig | None = None,
@@ -720,73 +812,6 @@ class SPADE(_BaseDetector):
         else:
             self._set_threshold(x_hold, a_hold, held_out=True)
         return self
-
-    def save(
-        self,
-        path: str | os.PathLike,
-        preprocessing: dict[str, Any] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> os.PathLike:
-        """Write a model directory: safetensors weights + config.json (:mod:`spadecam.io`).
-
-        config.json holds the format version, both model configs, the classifier backbone,
-        the detector's scoring parameters, ``threshold_`` and ``preprocessing``. Every file is
-        written to a temp file and renamed, config.json last.
-
-        Parameters
-        ----------
-        path : str or PathLike, the model directory (created if missing)
-        preprocessing : dict, optional
-            How images become inputs, e.g. ``{"image_size": 128, "channels": 1, "resize":
-            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set.
-        extra : dict, optional
-            More JSON-serialisable fields for config.json.
-
-        Returns
-        -------
-        pathlib.Path of the directory.
-
-        Raises
-        ------
-        NotFittedError
-            Before ``fit`` / ``from_models``.
-        """
-        _require(self, "vae_", "cnn_")
-        params = {k: getattr(self, k) for k in _SAVED_PARAMS}
-        config = {
-            "detector": {"class": type(self).__name__, "params": params},
-            "threshold_": self.threshold_,
-            "threshold_source": getattr(self, "threshold_source_", None),
-            "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
-            **(extra or {}),
-        }
-        return save_models(path, self.vae_, self.cnn_, extra=config)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike):
-        """A fitted detector from a model directory written by :meth:`save` or the CLI.
-
-        Sets ``threshold_`` (None if the directory has none) and ``preprocessing_`` (dict or
-        None) from config.json.
-
-        Raises
-        ------
-        ModelFormatError
-            Missing or malformed directory, another format version, pickle files, weights
-            that do not fit the config, or a directory saved by another detector class.
-        """
-        config = read_config(path)
-        saved = config.get("detector") or {}
-        if saved.get("class", cls.__name__) != cls.__name__:
-            raise ModelFormatError(
-                f"{path} holds a {saved['class']} model; load it with {saved['class']}.load"
-            )
-        vae, cnn = load_models(path)
-        params = {k: v for k, v in (saved.get("params") or {}).items() if k in _SAVED_PARAMS}
-        det = cls.from_models(vae, cnn, **params)
-        det.threshold_ = config.get("threshold_")
-        det.preprocessing_ = config.get("preprocessing")
-        return det
 
     @classmethod
     def from_models(cls, vae: ConvVAE, cnn: ConvClassifier, **params: Any):

@@ -4,8 +4,8 @@ Layout of a model directory::
 
     MODEL_DIR/config.json        format_version, model configs, cnn_backbone, weights_sha256,
                                  preprocessing, threshold_, ...
-    MODEL_DIR/vae.safetensors    VAE weights
-    MODEL_DIR/cnn.safetensors    classifier weights
+    MODEL_DIR/vae.safetensors    VAE weights (absent for the CNN-based baseline)
+    MODEL_DIR/cnn.safetensors    classifier weights (absent for the VAE-based baseline)
 
 Every file is written to a temp file in the same folder and renamed, and ``config.json`` is
 written last with the sha256 of both weight files, so a crash never leaves a directory that
@@ -30,7 +30,14 @@ from spadecam.models.cnn import CNNConfig, ConvClassifier
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 
-__all__ = ["FORMAT_VERSION", "ModelFormatError", "save_models", "load_models", "read_config"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFormatError",
+    "load_model_parts",
+    "load_models",
+    "read_config",
+    "save_models",
+]
 
 #: Bumped whenever the layout or the meaning of a config field changes.
 FORMAT_VERSION = 1
@@ -54,8 +61,8 @@ def _atomic_bytes_writer(path: Path, write) -> None:
 
 def save_models(
     model_dir: str | os.PathLike,
-    vae: ConvVAE,
-    cnn: ConvClassifier,
+    vae: ConvVAE | None,
+    cnn: ConvClassifier | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model directory (weights as safetensors, configs as JSON).
@@ -64,7 +71,8 @@ def save_models(
     ----------
     model_dir : path
         Created if missing.
-    vae, cnn : the trained models
+    vae, cnn : the trained models; either may be None (the VAE-based and CNN-based
+        baselines hold one model), not both
     extra : dict, optional
         More JSON-serialisable fields for config.json (preprocessing, threshold_, detector
         parameters).
@@ -72,25 +80,36 @@ def save_models(
     Returns
     -------
     Path of the directory.
+
+    Raises
+    ------
+    ValueError
+        Both models None.
     """
+    if vae is None and cnn is None:
+        raise ValueError("save_models needs a VAE, a classifier or both; got neither")
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
     hashes = {}
     for name, model in (("vae", vae), ("cnn", cnn)):
+        if model is None:
+            continue
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         data = save_bytes(state)
         hashes[f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
         _atomic_bytes_writer(d / f"{name}.safetensors", lambda p, b=data: Path(p).write_bytes(b))
-    config = {
-        "format_version": FORMAT_VERSION,
-        "vae_config": vae.config.to_dict(),
-        "cnn_config": cnn.config.to_dict(),
-        "cnn_backbone": "resnet" if isinstance(cnn, ResNetClassifier) else "conv",
-        "weights_sha256": hashes,
-        **(extra or {}),
-    }
+    config: dict[str, Any] = {"format_version": FORMAT_VERSION, "weights_sha256": hashes}
+    if vae is not None:
+        config["vae_config"] = vae.config.to_dict()
+    if cnn is not None:
+        config["cnn_config"] = cnn.config.to_dict()
+        config["cnn_backbone"] = "resnet" if isinstance(cnn, ResNetClassifier) else "conv"
+    config.update(extra or {})
     text = json.dumps(config, indent=2, sort_keys=True)
     _atomic_bytes_writer(d / "config.json", lambda p: Path(p).write_text(text))
+    for name, model in (("vae", vae), ("cnn", cnn)):  # a re-save with one model fewer
+        if model is None:
+            (d / f"{name}.safetensors").unlink(missing_ok=True)
     return d
 
 
@@ -134,10 +153,36 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
     Raises
     ------
     ModelFormatError
-        See :func:`read_config`; also missing or mismatched weight files.
+        See :func:`read_config`; also missing or mismatched weight files, or a directory
+        that holds only one of the two models.
+    """
+    vae, cnn = load_model_parts(model_dir)
+    for name, model in (("VAE (vae_config)", vae), ("classifier (cnn_config)", cnn)):
+        if model is None:
+            raise ModelFormatError(f"{Path(model_dir) / 'config.json'} holds no {name}")
+    assert vae is not None and cnn is not None
+    return vae, cnn
+
+
+def load_model_parts(
+    model_dir: str | os.PathLike,
+) -> tuple[ConvVAE | None, ConvClassifier | None]:
+    """Load whichever of the VAE and classifier a model directory holds (eval mode, CPU).
+
+    Returns
+    -------
+    (vae or None, cnn or None); a model is present when config.json has its config.
+
+    Raises
+    ------
+    ModelFormatError
+        See :func:`read_config`; also a directory with neither model, missing or mismatched
+        weight files.
     """
     d = Path(model_dir)
     config = read_config(d)
+    if "vae_config" not in config and "cnn_config" not in config:
+        raise ModelFormatError(f"{d / 'config.json'} holds neither vae_config nor cnn_config")
     backbone = config.get("cnn_backbone", "conv")
     classifiers = {"conv": (ConvClassifier, CNNConfig), "resnet": (ResNetClassifier, ResNetConfig)}
     if backbone not in classifiers:
@@ -145,14 +190,20 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
             f"{d / 'config.json'}: unknown cnn_backbone {backbone!r}; expected one of "
             f"{sorted(classifiers)}"
         )
+    vae: ConvVAE | None = None
+    cnn: ConvClassifier | None = None
     try:
-        vae = ConvVAE(VAEConfig(**config["vae_config"]))
-        cnn_cls, cnn_cfg = classifiers[backbone]
-        cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
+        if "vae_config" in config:
+            vae = ConvVAE(VAEConfig(**config["vae_config"]))
+        if "cnn_config" in config:
+            cnn_cls, cnn_cfg = classifiers[backbone]
+            cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{d / 'config.json'}: bad model config ({exc})") from None
     hashes = config.get("weights_sha256") or {}
     for name, model in (("vae", vae), ("cnn", cnn)):
+        if model is None:
+            continue
         path = d / f"{name}.safetensors"
         if not path.is_file():
             raise ModelFormatError(f"{path} is missing")
@@ -170,4 +221,4 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
             raise ModelFormatError(
                 f"{path} cannot be loaded into the configured model: {exc}"
             ) from None
-    return vae.eval(), cnn.eval()
+    return (vae.eval() if vae is not None else None), (cnn.eval() if cnn is not None else None)
