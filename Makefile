@@ -15,7 +15,7 @@ SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist
 DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
 OUT    ?= runs
 # Training precision of `make reproduce`: 32 (default, the committed tables) or bf16-mixed
-# (1.27x faster here, AUROC within 0.01; see the README's Speed section).
+# (1.23x faster here; AUROCs move by up to 0.012; see the README's Speed section).
 PRECISION ?= 32
 export SPADECAM_DATA
 

@@ -8,6 +8,9 @@ fp32, 2 threads:
     u_hat batch-wise plus the same VAE, computing the same score,
 (c) the forward-only bound: VAE forward + CNN forward on u and u_hat, no CAM.
 
+(a) and (b) use the paper's error e = |u - u_hat|; the recipe's blurred, squared error adds one
+small separable convolution per image to both alike.
+
 It checks that (a) and (b) agree to 1e-4 relative and prints, one per line:
     speedup_vs_captum: X            (a) img/s / (b) img/s          target >= 3
     fraction_of_forward_bound: Y    (a) img/s / (c) img/s          target >= 0.77
