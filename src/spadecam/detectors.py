@@ -709,7 +709,7 @@ class SPADE(_BaseDetector):
     error_smoothing : float >= 0, pixels
         Gaussian blur (standard deviation, pixels) of the residual u - u_hat before the norm.
         0 (default) is the paper's e; 2 is the ``spadecam`` recipe's (our extension: it
-        averages out pixel noise, +0.08-0.13 AUROC on Noisy-MNIST, README).
+        averages out pixel noise, +0.08-0.12 AUROC on Noisy-MNIST, README).
     error_norm : {"l1", "l2"}
         "l1" is the paper's |r|; "l2" squares the (smoothed) residual.
     batch_size : int
