@@ -24,6 +24,12 @@ def test_blur_zero_sigma_is_identity():
     assert gaussian_blur(x, 0.0) is x
 
 
+@pytest.mark.parametrize("sigma", [-1.0, float("inf")])
+def test_blur_rejects_bad_sigma(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(torch.zeros(1, 1, 5, 5), sigma)
+
+
 def test_blur_keeps_constants_and_point_mass():
     c = torch.full((1, 1, 20, 20), 0.37)
     torch.testing.assert_close(gaussian_blur(c, 2.0), c)

@@ -206,11 +206,28 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) images, per channel, replicate padding.
+    """Separable Gaussian blur of images, per channel, with replicate padding.
 
-    The kernel has radius ceil(3 sigma) pixels and sums to 1, so a constant image is unchanged.
-    ``sigma == 0`` returns ``x`` itself.
+    Used on the residual u - u_hat by :func:`reconstruction_error` (our extension; the paper
+    has no blur).
+
+    Parameters
+    ----------
+    x : Tensor (N, C, H, W), float (any range)
+    sigma : float >= 0, standard deviation in pixels
+        The kernel has radius ceil(3 sigma) pixels and sums to 1, so a constant image is
+        unchanged. 0 returns ``x`` itself.
+
+    Returns
+    -------
+    Tensor of the shape, dtype and device of ``x``.
+
+    Raises
+    ------
+    ValueError
+        ``sigma`` negative or not finite.
     """
+    _check_error_params(sigma, "l1", names=("sigma", "norm"))
     if sigma == 0:
         return x
     k = _gaussian_kernel(sigma, x.dtype).to(x.device)
@@ -221,11 +238,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _check_error_params(smoothing: float, norm: str) -> None:
+def _check_error_params(
+    smoothing: Any, norm: Any, names: tuple[str, str] = ("error_smoothing", "error_norm")
+) -> None:
+    """ValueError naming the argument (or CLI option, via ``names``) unless both are valid."""
     if not (isinstance(smoothing, (int, float)) and np.isfinite(smoothing) and smoothing >= 0):
-        raise ValueError(f"error_smoothing must be a finite number >= 0 (pixels), got {smoothing!r}")
+        raise ValueError(f"{names[0]} must be a finite number >= 0 (pixels), got {smoothing!r}")
     if norm not in ERROR_NORMS:
-        raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {norm!r}")
+        raise ValueError(f"{names[1]} must be one of {ERROR_NORMS}, got {norm!r}")
 
 
 def reconstruction_error(
@@ -306,7 +326,6 @@ def spade_error_map(
     ----------
     Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
     """
-    _check_error_params(error_smoothing, error_norm)
     n = u.shape[0]
     if recon_branch == "none":  # skip the CAM of u_hat when it does not enter the ROI
         roi = apply_branch(grad_cam(cnn, u, layer=cam_layer, method=cam_method), input_branch)
@@ -347,7 +366,8 @@ def _require(det: Any, *attrs: str) -> None:
 
 # --------------------------------------------------------------------------- detectors
 
-#: SPADE parameters stored in a model directory (the models carry their own configs).
+#: Detector parameters stored in a model directory (the models carry their own configs); each
+#: class stores those its constructor takes (:meth:`_BaseDetector._saved_params`).
 _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",

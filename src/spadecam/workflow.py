@@ -50,7 +50,7 @@ from spadecam.data.images import (
     load_images,
     load_mask,
 )
-from spadecam.detectors import SPADE
+from spadecam.detectors import SPADE, _check_error_params
 from spadecam.distributed import fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
 from spadecam.io import ModelFormatError, _atomic_bytes_writer
@@ -149,10 +149,7 @@ def build_detector(
         raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    if not (np.isfinite(error_smoothing) and error_smoothing >= 0):
-        raise ValueError(f"--error-smoothing must be a number >= 0 (pixels), got {error_smoothing}")
-    if error_norm not in ("l1", "l2"):
-        raise ValueError(f"--error-norm must be l1 or l2, got {error_norm!r}")
+    _check_error_params(error_smoothing, error_norm, names=("--error-smoothing", "--error-norm"))
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=latent_dim)
     cnn_cfg = (
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
