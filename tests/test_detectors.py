@@ -78,7 +78,8 @@ _CACHE: dict = {}
 
 def fitted(name: str):
     if name not in _CACHE:
-        det = make(name)
+        # exact fp32 scoring: the tests below compare with written-out fp32 formulas
+        det = make(name, precision="32")
         out = det.fit(X_TRAIN, Y_TRAIN)
         assert out is det
         _CACHE[name] = det
@@ -167,7 +168,7 @@ def test_scores_do_not_depend_on_batch_size(name):
     det = fitted(name)
     models = {k: getattr(det, k) for k in ("vae_", "cnn_") if hasattr(det, k)}
     small = CLASSES[name].from_models(
-        *[models[k] for k in ("vae_", "cnn_") if k in models], batch_size=3
+        *[models[k] for k in ("vae_", "cnn_") if k in models], batch_size=3, precision="32"
     )
     np.testing.assert_allclose(
         small.decision_function(X_TEST), det.decision_function(X_TEST), rtol=1e-5, atol=1e-6
@@ -269,7 +270,7 @@ def test_bright_square_scores_above_normal(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_scores(name):
-    again = make(name).fit(X_TRAIN, Y_TRAIN)
+    again = make(name, precision="32").fit(X_TRAIN, Y_TRAIN)
     np.testing.assert_array_equal(
         again.decision_function(X_TEST), fitted(name).decision_function(X_TEST)
     )
@@ -292,7 +293,7 @@ def test_vae_fit_accepts_float_images_like_uint8():
 
 def test_from_models_scores_like_fitted_and_needs_threshold_for_predict():
     det = fitted("spade")
-    wrapped = SPADE.from_models(det.vae_, det.cnn_)
+    wrapped = SPADE.from_models(det.vae_, det.cnn_, precision=det.precision)
     np.testing.assert_allclose(
         wrapped.decision_function(X_TEST), det.decision_function(X_TEST), rtol=1e-6
     )

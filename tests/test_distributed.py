@@ -47,6 +47,7 @@ from spadecam.cli import main
 from spadecam.data import load_mnist
 from spadecam.distributed import fabric_settings, gather_in_order, rank_seed, shard
 from spadecam.models.vae import negative_elbo
+from spadecam.precision import resolve_training_precision
 from spadecam.training import train_cnn, train_vae
 
 DATA = mnist_dir()
@@ -78,7 +79,7 @@ def test_gather_without_processes_is_the_identity():
 def test_fabric_settings_follow_the_launcher():
     plain = fabric_settings(env={})
     assert plain == dict(accelerator="cpu", devices=1, strategy="auto", num_nodes=1,
-                         precision="32-true")
+                         precision=resolve_training_precision("auto", "cpu"))
     assert fabric_settings(precision="32", env={})["precision"] == "32-true"
     torchrun = dict(RANK="3", GROUP_RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2",
                     WORLD_SIZE="4")
@@ -109,10 +110,11 @@ def test_cli_options_reach_fabric():
     ])
     assert _distributed(args) == dict(accelerator="cuda", devices=4, strategy="ddp",
                                       num_nodes=2, precision="bf16-mixed")
-    args = _build_parser().parse_args(["score", "m", "x.png"])
+    args = _build_parser().parse_args(["score", "m", "x.png", "--precision", "32"])
     assert _distributed(args) == {}  # all from the launcher, or one process
-    with pytest.raises(SystemExit):
-        _build_parser().parse_args(["score", "m", "x.png", "--precision", "32"])
+    assert args.precision == "32"  # score's --precision is the scoring precision
+    with pytest.raises(SystemExit):  # a training precision is not a scoring one
+        _build_parser().parse_args(["score", "m", "x.png", "--precision", "bf16-mixed"])
 
 
 def test_reproduce_keeps_the_recipe_global_batch():

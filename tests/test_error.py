@@ -102,7 +102,7 @@ def _models(seed: int = 0) -> tuple[ConvVAE, ConvClassifier]:
 def test_spade_score_uses_the_configured_error():
     vae, cnn = _models()
     x = torch.rand(5, 1, 28, 28)
-    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2")
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32")
     with torch.no_grad():
         u_hat = vae.reconstruct(x)
         plain = spade_error_map(cnn, x, u_hat)
@@ -117,7 +117,7 @@ def test_spade_score_uses_the_configured_error():
 def test_vae_detector_score_uses_the_configured_error():
     vae, _ = _models()
     x = torch.rand(4, 1, 28, 28)
-    det = VAEDetector.from_models(vae, error_smoothing=1.0, error_norm="l2")
+    det = VAEDetector.from_models(vae, error_smoothing=1.0, error_norm="l2", precision="32")
     with torch.no_grad():
         expected = reconstruction_error(x, vae.reconstruct(x), 1.0, "l2").sum((1, 2, 3))
     np.testing.assert_allclose(det.decision_function(x.numpy()), expected.double().numpy(),
@@ -133,7 +133,7 @@ def test_bad_error_option_fails_at_scoring_with_its_name():
 
 def test_save_load_keeps_error_options(tmp_path):
     vae, cnn = _models()
-    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2")
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32")
     det.threshold_ = 0.5
     loaded = SPADE.load(det.save(tmp_path / "m"))
     assert (loaded.error_smoothing, loaded.error_norm) == (2.0, "l2")

@@ -48,7 +48,9 @@ def test_run_writes_results_table_ablations_and_figures(tmp_path, single_thread)
         assert [r["method"] for r in reader] == list(METHODS)
     with open(tmp_path / "ablations.csv") as f:
         methods = [r["method"] for r in csv.DictReader(f)]
-    assert methods == ["spade", *ABLATIONS, "spade_bf16"]
+    # the last row: SPADE scored in the precision the run did not use
+    other = "spade_fp32" if rows[0]["score_precision"] == "bf16" else "spade_bf16"
+    assert methods == ["spade", *ABLATIONS, other]
     table = (tmp_path / "table.md").read_text()
     assert "SPADE (paper) | 0.87" in table  # the paper's known-3 figure sits beside ours
     for name in ("samples", "roi_relu_vs_abs", "roi_small_vs_large", "roc_curves", "gallery"):

@@ -46,13 +46,28 @@ def _add_distributed_options(p: argparse.ArgumentParser, precision: bool = True)
     g.add_argument("--num-nodes", type=int, default=None, metavar="N",
                    help="machines taking part (default 1, or torchrun's)")
     if precision:
-        g.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default=None,
-                       help="training precision (default 32)")
+        g.add_argument("--precision", choices=["auto", "32", "bf16", "bf16-mixed", "16-mixed"],
+                       default="auto",
+                       help="training and scoring precision: auto (default) = bf16 where the "
+                       "CPU (AMX / AVX512-BF16) or GPU computes it natively, else fp32; 32 = "
+                       "exact fp32")
 
 
 def _distributed(args: argparse.Namespace) -> dict:
-    keys = ("accelerator", "devices", "strategy", "num_nodes", "precision")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    """Fabric settings given on the command line; --precision contributes its training part."""
+    keys = ("accelerator", "devices", "strategy", "num_nodes")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "precision", None) is not None and args.command in ("train", "reproduce"):
+        from spadecam.precision import from_option
+
+        out["precision"] = from_option(args.precision)[0]
+    return out
+
+
+def _add_scoring_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
+                   help="scoring precision: auto (default) = bf16 autocast where the CPU or GPU "
+                   "computes bf16 natively, else fp32; 32 = exact fp32")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -200,6 +215,7 @@ def _add_image_commands(sub) -> None:
                     help="write one PNG per image: the weighted reconstruction error over the "
                     "image (brighter = more anomalous)")
     sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_scoring_precision(sc)
     _add_distributed_options(sc, precision=False)
 
     ev = sub.add_parser(
@@ -223,7 +239,21 @@ def _add_image_commands(sub) -> None:
                     help="an MVTec AD category (uses its test/ and ground_truth/ folders) "
                     "instead of --normal/--anomaly/--masks")
     ev.add_argument("--out", metavar="JSON", help="write the metrics here (default: print them)")
+    _add_scoring_precision(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _precision_line(args: argparse.Namespace) -> str:
+    """What --precision resolves to here, e.g. "precision: training bf16-mixed, scoring bf16"."""
+    from spadecam.distributed import fabric_settings
+    from spadecam.precision import describe, from_option, resolve_scoring_precision
+
+    train, scoring = from_option(args.precision)
+    text = f"scoring {resolve_scoring_precision(scoring)}"
+    if args.command in ("train", "reproduce"):
+        text = f"training {fabric_settings(**_distributed(args))['precision']}, " + text
+    why = f" (auto: {describe()}; --precision 32 for exact fp32)" if args.precision == "auto" else ""
+    return f"precision: {text}{why}"
 
 
 def _run_image_command(args: argparse.Namespace) -> int:
@@ -232,8 +262,11 @@ def _run_image_command(args: argparse.Namespace) -> int:
 
     from spadecam import workflow
     from spadecam.distributed import global_rank
+    from spadecam.precision import from_option
 
     progress = not args.no_progress
+    if global_rank() == 0:
+        print(_precision_line(args), file=sys.stderr)
     if args.command == "train":
         path = workflow.train(
             args.normal, args.anomaly, args.out, image_size=args.image_size,
@@ -242,13 +275,13 @@ def _run_image_command(args: argparse.Namespace) -> int:
             threshold_quantile=args.threshold_quantile,
             threshold_holdout=args.threshold_holdout, progress=progress,
             distributed=_distributed(args), error_smoothing=args.error_smoothing,
-            error_norm=args.error_norm,
+            error_norm=args.error_norm, precision=from_option(args.precision)[1],
         )
         if global_rank() == 0:
             print(f"model written to {path}")
     elif args.command == "score":
         rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,
-                              distributed=_distributed(args))
+                              distributed=_distributed(args), precision=args.precision)
         if global_rank() != 0:
             return 0  # rank 0 prints for every process
         flagged = sum(r["label"] for r in rows)
@@ -261,7 +294,7 @@ def _run_image_command(args: argparse.Namespace) -> int:
     else:
         metrics = workflow.evaluate(
             args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
-            progress,
+            progress, precision=args.precision,
         )
         if args.out is None:
             print(json.dumps(metrics, indent=2))
@@ -304,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ablations=args.ablations,
                 figures=not args.no_figures,
                 distributed=_distributed(args),
+                precision=args.precision,
             )
             return 0
     except (

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from spadecam.precision import resolve_training_precision
+
 __all__ = [
     "PRECISIONS",
     "barrier",
@@ -47,8 +49,8 @@ __all__ = [
 ]
 
 #: Training precisions of the CLI and their Fabric names.
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed",
-              "16-mixed": "16-mixed"}
+PRECISIONS = {"auto": "auto", "32": "32-true", "32-true": "32-true",
+              "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 #: Environment variables torchrun (TorchElastic) sets in every process it starts.
 _TORCHRUN_VARS = ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
 
@@ -75,7 +77,9 @@ def fabric_settings(
     * otherwise one process on the CPU: accelerator "cpu", devices 1, num_nodes 1.
 
     strategy defaults to "auto" (Fabric picks DDP for more than one process) and precision
-    to "32-true".
+    to "auto": "bf16-mixed" where the accelerator computes bf16 natively, else "32-true"
+    (:func:`spadecam.precision.resolve_training_precision`; under ``fabric run`` "auto"
+    leaves the precision to ``fabric run``).
 
     Raises
     ------
@@ -90,10 +94,10 @@ def fabric_settings(
     elif all(k in env for k in _TORCHRUN_VARS):
         local, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
         defaults = dict(accelerator="cpu", devices=local, strategy="auto",
-                        num_nodes=max(1, world // max(local, 1)), precision="32-true")
+                        num_nodes=max(1, world // max(local, 1)), precision="auto")
     else:
         defaults = dict(accelerator="cpu", devices=1, strategy="auto", num_nodes=1,
-                        precision="32-true")
+                        precision="auto")
     given = dict(accelerator=accelerator, devices=devices, strategy=strategy,
                  num_nodes=num_nodes, precision=precision)
     out = {k: defaults[k] if v is None else v for k, v in given.items()}
@@ -107,6 +111,11 @@ def fabric_settings(
                 f"got {precision!r}"
             )
         out["precision"] = PRECISIONS[str(precision)]
+    if out["precision"] == "auto":
+        out["precision"] = (
+            None if env.get("LT_CLI_USED") == "1"
+            else resolve_training_precision("auto", str(out["accelerator"]))
+        )
     return out
 
 

@@ -28,7 +28,7 @@ from spadecam.detectors import (
     _scoring_context,
     reconstruction_error,
 )
-from spadecam.distributed import launch
+from spadecam.distributed import fabric_settings, launch
 from spadecam.evaluation import (
     METHOD_LABELS,
     METHODS,
@@ -40,6 +40,7 @@ from spadecam.evaluation import (
 from spadecam.figures import plot_gallery, plot_roc_curves, plot_roi_rows, plot_samples
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
+from spadecam.precision import from_option, resolve_scoring_precision
 from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
 
 __all__ = ["NORMAL_DIGIT", "RECIPES", "TEST_SEED", "Recipe", "get_recipe", "run_noisy_mnist"]
@@ -111,7 +112,10 @@ ABLATION_LABELS = {
     "spade_cam_layer_-2": "CAM at the penultimate conv layer",
     "spade_paper_error": "the paper's error abs(u - u_hat), unsmoothed",
     "spade_bf16": "SPADE scored in bf16 autocast",
+    "spade_fp32": "SPADE scored in fp32",
 }
+#: Ablation row of a run scored in the other precision, by that precision.
+_PRECISION_ABLATION = {"bf16": "spade_bf16", "32": "spade_fp32"}
 _BATCH = 256
 
 
@@ -144,7 +148,9 @@ def _spade_scores(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> np.ndarr
     return torch.cat(parts).double().numpy()
 
 
-def _figures_for_model(out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int) -> None:
+def _figures_for_model(
+    out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int, precision: str = "auto"
+) -> None:
     """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery."""
     # one normal, the known class and unknown digits, in a fixed order
     picks = [int(np.flatnonzero(digits == d)[0]) for d in (0, k, 2, 4, 6, 8) if d in digits]
@@ -187,7 +193,8 @@ def _figures_for_model(out: Path, vae, cnn, r: Recipe, u8, u_hat, digits, k: int
         titles, out / "roi_small_vs_large.png", image_keys=("input u",),
     )
     det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample,
-                            error_smoothing=r.error_smoothing, error_norm=r.error_norm)
+                            error_smoothing=r.error_smoothing, error_norm=r.error_norm,
+                            precision=precision)
     n = min(len(u8), 2000)
     maps = torch.cat(list(_spade_map_batches(det, u8[:n], u_hat[:n])))
     plot_gallery(
@@ -304,6 +311,7 @@ def run_noisy_mnist(
     figures: bool = True,
     log=print,
     distributed: dict | None = None,
+    precision: str = "auto",
 ) -> list[dict]:
     """Run the Noisy-MNIST benchmark and return one row per (method, known class, seed).
 
@@ -332,10 +340,16 @@ def run_noisy_mnist(
         only rank 0 logs and writes ``out_dir``. A recipe's ``batch_size`` is the global
         batch: each of W processes takes ``batch_size / W`` images per step, so the steps
         are those of one process (docs/distributed.md).
+    precision : {"auto", "32", "bf16", "32-true", "bf16-mixed", "16-mixed"}
+        Training and scoring precision (:func:`spadecam.precision.from_option`): "auto"
+        (default) trains in bf16-mixed and scores in bf16 autocast where the hardware has
+        native bf16, else fp32; "32" is exact fp32 (the committed fp32 tables). A
+        ``distributed["precision"]`` overrides the training part.
 
     Returns
     -------
-    list of dict with keys method, known_class, seed, auroc, recipe.
+    list of dict with keys method, known_class, seed, auroc, recipe, train_precision,
+    score_precision (the resolved precisions).
 
     Raises
     ------
@@ -346,8 +360,14 @@ def run_noisy_mnist(
     if not known or any(k < 1 or k > 9 for k in known) or len(set(known)) != len(known):
         raise ValueError(f"--known must be distinct digits in 1-9, got {known}")
     r = recipe if isinstance(recipe, Recipe) else get_recipe(recipe, quick)
-    fab = {k: v for k, v in (distributed or {}).items() if v is not None}
+    train_prec, score_prec = from_option(precision)
+    fab = {"precision": train_prec}
+    fab.update({k: v for k, v in (distributed or {}).items() if v is not None})
     fabric = launch(**fab)  # start the other processes (if any) first
+    device = fabric.device.type
+    score_prec = resolve_scoring_precision(score_prec, "cpu")  # scoring runs on the CPU
+    resolved = {"train_precision": fabric_settings(**fab)["precision"] or "fabric run",
+                "score_precision": score_prec}
     if fabric.global_rank != 0:
         log, progress, out_dir = (lambda *a, **k: None), False, None  # rank 0 reports
     r = _per_process_batch(r, fabric.world_size)
@@ -360,7 +380,8 @@ def run_noisy_mnist(
     labels = (y_test != NORMAL_DIGIT).astype(np.int64)
     log(
         f"recipe {r.name}: {len(y_test)} test images ({labels.sum()} anomalous), "
-        f"known classes {known}, seeds {list(seeds)}"
+        f"known classes {known}, seeds {list(seeds)}; training precision "
+        f"{resolved['train_precision']} on {device}, scoring precision {score_prec}"
     )
 
     rows: list[dict] = []
@@ -375,8 +396,8 @@ def run_noisy_mnist(
             x_normal, r.vae, dataclasses.replace(r.vae_train, seed=seed, progress=progress, **fab)
         )
         # The VAE does not depend on the known class: reconstruct the test set once.
-        u_hat = _reconstruct(vae, u_test)
-        u_hat_bf16 = None
+        u_hat = _reconstruct(vae, u_test, score_prec)
+        u_hat_other = None
         scores_vae = np.concatenate(
             [
                 reconstruction_error(_float(u_test[i : i + _BATCH]), u_hat[i : i + _BATCH],
@@ -398,10 +419,12 @@ def run_noisy_mnist(
                 r.loss,
             )
             base = {"cam_layer": r.cam_layer, "upsample": r.upsample,
-                    "error_smoothing": r.error_smoothing, "error_norm": r.error_norm}
+                    "error_smoothing": r.error_smoothing, "error_norm": r.error_norm,
+                    "precision": score_prec}
             scores = {
                 "vae": scores_vae,
-                "cnn": CNNDetector.from_models(cnn).decision_function(u_test),
+                "cnn": CNNDetector.from_models(cnn, precision=score_prec)
+                .decision_function(u_test),
                 "naive_spade": _spade_scores(NaiveSPADE.from_models(vae, cnn, **base),
                                              u_test, u_hat),
                 "spade": _spade_scores(SPADE.from_models(vae, cnn, **base), u_test, u_hat),
@@ -419,26 +442,31 @@ def run_noisy_mnist(
                     det = SPADE.from_models(vae, cnn, **{**base, **params})
                     a = auroc(labels, _spade_scores(det, u_test, u_hat))
                     ablation_rows.append(_row(name, k, seed, a))
-                # bf16 autocast end to end (VAE and CNN), to measure its AUROC cost
-                if u_hat_bf16 is None:
-                    u_hat_bf16 = _reconstruct(vae, u_test, precision="bf16")
-                det = SPADE.from_models(vae, cnn, precision="bf16", **base)
-                a = auroc(labels, _spade_scores(det, u_test, u_hat_bf16))
-                ablation_rows.append(_row("spade_bf16", k, seed, a))
+                # the same models scored in the other precision (VAE and CNN), to measure
+                # what bf16 scoring costs in AUROC
+                other = "32" if score_prec == "bf16" else "bf16"
+                if u_hat_other is None:
+                    u_hat_other = _reconstruct(vae, u_test, other)
+                det = SPADE.from_models(vae, cnn, **{**base, "precision": other})
+                a = auroc(labels, _spade_scores(det, u_test, u_hat_other))
+                ablation_rows.append(_row(_PRECISION_ABLATION[other], k, seed, a))
                 log("  ablations: " + ", ".join(
                     f"{r_['method']} {r_['auroc']:.3f}" for r_ in ablation_rows[-len(ABLATIONS) - 1:]))
             if seed == seeds[0]:
                 roc_scores[k] = scores
                 if out_dir is not None and figures and k == known[0]:
-                    _figures_for_model(Path(out_dir), vae, cnn, r, u_test, u_hat, y_test, k)
+                    _figures_for_model(Path(out_dir), vae, cnn, r, u_test, u_hat, y_test, k,
+                                       score_prec)
         log(f"seed {seed} done: {time.perf_counter() - t_start:.0f} s since the start")
     for row in rows + ablation_rows:
         row["recipe"] = r.name
+        row.update(resolved)
     wall = time.perf_counter() - t_start
     table = format_table(rows)
     log("\n" + table)
     if ablations:
-        log(format_table(ablation_rows, methods=("spade", *ABLATIONS, "spade_bf16"), paper=None,
+        prec_row = _PRECISION_ABLATION["32" if score_prec == "bf16" else "bf16"]
+        log(format_table(ablation_rows, methods=("spade", *ABLATIONS, prec_row), paper=None,
                          labels=ABLATION_LABELS))
     log(f"wall time {wall:.0f} s")
     if out_dir is not None:

@@ -62,8 +62,11 @@ class TrainConfig:
     accelerator, devices, num_nodes, precision, strategy :
         Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 2, 1, "32-true" or "bf16-mixed",
         "ddp"); ``devices`` is processes per node. ``None`` takes the launcher's value under
-        torchrun or ``fabric run``, else one process on the CPU in "32-true"
-        (:func:`spadecam.distributed.fabric_settings`).
+        torchrun or ``fabric run``, else one process on the CPU
+        (:func:`spadecam.distributed.fabric_settings`). ``precision="auto"`` (default) is
+        "bf16-mixed" where the accelerator computes bf16 natively (CPU with AMX or
+        AVX512-BF16, CUDA with bf16), else "32-true" (:mod:`spadecam.precision`); "32-true"
+        gives exact fp32 training.
     progress : bool
         Show a tqdm bar per epoch.
     """
@@ -78,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     accelerator: str | None = None
     devices: int | None = None
-    precision: str | None = None
+    precision: str | None = "auto"
     strategy: str | None = None
     num_nodes: int | None = None
     progress: bool = True

@@ -51,13 +51,14 @@ from spadecam.data.images import (
     load_mask,
 )
 from spadecam.detectors import SPADE, _check_error_params
-from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
 from spadecam.io import ModelFormatError, _atomic_bytes_writer
 from spadecam.metrics import image_metrics, pixel_auroc
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
+from spadecam.precision import resolve_scoring_precision
 from spadecam.training import TrainConfig
 
 __all__ = [
@@ -118,6 +119,7 @@ def build_detector(
     distributed: dict[str, Any] | None = None,
     error_smoothing: float = 0.0,
     error_norm: str = "l1",
+    precision: str = "auto",
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -132,6 +134,8 @@ def build_detector(
     threshold_quantile, threshold_holdout : see :class:`SPADE`
     error_smoothing, error_norm : the reconstruction error (see :class:`SPADE`; default the
         paper's |u - u_hat|)
+    precision : {"auto", "32", "bf16"}, the scoring precision (see :class:`SPADE`); training
+        takes ``distributed["precision"]`` (default "auto", :class:`TrainConfig`)
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
@@ -174,6 +178,7 @@ def build_detector(
         threshold_holdout=threshold_holdout,
         error_smoothing=error_smoothing,
         error_norm=error_norm,
+        precision=precision,
     )
 
 
@@ -207,6 +212,7 @@ def train(
     distributed: dict[str, Any] | None = None,
     error_smoothing: float = 0.0,
     error_norm: str = "l1",
+    precision: str = "auto",
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -219,7 +225,7 @@ def train(
     image_size, channels, resize : preprocessing (see the module notes); ``channels=None``
         uses the images' own channel count, which must be the same for all.
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
-    threshold_holdout, error_smoothing, error_norm : see :func:`build_detector`.
+    threshold_holdout, error_smoothing, error_norm, precision : see :func:`build_detector`.
     progress : bool, show tqdm bars
     distributed : dict, optional
         Fabric settings (see :func:`build_detector`). With several processes each one reads
@@ -259,7 +265,7 @@ def train(
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
         threshold_quantile, threshold_holdout, progress, distributed, error_smoothing,
-        error_norm,
+        error_norm, precision,
     )
     det.fit(x, data.labels)
     normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]
@@ -282,7 +288,9 @@ def train(
             "n_anomaly": int((data.labels == 1).sum()),
             "world_size": fabric.world_size,
             "global_batch_size": batch_size * fabric.world_size,
+            "precision": fabric_settings(**(distributed or {}))["precision"],
         },
+        "scoring_precision": resolve_scoring_precision(precision, "cpu"),
     }
     if fabric.global_rank == 0:  # every rank holds rank 0's models; one writes them
         det.save(out, preprocessing, extra)
@@ -297,10 +305,15 @@ def _as_list(x: Any) -> list:
 # --------------------------------------------------------------------------- scoring
 
 
-def _load_model(model_dir: str | os.PathLike) -> tuple[SPADE, dict[str, Any], dict[str, Any]]:
+def _load_model(
+    model_dir: str | os.PathLike, precision: str | None = None
+) -> tuple[SPADE, dict[str, Any], dict[str, Any]]:
     from spadecam.io import read_config
 
     det = SPADE.load(model_dir)
+    if precision is not None:
+        resolve_scoring_precision(precision)  # a clear error for a bad value
+        det.precision = precision
     config = read_config(model_dir)
     pre = det.preprocessing_
     if not pre or det.threshold_ is None:
@@ -381,6 +394,7 @@ def score(
     maps: str | os.PathLike | None = None,
     progress: bool = True,
     distributed: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Score images with a trained model directory; optionally write a CSV and overlays.
 
@@ -402,6 +416,8 @@ def score(
         CPU); the scores are
         gathered in input order, rank 0 writes the CSV and each rank writes the overlays of
         its own images (so ``maps`` must be on a file system every node sees).
+    precision : {"auto", "32", "bf16"}, optional
+        Scoring precision (see :class:`SPADE`); None keeps the model directory's.
 
     Returns
     -------
@@ -414,7 +430,7 @@ def score(
         small image; nothing is written. With several processes, an image that one process
         cannot read makes every process raise.
     """
-    det, pre, config = _load_model(model_dir)
+    det, pre, config = _load_model(model_dir, precision)
     if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
         raise ValueError(f"--maps {maps} exists and is not a folder")
     if out is not None and Path(out).is_dir():
@@ -505,6 +521,7 @@ def evaluate(
     mvtec: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Image AUROC, AUPR, F1-max (and pixel AUROC with masks) of a model on labelled folders.
 
@@ -522,6 +539,8 @@ def evaluate(
         ``normal``, ``anomaly`` and ``masks``.
     out : path, optional
         Where to write the metrics as JSON (temp file, then renamed).
+    precision : {"auto", "32", "bf16"}, optional
+        Scoring precision (see :class:`SPADE`); None keeps the model directory's.
 
     Returns
     -------
@@ -534,7 +553,7 @@ def evaluate(
         A bad model directory or folder, an unreadable image or mask, a mask with no image
         or of another size than its image, or labels of a single class; nothing is written.
     """
-    det, pre, _ = _load_model(model_dir)
+    det, pre, _ = _load_model(model_dir, precision)
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give a JSON file name")
     if mvtec is not None:
@@ -556,7 +575,10 @@ def evaluate(
     mask_arr = _mask_arrays(data, pre, progress) if has_masks else None
     x = _read(data.paths, pre, progress)
     scores, maps = _score(det, x, progress)
-    metrics: dict[str, Any] = {"model_dir": str(model_dir)}
+    metrics: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "precision": resolve_scoring_precision(det.precision, "cpu"),
+    }
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
     if mask_arr is not None:
