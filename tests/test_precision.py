@@ -131,3 +131,28 @@ def test_auto_uses_bf16_where_native(cpu_bf16):
     assert not np.array_equal(got["spade"], golden["spade"])
     np.testing.assert_allclose(got["spade"], golden["spade"], rtol=0.1)
     np.testing.assert_allclose(got["cnn"], golden["cnn"], atol=0.05)
+
+
+def _imports_torch(code: str) -> bool:
+    import subprocess
+    import sys
+
+    probe = f"import sys\n{code}\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["train", "--help"], ["train"], ["reproduce", "noisy-mnist", "--known", "0"],
+     ["score", "m", "x.png", "--precision", "fp8"]],
+)
+def test_cli_help_and_argument_errors_do_not_import_torch(argv):
+    code = ("from spadecam.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+    assert not _imports_torch(code)
+
+
+def test_package_imports_torch_only_when_a_detector_is_used():
+    assert not _imports_torch("import spadecam; spadecam.__version__")
+    assert _imports_torch("import spadecam; spadecam.SPADE")

@@ -1,10 +1,26 @@
 """spadecam — SPADE, Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607).
 
 Public API: the four detectors (SPADE and the paper's three baselines) and ``__version__``.
+
+The detectors are imported on first use (PEP 562 ``__getattr__``), so ``import spadecam``
+and ``spadecam --help`` do not pay for importing torch.
 """
 
-from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 __all__ = ["SPADE", "CNNDetector", "NaiveSPADE", "VAEDetector", "__version__"]
+
+if TYPE_CHECKING:
+    from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SPADE", "CNNDetector", "NaiveSPADE", "VAEDetector"):
+        from spadecam import detectors
+
+        return getattr(detectors, name)
+    raise AttributeError(f"module 'spadecam' has no attribute {name!r}")

@@ -29,6 +29,14 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _known_digits(text: str) -> list[int]:
+    """--known: distinct digits 1-9, checked at parse time (no torch import for a typo)."""
+    digits = _int_list(text)
+    if not digits or any(d < 1 or d > 9 for d in digits) or len(set(digits)) != len(digits):
+        raise argparse.ArgumentTypeError(f"expected distinct digits in 1-9 like 1,3,5, got {text!r}")
+    return digits
+
+
 def _add_distributed_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
     """Lightning Fabric settings; unset ones come from torchrun / `fabric run`, else 1 CPU."""
     g = p.add_argument_group(
@@ -84,7 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("benchmark", choices=["noisy-mnist"], help="benchmark to run")
     rep.add_argument(
-        "--known", type=_int_list, default=[1, 3, 5, 7, 9],
+        "--known", type=_known_digits, default=[1, 3, 5, 7, 9],
         help="known anomaly digits, comma-separated (default 1,3,5,7,9)",
     )
     rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
