@@ -1,29 +1,36 @@
-"""Scoring speed and memory of SPADE (issue: fast SPADE). Run with `make bench`.
+"""Scoring and training speed of SPADE against the machine's own peak. Run with `make bench`.
 
-All in one process, on the same trained models and the same 2,048 Noisy-MNIST test images,
-fp32, 2 threads:
-
-(a) spadecam SPADE scoring (closed-form Grad-CAM, u and u_hat in one CNN batch),
-(b) a reference built from captum's LayerGradCam (signed, relu_attributions=False) on u and
-    u_hat batch-wise plus the same VAE, computing the same score,
-(c) the forward-only bound: VAE forward + CNN forward on u and u_hat, no CAM.
-
-(a) and (b) use the paper's error e = |u - u_hat|; the recipe's blurred, squared error adds one
-small separable convolution per image to both alike.
-
-It checks that (a) and (b) agree to 1e-4 relative and prints, one per line:
-    speedup_vs_captum: X            (a) img/s / (b) img/s          target >= 3
-    fraction_of_forward_bound: Y    (a) img/s / (c) img/s          target >= 0.77
-    rss_ratio_20k_over_2k: Z        peak RSS scoring 20,480 / 2,048 images, fresh subprocesses,
-                                    streamed from a generator      target <= 1.2
-It also times the VAE forward alone and prints the speed-up ceiling rate(VAE) / rate(b): what
-X would be if the CNN and the CAM cost nothing, since every SPADE score needs the VAE forward.
+All in one process, on the same models and the same 2,048 Noisy-MNIST test images, 2 threads.
 Ratios are measured in one run on the same machine, so machine noise cancels to first order.
+
+Scoring paths (recipe `spadecam`: blurred, squared reconstruction error):
+(a) the default path: SPADE with ``precision="auto"`` (bf16 autocast where the CPU has native
+    bf16, else fp32), closed-form Grad-CAM, u and u_hat in one CNN batch;
+(a32) the same with ``precision="32"``;
+(b) a reference built from captum's LayerGradCam (signed, relu_attributions=False) on u and
+    u_hat, batch-wise, plus the same VAE and error, in fp32 — as a user would run it;
+(c) the forward-only bound of the default path: VAE forward + CNN forward on u and u_hat in
+    the default precision, no CAM, no error.
+
+Printed, one per line (lines that existed in 0.1 keep their meaning, now for the default path):
+    speedup_vs_captum: X          (a) img/s / (b) img/s                       target >= 2.5
+    fraction_of_peak: P           (a) FLOP/s / peak FLOP/s of the default dtype  target >= 0.30
+                                  (FLOPs by torch.utils.flop_counter; peak = best 2048^3
+                                  matmul in that dtype, same run)
+    train_speedup_bf16: T         VAE + CNN training img/s, default precision / fp32  >= 1.8
+    max_auroc_change_bf16: D      largest |AUROC(default) - AUROC(fp32)| of SPADE  <= 0.005
+    fraction_of_forward_bound: F  (a) img/s / (c) img/s                       target >= 0.77
+    rss_ratio_20k_over_2k: Z      peak RSS scoring 20,480 / 2,048 images, fresh subprocesses,
+                                  streamed from a generator                    target <= 1.2
+and, as reports without a target: own-images scoring (256x256 RGB, `small` and `resnet18`
+backbones) in img/s and fraction of peak, and `spadecam --help` start-up time.
+It also checks that (a32) and (b) agree to 1e-4 relative (the same maths).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -39,37 +46,47 @@ from spadecam import SPADE
 from spadecam._runtime import tune_malloc
 from spadecam.cam import normalise_roi
 from spadecam.data import load_mnist, make_noisy_mnist
+from spadecam.detectors import reconstruction_error
+from spadecam.evaluation import auroc
 from spadecam.io import load_models, save_models
+from spadecam.models.cnn import CNNConfig
+from spadecam.models.resnet import ResNetConfig
+from spadecam.models.vae import ConvVAE, VAEConfig
+from spadecam.precision import resolve_scoring_precision, resolve_training_precision
 from spadecam.reproduce import TEST_SEED, get_recipe
 from spadecam.training import train_cnn, train_vae
 
 N_IMAGES = 2048
+N_TRAIN = 4096
 BATCH = 256
 REPEATS = 3
+KNOWN = 3
 
 
-def _models(data_dir: str | None, recipe: str):
-    """Train the recipe's VAE and CNN briefly (1 epoch): speed does not depend on weights."""
-    r = get_recipe(recipe)
+def _train_data(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_mnist("train", data_dir)
-    keep = np.flatnonzero((y == 0) | (y == 3))[:4096]
+    keep = np.flatnonzero((y == 0) | (y == KNOWN))[:N_TRAIN]
     u = torch.from_numpy(make_noisy_mnist(x[keep], 5)).unsqueeze(1)
-    lab = torch.from_numpy((y[keep] == 3).astype(np.int64))
-    tc = {"epochs": 1, "progress": False, "val_fraction": 0.0}
-    import dataclasses
+    return u, torch.from_numpy((y[keep] == KNOWN).astype(np.int64))
 
+
+def _train(u, lab, r, precision: str, epochs: int = 1):
+    """Train the recipe's VAE and CNN for ``epochs``; return them and the training img/s."""
+    tc = {"epochs": epochs, "progress": False, "val_fraction": 0.0, "precision": precision}
+    t = time.perf_counter()
     vae = train_vae(u[lab == 0], r.vae, dataclasses.replace(r.vae_train, **tc))
     cnn = train_cnn(u, lab, r.cnn, dataclasses.replace(r.cnn_train, **tc), r.loss)
-    return vae, cnn, r
+    n = epochs * (int((lab == 0).sum()) + len(lab))  # images seen by the VAE and the CNN
+    return vae, cnn, n / (time.perf_counter() - t)
 
 
-def _test_images(data_dir: str | None, n: int, start: int = 0) -> np.ndarray:
-    x, _ = load_mnist("test", data_dir)
-    idx = np.arange(start, start + n) % len(x)
-    return make_noisy_mnist(x[idx], TEST_SEED)
+def _test_images(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_mnist("test", data_dir)
+    idx = np.arange(n) % len(x)
+    return make_noisy_mnist(x[idx], TEST_SEED), (y[idx] != 0).astype(np.int64)
 
 
-def _captum_scores(vae, cnn, u8: np.ndarray) -> np.ndarray:
+def _captum_scores(vae, cnn, u8: np.ndarray, r) -> np.ndarray:
     from captum.attr import LayerGradCam
 
     gc = LayerGradCam(cnn, cnn.features[-1])
@@ -83,13 +100,15 @@ def _captum_scores(vae, cnn, u8: np.ndarray) -> np.ndarray:
         roi = (a_u.abs() + a_h.clamp_min(0)).detach()
         roi = F.interpolate(roi, size=u.shape[-2:], mode="bilinear", align_corners=False)
         w = normalise_roi(roi.squeeze(1))
-        out.append(((u - u_hat).abs().sum(1) * w).sum((1, 2)))
+        e = reconstruction_error(u, u_hat, r.error_smoothing, r.error_norm).sum(1)
+        out.append((e * w).sum((1, 2)))
     return torch.cat(out).double().numpy()
 
 
-def _forward_bound(vae, cnn, u8: np.ndarray) -> None:
+def _forward_bound(vae, cnn, u8: np.ndarray, precision: str) -> None:
     """VAE forward, then (unless ``cnn`` is None) CNN forward on u and u_hat; no CAM."""
-    with torch.inference_mode():
+    bf16 = resolve_scoring_precision(precision) == "bf16"
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         for i in range(0, len(u8), BATCH):
             u = torch.from_numpy(u8[i : i + BATCH]).unsqueeze(1).float() / 255
             u = u.contiguous(memory_format=torch.channels_last)
@@ -99,6 +118,7 @@ def _forward_bound(vae, cnn, u8: np.ndarray) -> None:
 
 
 def _best_rate(fn, n: int) -> float:
+    fn()  # warm-up: oneDNN primitive creation, allocator
     best = float("inf")
     for _ in range(REPEATS):
         t = time.perf_counter()
@@ -107,12 +127,26 @@ def _best_rate(fn, n: int) -> float:
     return n / best
 
 
+def _peak_flops(dtype: torch.dtype, n: int = 2048) -> float:
+    """Best FLOP/s of an n x n x n matmul in ``dtype`` (the machine's practical peak)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return _best_rate(lambda: [a @ b for _ in range(4)], 4) * 2 * n**3
+
+
+def _flops_per_image(det: SPADE, u8: np.ndarray) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        det.decision_function(u8)
+    return counter.get_total_flops() / len(u8)
+
+
 def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
     """Score n images streamed in batches from a generator; return peak RSS in KiB."""
     import resource
 
     vae, cnn = load_models(model_dir)
-    det = SPADE.from_models(vae, cnn)
+    det = SPADE.from_models(vae, cnn)  # the default path
     x, _ = load_mnist("test", data_dir)
 
     def batches():
@@ -125,6 +159,49 @@ def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _rss_ratio(vae, cnn, data_dir: str | None, n_img: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        save_models(tmp, vae, cnn)
+        rss = {}
+        for n in (n_img, 10 * n_img):
+            cmd = [sys.executable, __file__, "--rss-child", tmp, str(n)]
+            if data_dir:
+                cmd += ["--data-dir", data_dir]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rss[n] = json.loads(res.stdout.strip().splitlines()[-1])["rss_kib"]
+    print(f"peak RSS: {rss[n_img] / 1024:.0f} MiB ({n_img:,} images), "
+          f"{rss[10 * n_img] / 1024:.0f} MiB ({10 * n_img:,})")
+    return rss[10 * n_img] / rss[n_img]
+
+
+def _own_images(peak: float) -> None:
+    """256x256 RGB through both backbones (random weights: speed does not depend on them)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 256, 256), dtype=torch.uint8).numpy()
+    vae = ConvVAE(VAEConfig(in_channels=3, image_size=256)).eval()
+    from spadecam.models.cnn import ConvClassifier
+    from spadecam.models.resnet import ResNetClassifier
+
+    for name, cnn in (("small", ConvClassifier(CNNConfig(in_channels=3))),
+                      ("resnet18", ResNetClassifier(ResNetConfig(in_channels=3)))):
+        det = SPADE.from_models(vae, cnn.eval(), batch_size=32)
+        rate = _best_rate(lambda d=det: d.decision_function(x), len(x))
+        frac = rate * _flops_per_image(det, x[:32]) / peak
+        print(f"own images 256x256 RGB, {name} backbone: {rate:.1f} img/s, "
+              f"fraction_of_peak {frac:.2f}")
+
+
+def _startup_seconds() -> float:
+    exe = os.path.join(os.path.dirname(sys.executable), "spadecam")
+    cmd = [exe, "--help"] if os.path.exists(exe) else [sys.executable, "-m", "spadecam", "--help"]
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("SPADECAM_DATA"))
@@ -133,48 +210,67 @@ def main() -> None:
     p.add_argument("--rss-child", nargs=2, metavar=("MODEL_DIR", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(2)
-    tune_malloc()  # the same process set-up for (a), (b) and (c)
+    tune_malloc()  # the same process set-up for every path
     if args.rss_child:
         print(json.dumps({"rss_kib": _rss_child(args.rss_child[0], args.data_dir,
                                                 int(args.rss_child[1]))}))
         return
 
-    n_img = args.n
-    vae, cnn, r = _models(args.data_dir, args.recipe)
-    u8 = _test_images(args.data_dir, n_img)
-    det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample)
-    ours = det.decision_function(u8)
-    ref = _captum_scores(vae, cnn, u8)
-    rel = np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-12))
-    print(f"max relative difference spadecam vs captum: {rel:.2e}")
+    n_img, r = args.n, get_recipe(args.recipe)
+    default = resolve_scoring_precision("auto")
+    train_default = resolve_training_precision("auto")
+    print(f"default precision here: scoring {default}, training {train_default}")
+    u_train, lab = _train_data(args.data_dir)
+    # training throughput: the same 1 epoch in fp32 and in the default precision
+    vae, cnn, train32 = _train(u_train, lab, r, "32-true")
+    _, _, train_auto = _train(u_train, lab, r, train_default)
+    print(f"training img/s (VAE + CNN, 1 epoch): fp32 {train32:.0f}, default {train_auto:.0f}")
+    # scoring models: the fp32 ones trained 2 more epochs, so AUROC means something
+    vae, cnn, _ = _train(u_train, lab, r, "32-true", epochs=3)
+
+    u8, labels = _test_images(args.data_dir, n_img)
+    kw = dict(cam_layer=r.cam_layer, upsample=r.upsample, error_smoothing=r.error_smoothing,
+              error_norm=r.error_norm)
+    det = SPADE.from_models(vae, cnn, **kw)  # precision "auto", the default
+    det32 = SPADE.from_models(vae, cnn, precision="32", **kw)
+    ref = _captum_scores(vae, cnn, u8, r)
+    ours32 = det32.decision_function(u8)
+    rel = np.max(np.abs(ours32 - ref) / np.maximum(np.abs(ref), 1e-12))
+    print(f"max relative difference spadecam fp32 vs captum: {rel:.2e}")
     if rel > 1e-4:
         sys.exit(f"scores differ from the captum reference by {rel:.2e} > 1e-4")
+    changes = []
+    for name, extra in (("recipe error", {}), ("paper error", dict(error_smoothing=0.0,
+                                                                   error_norm="l1"))):
+        a = auroc(labels, SPADE.from_models(vae, cnn, **{**kw, **extra}).decision_function(u8))
+        b = auroc(labels, SPADE.from_models(vae, cnn, precision="32", **{**kw, **extra})
+                  .decision_function(u8))
+        changes.append(abs(a - b))
+        print(f"SPADE AUROC ({name}, known {KNOWN}, {n_img} images): default {a:.4f}, fp32 {b:.4f}")
 
     rate_a = _best_rate(lambda: det.decision_function(u8), n_img)
-    rate_b = _best_rate(lambda: _captum_scores(vae, cnn, u8), n_img)
-    rate_c = _best_rate(lambda: _forward_bound(vae, cnn, u8), n_img)
-    rate_v = _best_rate(lambda: _forward_bound(vae, None, u8), n_img)  # VAE alone
-    print(f"img/s: spadecam {rate_a:.0f}, captum reference {rate_b:.0f}, forward bound {rate_c:.0f}, "
-          f"VAE forward alone {rate_v:.0f}")
-    # Every SPADE score needs the VAE forward, so even a CAM *and* a CNN that cost nothing could
-    # not be faster than the captum reference by more than (b)'s time over the VAE's time.
-    print(f"speedup ceiling (CNN and CAM free, VAE as is): {rate_v / rate_b:.2f}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_models(tmp, vae, cnn)
-        rss = {}
-        for n in (n_img, 10 * n_img):
-            cmd = [sys.executable, __file__, "--rss-child", tmp, str(n)]
-            if args.data_dir:
-                cmd += ["--data-dir", args.data_dir]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rss[n] = json.loads(res.stdout.strip().splitlines()[-1])["rss_kib"]
-        print(f"peak RSS: {rss[n_img] / 1024:.0f} MiB ({n_img:,} images), "
-              f"{rss[10 * n_img] / 1024:.0f} MiB ({10 * n_img:,})")
+    rate_a32 = _best_rate(lambda: det32.decision_function(u8), n_img)
+    rate_b = _best_rate(lambda: _captum_scores(vae, cnn, u8, r), n_img)
+    rate_c = _best_rate(lambda: _forward_bound(vae, cnn, u8, "auto"), n_img)
+    dtype = torch.bfloat16 if default == "bf16" else torch.float32
+    peak = _peak_flops(dtype)
+    peak32 = _peak_flops(torch.float32) if dtype != torch.float32 else peak
+    flops = _flops_per_image(det, u8[:BATCH])
+    print(f"img/s: default {rate_a:.0f}, fp32 {rate_a32:.0f}, captum reference {rate_b:.0f}, "
+          f"forward bound {rate_c:.0f}")
+    print(f"peak matmul GFLOP/s: {dtype} {peak / 1e9:.0f}, fp32 {peak32 / 1e9:.0f}; "
+          f"SPADE {flops / 1e9:.3f} GFLOP/image; fp32 path fraction_of_fp32_peak "
+          f"{rate_a32 * flops / peak32:.2f}")
+    _own_images(peak)
+    rss_ratio = _rss_ratio(vae, cnn, args.data_dir, n_img)
+    print(f"startup_help_s: {_startup_seconds():.2f}")
 
     print(f"speedup_vs_captum: {rate_a / rate_b:.2f}")
+    print(f"fraction_of_peak: {rate_a * flops / peak:.2f}")
+    print(f"train_speedup_bf16: {train_auto / train32:.2f}")
+    print(f"max_auroc_change_bf16: {max(changes):.4f}")
     print(f"fraction_of_forward_bound: {rate_a / rate_c:.2f}")
-    print(f"rss_ratio_20k_over_2k: {rss[10 * n_img] / rss[n_img]:.2f}")
+    print(f"rss_ratio_20k_over_2k: {rss_ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -333,11 +333,14 @@ def spade_error_map(
     else:  # u and u_hat in one batch: one forward (and one backward if needed)
         m = grad_cam(cnn, torch.cat([u, u_hat]), layer=cam_layer, method=cam_method)
         roi = apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
-    roi = upsample_roi(roi.float(), u.shape[-2:], mode=upsample)
-    if normalise:
-        roi = normalise_roi(roi)
-    error = reconstruction_error(u, u_hat.float(), error_smoothing, error_norm)
-    return weighted_error(error, roi)
+    # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
+    # are fp32 (a blurred, squared residual would lose its small values in bf16)
+    with torch.autocast(u.device.type, enabled=False):
+        roi = upsample_roi(roi.float(), u.shape[-2:], mode=upsample)
+        if normalise:
+            roi = normalise_roi(roi)
+        error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm)
+        return weighted_error(error, roi)
 
 
 @contextlib.contextmanager
@@ -617,7 +620,8 @@ class VAEDetector(_BaseDetector):
         with _scoring_context(self.precision, self.vae_) as device:
             u = u.to(device)
             u_hat = self.vae_.reconstruct(u).float()
-            e = reconstruction_error(u, u_hat, self.error_smoothing, self.error_norm)
+            with torch.autocast(device, enabled=False):  # the error in fp32, as in SPADE
+                e = reconstruction_error(u, u_hat, self.error_smoothing, self.error_norm)
             e = e.sum(dim=1).cpu()
         return e.sum(dim=(1, 2)), (e if want_maps else None)
 
