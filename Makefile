@@ -14,9 +14,9 @@ STAMP  := $(VENV)/.installed-stamp
 SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist && pwd)
 DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
 OUT    ?= runs
-# Training precision of `make reproduce`: 32 (default, the committed tables) or bf16-mixed
-# (1.23x faster here; AUROCs move by up to 0.012; see the README's Speed section).
-PRECISION ?= 32
+# Training and scoring precision of the reproductions: auto (default: bf16 where the CPU has
+# AMX / AVX512-BF16, else fp32) or 32 (exact fp32, as the 0.1 tables); README, Speed.
+PRECISION ?= auto
 export SPADECAM_DATA
 
 .PHONY: install demo test reproduce reproduce-3seeds tables bench lint clean
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/spadecam reproduce noisy-mnist --quick $(DATA_ARGS) --out $(OUT)/demo
+	$(BIN)/spadecam reproduce noisy-mnist --quick $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -42,8 +42,8 @@ reproduce: $(STAMP)
 # The benchmark committed under benchmarks/results: recipe spadecam over 3 seeds with ablations
 # and figures, then the paper recipe (one seed; its rows are appended to noisy_mnist.csv).
 reproduce-3seeds: $(STAMP)
-	$(BIN)/spadecam reproduce noisy-mnist --recipe spadecam --seeds 0,1,2 --ablations $(DATA_ARGS) --out $(OUT)/spadecam-3seeds
-	$(BIN)/spadecam reproduce noisy-mnist --recipe paper --seeds 0 $(DATA_ARGS) --out $(OUT)/paper-1seed
+	$(BIN)/spadecam reproduce noisy-mnist --recipe spadecam --seeds 0,1,2 --ablations $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/spadecam-3seeds
+	$(BIN)/spadecam reproduce noisy-mnist --recipe paper --seeds 0 $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/paper-1seed
 
 # Rewrite the README tables from benchmarks/results/*.csv
 tables: $(STAMP)

@@ -156,3 +156,26 @@ def test_cli_help_and_argument_errors_do_not_import_torch(argv):
 def test_package_imports_torch_only_when_a_detector_is_used():
     assert not _imports_torch("import spadecam; spadecam.__version__")
     assert _imports_torch("import spadecam; spadecam.SPADE")
+
+
+def test_bf16_decoder_crop_equals_output_padding():
+    from spadecam.models.vae import _upsample
+
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
+    h = torch.randn(3, 6, 10, 10)
+    with torch.no_grad():
+        # fp32: exactly the output_size path (bit-identical to 0.1)
+        assert torch.equal(_upsample(layer, h, 21), layer(h, output_size=(21, 21)))
+        with torch.autocast("cpu", torch.bfloat16):
+            got = _upsample(layer, h, 21)
+            want = layer(h, output_size=(21, 21))
+            even = _upsample(layer, h, 20)  # no output padding: the plain layer
+            assert torch.equal(even, layer(h))
+    assert got.shape == want.shape == (3, 5, 21, 21)
+    torch.testing.assert_close(got.float(), want.float(), atol=0.03, rtol=0.02)
+    # and in real arithmetic (float64) the crop is the padded transposed convolution
+    l64 = layer.double()
+    with torch.no_grad():
+        full = torch.nn.functional.conv_transpose2d(h.double(), l64.weight, l64.bias, stride=2)
+        torch.testing.assert_close(full[..., 1:22, 1:22], l64(h.double(), output_size=(21, 21)))
