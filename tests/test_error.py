@@ -146,3 +146,24 @@ def test_recipes_error_settings():
     r = get_recipe("spadecam")
     assert (r.error_smoothing, r.error_norm) == (2.0, "l2")
     assert ABLATIONS["spade_paper_error"] == {"error_smoothing": 0.0, "error_norm": "l1"}
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_roi_variants_on_cached_maps_equal_a_fresh_pass(precision):
+    # the reproduction scores SPADE and its ablations on one set of signed maps
+    vae, cnn = _models()
+    x = torch.rand(6, 1, 28, 28)
+    u_hat = vae.reconstruct(x)
+    base = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision=precision)
+    cams = base.signed_cams(x, u_hat)
+    for variant in ({}, {"recon_branch": "abs"}, {"input_branch": "relu"}, {"normalise": False},
+                    {"recon_branch": "none"}):
+        det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2",
+                                precision=precision, **variant)
+        fresh = det.error_map_from_reconstruction(x, u_hat)
+        cached = det.error_map_from_reconstruction(x, u_hat, cams)
+        if variant.get("recon_branch") == "none":  # M(u) from a batch of N vs 2N images
+            torch.testing.assert_close(cached, fresh, rtol=1e-2 if precision == "bf16" else 1e-5,
+                                       atol=1e-7)
+        else:
+            assert torch.equal(cached, fresh), variant

@@ -49,6 +49,7 @@ __all__ = [
     "fit_threshold",
     "gaussian_blur",
     "reconstruction_error",
+    "signed_cams",
     "spade_error_map",
 ]
 
@@ -292,6 +293,7 @@ def spade_error_map(
     cam_method: str = "auto",
     error_smoothing: float = 0.0,
     error_norm: str = "l1",
+    cams: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Weighted reconstruction error e' of SPADE (Algorithm 1), one map per image.
 
@@ -313,6 +315,10 @@ def spade_error_map(
     error_smoothing, error_norm :
         The reconstruction error e, see :func:`reconstruction_error` (defaults: the paper's
         |u - u_hat|).
+    cams : (Tensor (N, h, w), Tensor (N, h, w) or None), optional
+        The signed Grad-CAM maps M(u) and M(u_hat) (eq. 4) from :func:`signed_cams` with the
+        same ``cam_layer`` / ``cam_method``; given, the classifier is not run again (variants
+        of the ROI on the same maps, e.g. the ablations, cost no CNN pass).
 
     Returns
     -------
@@ -327,12 +333,15 @@ def spade_error_map(
     ----------
     Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
     """
-    n = u.shape[0]
-    if recon_branch == "none":  # skip the CAM of u_hat when it does not enter the ROI
-        roi = apply_branch(grad_cam(cnn, u, layer=cam_layer, method=cam_method), input_branch)
-    else:  # u and u_hat in one batch: one forward (and one backward if needed)
-        m = grad_cam(cnn, torch.cat([u, u_hat]), layer=cam_layer, method=cam_method)
-        roi = apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
+    if cams is None:
+        cams = signed_cams(cnn, u, u_hat if recon_branch != "none" else None, cam_layer, cam_method)
+    m_u, m_u_hat = cams
+    if recon_branch == "none":
+        roi = apply_branch(m_u, input_branch)
+    else:
+        if m_u_hat is None:
+            raise ValueError(f"recon_branch={recon_branch!r} needs the map of u_hat in cams")
+        roi = apply_branch(m_u, input_branch) + apply_branch(m_u_hat, recon_branch)
     # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
     # are fp32 (a blurred, squared residual would lose its small values in bf16)
     with torch.autocast(u.device.type, enabled=False):
@@ -341,6 +350,34 @@ def spade_error_map(
             roi = normalise_roi(roi)
         error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm)
         return weighted_error(error, roi)
+
+
+def signed_cams(
+    cnn: nn.Module,
+    u: torch.Tensor,
+    u_hat: torch.Tensor | None,
+    cam_layer: int = -1,
+    cam_method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Signed Grad-CAM maps M(u) and M(u_hat) (eq. 3-4) for :func:`spade_error_map`.
+
+    Parameters
+    ----------
+    cnn : nn.Module, the normal-vs-known-anomaly classifier
+    u, u_hat : Tensor (N, C, H, W), float in [0, 1]; ``u_hat`` None skips its map
+        With ``u_hat``, both go through the classifier as one batch of 2N images (one
+        forward, and one backward if the autograd path is needed).
+    cam_layer, cam_method : see :func:`spadecam.cam.grad_cam`
+
+    Returns
+    -------
+    (Tensor (N, h, w), Tensor (N, h, w) or None), at the feature-map resolution, signed.
+    """
+    if u_hat is None:
+        return grad_cam(cnn, u, layer=cam_layer, method=cam_method), None
+    n = u.shape[0]
+    m = grad_cam(cnn, torch.cat([u, u_hat]), layer=cam_layer, method=cam_method)
+    return m[:n], m[n:]
 
 
 @contextlib.contextmanager
@@ -864,12 +901,31 @@ class SPADE(_BaseDetector):
             error_norm=self.error_norm,
         )
 
-    def error_map_from_reconstruction(self, u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
-        """Weighted error e' (N, H, W) given precomputed reconstructions (float [0, 1])."""
+    def error_map_from_reconstruction(
+        self, u: torch.Tensor, u_hat: torch.Tensor, cams: Any = None
+    ) -> torch.Tensor:
+        """Weighted error e' (N, H, W) given precomputed reconstructions (float [0, 1]).
+
+        ``cams``: the signed maps from :meth:`signed_cams` of a detector with the same
+        classifier, ``cam_layer``, ``cam_method`` and precision (then no CNN pass is run).
+        """
         _require(self, "cnn_")
         with _scoring_context(self.precision, self.cnn_) as device:
-            m = spade_error_map(self.cnn_, u.to(device), u_hat.to(device), **self._map_kwargs())
+            m = spade_error_map(self.cnn_, u.to(device), u_hat.to(device), cams=cams,
+                                **self._map_kwargs())
             return m.float().cpu()
+
+    def signed_cams(
+        self, u: torch.Tensor, u_hat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """M(u), M(u_hat) (eq. 4) in this detector's precision, for :meth:`error_map_from_reconstruction`.
+
+        The map of u_hat is None when ``recon_branch == "none"`` (it would not be used).
+        """
+        _require(self, "cnn_")
+        with _scoring_context(self.precision, self.cnn_) as device:
+            u_hat = None if self.recon_branch == "none" else u_hat.to(device)
+            return signed_cams(self.cnn_, u.to(device), u_hat, self.cam_layer, self.cam_method)
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_", "cnn_")
