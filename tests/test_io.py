@@ -11,6 +11,7 @@ import torch
 
 import spadecam.io as sio
 from spadecam import SPADE, CNNDetector, NaiveSPADE, VAEDetector
+from spadecam._fs import atomic_write
 from spadecam.io import FORMAT_VERSION, ModelFormatError, load_models, read_config, save_models
 from spadecam.models import CNNConfig, ConvClassifier, ConvVAE, VAEConfig
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
@@ -123,16 +124,16 @@ def test_missing_directory_config_and_unknown_backbone(tmp_path):
 def test_interrupted_save_never_loads_as_a_half_model(tmp_path, monkeypatch):
     path = detector().save(tmp_path / "m", PRE)
     other_vae, other_cnn = models(seed=1)
-    real = sio._atomic_bytes_writer
+    real = sio.atomic_write_bytes
     calls = []
 
-    def crash_on_second_file(target, write):
+    def crash_on_second_file(target, data):
         calls.append(target.name)
         if len(calls) == 2:  # the new vae is in place, the new cnn and config are not
             raise KeyboardInterrupt("simulated crash")
-        real(target, write)
+        real(target, data)
 
-    monkeypatch.setattr(sio, "_atomic_bytes_writer", crash_on_second_file)
+    monkeypatch.setattr(sio, "atomic_write_bytes", crash_on_second_file)
     with pytest.raises(KeyboardInterrupt):
         save_models(path, other_vae, other_cnn)
     monkeypatch.undo()
@@ -148,7 +149,7 @@ def test_writer_leaves_no_temp_file_when_writing_fails(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        sio._atomic_bytes_writer(tmp_path / "config.json", failing)
+        atomic_write(tmp_path / "config.json", failing)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -212,3 +213,51 @@ def test_resave_with_one_model_fewer_removes_the_stale_weights(tmp_path):
     VAEDetector.from_models(vae).save(path, PRE)
     assert not (path / "cnn.safetensors").exists()
     assert VAEDetector.load(path).threshold_ is None
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+def strict_json(text: str):
+    """Parse as RFC 8259 JSON: the bare tokens NaN / Infinity that Python allows are errors."""
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_an_infinite_threshold_is_saved_as_strict_json_and_read_back(tmp_path, value):
+    det = detector()
+    det.threshold_ = float(value)
+    path = det.save(tmp_path / "model", PRE)
+    config = strict_json((path / "config.json").read_text())  # Python wrote `Infinity` before
+    assert config["threshold_"] == ("Infinity" if value > 0 else "-Infinity")
+    again = SPADE.load(path)
+    assert again.threshold_ == value
+    assert again.predict(X).tolist() == ([0] * 6 if value > 0 else [1] * 6)
+
+
+def test_a_nan_threshold_is_refused_and_nothing_is_written(tmp_path):
+    det = detector()
+    det.save(tmp_path / "model", PRE)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()}
+    other = detector()
+    torch.nn.init.constant_(other.cnn_.fc.weight, 0.5)  # other weights, so a write would show
+    other.threshold_ = float("nan")
+    with pytest.raises(ValueError, match="threshold_ is NaN"):
+        other.save(tmp_path / "model", PRE)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
+    with pytest.raises(ValueError, match="threshold_ is NaN"):
+        other.save(tmp_path / "new", PRE)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_malformed_threshold_in_config_is_a_format_error(tmp_path):
+    path = detector().save(tmp_path / "model", PRE)
+    config = json.loads((path / "config.json").read_text())
+    config["threshold_"] = "high"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="threshold_ must be a number"):
+        SPADE.load(path)

@@ -266,9 +266,8 @@ def _precision_line(args: argparse.Namespace) -> str:
 
 def _run_image_command(args: argparse.Namespace) -> int:
     """Run train / score / evaluate; errors are printed by main (exit code 2)."""
-    import json
-
     from spadecam import workflow
+    from spadecam._fs import json_text
     from spadecam.distributed import global_rank
     from spadecam.precision import from_option
 
@@ -305,7 +304,7 @@ def _run_image_command(args: argparse.Namespace) -> int:
             progress, precision=args.precision,
         )
         if args.out is None:
-            print(json.dumps(metrics, indent=2))
+            print(json_text(metrics), end="")
         else:
             print(f"image AUROC {metrics['image_auroc']:.4f}; wrote {args.out}")
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spadecam._fs import json_float
 from spadecam.cam import (
     apply_branch,
     grad_cam,
@@ -528,7 +529,10 @@ class _BaseDetector:
         allowed = cls._saved_params()
         params = {k: v for k, v in (saved.get("params") or {}).items() if k in allowed}
         det = cls.from_models(*models, **params)
-        det.threshold_ = config.get("threshold_")
+        try:
+            det.threshold_ = json_float(config.get("threshold_"), "threshold_")
+        except ValueError as exc:
+            raise ModelFormatError(f"{path}/config.json: {exc}") from None
         det.preprocessing_ = config.get("preprocessing")
         return det
 

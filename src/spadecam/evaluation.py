@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from spadecam._fs import atomic_write_text
 
 __all__ = [
     "METHODS",
@@ -117,20 +117,6 @@ def format_table(
                 f"| {labels.get(m, m)} (paper) | " + " | ".join(pcells) + f" | {pavg_s} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temp file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:

@@ -7,6 +7,9 @@ Layout of a model directory::
     MODEL_DIR/vae.safetensors    VAE weights (absent for the CNN-based baseline)
     MODEL_DIR/cnn.safetensors    classifier weights (absent for the VAE-based baseline)
 
+``config.json`` is strict JSON (RFC 8259): an infinite ``threshold_`` is written as the string
+``"Infinity"`` (or ``"-Infinity"``) and read back as a float; NaN is refused.
+
 Every file is written to a temp file in the same folder and renamed, and ``config.json`` is
 written last with the sha256 of both weight files, so a crash never leaves a directory that
 loads as a half model: an interrupted re-save leaves weights that fail the check, with a
@@ -19,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from spadecam._fs import atomic_write_bytes, atomic_write_text, json_text
 from spadecam.models.cnn import CNNConfig, ConvClassifier
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
@@ -46,17 +49,6 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 class ModelFormatError(ValueError):
     """A model directory is missing, malformed, of another format version, or holds pickle."""
-
-
-def _atomic_bytes_writer(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_models(
@@ -84,20 +76,20 @@ def save_models(
     Raises
     ------
     ValueError
-        Both models None.
+        Both models None, or a NaN in ``extra`` (JSON cannot hold it; nothing is written).
+        Infinite floats are written as ``"Infinity"`` / ``"-Infinity"``
+        (:func:`spadecam._fs.json_text`).
     """
     if vae is None and cnn is None:
         raise ValueError("save_models needs a VAE, a classifier or both; got neither")
     d = Path(model_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    hashes = {}
+    weights, hashes = {}, {}
     for name, model in (("vae", vae), ("cnn", cnn)):
         if model is None:
             continue
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        data = save_bytes(state)
-        hashes[f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
-        _atomic_bytes_writer(d / f"{name}.safetensors", lambda p, b=data: Path(p).write_bytes(b))
+        weights[f"{name}.safetensors"] = save_bytes(state)
+        hashes[f"{name}.safetensors"] = hashlib.sha256(weights[f"{name}.safetensors"]).hexdigest()
     config: dict[str, Any] = {"format_version": FORMAT_VERSION, "weights_sha256": hashes}
     if vae is not None:
         config["vae_config"] = vae.config.to_dict()
@@ -105,8 +97,13 @@ def save_models(
         config["cnn_config"] = cnn.config.to_dict()
         config["cnn_backbone"] = "resnet" if isinstance(cnn, ResNetClassifier) else "conv"
     config.update(extra or {})
-    text = json.dumps(config, indent=2, sort_keys=True)
-    _atomic_bytes_writer(d / "config.json", lambda p: Path(p).write_text(text))
+    # encode before writing anything: a value JSON cannot hold must not leave new weights
+    # beside an old config.json
+    text = json_text(config, indent=2, sort_keys=True)
+    d.mkdir(parents=True, exist_ok=True)
+    for file_name, data in weights.items():
+        atomic_write_bytes(d / file_name, data)
+    atomic_write_text(d / "config.json", text)
     for name, model in (("vae", vae), ("cnn", cnn)):  # a re-save with one model fewer
         if model is None:
             (d / f"{name}.safetensors").unlink(missing_ok=True)

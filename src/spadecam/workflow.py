@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spadecam._fs import atomic_write, json_float, json_text
 from spadecam.data.folders import (
     DatasetError,
     LabelledImages,
@@ -53,7 +53,7 @@ from spadecam.data.images import (
 from spadecam.detectors import SPADE, _check_error_params
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
-from spadecam.io import ModelFormatError, _atomic_bytes_writer
+from spadecam.io import ModelFormatError
 from spadecam.metrics import image_metrics, pixel_auroc
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
@@ -384,7 +384,7 @@ def _map_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    _atomic_bytes_writer(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"))
+    atomic_write(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"), suffix=".png")
 
 
 def score(
@@ -457,7 +457,7 @@ def score(
     if maps is not None:
         d = Path(maps)
         d.mkdir(parents=True, exist_ok=True)
-        scale = config.get("overlay_scale")
+        scale = json_float(config.get("overlay_scale"), "overlay_scale")
         if not scale:  # a model without one: the largest value over all images
             top = torch.tensor(0.0 if error_maps is None else float(error_maps.max()))
             scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
@@ -586,5 +586,5 @@ def evaluate(
         metrics["pixel_auroc"] = pixel_auroc(m[use], maps[use], valid[use])
         metrics["n_pixel_images"] = int(use.sum())
     if out is not None:
-        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out, json_text(metrics))
     return metrics

@@ -31,13 +31,14 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from spadecam._fs import atomic_write
 
 __all__ = [
     "DEFAULT_MNIST_URL",
@@ -358,19 +359,13 @@ def _existing_ok(folder: Path, stem: str) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(path, write, suffix=".part")
 
 
 def download_mnist(
