@@ -2,16 +2,21 @@
 
 Every function takes arrays already computed by the detectors and writes one PNG atomically
 (temp file, then rename). Images are (N, H, W) floats in [0, 1] unless stated.
+
+Figures are drawn with matplotlib's object API (``Figure``), not pyplot: nothing here selects
+a backend or registers a figure, so a caller's interactive matplotlib session (a notebook's
+backend, its open figures) is left as it was.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from spadecam._fs import atomic_write
 
 __all__ = [
     "plot_samples",
@@ -21,39 +26,26 @@ __all__ = [
 ]
 
 
-def _plt():
-    import matplotlib
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float]):
+    """A new Figure and its (nrows, ncols) array of axes, outside pyplot's global state."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        _plt().close(fig)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight",
+                                                    format="png"), suffix=".png")
 
 
 def plot_samples(
     images: np.ndarray, titles: Sequence[str], path: str | os.PathLike, ncols: int = 8
 ) -> Path:
     """Grid of Noisy-MNIST samples (paper Fig. 5). images: (N, H, W) uint8 or float [0, 1]."""
-    plt = _plt()
     n = len(images)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, ncols, (1.6 * ncols, 1.75 * nrows))
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t in zip(axes.flat, images, titles):
@@ -74,10 +66,9 @@ def plot_roi_rows(
     columns: name -> (N, H, W) array; names in ``image_keys`` are drawn in grey [0, 1],
     the others as heat maps scaled per image.
     """
-    plt = _plt()
     names = list(columns)
     n = len(row_titles)
-    fig, axes = plt.subplots(n, len(names), figsize=(1.9 * len(names), 1.9 * n), squeeze=False)
+    fig, axes = _subplots(n, len(names), (1.9 * len(names), 1.9 * n))
     for j, name in enumerate(names):
         for i in range(n):
             ax = axes[i, j]
@@ -108,9 +99,8 @@ def plot_roc_curves(
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _plt()
     ks = sorted(scores)
-    fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.2), squeeze=False)
+    fig, axes = _subplots(1, len(ks), (3.2 * len(ks), 3.2))
     for ax, k in zip(axes[0], ks):
         for m, s in scores[k].items():
             fpr, tpr, _ = roc_curve(labels, s)
@@ -136,10 +126,9 @@ def plot_gallery(
 
     images: (N, H, W) float [0, 1]; maps: (N, H, W) e'; scores: (N,); digits: (N,) labels.
     """
-    plt = _plt()
     order = np.argsort(scores)
     picks = list(order[::-1][:n]) + list(order[:n])
-    fig, axes = plt.subplots(4, n, figsize=(1.8 * n, 7.6), squeeze=False)
+    fig, axes = _subplots(4, n, (1.8 * n, 7.6))
     for idx, i in enumerate(picks):
         row = 0 if idx < n else 2
         col = idx % n
