@@ -389,3 +389,97 @@ def test_spade_with_intermediate_cam_layer():
     maps = wrapped.anomaly_map(X_TEST)
     assert maps.shape == (len(X_TEST), SIZE, SIZE) and np.isfinite(maps).all()
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), wrapped.decision_function(X_TEST), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- non-finite numbers
+
+
+@pytest.mark.parametrize(
+    "vae_config, lr_vae, lr_cnn, model",
+    # the paper's default VAE at lr 1e4 (the example); a classifier at lr 1e30
+    [(None, 1e4, 3e-3, "VAE"), (VAE_CFG, 3e-3, 1e30, "classifier")],
+)
+def test_divergent_training_stops_with_a_clear_error_and_stays_unfitted(
+    vae_config, lr_vae, lr_cnn, model
+):
+    from spadecam.training import TrainingDivergedError
+
+    small = dict(epochs=3, batch_size=8, progress=False, seed=0)
+    det = SPADE(vae_config=vae_config, cnn_config=CNN_CFG,
+                vae_train=TrainConfig(lr=lr_vae, **small),
+                cnn_train=TrainConfig(lr=lr_cnn, **small))
+    x = np.concatenate([X_TRAIN[:24], X_TRAIN[-8:]])  # 32 tiny images: 24 normal, 8 squares
+    y = np.r_[np.zeros(24), np.ones(8)].astype(np.int64)
+    with pytest.raises(TrainingDivergedError, match=rf"^{model} training diverged") as exc:
+        det.fit(x, y)
+    message = str(exc.value)
+    assert "epoch" in message and "lower learning rate" in message and "[0, 1]" in message
+    # not half-fitted: the VAE that trained before the classifier diverged is not kept
+    assert not [k for k in vars(det) if k.endswith("_")]
+    with pytest.raises(NotFittedError):
+        det.decision_function(X_TEST)
+
+
+def test_a_failed_refit_keeps_the_previous_fit():
+    from spadecam.training import TrainingDivergedError
+
+    det = fitted("spade")
+    before = det.decision_function(X_TEST)
+    vae, cnn, t = det.vae_, det.cnn_, det.threshold_
+    det.cnn_train = TrainConfig(epochs=3, batch_size=8, progress=False, lr=1e30)
+    try:
+        with pytest.raises(TrainingDivergedError, match="classifier"):
+            det.fit(X_TRAIN, Y_TRAIN)
+    finally:
+        det.cnn_train = TRAIN
+    assert det.vae_ is vae and det.cnn_ is cnn and det.threshold_ == t
+    np.testing.assert_array_equal(det.decision_function(X_TEST), before)
+
+
+def test_non_finite_weights_give_an_error_naming_the_images_not_nan_scores():
+    from spadecam.detectors import NonFiniteScoreError
+
+    det = fitted("spade")
+    vae = type(det.vae_)(det.vae_.config)
+    vae.load_state_dict(det.vae_.state_dict())
+    with torch.no_grad():
+        next(vae.parameters()).fill_(float("nan"))
+    broken = SPADE.from_models(vae, det.cnn_)
+    broken.threshold_ = det.threshold_
+    for call in (broken.decision_function, broken.anomaly_map, broken.predict):
+        with pytest.raises(NonFiniteScoreError, match=r"non-finite scores for 16 image\(s\)"):
+            call(X_TEST)
+
+
+# --------------------------------------------------------------------------- no side effects
+
+
+def rng_states():
+    import random
+
+    return torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def assert_same_rng(before, after):
+    assert torch.equal(before[0], after[0]), "torch's global RNG was changed"
+    np.testing.assert_array_equal(before[1], after[1])
+    assert before[2] == after[2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_and_scoring_leave_the_callers_rng_untouched(name):
+    # fit used to re-seed torch's global RNG: torch.rand after it was the same for any caller
+    short = TrainConfig(epochs=2, batch_size=8, lr=3e-3, progress=False, seed=0)
+    extra = {k: short for k in ("vae_train", "cnn_train") if k in params(name)}
+    torch.manual_seed(1234)
+    before = rng_states()
+    det = make(name, threshold_holdout=0.25, **extra).fit(X_TRAIN, Y_TRAIN)
+    det.decision_function(X_TEST)
+    det.predict(X_TEST)
+    if name in MAP_BASED:
+        det.anomaly_map(X_TEST)
+    assert_same_rng(before, rng_states())
+    # and the seed alone sets the numbers: the caller's RNG state does not enter them
+    torch.manual_seed(99)
+    again = make(name, threshold_holdout=0.25, **extra).fit(X_TRAIN, Y_TRAIN)
+    np.testing.assert_array_equal(again.decision_function(X_TEST), det.decision_function(X_TEST))

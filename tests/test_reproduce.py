@@ -96,3 +96,25 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_th
     _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3)
     assert (tmp_path / "gallery.png").stat().st_size > 1000
     assert seen == {"images": 2000, "maps": 2000, "scores": 2000, "digits": 2000}
+
+
+def test_a_seeds_rows_do_not_depend_on_what_runs_beside_it(tmp_path, single_thread):
+    # the README promises that seed s of a multi-seed run equals seed s run alone; the
+    # models of seed 1 must not depend on seed 0's run, on other known classes, on the
+    # ablations and figures, nor on the caller's RNG state
+    r = tiny_recipe()
+    r = dataclasses.replace(r, vae_train=dataclasses.replace(r.vae_train, epochs=2),
+                            cnn_train=dataclasses.replace(r.cnn_train, epochs=2))
+    kw = dict(recipe=r, data_dir=DATA, progress=False, log=lambda *_: None)
+
+    def seed1_known3(rows):
+        return [(x["method"], x["auroc"]) for x in rows if x["seed"] == 1 and x["known_class"] == 3]
+
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    alone = run_noisy_mnist(known=(3,), seeds=(1,), figures=False, **kw)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG untouched
+    torch.rand(7)  # another caller state
+    beside = run_noisy_mnist(known=(1, 3), seeds=(0, 1), ablations=True, out_dir=tmp_path, **kw)
+    assert seed1_known3(alone) == seed1_known3(beside)
+    assert len(seed1_known3(alone)) == len(METHODS)

@@ -44,6 +44,7 @@ __all__ = [
     "SPADE",
     "CNNDetector",
     "NaiveSPADE",
+    "NonFiniteScoreError",
     "NotFittedError",
     "VAEDetector",
     "as_image_tensor",
@@ -57,6 +58,28 @@ __all__ = [
 
 class NotFittedError(RuntimeError):
     """A detector was used before ``fit`` (or ``from_models``)."""
+
+
+class NonFiniteScoreError(ValueError):
+    """The models gave NaN or infinite scores; ``indices`` lists the images (input order)."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
+
+
+def _check_finite(det: Any, values: np.ndarray, offset: int = 0) -> None:
+    """NonFiniteScoreError naming the images whose score (or map) is not finite."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        idx = [int(i) + offset for i in np.flatnonzero(bad)]
+        raise NonFiniteScoreError(
+            f"{type(det).__name__}: the models gave non-finite scores for {len(idx)} image(s) "
+            f"(index {', '.join(map(str, idx[:5]))}{', ...' if len(idx) > 5 else ''}); their "
+            "weights are probably not finite (a diverged training?). Re-train with a lower "
+            "learning rate.",
+            idx,
+        )
 
 
 # --------------------------------------------------------------------------- input checks
@@ -438,10 +461,17 @@ class _BaseDetector:
 
         Returns
         -------
-        ndarray (N,), float64
+        ndarray (N,), float64, finite
+
+        Raises
+        ------
+        NonFiniteScoreError
+            A score is NaN or infinite (models with non-finite weights); names the images.
         """
         out = [self._scores_and_maps(u, False)[0] for u in _batches(X, self.batch_size)]
-        return torch.cat(out).double().numpy()
+        scores = torch.cat(out).double().numpy()
+        _check_finite(self, scores)
+        return scores
 
     def predict(self, X: Any) -> np.ndarray:
         """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64."""
@@ -450,6 +480,27 @@ class _BaseDetector:
 
     #: Fitted models of this detector, in the order ``from_models`` takes them.
     _model_attrs: tuple[str, ...] = ()
+
+    @contextlib.contextmanager
+    def _fitting(self) -> Iterator[None]:
+        """All fitted attributes (``name_``) set in the block, or, on an error, none.
+
+        A fit that fails half-way (e.g. the classifier diverges after the VAE trained) leaves
+        the detector as it was before ``fit``: unfitted, or with its previous fit.
+        """
+
+        def fitted() -> dict[str, Any]:
+            return {k: v for k, v in vars(self).items()
+                    if k.endswith("_") and not k.startswith("_")}
+
+        before = fitted()
+        try:
+            yield
+        except BaseException:
+            for k in fitted():
+                delattr(self, k)
+            vars(self).update(before)
+            raise
 
     def save(
         self,
@@ -641,11 +692,10 @@ class VAEDetector(_BaseDetector):
             raise ValueError("fit needs at least 2 normal images (y == 0)")
         xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         cfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
-        self.vae_ = _prepare(train_vae(xf[yf == 0], cfg, self.vae_train))
-        if x_hold is None:
-            self._set_threshold(xf[yf == 0])
-        else:
-            self._set_threshold(x_hold, a_hold, held_out=True)
+        with self._fitting():
+            self.vae_ = _prepare(train_vae(xf[yf == 0], cfg, self.vae_train))
+            self._set_threshold(xf[yf == 0] if x_hold is None else x_hold, a_hold,
+                                held_out=x_hold is not None)
         return self
 
     @classmethod
@@ -668,8 +718,11 @@ class VAEDetector(_BaseDetector):
 
     def anomaly_map(self, X: Any) -> np.ndarray:
         """Reconstruction error e per pixel, summed over channels: (N, H, W) float32, >= 0."""
-        maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
-        return torch.cat(maps).numpy()
+        maps = torch.cat(
+            [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
+        ).numpy()
+        _check_finite(self, maps)
+        return maps
 
 
 class CNNDetector(_BaseDetector):
@@ -722,11 +775,10 @@ class CNNDetector(_BaseDetector):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         cfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.cnn_ = _prepare(train_cnn(xf, yf, cfg, self.cnn_train, self.loss))
-        if x_hold is None:
-            self._set_threshold(xf[yf == 0])
-        else:
-            self._set_threshold(x_hold, a_hold, held_out=True)
+        with self._fitting():
+            self.cnn_ = _prepare(train_cnn(xf, yf, cfg, self.cnn_train, self.loss))
+            self._set_threshold(xf[yf == 0] if x_hold is None else x_hold, a_hold,
+                                held_out=x_hold is not None)
         return self
 
     @classmethod
@@ -873,12 +925,11 @@ class SPADE(_BaseDetector):
         xf, yf, x_hold, a_hold = self._threshold_split(x, yt)
         vcfg = self.vae_config or VAEConfig(in_channels=x.shape[1], image_size=x.shape[-1])
         ccfg = self.cnn_config or CNNConfig(in_channels=x.shape[1])
-        self.vae_ = _prepare(train_vae(xf[yf == 0], vcfg, self.vae_train))
-        self.cnn_ = _prepare(train_cnn(xf, yf, ccfg, self.cnn_train, self.loss))
-        if x_hold is None:
-            self._set_threshold(xf[yf == 0])
-        else:
-            self._set_threshold(x_hold, a_hold, held_out=True)
+        with self._fitting():
+            self.vae_ = _prepare(train_vae(xf[yf == 0], vcfg, self.vae_train))
+            self.cnn_ = _prepare(train_cnn(xf, yf, ccfg, self.cnn_train, self.loss))
+            self._set_threshold(xf[yf == 0] if x_hold is None else x_hold, a_hold,
+                                held_out=x_hold is not None)
         return self
 
     @classmethod
@@ -942,10 +993,14 @@ class SPADE(_BaseDetector):
     def anomaly_map(self, X: Any) -> np.ndarray:
         """Weighted reconstruction error e' per pixel: (N, H, W) float32, >= 0.
 
-        Its sum over pixels is :meth:`decision_function`.
+        Its sum over pixels is :meth:`decision_function`. Raises NonFiniteScoreError as
+        :meth:`decision_function` does.
         """
-        maps = [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
-        return torch.cat(maps).numpy()
+        maps = torch.cat(
+            [self._scores_and_maps(u, True)[1] for u in _batches(X, self.batch_size)]
+        ).numpy()
+        _check_finite(self, maps)
+        return maps
 
     def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`decision_function` and :meth:`anomaly_map` from one scoring pass.
@@ -957,6 +1012,7 @@ class SPADE(_BaseDetector):
         """
         out = [self._scores_and_maps(u, True) for u in _batches(X, self.batch_size)]
         scores = torch.cat([s for s, _ in out]).double().numpy()
+        _check_finite(self, scores)
         return scores, torch.cat([m for _, m in out]).numpy()
 
 

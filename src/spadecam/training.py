@@ -3,8 +3,16 @@
 Device, precision and distribution are Fabric settings in :class:`TrainConfig`, so the
 loops below stay the same on CPU, one GPU or several processes under DDP
 (:mod:`spadecam.distributed` launches them). Each loop holds out a seeded validation split,
-shows a tqdm bar per epoch, early-stops on the validation loss and returns the model with the
-best validation weights, in eval mode on the CPU; under DDP every rank returns rank 0's.
+reports each epoch (a tqdm bar on a terminal, one line per epoch elsewhere), early-stops on
+the validation loss and returns the model with the best validation weights, in eval mode on
+the CPU; under DDP every rank returns rank 0's.
+
+Seeds are local: the weights, the batch order and the VAE's sampling noise are drawn inside
+``torch.random.fork_rng``, so the caller's global RNG state is the same before and after a
+training call, and a call's numbers depend on its seed alone, not on what ran before it.
+
+A non-finite loss (training or validation) stops the loop at once with
+:class:`TrainingDivergedError`, which names the model, the epoch and what to try.
 
 Under DDP (``W`` processes) each process takes ``batch_size`` images per step, so a step
 sees ``W * batch_size`` images; the gradient is their mean, as in one process with that
@@ -21,21 +29,27 @@ batch. What agrees and what differs across ranks:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
+from spadecam._progress import bar as progress_bar
+from spadecam._progress import interactive, note
 from spadecam.distributed import launch, rank_seed, shard
 from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
 
-__all__ = ["TrainConfig", "to_float_images", "train_cnn", "train_vae"]
+__all__ = ["TrainConfig", "TrainingDivergedError", "to_float_images", "train_cnn", "train_vae"]
+
+
+class TrainingDivergedError(ValueError):
+    """A training loss became NaN or infinite; the message names the model, epoch and a hint."""
 
 
 @dataclass
@@ -68,7 +82,8 @@ class TrainConfig:
         AVX512-BF16, CUDA with bf16), else "32-true" (:mod:`spadecam.precision`); "32-true"
         gives exact fp32 training.
     progress : bool
-        Show a tqdm bar per epoch.
+        Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
+        (training and validation loss) on stderr.
     """
 
     epochs: int = 10
@@ -95,6 +110,32 @@ def to_float_images(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     return x.float()
+
+
+@contextlib.contextmanager
+def _local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global RNG (CPU, and ``device`` if CUDA) for the block; restore after.
+
+    Module initialisers, ``randn_like`` and DataLoader draw from the global generators, so
+    they are seeded here rather than given a ``torch.Generator``; ``fork_rng`` puts the
+    caller's states back when the block ends, even on an error.
+    """
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device is not None and device.type == "cuda") else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _diverged(name: str, what: str, value: float, epoch: int, cfg: TrainConfig) -> Exception:
+    return TrainingDivergedError(
+        f"{name} training diverged: the {what} loss is {value} in epoch {epoch + 1}/{cfg.epochs}. "
+        f"Try a lower learning rate (lr={cfg.lr:g}; e.g. {cfg.lr / 10:g}) and check that the "
+        "inputs are images scaled to [0, 1]. The model was not fitted."
+    )
 
 
 def _fabric(cfg: TrainConfig):
@@ -132,8 +173,13 @@ def _fit(
         raise ValueError(f"{name}: need at least 2 training images, got {n}")
     train_idx, val_idx = _split(n, cfg)  # seeded by cfg.seed alone: the same on every rank
     fabric = _fabric(cfg)
+    # the VAE's sampling noise differs per rank; seeded and restored: the caller's RNG is kept
+    with _local_rng(rank_seed(cfg.seed, fabric.global_rank), fabric.device):
+        return _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx)
+
+
+def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
     rank, world = fabric.global_rank, fabric.world_size
-    torch.manual_seed(rank_seed(cfg.seed, rank))  # the VAE's sampling noise differs per rank
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
@@ -169,25 +215,36 @@ def _fit(
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
 
+    report = cfg.progress and rank == 0
     best, best_state, stale = math.inf, None, 0
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
         model.train()
-        bar = tqdm(
-            train_loader,
-            desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress or fabric.global_rank != 0,
-            leave=False,
-        )
+        bar = progress_bar(train_loader, enabled=report,
+                           desc=f"{name} epoch {epoch + 1}/{cfg.epochs}")
+        loss_sum, loss_count = 0.0, 0
         for batch in bar:
             loss = loss_fn(model, batch)
+            value = loss.item()
+            # stop at the first non-finite loss, on every rank together (no rank may leave
+            # the others waiting in the next collective)
+            bad = torch.tensor(0.0 if math.isfinite(value) else 1.0)
+            if world > 1:
+                bad = fabric.all_reduce(bad, reduce_op="sum")
+            if bad.item() > 0:
+                raise _diverged(name, "training", value, epoch, cfg)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            bar.set_postfix(loss=f"{loss.item():.4g}")
+            k = batch[0].shape[0]
+            loss_sum, loss_count = loss_sum + value * k, loss_count + k
+            bar.set_postfix(loss=f"{value:.4g}")
+        line = f"{name} epoch {epoch + 1}/{cfg.epochs}: training loss {loss_sum / max(loss_count, 1):.5g}"
         if val_loader is None:
+            if report and not interactive():
+                note(line)
             continue
         model.eval()
         # validate rank 0's model on every rank: its batch-norm running statistics too;
@@ -203,8 +260,11 @@ def _fit(
         total = fabric.all_reduce(total, reduce_op="sum")
         count = fabric.all_reduce(count, reduce_op="sum")
         val = float(total / count)
-        if cfg.progress and fabric.global_rank == 0:
-            tqdm.write(f"{name} epoch {epoch + 1}: validation loss {val:.5g}")
+        if not math.isfinite(val):  # the same on every rank (all-reduced)
+            raise _diverged(name, "validation", val, epoch, cfg)
+        if report:
+            note(f"{line}, validation loss {val:.5g}" if not interactive()
+                 else f"{name} epoch {epoch + 1}: validation loss {val:.5g}")
         if val < best - 1e-6:
             best, stale = val, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -234,12 +294,21 @@ def train_vae(
 
     Returns
     -------
-    ConvVAE on the CPU, eval mode, with the best validation weights.
+    ConvVAE on the CPU, eval mode, with the best validation weights. The caller's global RNG
+    state is left as it was (seeds are local).
+
+    Raises
+    ------
+    TrainingDivergedError
+        A training or validation loss became NaN or infinite (the message names the VAE,
+        the epoch, and suggests a lower ``lr`` and checking the input scale).
+    ValueError
+        Fewer than 2 images, ``epochs < 1`` or an unknown schedule.
     """
     config = config or VAEConfig(in_channels=x_normal.shape[1], image_size=x_normal.shape[-1])
     train = train or TrainConfig()
-    torch.manual_seed(train.seed)
-    model = ConvVAE(config)
+    with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
+        model = ConvVAE(config)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
@@ -272,15 +341,25 @@ def train_cnn(
 
     Returns
     -------
-    ConvClassifier on the CPU, eval mode, with the best validation weights.
+    ConvClassifier on the CPU, eval mode, with the best validation weights. The caller's
+    global RNG state is left as it was (seeds are local).
+
+    Raises
+    ------
+    TrainingDivergedError
+        A training or validation loss became NaN or infinite (the message names the
+        classifier and the epoch, and suggests a lower ``lr`` and checking the input scale).
+    ValueError
+        Fewer than 2 images, ``epochs < 1``, an unknown schedule or loss.
     """
     config = config or CNNConfig(in_channels=x.shape[1])
     train = train or TrainConfig()
-    torch.manual_seed(train.seed)
-    model = ResNetClassifier(config) if isinstance(config, ResNetConfig) else ConvClassifier(config)
+    with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
+        model = (ResNetClassifier(config) if isinstance(config, ResNetConfig)
+                 else ConvClassifier(config))
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
         return classifier_loss(m(u).float(), batch[1], loss)
 
-    return _fit(model, (x, y.long()), loss_fn, train, "CNN")
+    return _fit(model, (x, y.long()), loss_fn, train, "classifier")

@@ -1,0 +1,43 @@
+"""Progress reporting that suits where the output goes: bars on a terminal, lines elsewhere.
+
+A tqdm bar redraws itself with carriage returns; under ``nohup``, in CI or piped to a file
+every redraw becomes text (about 60 lines of several thousand characters for one fit). So
+bars are drawn only when stderr is a terminal (or in a Jupyter kernel, where tqdm draws a
+widget); elsewhere the training loops print one plain line per epoch (:func:`note`) and
+the other bars stay silent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["bar", "interactive", "note"]
+
+
+def interactive() -> bool:
+    """True when a progress bar can redraw in place: stderr is a TTY, or a Jupyter kernel."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        if isatty is not None and isatty():
+            return True
+    except ValueError:  # a closed stream
+        return False
+    return "ipykernel" in sys.modules
+
+
+def bar(iterable: Iterable | None = None, *, enabled: bool, **kwargs: Any) -> tqdm:
+    """A tqdm bar (``leave=False``) shown only when ``enabled`` and :func:`interactive`."""
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, disable=not (enabled and interactive()), **kwargs)
+
+
+def note(message: str) -> None:
+    """One line on stderr: through tqdm when a bar may be open (keeps it intact), else plain."""
+    if interactive():
+        tqdm.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr, flush=True)
