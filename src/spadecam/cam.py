@@ -106,6 +106,9 @@ def grad_cam(
     -----
     Runs in eval mode (batch statistics would couple images), restores the model's mode and
     ``requires_grad`` flags, works inside ``torch.no_grad()`` / ``torch.inference_mode()``.
+    On the autograd path the layer's output A is captured by a forward hook and the network
+    continues on a copy of it, so in-place operations after the layer (``ReLU(inplace=True)``)
+    give the same map as their out-of-place versions.
 
     References
     ----------
@@ -146,8 +149,16 @@ def _autograd_cam(
     module = model.features[layer] if isinstance(layer, int) else layer
     captured: list[torch.Tensor] = []
 
-    def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+    def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                f"the Grad-CAM layer {type(_mod).__name__} returns {type(out).__name__}, not a "
+                "tensor (N, K, h, w); pass the module whose output is the feature map"
+            )
         captured.append(out)
+        # the rest of the network gets a copy: a later in-place op (VGG's ReLU(inplace=True))
+        # would otherwise overwrite A itself, and the map would use ReLU(A) in eq. 4
+        return out.clone()
 
     handle = module.register_forward_hook(hook)
     try:
