@@ -137,3 +137,20 @@ def test_zero_holdout_keeps_the_training_quantile():
     det = spade().fit(x, y)
     assert det.threshold_holdout == 0.0 and det.threshold_source_ == "quantile_train"
     assert det.threshold_ == pytest.approx(np.quantile(det.decision_function(x[y == 0]), 0.99))
+
+
+def test_predict_counts_a_score_equal_to_the_threshold_as_normal():
+    from spadecam.models import ConvClassifier, ConvVAE
+
+    torch.manual_seed(0)
+    det = SPADE.from_models(ConvVAE(VAE).eval(), ConvClassifier(CNN).eval())
+    x, _ = data(4, 0)
+    s = det.decision_function(x)
+    det.threshold_ = float(s[0])  # exactly the first image's score
+    expected = (s > s[0]).astype(int)
+    assert det.predict(x)[0] == 0 and det.predict(x).tolist() == expected.tolist()
+    det.threshold_ = float(np.nextafter(s[0], -np.inf))
+    assert det.predict(x)[0] == 1
+    det.threshold_ = float("nan")
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        det.predict(x)

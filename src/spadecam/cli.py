@@ -228,10 +228,14 @@ def _add_image_commands(sub) -> None:
 
     ev = sub.add_parser(
         "evaluate",
-        help="image AUROC, AUPR, F1-max (and pixel AUROC with masks) on labelled folders",
+        help="image AUROC, average precision, F1-max (and pixel AUROC with masks) on "
+        "labelled folders",
         description=(
-            "Evaluate a model directory on labelled test folders: image AUROC, AUPR, F1-max\n"
-            "and the precision/recall of its decisions; pixel AUROC when --masks are given.\n"
+            "Evaluate a model directory on labelled test folders: image AUROC, average\n"
+            "precision (AP, the step-wise precision-recall summary that some tools call\n"
+            "AUPR; key image_average_precision), F1-max with its threshold, and the\n"
+            "precision/recall of the model's decisions (anomalous when score > threshold);\n"
+            "pixel AUROC when --masks are given.\n"
             "Masks are matched to anomalous images by file stem (name.png or name_mask.png);\n"
             "any non-zero mask pixel is anomalous."
         ),

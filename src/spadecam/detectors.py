@@ -34,6 +34,7 @@ from spadecam.cam import (
     upsample_roi,
     weighted_error,
 )
+from spadecam.decision import flag_anomalous, threshold_between
 from spadecam.io import ModelFormatError, load_model_parts, read_config, save_models
 from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
 from spadecam.models.vae import ConvVAE, VAEConfig
@@ -171,6 +172,8 @@ def fit_threshold(
 ) -> float:
     """Decision threshold t for ``predict``: an image is anomalous when its score > t.
 
+    The rule is :data:`spadecam.decision.THRESHOLD_RULE`, the one every decision uses.
+
     * Only normal scores (or no anomaly scores): t = the ``quantile`` of the normal scores
       (numpy's linear interpolation), e.g. their 99th percentile, so about 1% of normal
       images are flagged.
@@ -215,7 +218,7 @@ def fit_threshold(
     fp = n.size - np.searchsorted(np.sort(n), u[1:], side="left")
     f1 = 2 * tp / (2 * tp + fp + (a.size - tp))
     i = int(np.argmax(f1))
-    return float((u[i] + u[i + 1]) / 2)
+    return threshold_between(float(u[i]), float(u[i + 1]))
 
 
 # --------------------------------------------------------------------------- scoring blocks
@@ -474,9 +477,19 @@ class _BaseDetector:
         return scores
 
     def predict(self, X: Any) -> np.ndarray:
-        """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64."""
+        """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64.
+
+        A score exactly equal to ``threshold_`` is normal (:mod:`spadecam.decision`).
+
+        Raises
+        ------
+        NotFittedError
+            No ``threshold_``.
+        ValueError
+            ``threshold_`` is NaN; NonFiniteScoreError for non-finite scores.
+        """
         _require(self, "threshold_")
-        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+        return flag_anomalous(self.decision_function(X), self.threshold_)
 
     #: Fitted models of this detector, in the order ``from_models`` takes them.
     _model_attrs: tuple[str, ...] = ()

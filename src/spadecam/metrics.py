@@ -1,8 +1,10 @@
-"""Image- and pixel-level detection metrics (scikit-learn): AUROC, AUPR, F1-max.
+"""Image- and pixel-level detection metrics (scikit-learn): AUROC, average precision, F1-max.
 
-Conventions: label 1 = anomalous (the positive class), a higher score = more anomalous.
-Image AUROC is the paper's metric (Narita et al., arXiv 1810.02607, section III); AUPR,
-F1-max and pixel AUROC are the usual companions on MVTec-style data (Bergmann et al. 2019).
+Conventions: label 1 = anomalous (the positive class), a higher score = more anomalous, and
+decisions follow :data:`spadecam.decision.THRESHOLD_RULE` (anomalous when score > t).
+Image AUROC is the paper's metric (Narita et al., arXiv 1810.02607, section III); average
+precision (often reported as "AUPR"), F1-max and pixel AUROC are the usual companions on
+MVTec-style data (Bergmann et al. 2019).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from spadecam.decision import flag_anomalous, threshold_flagging
 from spadecam.evaluation import auroc
 
-__all__ = ["aupr", "f1_max", "image_metrics", "pixel_auroc"]
+__all__ = ["average_precision", "f1_max", "image_metrics", "pixel_auroc"]
 
 
 def _check(labels: Any, scores: Any, what: str = "labels") -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +35,13 @@ def _check(labels: Any, scores: Any, what: str = "labels") -> tuple[np.ndarray, 
     return y.astype(np.int64), s
 
 
-def aupr(labels: Any, scores: Any) -> float:
-    """Area under the precision-recall curve (average precision), anomalous = positive.
+def average_precision(labels: Any, scores: Any) -> float:
+    """Average precision (AP), anomalous = positive: the summary of the precision-recall curve.
+
+    AP = sum_n (R_n - R_{n-1}) P_n over the thresholds n (scikit-learn's
+    ``average_precision_score``): the step-wise sum, not the trapezoidal area under the
+    curve, which interpolates linearly and runs optimistic. Tools that report "AUPR" mean
+    one or the other; spadecam reports this one, named ``image_average_precision``.
 
     Parameters
     ----------
@@ -50,7 +58,12 @@ def aupr(labels: Any, scores: Any) -> float:
 
 
 def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
-    """Best F1 over all thresholds, and the threshold t reaching it (anomalous: score >= t).
+    """Best F1 over all thresholds, and a threshold t reaching it under the rule score > t.
+
+    t lies halfway between the lowest flagged score and the highest score below it, so
+    ``flag_anomalous(scores, t)`` gives exactly the F1-max decisions, as ``predict``, the
+    score CSV and ``at_threshold`` of :func:`image_metrics` would with ``threshold_ = t``.
+    Ties between thresholds go to the lowest (higher recall).
 
     Returns
     -------
@@ -59,14 +72,14 @@ def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
     Raises
     ------
     ValueError
-        As :func:`aupr`.
+        As :func:`average_precision`.
     """
     y, s = _check(labels, scores)
-    precision, recall, thresholds = precision_recall_curve(y, s)
+    precision, recall, cuts = precision_recall_curve(y, s)  # cuts: flag scores >= cut
     p, r = precision[:-1], recall[:-1]  # the last point has no threshold
     f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)
     i = int(np.argmax(f1))
-    return float(f1[i]), float(thresholds[i])
+    return float(f1[i]), threshold_flagging(s, float(cuts[i]))
 
 
 def pixel_auroc(masks: Any, maps: Any, valid: Any = None) -> float:
@@ -96,7 +109,7 @@ def pixel_auroc(masks: Any, maps: Any, valid: Any = None) -> float:
 
 
 def image_metrics(labels: Any, scores: Any, threshold: float | None = None) -> dict[str, Any]:
-    """Image-level AUROC, AUPR, F1-max and, given a threshold, the decisions' quality.
+    """Image-level AUROC, average precision, F1-max and, given a threshold, the decisions.
 
     Parameters
     ----------
@@ -107,14 +120,16 @@ def image_metrics(labels: Any, scores: Any, threshold: float | None = None) -> d
 
     Returns
     -------
-    dict with image_auroc, image_aupr, image_f1_max, image_f1_max_threshold, n_images,
-    n_normal, n_anomalous and, with a threshold, ``at_threshold``: {threshold, precision,
-    recall, f1, false_positive_rate, accuracy, n_flagged}.
+    dict with image_auroc, image_average_precision (:func:`average_precision`),
+    image_f1_max, image_f1_max_threshold (:func:`f1_max`; the same rule, so passing it back as
+    ``threshold`` gives ``at_threshold.f1 == image_f1_max``), n_images, n_normal, n_anomalous
+    and, with a threshold, ``at_threshold``: {threshold, precision, recall, f1,
+    false_positive_rate, accuracy, n_flagged}.
 
     Raises
     ------
     ValueError
-        As :func:`aupr`.
+        As :func:`average_precision`.
     """
     y, s = _check(labels, scores)
     f1, t = f1_max(y, s)
@@ -123,12 +138,12 @@ def image_metrics(labels: Any, scores: Any, threshold: float | None = None) -> d
         "n_normal": int((y == 0).sum()),
         "n_anomalous": int((y == 1).sum()),
         "image_auroc": auroc(y, s),
-        "image_aupr": aupr(y, s),
+        "image_average_precision": average_precision(y, s),
         "image_f1_max": f1,
         "image_f1_max_threshold": t,
     }
     if threshold is not None:
-        pred = s > threshold
+        pred = flag_anomalous(s, threshold).astype(bool)
         tp = int((pred & (y == 1)).sum())
         fp = int((pred & (y == 0)).sum())
         fn = int((~pred & (y == 1)).sum())

@@ -50,6 +50,7 @@ from spadecam.data.images import (
     load_images,
     load_mask,
 )
+from spadecam.decision import flag_anomalous
 from spadecam.detectors import SPADE, _check_error_params
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
@@ -447,7 +448,7 @@ def score(
             x = _read(paths[mine.start : mine.stop], pre, progress)
             local, error_maps = _score(det, x, progress)
     scores = gather_in_order(fabric, local, len(paths))
-    labels = (scores > det.threshold_).astype(np.int64)
+    labels = flag_anomalous(scores, det.threshold_)
     rows = [
         {"path": str(p), "score": float(s), "label": int(lab)}
         for p, s, lab in zip(paths, scores, labels)
@@ -523,7 +524,7 @@ def evaluate(
     progress: bool = True,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """Image AUROC, AUPR, F1-max (and pixel AUROC with masks) of a model on labelled folders.
+    """Image AUROC, average precision, F1-max (and pixel AUROC with masks) on labelled folders.
 
     Parameters
     ----------
