@@ -261,3 +261,13 @@ def test_a_malformed_threshold_in_config_is_a_format_error(tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFormatError, match="threshold_ must be a number"):
         SPADE.load(path)
+
+
+def test_loading_a_model_leaves_the_callers_rng_untouched(tmp_path):
+    # building the networks drew their (then overwritten) initial weights from the global RNG
+    path = detector().save(tmp_path / "model", PRE)
+    torch.manual_seed(7)
+    state = torch.random.get_rng_state()
+    SPADE.load(path)
+    load_models(path)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
@@ -190,11 +191,14 @@ def load_model_parts(
     vae: ConvVAE | None = None
     cnn: ConvClassifier | None = None
     try:
-        if "vae_config" in config:
-            vae = ConvVAE(VAEConfig(**config["vae_config"]))
-        if "cnn_config" in config:
-            cnn_cls, cnn_cfg = classifiers[backbone]
-            cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
+        # the initial weights are replaced by the saved ones: draw them without moving the
+        # caller's global RNG
+        with torch.random.fork_rng(devices=[]):
+            if "vae_config" in config:
+                vae = ConvVAE(VAEConfig(**config["vae_config"]))
+            if "cnn_config" in config:
+                cnn_cls, cnn_cfg = classifiers[backbone]
+                cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{d / 'config.json'}: bad model config ({exc})") from None
     hashes = config.get("weights_sha256") or {}
