@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from _own_images import save
+from spadecam._progress import SpadecamWarning
 from spadecam.data.folders import (
     DatasetError,
     collect_inputs,
@@ -29,7 +30,11 @@ def test_list_images_sorts_and_skips_other_files(tmp_path):
     (d / ".hidden.png").write_bytes(b"")
     (d / "sub").mkdir()
     touch(d / "sub", "deeper.png")  # not recursive
-    assert [p.name for p in list_images(d)] == ["a.PNG", "b.png", "c.tiff", "d.jpeg"]
+    with pytest.warns(SpadecamWarning) as record:
+        assert [p.name for p in list_images(d)] == ["a.PNG", "b.png", "c.tiff", "d.jpeg"]
+    said = " | ".join(str(w.message) for w in record)
+    assert "skipped 1 file(s) that are not images" in said and "notes.txt" in said
+    assert "sub-folders are not read" in said and "sub" in said
 
 
 def test_empty_and_missing_folders_are_named_with_their_option(tmp_path):
@@ -95,7 +100,7 @@ def test_collect_inputs_mixes_files_and_folders(tmp_path):
     f = touch(tmp_path / "e", "z.png") / "z.png"
     got = collect_inputs([f, d, d / "a.png"])
     assert [p.name for p in got] == ["z.png", "a.png", "b.png"]
-    with pytest.raises(DatasetError, match="INPUT .*missing.png: no such file"):
+    with pytest.raises(DatasetError, match="INPUT: no such file or folder: .*missing.png"):
         collect_inputs([tmp_path / "missing.png"])
     with pytest.raises(DatasetError, match="at least one"):
         collect_inputs([])
@@ -124,3 +129,46 @@ def test_mvtec_layout(tmp_path):
     touch(root / "ground_truth" / "hole", "007_mask.png")
     with pytest.raises(DatasetError, match="007_mask.png has no image"):
         mvtec_layout(root)
+
+
+# --------------------------------------------------------------------------- nothing dropped
+
+
+def test_a_dangling_symlink_in_a_folder_is_listed_for_the_reader_to_name(tmp_path):
+    d = touch(tmp_path / "n", "a.png")
+    (d / "dangling.png").symlink_to(tmp_path / "missing.png")  # used to be skipped unseen
+    assert [p.name for p in list_images(d)] == ["a.png", "dangling.png"]
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DatasetError, match=r"gone.png \(broken symbolic link to .*nowhere.png\)"):
+        collect_inputs([tmp_path / "gone.png", d])
+
+
+def test_all_missing_inputs_are_named_in_one_error(tmp_path):
+    with pytest.raises(DatasetError) as exc:
+        collect_inputs([tmp_path / "x.png", touch(tmp_path / "d", "a.png"), tmp_path / "y"])
+    assert "x.png" in str(exc.value) and str(tmp_path / "y") in str(exc.value)
+
+
+def test_score_inputs_are_read_recursively_and_link_cycles_cannot_loop(tmp_path):
+    test = tmp_path / "test"
+    touch(test / "good", "g1.png", "g0.png")
+    touch(test / "bad" / "scratch", "s0.png")
+    (test / "bad" / "loop").symlink_to(test, target_is_directory=True)  # a cycle
+    (test / "again").symlink_to(test / "good", target_is_directory=True)  # read twice
+    (tmp_path / "outside").mkdir()
+    touch(tmp_path / "outside", "o.png")
+    (test / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.warns(SpadecamWarning, match="not entered twice") as record:
+        got = collect_inputs([test])
+    assert [p.relative_to(test).as_posix() for p in got] == [
+        "bad/scratch/s0.png", "good/g0.png", "good/g1.png", "linked/o.png"
+    ]
+    said = str(record[0].message)
+    assert "loop" in said and "again" in said
+
+
+def test_a_labelled_folder_of_sub_folders_names_them(tmp_path):
+    touch(tmp_path / "test" / "good", "a.png")
+    touch(tmp_path / "test" / "bad", "b.png")
+    with pytest.raises(DatasetError, match=r"holds no images .*; it has sub-folders .*bad.*good"):
+        folder_layout(tmp_path / "test")

@@ -178,3 +178,86 @@ def test_image_smaller_than_network_minimum_is_named(tmp_path):
     ok = save(tmp_path / "ok.png", GREY8[:, :16])  # 16 x 12: above a minimum of 12
     with pytest.raises(ImageError, match=r"tiny.png.*8x8.*minimum of 12x12"):
         load_images([ok, tiny], 1, 32, min_size=12, progress=False)
+
+
+# --------------------------------------------------------------------------- read as displayed
+
+
+def with_orientation(image: Image.Image, path, orientation: int, **kw):
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif, **kw)
+    return path
+
+
+# Pillow's transposes that display an image stored with each EXIF orientation (TIFF 6.0)
+SHOWN = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+         5: lambda a: np.rot90(np.fliplr(a)), 6: lambda a: np.rot90(a, -1),
+         7: lambda a: np.rot90(np.fliplr(a), -1), 8: np.rot90}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path, orientation, fmt):
+    stored = RNG.integers(0, 256, (4, 6), dtype=np.uint8)  # 6 wide, 4 high as stored
+    path = with_orientation(Image.fromarray(stored), tmp_path / f"o.{fmt}", orientation)
+    shown = SHOWN[orientation](stored)
+    np.testing.assert_array_equal(read_image(path)[0], shown / np.float32(255))
+    assert image_hw(path) == shown.shape
+    mask = with_orientation(Image.fromarray((stored > 127).astype(np.uint8) * 255),
+                            tmp_path / f"m.{fmt}", orientation)
+    np.testing.assert_array_equal(load_mask(mask), (shown > 127).astype(np.uint8))
+
+
+def test_a_phone_jpeg_stored_sideways_scores_like_its_rotated_copy(tmp_path):
+    # a 300x200 JPEG with Orientation 6 is displayed 200x300; it used to be read unrotated
+    picture = np.zeros((300, 200), np.uint8)
+    picture[20:60, 20:60] = 255  # the defect at the top left as displayed
+    stored = np.rot90(picture)  # what the camera wrote: 300 wide, 200 high
+    jpg = with_orientation(Image.fromarray(stored), tmp_path / "phone.jpg", 6, quality=100)
+    assert Image.open(jpg).size == (300, 200)
+    upright = save(tmp_path / "upright.jpg", picture, quality=100)
+    x, y = read_image(jpg), read_image(upright)
+    assert x.shape == y.shape == (1, 300, 200) and image_hw(jpg) == (300, 200)
+    assert np.abs(x - y).max() < 0.1  # the same picture, up to JPEG rounding
+    assert x[0, 20:60, 20:60].mean() > 0.9
+    mask = with_orientation(Image.fromarray((stored > 0).astype(np.uint8)), tmp_path / "m.png", 6)
+    assert load_mask(mask).shape == (300, 200)  # a mask drawn on the shown image fits it
+
+
+def test_grey_palette_pngs_count_as_one_channel(tmp_path):
+    grey_pal = Image.fromarray(GREY8).convert("P")  # Pillow's grey ramp palette
+    grey_pal.save(tmp_path / "grey_p.png")
+    save(tmp_path / "plain_l.png", GREY8)
+    x = read_image(tmp_path / "grey_p.png")
+    assert x.shape == (1, 12, 20)
+    np.testing.assert_array_equal(x[0], GREY8 / np.float32(255))
+    batch, c = load_images([tmp_path / "grey_p.png", tmp_path / "plain_l.png"], None, 8)
+    assert c == 1 and batch.shape == (2, 1, 8, 8)  # used to fail "mixed channel counts"
+    with_alpha = Image.fromarray(GREY8).convert("P")
+    with_alpha.info["transparency"] = 0
+    with_alpha.save(tmp_path / "grey_pt.png", transparency=0)
+    assert read_image(tmp_path / "grey_pt.png").shape == (1, 12, 20)
+    colour_pal = Image.fromarray(RGB8).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    colour_pal.save(tmp_path / "colour_p.png")
+    assert read_image(tmp_path / "colour_p.png").shape == (3, 12, 20)
+
+
+def test_a_broken_symbolic_link_is_named_as_such(tmp_path):
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match=r"dangling.png: broken symbolic link .*missing.png"):
+        read_image(tmp_path / "dangling.png")
+
+
+def test_every_unusable_file_is_listed_in_one_error(tmp_path):
+    good = [save(tmp_path / f"ok{i}.png", GREY8) for i in range(3)]
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "junk.png").write_bytes(b"not an image" * 4)
+    save(tmp_path / "tiny.png", np.zeros((2, 2), np.uint8))
+    bad = [tmp_path / "zero.png", tmp_path / "junk.png", tmp_path / "tiny.png"]
+    with pytest.raises(ImageError) as exc:
+        load_images([good[0], bad[0], good[1], bad[1], bad[2], good[2]], None, 8, min_size=4)
+    text = str(exc.value)
+    assert text.startswith("3 of 6 images cannot be used")
+    assert all(str(p) in text for p in bad) and not any(str(p) in text for p in good)
+    assert exc.value.paths == [str(p) for p in bad]

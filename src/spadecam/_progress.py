@@ -1,4 +1,8 @@
-"""Progress reporting that suits where the output goes: bars on a terminal, lines elsewhere.
+"""What the user sees while spadecam runs: progress bars, per-epoch lines and warnings.
+
+Warnings about inputs and outputs (a file skipped, a file replaced, a threshold set by too
+few images) are :class:`SpadecamWarning`; the CLI prints them as ``spadecam: warning: ...``,
+Python users can filter them with the ``warnings`` module.
 
 A tqdm bar redraws itself with carriage returns; under ``nohup``, in CI or piped to a file
 every redraw becomes text (about 60 lines of several thousand characters for one fit). So
@@ -10,12 +14,22 @@ the other bars stay silent.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["bar", "interactive", "note"]
+__all__ = ["SpadecamWarning", "bar", "interactive", "note", "warn"]
+
+
+class SpadecamWarning(UserWarning):
+    """Something the user should know about inputs or outputs; the run goes on."""
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`SpadecamWarning` attributed to the caller's caller."""
+    warnings.warn(message, SpadecamWarning, stacklevel=3)
 
 
 def interactive() -> bool:

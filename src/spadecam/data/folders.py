@@ -12,9 +12,17 @@ optionally, folders of ground-truth masks::
     anomaly/    c.png d.png ...
     masks/      c.png  (or c_mask.png)  — matched to anomalous images by file stem
 
-A folder is read without recursion; files whose suffix is not in :data:`IMAGE_SUFFIXES`
-(case-insensitive) and hidden files are skipped. The same layout serves training (normal +
-known anomalies) and testing (normal + anomalous test images + masks). With one mask folder,
+A labelled folder (``--normal``, ``--anomaly``, ``--masks``) is read without recursion, so a
+sub-folder never changes an image's label unseen: its sub-folders are named in a warning (or
+in the error when it holds no image itself). Folders given to ``spadecam score``
+(:func:`collect_inputs`) are read recursively, following symbolic links to folders but
+never entering a folder twice (a link cycle cannot loop; the skipped link is named).
+
+Hidden files and folders (name starting with ".") are skipped. Other files whose suffix is
+not in :data:`IMAGE_SUFFIXES` (case-insensitive) are skipped with a warning naming them. A
+file with an image suffix is always listed, even a broken symbolic link, so the reader names
+it in its error instead of dropping it. The same layout serves training (normal + known
+anomalies) and testing (normal + anomalous test images + masks). With one mask folder,
 masks are matched by stem against all anomalous images; with one mask folder per anomaly
 folder, they are paired in order (useful when stems repeat across folders, as in MVTec).
 
@@ -32,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from spadecam._progress import warn
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -81,58 +91,139 @@ class LabelledImages:
         return len(self.paths)
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+def _names(paths: Sequence[Path], most: int = 5) -> str:
+    shown = ", ".join(str(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
-def list_images(directory: PathLike, arg: str = "folder") -> list[Path]:
-    """Image files of one folder (not recursive), sorted by name.
+def _scan(d: Path, recursive: bool) -> tuple[list[Path], list[Path], list[Path], list[str]]:
+    """Image paths under ``d`` in name order (depth first), plus what was left out.
+
+    The real folder tree is read first, then the folders that symbolic links point to, each
+    real folder at most once (so a link cycle ends, and a folder of the tree that a link
+    also reaches is read under its own path).
+
+    Returns (images, other_files, sub_folders_not_read, links_not_followed).
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    subfolders: list[Path] = []
+    loops: list[str] = []
+    seen = {d.resolve()}
+    links: list[Path] = []  # links to folders, followed once the real tree is read
+
+    def visit(folder: Path) -> None:
+        for entry in sorted(folder.iterdir(), key=lambda q: q.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # true for symbolic links to folders too
+                if not recursive:
+                    subfolders.append(entry)
+                elif entry.is_symlink():
+                    links.append(entry)
+                else:
+                    seen.add(entry.resolve())
+                    visit(entry)
+            elif entry.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(entry)  # a broken link too: the reader names it
+            else:
+                others.append(entry)
+
+    visit(d)
+    while links:  # a folder is read once: through its real path if it is in the tree
+        link = links.pop(0)
+        real = link.resolve()
+        if real in seen:  # a link cycle, or a folder of the tree reached again
+            loops.append(f"{link} (a link to {real}, already read)")
+            continue
+        seen.add(real)
+        visit(link)
+    return images, others, subfolders, loops
+
+
+def list_images(directory: PathLike, arg: str = "folder", recursive: bool = False) -> list[Path]:
+    """Image files of one folder, sorted by name (see the module notes).
 
     Parameters
     ----------
     directory : path
     arg : str
         How the folder was given (e.g. ``"--normal"``), for error messages.
+    recursive : bool
+        Also read sub-folders (depth first, in name order), following links to folders but
+        never entering a folder twice.
+
+    Returns
+    -------
+    list of Path, ``directory`` joined with each file's path inside it. Files with an image
+    suffix are listed even when they are broken links (the reader reports them).
 
     Raises
     ------
     DatasetError
-        The folder does not exist, is not a folder, or holds no image file.
+        The folder does not exist, is not a folder, or holds no image file (the message
+        names its sub-folders when it has any and ``recursive`` is False).
+
+    Warns
+    -----
+    SpadecamWarning
+        Files skipped because their suffix is not an image suffix, sub-folders not read
+        (``recursive=False``), links to folders already read (``recursive=True``).
     """
     d = Path(directory)
+    if d.is_symlink() and not d.exists():
+        raise DatasetError(f"{arg} {d}: broken symbolic link (points to {os.readlink(d)})")
     if not d.exists():
         raise DatasetError(f"{arg} {d}: no such folder")
     if not d.is_dir():
         raise DatasetError(f"{arg} {d}: not a folder")
-    files = sorted(p for p in d.iterdir() if _is_image(p))
+    files, others, subfolders, loops = _scan(d, recursive)
     if not files:
+        hint = (f"; it has sub-folders ({_names(subfolders)}): give each as its own folder"
+                if subfolders else "")
         raise DatasetError(
             f"{arg} {d}: the folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)})"
+            + hint
         )
+    if others:
+        warn(f"{arg} {d}: skipped {len(others)} file(s) that are not images (suffix not in "
+             f"{', '.join(IMAGE_SUFFIXES)}): {_names(others)}")
+    if subfolders:
+        warn(f"{arg} {d}: sub-folders are not read for {arg}: {_names(subfolders)}")
+    if loops:
+        warn(f"{arg} {d}: not entered twice: {'; '.join(loops[:5])}")
     return files
 
 
 def collect_inputs(inputs: Sequence[PathLike], arg: str = "INPUT") -> list[Path]:
-    """Expand files and folders (each folder as :func:`list_images`) into image paths.
+    """Expand files and folders into image paths; folders are read recursively.
 
-    Files are kept as given, in order, whatever their suffix; duplicates are dropped.
+    Files are kept as given, in order, whatever their suffix; folders expand to their image
+    files (:func:`list_images` with ``recursive=True``), each path being the folder as given
+    joined with the file's path inside it. Duplicates are dropped.
 
     Raises
     ------
     DatasetError
-        No inputs, a path that does not exist, or an empty folder.
+        No inputs, paths that do not exist (all of them named, broken links as such), or a
+        folder without images.
     """
     if not inputs:
         raise DatasetError(f"{arg}: give at least one image file or folder")
     out: list[Path] = []
+    missing: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += list_images(p, arg)
+            out += list_images(p, arg, recursive=True)
         elif p.is_file():
             out.append(p)
+        elif p.is_symlink():
+            missing.append(f"{p} (broken symbolic link to {os.readlink(p)})")
         else:
-            raise DatasetError(f"{arg} {p}: no such file or folder")
+            missing.append(str(p))
+    if missing:
+        raise DatasetError(f"{arg}: no such file or folder: {', '.join(missing)}")
     return list(dict.fromkeys(out))
 
 

@@ -8,10 +8,14 @@ Choices, and what this module does
   65535 for 16-bit (PNG ``I;16``, TIFF ``I;16``, e.g. Kinect depth frames). 16-bit images are
   read at full precision and never pass through 8 bits. No mean/std normalisation follows:
   the VAE's Bernoulli likelihood (eq. 1) wants [0, 1].
-* **Modes**: ``1``, ``L``, ``LA``, ``I;16*`` are grey (1 channel); ``RGB``, ``RGBA``, ``P``
-  (palette), ``PA``, ``CMYK``, ``YCbCr`` (JPEG) are colour (3 channels). Alpha is dropped,
-  not composited. 32-bit integer or float images and 16-bit colour (which Pillow would
-  silently reduce to 8 bits) are refused with :class:`ImageError`.
+* **Orientation**: images and masks are read as they are displayed: an EXIF Orientation tag
+  (a phone's JPEG stored 300x200 and shown 200x300) is applied before anything else, so
+  scores, overlays and mask sizes refer to the picture the user sees.
+* **Modes**: ``1``, ``L``, ``LA``, ``I;16*`` are grey (1 channel); ``RGB``, ``RGBA``,
+  ``CMYK``, ``YCbCr`` (JPEG) are colour (3 channels); palette images (``P``, ``PA``) are grey
+  when every palette entry their pixels use is grey (R = G = B), else colour. Alpha is
+  dropped, not composited. 32-bit integer or float images and 16-bit colour (which Pillow
+  would silently reduce to 8 bits) are refused with :class:`ImageError`.
 * **Channels**: ``channels=1`` turns colour into grey with the ITU-R 601-2 luma weights
   (0.299 R + 0.587 G + 0.114 B, Pillow's own), computed in float so 16 bits survive;
   ``channels=3`` repeats a grey image three times; ``None`` keeps the image's own count.
@@ -22,17 +26,21 @@ Choices, and what this module does
   overshoots [0, 1]).
 * **Masks**: any non-zero pixel is anomalous; masks go through the same size policy with
   nearest-neighbour resampling, so they stay binary.
+* **Errors**: :func:`load_images` reads every file before it fails and lists every file it
+  cannot use in one :class:`ImageError`, so one run shows all of them.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
+from PIL import Image, ImageOps
+
+from spadecam._progress import bar
 
 __all__ = [
     "GREY_MODES",
@@ -53,42 +61,130 @@ __all__ = [
 
 #: Pillow modes read as one grey channel (``LA`` loses its alpha).
 GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
-#: Pillow modes read as three colour channels (alpha dropped; palette expanded).
+#: Pillow modes read as three colour channels (alpha dropped; palette expanded). Palette
+#: modes ("P", "PA") whose used entries are all grey are read as one channel instead.
 COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr")
+#: EXIF Orientation values that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSED = (5, 6, 7, 8)
+_ORIENTATION = 0x0112
 #: Ways of bringing an image to size x size: stretch, or keep the aspect ratio and pad.
 RESIZE_POLICIES = ("resize", "letterbox")
 
 
 class ImageError(ValueError):
-    """An image or mask file cannot be used; the message names the file and the reason."""
+    """An image or mask file cannot be used; the message names the file(s) and the reason.
+
+    Attributes
+    ----------
+    paths : list of str
+        The files at fault (several when :func:`load_images` lists every unusable file).
+    """
+
+    def __init__(self, message: str, paths: Sequence[str | os.PathLike] = ()) -> None:
+        super().__init__(message)
+        self.paths = [str(p) for p in paths]
+
+    @classmethod
+    def combine(
+        cls, errors: Sequence[ImageError], total: int | None = None, what: str = "images"
+    ) -> ImageError:
+        """One error listing several (one per line); a single error is returned as it is."""
+        if len(errors) == 1:
+            return errors[0]
+        lines = [line for e in errors for line in str(e).splitlines() if line.strip()
+                 and not line.endswith("(nothing was written):")]
+        return cls(
+            f"{len(lines)}{'' if total is None else f' of {total}'} {what} cannot be used "
+            "(nothing was written):\n  "
+            + "\n  ".join(line.strip() for line in lines),
+            [p for e in errors for p in e.paths],
+        )
+
+
+def _missing(path: Path) -> ImageError:
+    if path.is_symlink():
+        return ImageError(
+            f"{path}: broken symbolic link (points to {os.readlink(path)}, which does not "
+            "exist)", [path],
+        )
+    if path.exists():
+        return ImageError(f"{path}: not a file", [path])
+    return ImageError(f"{path}: no such file", [path])
+
+
+def _misread_tiff(im: Image.Image) -> bool:
+    """An uncompressed TIFF turned by 90/270 degrees, which Pillow's own decoder scrambles.
+
+    Pillow (13.0 measured) swaps such an image's size for display but then decodes the
+    stored rows with the swapped width; its libtiff path reads the same file correctly.
+    """
+    return (im.format == "TIFF" and im.getexif().get(_ORIENTATION) in _TRANSPOSED
+            and not getattr(im, "use_load_libtiff", True))
+
+
+_LIBTIFF_LOCK = threading.Lock()
+
+
+def _open_with_libtiff(path: Path) -> Image.Image:
+    from PIL import TiffImagePlugin
+
+    # the flag is read when the file is opened; set it for this one open only
+    with _LIBTIFF_LOCK:
+        saved = TiffImagePlugin.READ_LIBTIFF
+        TiffImagePlugin.READ_LIBTIFF = True
+        try:
+            return Image.open(path)
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = saved
 
 
 def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning Pillow's many failure types into ImageError."""
+    """Open, fully decode and orient an image; Pillow's many failure types become ImageError."""
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise _missing(path)
     if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)")
+        raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
     try:
         im = Image.open(path)
+        if _misread_tiff(im):
+            im = _open_with_libtiff(path)
         # Pillow decodes 16-bit colour PNGs straight to 8 bits; refuse instead of clipping
         if im.mode in COLOUR_MODES and any(";16" in str(t.args) for t in im.tile):
             raise ImageError(
                 f"{path}: 16-bit colour images cannot be read at full precision with Pillow; "
-                "save it as 16-bit grey or 8-bit colour"
+                "save it as 16-bit grey or 8-bit colour", [path],
             )
         im.load()  # decode now: truncated files fail here, not later
+        im = ImageOps.exif_transpose(im)  # as displayed (EXIF Orientation applied)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})",
+                         [path]) from None
     except Exception as exc:  # UnidentifiedImageError, OSError("truncated"), SyntaxError, ...
-        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})",
+                         [path]) from None
     return im
 
 
+def _grey_palette(image: Image.Image) -> bool:
+    """True for a palette image whose pixels use only grey entries (R = G = B)."""
+    palette = image.getpalette("RGB")
+    if palette is None:
+        return False
+    rgb = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    index = np.asarray(image)
+    used = np.unique(index[..., 0] if index.ndim == 3 else index)  # PA: (index, alpha)
+    used = used[used < len(rgb)]
+    entries = rgb[used]
+    return bool((entries[:, 0] == entries[:, 1]).all() and (entries[:, 1] == entries[:, 2]).all())
+
+
 def image_channels(image: Image.Image, path: str | os.PathLike = "<image>") -> int:
-    """Channel count an opened image is read with: 1 (grey modes) or 3 (colour modes).
+    """Channel count an opened image is read with: 1 (grey) or 3 (colour).
+
+    Grey: :data:`GREY_MODES`, and palette images whose used entries are all grey. Colour:
+    the other :data:`COLOUR_MODES`.
 
     Raises
     ------
@@ -97,16 +193,21 @@ def image_channels(image: Image.Image, path: str | os.PathLike = "<image>") -> i
     """
     if image.mode in GREY_MODES:
         return 1
+    if image.mode in ("P", "PA"):
+        return 1 if _grey_palette(image) else 3
     if image.mode in COLOUR_MODES:
         return 3
     raise ImageError(
         f"{path}: unsupported image mode {image.mode!r} (32-bit integer or float images are "
-        f"not read); supported: grey {GREY_MODES}, colour {COLOUR_MODES}"
+        f"not read); supported: grey {GREY_MODES}, colour {COLOUR_MODES}", [path],
     )
 
 
 def image_hw(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header.
+    """(height, width) of an image file as displayed (EXIF Orientation applied).
+
+    Read from the header where the format allows (JPEG, BMP); a PNG keeps its EXIF after
+    the pixels and Pillow applies a TIFF's orientation itself, so those are decoded.
 
     Raises
     ------
@@ -114,13 +215,22 @@ def image_hw(path: str | os.PathLike) -> tuple[int, int]:
         Missing, empty or unidentifiable file.
     """
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise ImageError(f"{path}: no such file, or the file is empty")
+    if not path.is_file():
+        raise _missing(path)
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            if im.format == "TIFF":  # Pillow turns some TIFFs itself: decode to be sure
+                oriented = _open(path)
+                return oriented.height, oriented.width
+            turned = im.getexif().get(_ORIENTATION) in _TRANSPOSED
+            return (im.width, im.height) if turned else (im.height, im.width)
+    except ImageError:
+        raise
     except Exception as exc:
-        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})",
+                         [path]) from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -138,7 +248,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises
     ------
     ImageError
-        Missing, zero-byte, corrupt or truncated file; unsupported mode; 16-bit colour.
+        Missing file or broken link, zero-byte, corrupt or truncated file; unsupported mode;
+        16-bit colour.
+
+    Notes
+    -----
+    The EXIF Orientation tag is applied (the array is the image as displayed); palette
+    images with grey entries only are read as one channel (see the module notes).
     """
     path = Path(path)
     im = _open(path)
@@ -279,7 +395,7 @@ def load_image(
     if min(x.shape[1:]) < min_size:
         raise ImageError(
             f"{path}: image is {x.shape[2]}x{x.shape[1]} pixels, smaller than the network's "
-            f"minimum of {min_size}x{min_size}"
+            f"minimum of {min_size}x{min_size}", [path],
         )
     x = to_channels(x, channels)
     return resize_image(x, size, policy) if size is not None else x
@@ -293,11 +409,23 @@ def load_images(
     min_size: int = 1,
     progress: bool = True,
     desc: str = "reading images",
+    sizes: list[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Read many images into one float32 batch (N, C, size, size) in [0, 1].
 
     With ``channels=None`` all images must have the same channel count, which is then used;
-    otherwise each image is converted.
+    otherwise each image is converted. Every file is tried before an error is raised, so the
+    error lists all unusable files at once.
+
+    Parameters
+    ----------
+    paths : image files
+    channels : {1, 3} or None
+    size : int, output height = width
+    policy, min_size : see :func:`load_image`
+    progress : bool, a progress bar (on a terminal only)
+    sizes : list, optional
+        If given, the (height, width) of each file as read (oriented) is appended to it.
 
     Returns
     -------
@@ -307,27 +435,39 @@ def load_images(
     Raises
     ------
     ImageError
-        An unreadable or too small file, or mixed grey and colour files with
-        ``channels=None`` (the message names one file of each kind).
+        Unreadable or too small files (all of them, one per line; ``paths`` lists them), or
+        mixed grey and colour files with ``channels=None`` (the message names one file of
+        each kind).
     ValueError
         No paths.
     """
     if not paths:
         raise ValueError("no images to read")
     out: list[np.ndarray] = []
-    first: tuple[int, Path] | None = None
-    for p in tqdm(paths, desc=desc, disable=not progress, leave=False):
-        x = load_image(p, None, None, policy, min_size)
-        if channels is None:
-            if first is None:
-                first = (x.shape[0], Path(p))
-            elif x.shape[0] != first[0]:
-                raise ImageError(
-                    f"mixed channel counts: {first[1]} has {first[0]} channel(s) but {p} has "
-                    f"{x.shape[0]}; pass --channels 1 or --channels 3 (channels=1 or 3) to "
-                    "convert them all"
-                )
-        out.append(resize_image(to_channels(x, channels), size, policy))
+    errors: list[ImageError] = []
+    first: dict[int, Path] = {}  # channel count -> first file with it
+    for p in bar(paths, enabled=progress, desc=desc):
+        try:
+            x = load_image(p, None, None, policy, min_size)
+        except ImageError as exc:
+            errors.append(exc)
+            continue
+        first.setdefault(x.shape[0], Path(p))
+        if sizes is not None:
+            sizes.append((int(x.shape[1]), int(x.shape[2])))
+        if not errors:  # once a file failed, the batch is only checked, not built
+            if channels is None and len(first) > 1:
+                continue
+            out.append(resize_image(to_channels(x, channels), size, policy))
+    if errors:
+        raise ImageError.combine(errors, len(paths))
+    if channels is None and len(first) > 1:
+        grey, colour = first[1], first[3]
+        raise ImageError(
+            f"mixed channel counts: {grey} has 1 channel(s) but {colour} has 3; pass "
+            "--channels 1 or --channels 3 (channels=1 or 3) to convert them all",
+            [grey, colour],
+        )
     return np.stack(out), out[0].shape[0]
 
 
