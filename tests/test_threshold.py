@@ -154,3 +154,13 @@ def test_predict_counts_a_score_equal_to_the_threshold_as_normal():
     det.threshold_ = float("nan")
     with pytest.raises(ValueError, match="threshold is NaN"):
         det.predict(x)
+
+
+def test_a_quantile_of_few_held_out_normals_gives_a_warning():
+    # 24 normals with threshold_holdout 0.1 hold out 2: their "99th percentile" is no such thing
+    from spadecam._progress import SpadecamWarning
+
+    x, _ = data(24, 0)
+    with pytest.warns(SpadecamWarning, match=r"0.99 quantile of only 2 held-out normal score"):
+        det = VAEDetector(VAE, TRAIN, threshold_holdout=0.1).fit(x)
+    assert det.threshold_n_images_ == {"normal": 2, "anomaly": 0}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,14 +70,15 @@ def test_score_writes_csv_with_decisions_and_overlays(model8, folders8, tmp_path
     assert main(["score", str(model8), *inputs, "--out", str(out), "--maps", str(maps),
                  "--no-progress"]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "score", "label"] and len(rows) == 16
+    assert list(rows[0]) == ["path", "score", "label", "map"] and len(rows) == 16
     threshold = SPADE.load(model8).threshold_
     for r in rows:
         assert int(r["label"]) == int(float(r["score"]) > threshold)
     defect = np.array(["defect" in r["path"] for r in rows])
     labels = np.array([int(r["label"]) for r in rows])
     assert labels[defect].mean() >= 0.75 and labels[~defect].mean() <= 0.25
-    pngs = sorted(maps.iterdir())
+    pngs = sorted(p for p in maps.rglob("*.png"))
+    assert sorted(Path(r["map"]) for r in rows) == pngs  # one overlay per row, named in it
     assert [p.stem for p in pngs] == sorted(f"{'tn' if i < 8 else 'ta'}{i % 8:03d}"
                                             for i in range(16))
     im = Image.open(pngs[0])
@@ -87,7 +89,8 @@ def test_score_prints_csv_without_out(model8, folders8, capsys):
     one = folders8["test/defect"] / "ta000.png"
     assert main(["score", str(model8), str(one), "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,score,label" and lines[1].startswith(str(one))
+    assert lines[0] == "path,score,label,map" and lines[1].startswith(str(one))
+    assert lines[1].endswith(",")  # no overlay written: an empty map
 
 
 def test_evaluate_writes_image_and_pixel_metrics(model8, folders8, tmp_path):
@@ -130,7 +133,7 @@ def test_colour_and_grey_images_of_odd_sizes_with_letterbox(tmp_path):
     assert SPADE.load(out).preprocessing_["resize"] == "letterbox"
     assert main(["score", str(out), str(tmp_path / "bad"), "--maps", str(maps),
                  "--no-progress"]) == 0
-    assert len(list(maps.iterdir())) == 6
+    assert len(list(maps.rglob("*.png"))) == 6
 
 
 def test_resnet18_backbone(folders8, tmp_path):

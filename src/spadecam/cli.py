@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -151,9 +152,13 @@ example (three folders of PNGs):
       --out metrics.json
 
 Images: PNG, TIFF, JPEG or BMP; 8- or 16-bit grey (16-bit kept at full precision and
-divided by 65535), RGB, RGBA (alpha dropped) or palette. Each is resized to
+divided by 65535), RGB, RGBA (alpha dropped) or palette (grey palettes count as grey),
+read as displayed (EXIF orientation applied). Each is resized to
 --image-size x --image-size (--resize resize stretches; letterbox keeps the aspect ratio
-and pads with black). Folders are read without recursion."""
+and pads with black). The folders of train and evaluate are read without recursion (a
+sub-folder never changes a label unseen); score reads folders recursively. Every
+unreadable file is named in one error, and nothing is written then. A score exactly at
+the threshold is normal: anomalous means score > threshold."""
 
 
 def _add_image_commands(sub) -> None:
@@ -191,6 +196,9 @@ def _add_image_commands(sub) -> None:
     tr.add_argument("--latent-dim", type=int, default=128,
                     help="VAE latent dimension (default 128, the paper's)")
     tr.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    tr.add_argument("--lr", type=float, default=1e-3,
+                    help="learning rate of both models (AdamW, default 0.001); lower it if "
+                    "training diverges")
     tr.add_argument("--error-smoothing", type=float, default=0.0, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
                     "reconstruction error; 0 = the paper's (default), 2 helps on noisy images")
@@ -210,18 +218,20 @@ def _add_image_commands(sub) -> None:
         help="score images with a trained model (CSV of path,score,label; overlays)",
         description=(
             "Score images with a model directory from `spadecam train`. Prints or writes a\n"
-            "CSV with columns path,score,label: score is SPADE's anomaly score (higher =\n"
+            "CSV with columns path,score,label,map: score is SPADE's anomaly score (higher =\n"
             "more anomalous), label the decision (1 = anomalous: score > the model's\n"
-            "threshold, 0 = normal)."
+            "threshold, 0 = normal), map the image's overlay under --maps (else empty).\n"
+            "Folders are read recursively; overlays mirror the input paths under --maps."
         ),
         epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
     )
     sc.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
-    sc.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    sc.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files and/or folders (read recursively)")
     sc.add_argument("--out", metavar="CSV", help="write the CSV here (default: print it)")
     sc.add_argument("--maps", metavar="DIR",
                     help="write one PNG per image: the weighted reconstruction error over the "
-                    "image (brighter = more anomalous)")
+                    "image (brighter = more anomalous), at DIR/<input path>.png")
     sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_scoring_precision(sc)
     _add_distributed_options(sc, precision=False)
@@ -279,17 +289,16 @@ def _run_image_command(args: argparse.Namespace) -> int:
     if global_rank() == 0:
         print(_precision_line(args), file=sys.stderr)
     if args.command == "train":
-        path = workflow.train(
+        workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, backbone=args.backbone, epochs=args.epochs, seed=args.seed,
             resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
+            lr=args.lr,
             threshold_quantile=args.threshold_quantile,
             threshold_holdout=args.threshold_holdout, progress=progress,
             distributed=_distributed(args), error_smoothing=args.error_smoothing,
-            error_norm=args.error_norm, precision=from_option(args.precision)[1],
+            error_norm=args.error_norm, precision=from_option(args.precision)[1], log=print,
         )
-        if global_rank() == 0:
-            print(f"model written to {path}")
     elif args.command == "score":
         rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,
                               distributed=_distributed(args), precision=args.precision)
@@ -299,7 +308,8 @@ def _run_image_command(args: argparse.Namespace) -> int:
         if args.out is None:
             print(workflow.rows_to_csv(rows), end="")
         else:
-            print(f"scored {len(rows)} images, {flagged} flagged anomalous; wrote {args.out}")
+            print(f"scored {len(rows)} images, {flagged} flagged anomalous (score > the "
+                  f"model's threshold); wrote {args.out}")
         if args.maps is not None:
             print(f"overlays in {args.maps}")
     else:
@@ -314,8 +324,27 @@ def _run_image_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the user as ``spadecam: warning: ...``; others as Python prints them."""
+    from spadecam._progress import SpadecamWarning
+
+    if issubclass(category, SpadecamWarning):
+        print(f"spadecam: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spadecam`` console script. Returns the exit code."""
+    from spadecam._progress import SpadecamWarning
+
+    with warnings.catch_warnings():  # the caller's warning settings come back afterwards
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", SpadecamWarning)  # each run says everything once
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     from spadecam._runtime import tune_malloc
 

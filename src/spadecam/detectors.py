@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from spadecam._fs import json_float
+from spadecam._progress import warn
 from spadecam.cam import (
     apply_branch,
     grad_cam,
@@ -55,6 +56,10 @@ __all__ = [
     "signed_cams",
     "spade_error_map",
 ]
+
+
+#: Fewest normal scores a quantile threshold is set from without a warning.
+MIN_QUANTILE_NORMALS = 20
 
 
 class NotFittedError(RuntimeError):
@@ -552,6 +557,7 @@ class _BaseDetector:
             "detector": {"class": type(self).__name__, "params": params},
             "threshold_": getattr(self, "threshold_", None),
             "threshold_source": getattr(self, "threshold_source_", None),
+            "threshold_n_images": getattr(self, "threshold_n_images_", None),
             "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
             **(extra or {}),
         }
@@ -642,10 +648,21 @@ class _BaseDetector:
         if x_anomaly is not None and len(x_anomaly):
             anomaly = self.decision_function(x_anomaly)
         self.threshold_ = fit_threshold(normal, anomaly, self.threshold_quantile)
+        self.threshold_n_images_ = {"normal": len(normal),
+                                    "anomaly": 0 if anomaly is None else len(anomaly)}
         if anomaly is not None:
             self.threshold_source_ = "f1_max_held_out"
-        else:
-            self.threshold_source_ = "quantile_held_out" if held_out else "quantile_train"
+            return
+        self.threshold_source_ = "quantile_held_out" if held_out else "quantile_train"
+        if len(normal) < MIN_QUANTILE_NORMALS:
+            which = "held-out" if held_out else "training"
+            warn(
+                f"threshold_ is the {self.threshold_quantile:g} quantile of only {len(normal)} "
+                f"{which} normal score(s); below {MIN_QUANTILE_NORMALS} such a quantile is "
+                "little more than their maximum and flags an unpredictable share of normal "
+                "images. Hold out more normal images (threshold_holdout), add known anomalies "
+                "to hold out (F1-max is used then), or set threshold_ yourself."
+            )
 
 
 class VAEDetector(_BaseDetector):
@@ -866,6 +883,9 @@ class SPADE(_BaseDetector):
         ``predict`` flags scores above it.
     threshold_source_ : str
         How it was set: "f1_max_held_out", "quantile_held_out" or "quantile_train".
+    threshold_n_images_ : dict
+        How many images set it: ``{"normal": n, "anomaly": m}``. A quantile threshold from
+        fewer than :data:`MIN_QUANTILE_NORMALS` normal scores gives a SpadecamWarning.
     """
 
     _model_attrs = ("vae_", "cnn_")

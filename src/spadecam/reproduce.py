@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spadecam._progress import warn
 from spadecam.cam import grad_cam, normalise_roi, upsample_roi
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
 from spadecam.detectors import (
@@ -493,6 +494,8 @@ def run_noisy_mnist(
     log(f"wall time {wall:.0f} s")
     if out_dir is not None:
         out = Path(out_dir)
+        if (out / "results.csv").exists():
+            warn(f"--out {out}: replacing the results and figures of an earlier run")
         write_results_csv(out / "results.csv", rows)
         text = (f"# Noisy-MNIST AUROC, recipe `{r.name}`, seeds {list(seeds)}\n\n{table}\n"
                 f"Wall time: {wall:.0f} s on {torch.get_num_threads()} threads.\n")

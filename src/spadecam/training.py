@@ -133,7 +133,8 @@ def _local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
 def _diverged(name: str, what: str, value: float, epoch: int, cfg: TrainConfig) -> Exception:
     return TrainingDivergedError(
         f"{name} training diverged: the {what} loss is {value} in epoch {epoch + 1}/{cfg.epochs}. "
-        f"Try a lower learning rate (lr={cfg.lr:g}; e.g. {cfg.lr / 10:g}) and check that the "
+        f"Try a lower learning rate (lr={cfg.lr:g}; e.g. {cfg.lr / 10:g}, --lr on the command "
+        "line) and check that the "
         "inputs are images scaled to [0, 1]. The model was not fitted."
     )
 

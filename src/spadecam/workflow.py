@@ -25,16 +25,16 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from spadecam._fs import atomic_write, json_float, json_text
+from spadecam._progress import bar, warn
 from spadecam.data.folders import (
     DatasetError,
     LabelledImages,
@@ -49,9 +49,10 @@ from spadecam.data.images import (
     image_hw,
     load_images,
     load_mask,
+    resize_mask,
 )
-from spadecam.decision import flag_anomalous
-from spadecam.detectors import SPADE, _check_error_params
+from spadecam.decision import THRESHOLD_RULE, flag_anomalous
+from spadecam.detectors import SPADE, NonFiniteScoreError, _check_error_params
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
 from spadecam.io import ModelFormatError
@@ -214,6 +215,7 @@ def train(
     error_smoothing: float = 0.0,
     error_norm: str = "l1",
     precision: str = "auto",
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -227,11 +229,17 @@ def train(
         uses the images' own channel count, which must be the same for all.
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
     threshold_holdout, error_smoothing, error_norm, precision : see :func:`build_detector`.
-    progress : bool, show tqdm bars
+    progress : bool
+        Report progress: bars on a terminal, one line per epoch elsewhere.
     distributed : dict, optional
         Fabric settings (see :func:`build_detector`). With several processes each one reads
         the images and trains its share of every batch (DDP; ``batch_size`` is per process),
         and only rank 0 writes ``out``. See docs/distributed.md.
+    log : callable, optional
+        Receives a summary, one line at a time (rank 0 only): what was read (counts per
+        class, image sizes, channels), how many images were held out, the threshold, the
+        rule it is used with and how many images set it, and where the model went. The CLI
+        passes ``print``.
 
     Returns
     -------
@@ -240,8 +248,16 @@ def train(
     Raises
     ------
     DatasetError, ImageError, ValueError
-        A missing or empty folder, an unreadable or too small image, mixed channel counts
-        without ``channels``, a bad option value or an unusable ``out``; nothing is written.
+        A missing or empty folder, unreadable or too small images (all named), mixed channel
+        counts without ``channels``, a bad option value or an unusable ``out``; nothing is
+        written. :class:`~spadecam.training.TrainingDivergedError` (a ValueError) when a loss
+        becomes non-finite.
+
+    Warns
+    -----
+    SpadecamWarning
+        Skipped files or sub-folders, a quantile threshold set by fewer than 20 normal
+        images, an existing model in ``out`` that is replaced.
 
     References
     ----------
@@ -262,13 +278,26 @@ def train(
     # start the other processes (if any) once the options and folders are known to be good
     fabric = launch(**(distributed or {}))
     progress = progress and fabric.global_rank == 0
-    x, c = load_images(data.paths, channels, image_size, resize, need, progress)
+    say = log if (log is not None and fabric.global_rank == 0) else (lambda _line: None)
+    sizes: list[tuple[int, int]] = []
+    x, c = load_images(data.paths, channels, image_size, resize, need, progress, sizes=sizes)
+    n_normal, n_anomaly = int((data.labels == 0).sum()), int((data.labels == 1).sum())
+    say(f"read {n_normal} normal and {n_anomaly} known-anomaly images; sizes "
+        f"{_size_range(sizes)}; {c} channel(s) {'(grey)' if c == 1 else '(colour)'}"
+        + (" after conversion" if channels else "")
+        + f"; model input {image_size}x{image_size} ({resize})")
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
         threshold_quantile, threshold_holdout, progress, distributed, error_smoothing,
         error_norm, precision,
     )
     det.fit(x, data.labels)
+    held = det.threshold_n_images_ if threshold_holdout > 0 else {"normal": 0, "anomaly": 0}
+    say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
+        f"known-anomaly images; held out {held['normal']} normal and {held['anomaly']} "
+        "known-anomaly images for the threshold")
+    say(f"threshold {det.threshold_:.6g} ({THRESHOLD_RULE}): "
+        + _threshold_story(det.threshold_source_, det.threshold_n_images_, threshold_quantile))
     normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]
     overlay_scale = float(np.quantile(det.anomaly_map(normal_x).max(axis=(1, 2)), 0.99))
     preprocessing = {
@@ -281,12 +310,13 @@ def train(
     extra = {
         "backbone": backbone,
         "overlay_scale": overlay_scale,
+        "threshold_rule": THRESHOLD_RULE,
         "training": {
             "train": det.vae_train.to_dict(),
             "normal": [str(p) for p in _as_list(normal)],
             "anomaly": [str(p) for p in _as_list(anomaly)],
-            "n_normal": int((data.labels == 0).sum()),
-            "n_anomaly": int((data.labels == 1).sum()),
+            "n_normal": n_normal,
+            "n_anomaly": n_anomaly,
             "world_size": fabric.world_size,
             "global_batch_size": batch_size * fabric.world_size,
             "precision": fabric_settings(**(distributed or {}))["precision"],
@@ -294,9 +324,29 @@ def train(
         "scoring_precision": resolve_scoring_precision(precision, "cpu"),
     }
     if fabric.global_rank == 0:  # every rank holds rank 0's models; one writes them
+        if (out / "config.json").is_file():
+            warn(f"--out {out}: replacing the spadecam model that was there")
         det.save(out, preprocessing, extra)
+        say(f"model written to {out}")
     fabric.barrier()
     return out
+
+
+def _size_range(sizes: Sequence[tuple[int, int]]) -> str:
+    """'32x32' when all images share a size, else the smallest and largest (width x height)."""
+    distinct = sorted(set(sizes), key=lambda hw: (hw[0] * hw[1], hw))
+    if len(distinct) == 1:
+        return f"{distinct[0][1]}x{distinct[0][0]} (all)"
+    lo, hi = distinct[0], distinct[-1]
+    return f"{lo[1]}x{lo[0]} to {hi[1]}x{hi[0]} ({len(distinct)} different)"
+
+
+def _threshold_story(source: str, n: dict[str, int], quantile: float) -> str:
+    if source == "f1_max_held_out":
+        return (f"the F1-max point on {n['normal']} held-out normal and {n['anomaly']} "
+                "held-out known-anomaly images")
+    which = "held-out" if source == "quantile_held_out" else "training"
+    return f"the {quantile:g} quantile of {n['normal']} {which} normal images' scores"
 
 
 def _as_list(x: Any) -> list:
@@ -333,16 +383,28 @@ def _read(paths: Sequence[Path], pre: dict[str, Any], progress: bool) -> np.ndar
     return x
 
 
-def _score(det: SPADE, x: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _score(
+    det: SPADE, x: np.ndarray, progress: bool, paths: Sequence[Path]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of ``x`` (the images of ``paths``); non-finite ones name the files."""
     scores, maps = [], []
     step = det.batch_size
-    bar = tqdm(total=len(x), desc="scoring", disable=not progress, leave=False)
-    for i in range(0, len(x), step):
-        s, m = det.decision_function_and_map(x[i : i + step])
-        scores.append(s)
-        maps.append(m)
-        bar.update(len(s))
-    bar.close()
+    with bar(total=len(x), desc="scoring", enabled=progress) as shown:
+        for i in range(0, len(x), step):
+            try:
+                s, m = det.decision_function_and_map(x[i : i + step])
+            except NonFiniteScoreError as exc:
+                files = [str(paths[i + j]) for j in exc.indices]
+                raise NonFiniteScoreError(
+                    f"the model gives non-finite scores for {', '.join(files[:5])}"
+                    + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+                    + "; its weights are probably not finite (a diverged training?): "
+                    "re-train it with a lower --lr",
+                    [i + j for j in exc.indices],
+                ) from None
+            scores.append(s)
+            maps.append(m)
+            shown.update(len(s))
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -373,15 +435,35 @@ def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarra
     return np.round(255 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
 
 
-def _map_names(paths: Sequence[Path]) -> list[str]:
-    """One PNG name per input: its stem, or parent_stem when stems repeat (then _index)."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return [f"{s}.png" for s in stems]
-    names = [f"{p.parent.name}_{p.stem}" for p in paths]
-    if len(set(names)) != len(names):
-        names = [f"{i:05d}_{n}" for i, n in enumerate(names)]
-    return [f"{n}.png" for n in names]
+def _mirrored(path: Path) -> Path:
+    """``path`` as a relative path that stays inside a folder: no root, ``..`` spelled out."""
+    parts = path.parts[1:] if path.anchor else path.parts
+    return Path(*["_up_" if part == ".." else part for part in parts])
+
+
+def map_names(paths: Sequence[Path]) -> list[Path]:
+    """Overlay file of each input, relative to ``--maps``: the input path mirrored.
+
+    ``test/good/a.jpg`` -> ``test/good/a.png``; an absolute ``/data/x/a.png`` ->
+    ``data/x/a.png``; ``..`` becomes ``_up_``. So inputs with the same name in different
+    folders (``a/000.png``, ``b/000.png``) never share an overlay, within a run or across
+    runs. Two inputs of one folder that differ only by suffix (``a.jpg``, ``a.png``) keep
+    their suffix (``a.jpg.png``); any remaining clash gets ``~2``, ``~3``, ... appended.
+    """
+    mirrored = [_mirrored(p) for p in paths]
+    names = [m.with_suffix(".png") for m in mirrored]
+    counts: dict[Path, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    names = [m.with_name(m.name + ".png") if counts[n] > 1 else n
+             for m, n in zip(mirrored, names)]
+    seen: dict[Path, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0) + 1
+        seen[n] = k
+        out.append(n if k == 1 else n.with_name(f"{n.stem}~{k}.png"))
+    return out
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -402,34 +484,44 @@ def score(
     Parameters
     ----------
     model_dir : path written by :func:`train` (or ``SPADE.save`` with preprocessing)
-    inputs : image files and/or folders (folders are read without recursion)
+    inputs : image files and/or folders; folders are read recursively (links followed, no
+        folder twice), each path being the folder as given joined with the file's path in it
     out : path, optional
-        CSV with columns ``path,score,label``; ``label`` is the decision, 1 when
-        score > ``threshold_`` (anomalous), else 0.
+        CSV with columns ``path,score,label,map`` (:func:`rows_to_csv`); ``label`` is the
+        decision, 1 when score > ``threshold_`` (anomalous), else 0.
     maps : folder, optional
         One PNG per image: the weighted reconstruction error e' (Algorithm 1) over the image
-        at the model's input size (see :func:`overlay`).
+        at the model's input size (see :func:`overlay`), at ``maps / map_names(path)``: the
+        input paths mirrored, so names never collide.
     progress : bool
     distributed : dict, optional
         Fabric settings: ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (None or
         missing = the launcher's, else one process). With W processes each reads and scores
         a contiguous 1/W of the inputs (on its GPU with accelerator "cuda", else on the
-        CPU); the scores are
-        gathered in input order, rank 0 writes the CSV and each rank writes the overlays of
-        its own images (so ``maps`` must be on a file system every node sees).
+        CPU); the scores are gathered in input order, rank 0 writes the CSV and each rank
+        writes the overlays of its own images (so ``maps`` must be on a file system every
+        node sees).
     precision : {"auto", "32", "bf16"}, optional
         Scoring precision (see :class:`SPADE`); None keeps the model directory's.
 
     Returns
     -------
-    list of dict(path=str, score=float, label=int), in input order, on every rank.
+    list of dict(path=str, score=float, label=int, map=str), in input order, on every rank;
+    ``map`` is the overlay written for the image, "" without ``maps``.
 
     Raises
     ------
     ModelFormatError, DatasetError, ImageError, ValueError
-        A bad model directory, a missing input, an empty folder or an unreadable or too
-        small image; nothing is written. With several processes, an image that one process
+        A bad model directory, missing inputs, an empty folder, unreadable or too small
+        images (all named in one error), or non-finite scores (NonFiniteScoreError, naming
+        the files); nothing is written. With several processes, an image that one process
         cannot read makes every process raise.
+
+    Warns
+    -----
+    SpadecamWarning
+        Skipped files, link cycles not followed, and existing files that are replaced (the
+        CSV, overlays).
     """
     det, pre, config = _load_model(model_dir, precision)
     if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
@@ -437,6 +529,7 @@ def score(
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give a CSV file name")
     paths = collect_inputs(inputs)
+    names = map_names(paths) if maps is not None else None  # from the full list: all ranks
     fabric = launch(**(distributed or {}))
     if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
         det.vae_, det.cnn_ = det.vae_.to(fabric.device), det.cnn_.to(fabric.device)
@@ -445,38 +538,47 @@ def score(
     x, local, error_maps = None, np.zeros(0), None
     with fail_together(fabric):  # every image of every shard is read before any write
         if len(mine):
-            x = _read(paths[mine.start : mine.stop], pre, progress)
-            local, error_maps = _score(det, x, progress)
+            mine_paths = paths[mine.start : mine.stop]
+            x = _read(mine_paths, pre, progress)
+            local, error_maps = _score(det, x, progress, mine_paths)
     scores = gather_in_order(fabric, local, len(paths))
     labels = flag_anomalous(scores, det.threshold_)
     rows = [
-        {"path": str(p), "score": float(s), "label": int(lab)}
-        for p, s, lab in zip(paths, scores, labels)
+        {"path": str(p), "score": float(s), "label": int(lab),
+         "map": "" if names is None else str(Path(maps) / n)}
+        for p, s, lab, n in zip(paths, scores, labels, names or [None] * len(paths))
     ]
     if out is not None and fabric.global_rank == 0:
+        if Path(out).exists():
+            warn(f"--out {out}: replacing the existing file")
         atomic_write_text(out, rows_to_csv(rows))
     if maps is not None:
+        assert names is not None
         d = Path(maps)
-        d.mkdir(parents=True, exist_ok=True)
         scale = json_float(config.get("overlay_scale"), "overlay_scale")
         if not scale:  # a model without one: the largest value over all images
             top = torch.tensor(0.0 if error_maps is None else float(error_maps.max()))
             scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
-        names = _map_names(paths)  # names from the full list: the same as in one process
-        for i in tqdm(range(len(mine)), desc="writing overlays", disable=not progress,
-                      leave=False):
+        replaced = [d / names[i] for i in mine if (d / names[i]).exists()]
+        if replaced:
+            warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. "
+                 f"{replaced[0]}")
+        for i in bar(range(len(mine)), desc="writing overlays", enabled=progress):
             _write_png(d / names[mine[i]], overlay(x[i], error_maps[i], float(scale)))
     fabric.barrier()
     return rows
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text with the columns path,score,label (score with 9 significant digits)."""
+    """CSV text with the columns path,score,label,map (score with 9 significant digits).
+
+    ``map`` is the overlay PNG of the row's image, empty when no overlays were written.
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "score", "label"])
+    w.writerow(["path", "score", "label", "map"])
     for r in rows:
-        w.writerow([r["path"], f"{r['score']:.9g}", r["label"]])
+        w.writerow([r["path"], f"{r['score']:.9g}", r["label"], r.get("map", "")])
     return buf.getvalue()
 
 
@@ -486,31 +588,40 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
 def _mask_arrays(
     data: LabelledImages, pre: dict[str, Any], progress: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks (N, S, S) {0, 1}, pixel-valid flags and the images that enter pixel AUROC."""
+    """Masks (N, S, S) {0, 1}, pixel-valid flags and the images that enter pixel AUROC.
+
+    Every mask is tried; the ImageError raised at the end lists all unusable ones.
+    """
     size, policy = pre["image_size"], pre["resize"]
     n = len(data)
     masks = np.zeros((n, size, size), dtype=np.uint8)
     valid = np.ones((n, size, size), dtype=bool)
     use = np.zeros(n, dtype=bool)
-    for i in tqdm(range(n), desc="reading masks", disable=not progress, leave=False):
+    errors: list[ImageError] = []
+    for i in bar(range(n), desc="reading masks", enabled=progress):
         img, mask = data.paths[i], data.masks[i]
         if data.labels[i] == 1 and mask is None:
             continue  # an anomaly without a mask cannot be scored per pixel
         use[i] = True
-        hw = image_hw(img)
-        if policy == "letterbox":
-            top, left, h, w = content_box(hw[0], hw[1], size, policy)
-            valid[i] = False
-            valid[i, top : top + h, left : left + w] = True
-        if mask is None:
-            continue
-        m = load_mask(mask)
-        if m.shape != hw:
-            raise ImageError(
-                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} is "
-                f"{hw[1]}x{hw[0]}"
-            )
-        masks[i] = load_mask(mask, size, policy)
+        try:
+            hw = image_hw(img)
+            if policy == "letterbox":
+                top, left, h, w = content_box(hw[0], hw[1], size, policy)
+                valid[i] = False
+                valid[i, top : top + h, left : left + w] = True
+            if mask is None:
+                continue
+            m = load_mask(mask)
+            if m.shape != hw:
+                raise ImageError(
+                    f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} "
+                    f"is {hw[1]}x{hw[0]} (both as displayed)", [mask],
+                )
+            masks[i] = resize_mask(m, size, policy)
+        except ImageError as exc:
+            errors.append(exc)
+    if errors:
+        raise ImageError.combine(errors, what="masks (or their images)")
     return masks, valid, use
 
 
@@ -573,9 +684,18 @@ def evaluate(
     if np.unique(data.labels).size < 2:
         raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
     has_masks = any(m is not None for m in data.masks)
-    mask_arr = _mask_arrays(data, pre, progress) if has_masks else None
-    x = _read(data.paths, pre, progress)
-    scores, maps = _score(det, x, progress)
+    mask_arr, errors = None, []
+    try:  # read every mask and every image before failing: one error names all bad files
+        mask_arr = _mask_arrays(data, pre, progress) if has_masks else None
+    except ImageError as exc:
+        errors.append(exc)
+    try:
+        x = _read(data.paths, pre, progress)
+    except ImageError as exc:
+        errors.append(exc)
+    if errors:
+        raise ImageError.combine(errors, what="files")
+    scores, maps = _score(det, x, progress, data.paths)
     metrics: dict[str, Any] = {
         "model_dir": str(model_dir),
         "precision": resolve_scoring_precision(det.precision, "cpu"),
@@ -587,5 +707,7 @@ def evaluate(
         metrics["pixel_auroc"] = pixel_auroc(m[use], maps[use], valid[use])
         metrics["n_pixel_images"] = int(use.sum())
     if out is not None:
+        if Path(out).exists():
+            warn(f"--out {out}: replacing the existing file")
         atomic_write_text(out, json_text(metrics))
     return metrics
