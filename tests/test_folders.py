@@ -172,3 +172,14 @@ def test_a_labelled_folder_of_sub_folders_names_them(tmp_path):
     touch(tmp_path / "test" / "bad", "b.png")
     with pytest.raises(DatasetError, match=r"holds no images .*; it has sub-folders .*bad.*good"):
         folder_layout(tmp_path / "test")
+
+
+def test_mvtec_hidden_folders_are_no_kind_and_missing_masks_are_said(tmp_path):
+    root = tmp_path / "bottle"
+    touch(root / "train" / "good", "000.png")
+    touch(root / "test" / "good", "000.png")
+    touch(root / "test" / "crack", "000.png")
+    (root / "test" / ".ipynb_checkpoints").mkdir()  # was taken for a defect kind
+    with pytest.warns(SpadecamWarning, match=r"no folder .*ground_truth.*crack.*no masks"):
+        _, test = mvtec_layout(root)
+    assert [p.parent.name for p in test.paths] == ["good", "crack"] and test.masks == [None] * 2

@@ -359,13 +359,20 @@ def mvtec_layout(
     DatasetError
         Missing ``train/good`` or ``test/good``, an unknown kind, an empty folder, or a mask
         with no image.
+
+    Warns
+    -----
+    SpadecamWarning
+        A defect kind without a ``ground_truth`` folder (its images get no masks). Hidden
+        folders (``.name``) are not defect kinds.
     """
     root = Path(root)
     train_paths = list_images(root / "train" / "good", "MVTec train/good")
     train = LabelledImages(train_paths, np.zeros(len(train_paths)))
     test_dir = root / "test"
     good = list_images(test_dir / "good", "MVTec test/good")
-    found = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and d.name != "good")
+    found = sorted(d.name for d in test_dir.iterdir()
+                   if d.is_dir() and d.name != "good" and not d.name.startswith("."))
     wanted = found if kinds is None else list(kinds)
     unknown = sorted(set(wanted) - set(found))
     if unknown:
@@ -374,7 +381,12 @@ def mvtec_layout(
     for kind in wanted:
         imgs = list_images(test_dir / kind, f"MVTec test/{kind}")
         gt = root / "ground_truth" / kind
-        pairs = match_masks(imgs, gt, f"MVTec ground_truth/{kind}") if gt.is_dir() else {}
+        if gt.is_dir():
+            pairs = match_masks(imgs, gt, f"MVTec ground_truth/{kind}")
+        else:
+            pairs = {}
+            warn(f"MVTec {root}: no folder {gt}, so the {len(imgs)} '{kind}' images have no "
+                 "masks and do not enter the pixel AUROC")
         paths += imgs
         labels += [1] * len(imgs)
         masks += [pairs.get(p) for p in imgs]
