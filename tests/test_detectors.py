@@ -483,3 +483,22 @@ def test_fit_and_scoring_leave_the_callers_rng_untouched(name):
     torch.manual_seed(99)
     again = make(name, threshold_holdout=0.25, **extra).fit(X_TRAIN, Y_TRAIN)
     np.testing.assert_array_equal(again.decision_function(X_TEST), det.decision_function(X_TEST))
+
+
+def test_from_models_leaves_the_callers_models_in_their_mode():
+    # from_models used to call .eval() on the caller's networks: training them further after
+    # scoring silently ran batch norm in eval mode
+    det = fitted("spade")
+    vae = type(det.vae_)(det.vae_.config)
+    cnn = type(det.cnn_)(det.cnn_.config)
+    vae.load_state_dict(det.vae_.state_dict())
+    cnn.load_state_dict(det.cnn_.state_dict())
+    vae.train(), cnn.train()
+    wrapped = SPADE.from_models(vae, cnn)
+    scores = wrapped.decision_function(X_TEST)
+    wrapped.anomaly_map(X_TEST)
+    CNNDetector.from_models(cnn).decision_function(X_TEST)
+    assert vae.training and cnn.training
+    assert all(m.training for m in cnn.modules())
+    # scored in eval mode all the same: batch norm with its running statistics
+    np.testing.assert_allclose(scores, det.decision_function(X_TEST), rtol=1e-6)

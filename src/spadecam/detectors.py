@@ -166,7 +166,10 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(model: nn.Module) -> nn.Module:
-    return model.eval().to(memory_format=torch.channels_last)
+    # layout only: the parameters stay the same objects (an optimizer holding them still
+    # works) and the train/eval mode is left to the caller; scoring switches to eval mode
+    # for its duration (_scoring_context)
+    return model.to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- threshold
@@ -413,15 +416,27 @@ def signed_cams(
 
 
 @contextlib.contextmanager
-def _scoring_context(precision: str, model: nn.Module) -> Iterator[str]:
-    """inference_mode plus bf16 autocast where ``precision`` resolves to it; yields the device.
+def _scoring_context(precision: str, model: nn.Module, *others: nn.Module) -> Iterator[str]:
+    """Eval mode, inference_mode and bf16 autocast where ``precision`` resolves to it.
 
-    ``precision`` is "auto", "32" or "bf16" (:func:`spadecam.precision.resolve_scoring_precision`).
+    Yields the device type. ``precision`` is "auto", "32" or "bf16"
+    (:func:`spadecam.precision.resolve_scoring_precision`). ``model`` and ``others`` run in
+    eval mode (batch norm with its running statistics, no VAE sampling) and get their own
+    train/eval mode back afterwards, so a model passed to ``from_models`` is scored
+    correctly and left as the caller had it.
     """
     device = next(model.parameters()).device.type
     use_bf16 = resolve_scoring_precision(precision, device) == "bf16"
-    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
-        yield device
+    modes = [(m, m.training) for m in (model, *others)]
+    try:
+        for m, _ in modes:
+            m.eval()
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                    enabled=use_bf16):
+            yield device
+    finally:
+        for m, training in modes:
+            m.train(training)
 
 
 def _require(det: Any, *attrs: str) -> None:
@@ -730,7 +745,11 @@ class VAEDetector(_BaseDetector):
 
     @classmethod
     def from_models(cls, vae: ConvVAE, **params: Any) -> VAEDetector:
-        """A fitted detector around an already trained VAE (``threshold_`` left unset)."""
+        """A fitted detector around an already trained VAE (``threshold_`` left unset).
+
+        The VAE is used, not copied; its train/eval mode is left as it is (scoring runs in
+        eval mode and restores it).
+        """
         det = cls(**params)
         det.vae_ = _prepare(vae)
         det.threshold_ = None
@@ -813,7 +832,11 @@ class CNNDetector(_BaseDetector):
 
     @classmethod
     def from_models(cls, cnn: ConvClassifier, **params: Any) -> CNNDetector:
-        """A fitted detector around an already trained classifier."""
+        """A fitted detector around an already trained classifier (``threshold_`` unset).
+
+        The classifier is used, not copied; its train/eval mode is left as it is (scoring
+        runs in eval mode and restores it).
+        """
         det = cls(**params)
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
@@ -970,6 +993,8 @@ class SPADE(_BaseDetector):
         """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
 
         Used by the reproduction, which trains the VAE once and a classifier per known class.
+        The models are used, not copied; their train/eval modes are left as they are
+        (scoring runs in eval mode and restores them).
         """
         det = cls(**params)
         det.vae_ = _prepare(vae)
@@ -1017,7 +1042,7 @@ class SPADE(_BaseDetector):
 
     def _scores_and_maps(self, u: torch.Tensor, want_maps: bool) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_", "cnn_")
-        with _scoring_context(self.precision, self.cnn_) as device:
+        with _scoring_context(self.precision, self.cnn_, self.vae_) as device:
             u = u.to(device)
             u_hat = self.vae_.reconstruct(u)
             m = spade_error_map(self.cnn_, u, u_hat, **self._map_kwargs()).float().cpu()
