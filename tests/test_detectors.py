@@ -494,7 +494,7 @@ def test_from_models_leaves_the_callers_models_in_their_mode():
     vae.load_state_dict(det.vae_.state_dict())
     cnn.load_state_dict(det.cnn_.state_dict())
     vae.train(), cnn.train()
-    wrapped = SPADE.from_models(vae, cnn)
+    wrapped = SPADE.from_models(vae, cnn, precision=det.precision)
     scores = wrapped.decision_function(X_TEST)
     wrapped.anomaly_map(X_TEST)
     CNNDetector.from_models(cnn).decision_function(X_TEST)
