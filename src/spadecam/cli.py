@@ -215,7 +215,7 @@ def _add_image_commands(sub) -> None:
 
     sc = sub.add_parser(
         "score",
-        help="score images with a trained model (CSV of path,score,label; overlays)",
+        help="score images with a trained model (CSV of path,score,label,map; overlays)",
         description=(
             "Score images with a model directory from `spadecam train`. Prints or writes a\n"
             "CSV with columns path,score,label,map: score is SPADE's anomaly score (higher =\n"
