@@ -38,13 +38,20 @@ def test_written_files_get_the_mode_open_would_give(tmp_path, umask, mask):
     assert mode(tmp_path / "a.txt") == 0o666 & ~mask  # 0o644 under umask 022, not 0o600
 
 
-def test_replacing_a_file_takes_the_umask_mode_and_the_new_content(tmp_path, umask):
+def test_replacing_a_file_keeps_its_mode_as_open_would(tmp_path, umask):
     umask(0o022)
-    target = tmp_path / "x.csv"
-    target.write_text("old")
-    target.chmod(0o600)
-    atomic_write_text(target, "new")
-    assert target.read_text() == "new" and mode(target) == 0o644
+    for old_mode in (0o600, 0o664):
+        target = tmp_path / f"x{old_mode:o}.csv"
+        target.write_text("old")
+        target.chmod(old_mode)
+        with open(tmp_path / "plain.csv", "w") as f:
+            f.write("old")
+        os.chmod(tmp_path / "plain.csv", old_mode)
+        with open(tmp_path / "plain.csv", "w") as f:  # what open() does to an existing file
+            f.write("new")
+        atomic_write_text(target, "new")
+        assert target.read_text() == "new"
+        assert mode(target) == mode(tmp_path / "plain.csv") == old_mode
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,9 @@ def atomic_write(
 
     Returns
     -------
-    pathlib.Path of the written file. Its mode is what a plain ``open()`` would give under
-    the current umask (0644 with umask 022); an existing file is replaced whole, never
-    partly written.
+    pathlib.Path of the written file. Its mode is what a plain ``open(path, "w")`` would
+    give: 0666 minus the current umask for a new file (0644 with umask 022), the old mode for
+    a file that is replaced. An existing file is replaced whole, never partly written.
 
     Raises
     ------
@@ -75,6 +76,8 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path.parent, path.name, suffix)
     try:
+        if path.is_file():  # as open() would: a replaced file keeps its mode
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
