@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -143,7 +144,15 @@ def launch(
     from lightning.fabric import Fabric
     from lightning.fabric.connector import _is_using_cli
 
-    fabric = Fabric(**fabric_settings(accelerator, devices, strategy, num_nodes, precision))
+    # Fabric announces the precision at every construction (once per training loop); spadecam
+    # prints the resolved precision once itself, so its info lines are kept out of the logs
+    quiet = logging.getLogger("lightning.fabric.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        fabric = Fabric(**fabric_settings(accelerator, devices, strategy, num_nodes, precision))
+    finally:
+        quiet.setLevel(level)
     if not _is_using_cli():  # `fabric run` has set up the processes in Fabric(...)
         fabric.launch()
     if fabric.world_size > 1 and not _teardown_registered:
