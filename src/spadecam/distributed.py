@@ -146,13 +146,13 @@ def launch(
 
     # Fabric announces the precision at every construction (once per training loop); spadecam
     # prints the resolved precision once itself, so its info lines are kept out of the logs
-    quiet = logging.getLogger("lightning.fabric.utilities.rank_zero")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    # (its logger is chosen by lightning at import time, so info is disabled for the call)
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.INFO))
     try:
         fabric = Fabric(**fabric_settings(accelerator, devices, strategy, num_nodes, precision))
     finally:
-        quiet.setLevel(level)
+        logging.disable(disabled)
     if not _is_using_cli():  # `fabric run` has set up the processes in Fabric(...)
         fabric.launch()
     if fabric.world_size > 1 and not _teardown_registered:
