@@ -233,13 +233,20 @@ def _paper_recipe() -> Recipe:
 
 
 def _quick(r: Recipe) -> Recipe:
-    """Smaller slices and fewer epochs: the whole table in well under 3 minutes on 2 cores."""
+    """The demo: every training 0 but fewer epochs, 2,000 known-class and 2,000 test images.
+
+    The VAE is what needs training: on a validation split of the MNIST *training* set (the
+    last 4,000 images, never the test set), 6 VAE epochs on 2,000 zeros gave SPADE 0.37 and
+    8 epochs on 5,000 zeros 0.52 (VAE-based 0.36 / 0.51), below or at chance, while the full
+    recipe's 30 epochs reach 0.87 on the test set. 15 epochs on all zeros is the most the
+    demo's time budget allows (docs/speed.md has the measured time and AUROCs).
+    """
     return dataclasses.replace(
         r,
         name=r.name + "-quick",
-        vae_train=dataclasses.replace(r.vae_train, epochs=min(r.vae_train.epochs, 6)),
-        cnn_train=dataclasses.replace(r.cnn_train, epochs=min(r.cnn_train.epochs, 4)),
-        n_train_normal=2000,
+        vae_train=dataclasses.replace(r.vae_train, epochs=min(r.vae_train.epochs, 15)),
+        cnn_train=dataclasses.replace(r.cnn_train, epochs=min(r.cnn_train.epochs, 3)),
+        n_train_normal=None,
         n_train_known=2000,
         n_test=2000,
         train_copies=1,
