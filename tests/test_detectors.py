@@ -60,7 +60,8 @@ CNN_CFG = CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2))
 
 
 def params(name: str, **extra) -> dict:
-    p: dict = {}
+    # the paper's recipe: these tests write the paper's formulas out (e = |u - u_hat|)
+    p: dict = {"recipe": "paper"}
     if name != "cnn":
         p.update(vae_config=VAE_CFG, vae_train=TRAIN)
     if name != "vae":
@@ -168,7 +169,8 @@ def test_scores_do_not_depend_on_batch_size(name):
     det = fitted(name)
     models = {k: getattr(det, k) for k in ("vae_", "cnn_") if hasattr(det, k)}
     small = CLASSES[name].from_models(
-        *[models[k] for k in ("vae_", "cnn_") if k in models], batch_size=3, precision="32"
+        *[models[k] for k in ("vae_", "cnn_") if k in models], batch_size=3, precision="32",
+        recipe="paper",
     )
     np.testing.assert_allclose(
         small.decision_function(X_TEST), det.decision_function(X_TEST), rtol=1e-5, atol=1e-6
@@ -293,7 +295,7 @@ def test_vae_fit_accepts_float_images_like_uint8():
 
 def test_from_models_scores_like_fitted_and_needs_threshold_for_predict():
     det = fitted("spade")
-    wrapped = SPADE.from_models(det.vae_, det.cnn_, precision=det.precision)
+    wrapped = SPADE.from_models(det.vae_, det.cnn_, precision=det.precision, recipe="paper")
     np.testing.assert_allclose(
         wrapped.decision_function(X_TEST), det.decision_function(X_TEST), rtol=1e-6
     )

@@ -90,7 +90,7 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_th
 
     r = tiny_recipe()
     torch.manual_seed(0)
-    vae, cnn = ConvVAE(r.vae).eval(), ConvClassifier(r.cnn).eval()
+    vae, cnn = ConvVAE(r.vae.sized(1, 84)).eval(), ConvClassifier(r.cnn).eval()
     u8 = torch.randint(0, 256, (2100, 1, 84, 84), dtype=torch.uint8)
     digits = torch.arange(2100).remainder(10).numpy()
     _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3)

@@ -89,17 +89,23 @@ def test_fit_threshold_rejects_bad_input(args, match):
 # --------------------------------------------------------------------------- in fit
 
 
+def split(det, x, y):
+    """(x_fit, y_fit, held-out normals, held-out anomalies) of the detector's threshold split."""
+    xt, yt = torch.as_tensor(x)[:, None], torch.as_tensor(y)
+    hold = det._threshold_split(yt)
+    return xt[~hold], yt[~hold], xt[hold & (yt == 0)], xt[hold & (yt == 1)]
+
+
 def test_spade_holdout_sets_threshold_by_f1_on_held_out_images():
     x, y = data(40, 12)
     det = spade(threshold_holdout=0.25).fit(x, y)
     assert det.threshold_source_ == "f1_max_held_out"
-    xf, yf, xn, xa = det._threshold_split(torch.as_tensor(x)[:, None], torch.as_tensor(y))
+    xf, yf, xn, xa = split(det, x, y)
     assert (len(xn), len(xa), len(xf)) == (10, 3, 39)  # 25% of 40 normals and of 12 anomalies
     expected = fit_threshold(det.decision_function(xn), det.decision_function(xa))
     assert det.threshold_ == expected
     # the split is the training seed's: the same seed holds out the same images
-    again = spade(threshold_holdout=0.25)._threshold_split(torch.as_tensor(x)[:, None],
-                                                            torch.as_tensor(y))
+    again = split(spade(threshold_holdout=0.25), x, y)
     assert torch.equal(again[2], xn) and torch.equal(again[3], xa)
     x_test, y_test = data(8, 8, seed=1)
     assert det.predict(x_test)[y_test == 1].all()
@@ -109,7 +115,7 @@ def test_normal_only_validation_uses_held_out_quantile():
     x, _ = data(30, 0)
     det = VAEDetector(VAE, TRAIN, threshold_holdout=0.2).fit(x)
     assert det.threshold_source_ == "quantile_held_out"
-    _, _, xn, xa = det._threshold_split(torch.as_tensor(x)[:, None], torch.zeros(30).long())
+    _, _, xn, xa = split(det, x, np.zeros(30, dtype=np.int64))
     assert len(xn) == 6 and len(xa) == 0
     held = det.decision_function(xn)
     assert det.threshold_ == pytest.approx(np.quantile(held, 0.99))
@@ -120,7 +126,7 @@ def test_normal_only_validation_uses_held_out_quantile():
 def test_single_known_anomaly_stays_in_training():
     x, y = data(20, 1)
     det = spade(threshold_holdout=0.1)
-    _, yf, xn, xa = det._threshold_split(torch.as_tensor(x)[:, None], torch.as_tensor(y))
+    _, yf, xn, xa = split(det, x, y)
     assert (yf == 1).sum() == 1 and len(xa) == 0 and len(xn) == 2
 
 

@@ -1,6 +1,9 @@
-"""The training loops: local seeds, a clear stop on divergence, progress that suits its output."""
+"""The training loops: local seeds, a clear stop on divergence, progress that suits its output,
+and the step budget with early stopping (issue 11), on tiny data."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -73,3 +76,58 @@ def test_on_a_terminal_a_bar_is_drawn(capsys, monkeypatch):
 def test_progress_false_prints_nothing(capsys):
     train_vae(X, VAE, cfg(epochs=1))
     assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- step budget (issue 11)
+
+VAE_1 = VAEConfig(latent_dim=2, channels=(4,))
+CNN_1 = CNNConfig(channels=(4,), kernel_sizes=(3,), strides=(2,))
+
+
+def images(n: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(n),
+                         dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("n", [20, 200])
+def test_the_step_budget_does_not_depend_on_the_data_size(n):
+    # 20 and 200 images (10x apart): both get exactly the 30 steps of the budget
+    cfg = TrainConfig(steps=30, batch_size=4, val_fraction=0.0, progress=False)
+    log = train_vae(images(n), VAE_1, cfg).training_log_
+    per_epoch = math.floor(n / 4) if n > 4 else 1  # drop_last: full batches only
+    assert log["steps"] == 30 and log["budget_steps"] == 30
+    assert log["epochs"] == math.ceil(30 / per_epoch)  # 6 epochs of 5 steps vs 1 of 50
+    assert not log["stopped_early"]
+
+
+def test_epochs_still_give_an_epoch_budget_validated_each_epoch():
+    # 20 images, 10% held out -> 18 for training, batches of 4 -> 4 full steps per epoch
+    cfg = TrainConfig(epochs=3, batch_size=4, patience=100, progress=False)
+    log = train_vae(images(20), VAE_1, cfg).training_log_
+    assert (log["steps"], log["epochs"]) == (12, 3)
+    assert [s for s, _ in log["validation"]] == [4, 8, 12]
+
+
+def test_validation_every_ceil_budget_over_50_steps_and_early_stopping():
+    # lr 0 (and a VAE: no batch-norm statistics move): the validation loss never improves,
+    # so with patience 2 training stops at the third validation; ceil(200 / 50) = 4 steps
+    # between validations -> step 12
+    cfg = TrainConfig(steps=200, lr=0.0, batch_size=4, patience=2, progress=False)
+    log = train_vae(images(20), VAE_1, cfg).training_log_
+    assert [s for s, _ in log["validation"]] == [4, 8, 12]
+    assert log["stopped_early"] and log["steps"] == 12 and log["best_step"] == 4
+
+
+def test_classifier_gets_the_same_budget():
+    y = torch.tensor([0] * 10 + [1] * 10)
+    cfg = TrainConfig(steps=7, batch_size=4, val_fraction=0.0, progress=False)
+    assert train_cnn(images(20), y, CNN_1, cfg).training_log_["steps"] == 7
+
+
+def test_budget_settings_are_checked():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_vae(images(20), VAE_1, TrainConfig(steps=0, progress=False))
+    with pytest.raises(ValueError, match="val_every must be >= 1"):
+        train_vae(images(20), VAE_1, TrainConfig(steps=5, val_every=0, progress=False))
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train_vae(images(20), VAE_1, TrainConfig(epochs=0, progress=False))

@@ -55,7 +55,7 @@ def test_train_writes_a_loadable_model_directory(model8):
     ]
     config = json.loads((model8 / "config.json").read_text())
     assert config["preprocessing"] == {
-        "image_size": 32, "channels": 1, "resize": "resize", "normalisation": "dtype_max",
+        "image_size": 32, "channels": 1, "resize": "letterbox", "normalisation": "dtype_max",
         "min_input_size": 16,
     }
     assert config["threshold_source"] == "f1_max_held_out"

@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer over the Python API.
 
     spadecam reproduce noisy-mnist [--known 1,3,5,7,9] [--seeds 0] [--quick] [--ablations]
+    spadecam reproduce elpv [--seeds 0,1,2] [--quick] [--eval-split val]
                                    [--recipe paper|spadecam] [--data-dir D] [--out DIR]
     spadecam download [--cache-dir D]
     spadecam train --normal DIR --anomaly DIR [--anomaly DIR ...] --out MODEL_DIR [options]
@@ -91,7 +92,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="reproduce a benchmark of the paper",
         description="Reproduce a benchmark of the paper and print its table.",
     )
-    rep.add_argument("benchmark", choices=["noisy-mnist"], help="benchmark to run")
+    rep.add_argument("benchmark", choices=["noisy-mnist", "elpv"],
+                     help="noisy-mnist (the paper's Table I) or elpv (real solar-cell images; "
+                     "needs pip install -e '.[benchmarks]')")
     rep.add_argument(
         "--known", type=_known_digits, default=[1, 3, 5, 7, 9],
         help="known anomaly digits, comma-separated (default 1,3,5,7,9)",
@@ -114,7 +117,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--download", action="store_true",
         help="download MNIST into the cache folder (sha256-checked) if no data folder is found",
     )
-    rep.add_argument("--out", default="runs/noisy-mnist", help="output folder (default runs/noisy-mnist)")
+    rep.add_argument("--out", default=None,
+                     help="output folder (default runs/noisy-mnist or runs/elpv)")
+    rep.add_argument("--eval-split", choices=["test", "val"], default="test",
+                     help="elpv: score the test split (the table) or the validation split "
+                     "(for choosing settings)")
     rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     rep.add_argument(
         "--ablations", action="store_true",
@@ -153,10 +160,11 @@ example (three folders of PNGs):
 
 Images: PNG, TIFF, JPEG or BMP; 8- or 16-bit grey (16-bit kept at full precision and
 divided by 65535), RGB, RGBA (alpha dropped) or palette (grey palettes count as grey),
-read as displayed (EXIF orientation applied). Each is resized to
---image-size x --image-size (--resize resize stretches; letterbox keeps the aspect ratio
-and pads with black). The folders of train and evaluate are read without recursion (a
-sub-folder never changes a label unseen); score reads folders recursively. Every
+read as displayed (EXIF orientation applied), of any size. Each is brought to the model's
+--image-size x --image-size input (--resize letterbox, the default, keeps the aspect ratio
+and pads with black that never counts; resize stretches); score and evaluate return maps and
+overlays at each image's own size. The folders of train and evaluate are read without
+recursion (a sub-folder never changes a label unseen); score reads folders recursively. Every
 unreadable file is named in one error, and nothing is written then. A score exactly at
 the threshold is normal: anomalous means score > threshold."""
 
@@ -185,25 +193,34 @@ def _add_image_commands(sub) -> None:
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
-    tr.add_argument("--resize", choices=["resize", "letterbox"], default="resize",
-                    help="resize: stretch to the square (default); letterbox: keep the "
-                    "aspect ratio and pad with black")
+    tr.add_argument("--resize", choices=["resize", "letterbox"], default="letterbox",
+                    help="letterbox (default): keep the aspect ratio and pad with black (the "
+                    "padding never counts in the score); resize: stretch to the square")
     tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
                     help="classifier: the paper's 3-conv CNN (default) or a ResNet-18 "
                     "(needs --image-size >= 32; Grad-CAM grid = size / 32)")
-    tr.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    tr.add_argument("--steps", type=int, default=None,
+                    help="budget of optimiser steps per model, with early stopping on a "
+                    "validation split (default 2000, whatever the number of images)")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="train for this many epochs instead of a step budget")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    tr.add_argument("--latent-dim", type=int, default=128,
-                    help="VAE latent dimension (default 128, the paper's)")
+    tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
+                    help="defaults for the options below: spadecam (chosen on validation data "
+                    "of Noisy-MNIST and ELPV; default) or paper (128-d latent, 3x3 CNN, "
+                    "|u - u_hat|)")
+    tr.add_argument("--latent-dim", type=int, default=None,
+                    help="VAE latent dimension (default: the recipe's, spadecam 8, paper 128)")
     tr.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
     tr.add_argument("--lr", type=float, default=1e-3,
                     help="learning rate of both models (AdamW, default 0.001); lower it if "
                     "training diverges")
-    tr.add_argument("--error-smoothing", type=float, default=0.0, metavar="PIXELS",
+    tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
-                    "reconstruction error; 0 = the paper's (default), 2 helps on noisy images")
-    tr.add_argument("--error-norm", choices=["l1", "l2"], default="l1",
-                    help="reconstruction error |r| (l1, the paper's, default) or r^2 (l2)")
+                    "reconstruction error; 0 = the paper's (default: the recipe's, spadecam 2)")
+    tr.add_argument("--error-norm", choices=["l1", "l2"], default=None,
+                    help="reconstruction error |r| (l1, the paper's) or r^2 (l2; default: the "
+                    "recipe's, spadecam l2)")
     tr.add_argument("--threshold-holdout", type=float, default=0.1, metavar="FRACTION",
                     help="share of normal and of known-anomaly images held out of training "
                     "to set the threshold (default 0.1)")
@@ -292,6 +309,7 @@ def _run_image_command(args: argparse.Namespace) -> int:
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, backbone=args.backbone, epochs=args.epochs, seed=args.seed,
+            steps=args.steps, recipe=args.recipe,
             resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
             lr=args.lr,
             threshold_quantile=args.threshold_quantile,
@@ -362,6 +380,13 @@ def _main(argv: Sequence[str] | None) -> int:
             path = download_mnist(args.cache_dir)
             print(f"MNIST ready in {path}")
             return 0
+        if args.command == "reproduce" and args.benchmark == "elpv":
+            from spadecam.reproduce import run_elpv
+
+            run_elpv(seeds=args.seeds, recipe=args.recipe, quick=args.quick,
+                     eval_split=args.eval_split, out_dir=args.out or "runs/elpv",
+                     progress=not args.no_progress)
+            return 0
         if args.command == "reproduce":
             from spadecam.reproduce import run_noisy_mnist
 
@@ -372,7 +397,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 recipe=args.recipe,
                 quick=args.quick,
                 data_dir=_data_dir(args),
-                out_dir=args.out,
+                out_dir=args.out or "runs/noisy-mnist",
                 progress=not args.no_progress,
                 ablations=args.ablations,
                 figures=not args.no_figures,
@@ -381,7 +406,8 @@ def _main(argv: Sequence[str] | None) -> int:
             )
             return 0
     except (
-        MNISTNotFoundError, MNISTFormatError, MNISTDownloadError, ValueError, OSError
+        MNISTNotFoundError, MNISTFormatError, MNISTDownloadError, ValueError, OSError,
+        ModuleNotFoundError,
     ) as exc:
         print(f"spadecam: error: {exc}", file=sys.stderr)
         return 2

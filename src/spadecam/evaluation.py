@@ -137,6 +137,18 @@ def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def write_rows_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """Write rows with exactly ``columns`` (floats with 6 decimals), atomically."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
 def read_results_csv(path: str | os.PathLike) -> list[dict]:
     """Read rows written by :func:`write_results_csv`.
 

@@ -3,16 +3,17 @@
 Device, precision and distribution are Fabric settings in :class:`TrainConfig`, so the
 loops below stay the same on CPU, one GPU or several processes under DDP
 (:mod:`spadecam.distributed` launches them). Each loop holds out a seeded validation split,
-reports each epoch (a tqdm bar on a terminal, one line per epoch elsewhere), early-stops on
-the validation loss and returns the model with the best validation weights, in eval mode on
-the CPU; under DDP every rank returns rank 0's.
+trains for a budget of optimiser steps (or epochs), reports each validation (a tqdm bar on a
+terminal, one line per validation elsewhere), early-stops on the validation loss and returns
+the model with the best validation weights, in eval mode on the CPU; under DDP every rank
+returns rank 0's.
 
 Seeds are local: the weights, the batch order and the VAE's sampling noise are drawn inside
 ``torch.random.fork_rng``, so the caller's global RNG state is the same before and after a
 training call, and a call's numbers depend on its seed alone, not on what ran before it.
 
 A non-finite loss (training or validation) stops the loop at once with
-:class:`TrainingDivergedError`, which names the model, the epoch and what to try.
+:class:`TrainingDivergedError`, which names the model, the epoch (or step) and what to try.
 
 Under DDP (``W`` processes) each process takes ``batch_size`` images per step, so a step
 sees ``W * batch_size`` images; the gradient is their mean, as in one process with that
@@ -56,19 +57,33 @@ class TrainingDivergedError(ValueError):
 class TrainConfig:
     """Optimisation and device settings shared by both training loops.
 
+    The training length is a budget of optimiser steps, not of epochs, so that a folder of
+    600 images and one of 6,000 get the same number of updates; early stopping on the
+    validation loss ends training once it has converged (issue 11: with the old default of
+    10 epochs, 640 images and batches of 128 gave the VAE 50 steps, its validation loss
+    still falling).
+
     Attributes
     ----------
-    epochs : int
-        Maximum number of epochs.
+    steps : int
+        Budget of optimiser steps (default 2000), used when ``epochs`` is None. Batches are
+        drawn epoch after epoch (a new permutation each) until the budget is spent or early
+        stopping ends training.
+    epochs : int or None
+        An epoch budget instead (``epochs * ceil(n_train / batch_size)`` steps, validation
+        after every epoch): the recipes of the Noisy-MNIST reproduction use it.
+    val_every : int or None
+        Steps between validations; None: once per epoch with ``epochs``, else
+        ``ceil(steps / 50)`` (at most 50 validations whatever the data size).
     batch_size : int
     lr, weight_decay : float
         AdamW settings.
     schedule : {"constant", "cosine"}
-        Learning-rate schedule over ``epochs`` (cosine decays to 0 by the last epoch).
+        Learning-rate schedule over the step budget (cosine decays to 0 by its last step).
     val_fraction : float in [0, 1)
         Share of the training images held out for early stopping (0 disables it).
     patience : int
-        Epochs without a better validation loss before stopping.
+        Validations without a better validation loss before stopping.
     batch_size : int
         Images per step and process: a DDP step over W processes sees W * batch_size.
     seed : int
@@ -86,7 +101,9 @@ class TrainConfig:
         (training and validation loss) on stderr.
     """
 
-    epochs: int = 10
+    steps: int = 2000
+    epochs: int | None = None
+    val_every: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -130,9 +147,9 @@ def _local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
         yield
 
 
-def _diverged(name: str, what: str, value: float, epoch: int, cfg: TrainConfig) -> Exception:
+def _diverged(name: str, what: str, value: float, where: str, cfg: TrainConfig) -> Exception:
     return TrainingDivergedError(
-        f"{name} training diverged: the {what} loss is {value} in epoch {epoch + 1}/{cfg.epochs}. "
+        f"{name} training diverged: the {what} loss is {value} in {where}. "
         f"Try a lower learning rate (lr={cfg.lr:g}; e.g. {cfg.lr / 10:g}, --lr on the command "
         "line) and check that the "
         "inputs are images scaled to [0, 1]. The model was not fitted."
@@ -167,8 +184,12 @@ def _fit(
     name: str,
 ) -> torch.nn.Module:
     """Generic loop: AdamW, optional cosine schedule, early stopping on held-out loss."""
-    if cfg.epochs < 1:
+    if cfg.epochs is not None and cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.epochs is None and cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.val_every is not None and cfg.val_every < 1:
+        raise ValueError(f"val_every must be >= 1, got {cfg.val_every}")
     n = tensors[0].shape[0]
     if n < 2:
         raise ValueError(f"{name}: need at least 2 training images, got {n}")
@@ -205,7 +226,11 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         mine = val_idx[mine.start : mine.stop]
         val_loader = DataLoader(TensorDataset(*(t[mine] for t in tensors)), batch_size=512)
         val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
-    steps = cfg.epochs * max(1, len(train_loader))
+    per_epoch = max(1, len(train_loader))
+    if cfg.epochs is not None:
+        steps, val_every = cfg.epochs * per_epoch, cfg.val_every or per_epoch
+    else:
+        steps, val_every = cfg.steps, cfg.val_every or math.ceil(cfg.steps / 50)
     scheduler = (
         torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
@@ -216,37 +241,11 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
 
-    report = cfg.progress and rank == 0
-    best, best_state, stale = math.inf, None, 0
-    for epoch in range(cfg.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        bar = progress_bar(train_loader, enabled=report,
-                           desc=f"{name} epoch {epoch + 1}/{cfg.epochs}")
-        loss_sum, loss_count = 0.0, 0
-        for batch in bar:
-            loss = loss_fn(model, batch)
-            value = loss.item()
-            # stop at the first non-finite loss, on every rank together (no rank may leave
-            # the others waiting in the next collective)
-            bad = torch.tensor(0.0 if math.isfinite(value) else 1.0)
-            if world > 1:
-                bad = fabric.all_reduce(bad, reduce_op="sum")
-            if bad.item() > 0:
-                raise _diverged(name, "training", value, epoch, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            k = batch[0].shape[0]
-            loss_sum, loss_count = loss_sum + value * k, loss_count + k
-            bar.set_postfix(loss=f"{value:.4g}")
-        line = f"{name} epoch {epoch + 1}/{cfg.epochs}: training loss {loss_sum / max(loss_count, 1):.5g}"
-        if val_loader is None:
-            if report and not interactive():
-                note(line)
-            continue
+    def where() -> str:  # for messages: the epoch of an epoch budget, else the step
+        return (f"epoch {epoch + 1}/{cfg.epochs}" if cfg.epochs is not None
+                else f"step {step}/{steps}")
+
+    def validate() -> float:
         model.eval()
         # validate rank 0's model on every rank: its batch-norm running statistics too;
         # the plain module, as DDP's forward may run collectives that ranks with unequal
@@ -262,22 +261,67 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         count = fabric.all_reduce(count, reduce_op="sum")
         val = float(total / count)
         if not math.isfinite(val):  # the same on every rank (all-reduced)
-            raise _diverged(name, "validation", val, epoch, cfg)
-        if report:
-            note(f"{line}, validation loss {val:.5g}" if not interactive()
-                 else f"{name} epoch {epoch + 1}: validation loss {val:.5g}")
-        if val < best - 1e-6:
-            best, stale = val, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.patience:
+            raise _diverged(name, "validation", val, where(), cfg)
+        model.train()
+        return val
+
+    report = cfg.progress and rank == 0
+    best, best_state, stale, best_step = math.inf, None, 0, 0
+    step, epoch, stop, history = 0, 0, False, []
+    while step < steps and not stop:
+        sampler.set_epoch(epoch)
+        model.train()
+        desc = (f"{name} epoch {epoch + 1}/{cfg.epochs}" if cfg.epochs is not None
+                else f"{name} epoch {epoch + 1} (step {step}/{steps})")
+        bar = progress_bar(train_loader, enabled=report, desc=desc)
+        loss_sum, loss_count = 0.0, 0
+        for batch in bar:
+            loss = loss_fn(model, batch)
+            value = loss.item()
+            # stop at the first non-finite loss, on every rank together (no rank may leave
+            # the others waiting in the next collective)
+            bad = torch.tensor(0.0 if math.isfinite(value) else 1.0)
+            if world > 1:
+                bad = fabric.all_reduce(bad, reduce_op="sum")
+            if bad.item() > 0:
+                raise _diverged(name, "training", value, where(), cfg)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            k = batch[0].shape[0]
+            loss_sum, loss_count = loss_sum + value * k, loss_count + k
+            bar.set_postfix(loss=f"{value:.4g}")
+            if val_loader is not None and (step % val_every == 0 or step == steps):
+                val = validate()
+                history.append((step, val))
+                if report:
+                    line = f"{name} {where()}: training loss {loss_sum / max(loss_count, 1):.5g}"
+                    note(f"{line}, validation loss {val:.5g}" if not interactive()
+                         else f"{name} {where()}: validation loss {val:.5g}")
+                loss_sum, loss_count = 0.0, 0
+                if val < best - 1e-6:
+                    best, stale, best_step = val, 0, step
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+                    stop = stale >= cfg.patience
+            if stop or step >= steps:
                 break
+        if val_loader is None and report and not interactive():
+            note(f"{name} {where()}: training loss {loss_sum / max(loss_count, 1):.5g}")
+        epoch += 1
     if best_state is not None:
         module.load_state_dict(best_state)
     # every rank returns rank 0's model (identical weights; batch-norm statistics too)
     _sync_from_rank_zero(fabric, module.state_dict().values())
     module = module.to("cpu", memory_format=torch.contiguous_format).eval()
+    # what happened, for reports (not saved with the weights)
+    module.training_log_ = {"steps": step, "epochs": epoch, "budget_steps": steps,
+                            "best_step": best_step, "stopped_early": stop,
+                            "validation": history}
     return module
 
 
@@ -288,9 +332,11 @@ def train_vae(
 
     Parameters
     ----------
-    x_normal : Tensor (N, C, H, W), uint8 in [0, 255] or float in [0, 1]
-        Normal images only.
+    x_normal : Tensor (N, C, S, S), uint8 in [0, 255] or float in [0, 1]
+        Normal images only, square, at the model's input size (the detectors' ``fit``
+        resizes images of other sizes first).
     config : VAEConfig
+        Its ``in_channels`` / ``image_size``, when None, are taken from ``x_normal``.
     train : TrainConfig
 
     Returns
@@ -304,9 +350,15 @@ def train_vae(
         A training or validation loss became NaN or infinite (the message names the VAE,
         the epoch, and suggests a lower ``lr`` and checking the input scale).
     ValueError
-        Fewer than 2 images, ``epochs < 1`` or an unknown schedule.
+        Fewer than 2 images, ``epochs < 1``, ``steps < 1``, an unknown schedule,
+        non-square images, or a config whose channels or size differ from the images'.
     """
-    config = config or VAEConfig(in_channels=x_normal.shape[1], image_size=x_normal.shape[-1])
+    if x_normal.ndim != 4 or x_normal.shape[-1] != x_normal.shape[-2]:
+        raise ValueError(
+            f"train_vae needs square (N, C, S, S) images, got shape {tuple(x_normal.shape)}; "
+            "the detectors' fit resizes other sizes first"
+        )
+    config = (config or VAEConfig()).sized(x_normal.shape[1], x_normal.shape[-1])
     train = train or TrainConfig()
     with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
         model = ConvVAE(config)
@@ -353,7 +405,7 @@ def train_cnn(
     ValueError
         Fewer than 2 images, ``epochs < 1``, an unknown schedule or loss.
     """
-    config = config or CNNConfig(in_channels=x.shape[1])
+    config = (config or CNNConfig()).sized(x.shape[1])
     train = train or TrainConfig()
     with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
         model = (ResNetClassifier(config) if isinstance(config, ResNetConfig)

@@ -10,7 +10,10 @@ Preprocessing (stored in the model directory, reused by score and evaluate)
 Images are read by :mod:`spadecam.data.images`: scaled to [0, 1] by their storage type's
 maximum (8- or 16-bit), converted to ``channels`` (1 or 3; by default the images' own count,
 which must then be the same for all) and brought to ``image_size`` x ``image_size`` by the
-``resize`` policy ("resize" stretches, "letterbox" keeps the aspect ratio and pads with black).
+``resize`` policy ("letterbox", the default, keeps the aspect ratio and pads with black;
+"resize" stretches). `spadecam score` and `evaluate` read each image at its own size and
+let the detector bring it to the model input (:mod:`spadecam.inputs`), so maps and overlays
+come back at the image's own size.
 
 Thresholds
 ----------
@@ -47,17 +50,23 @@ from spadecam.data.images import (
     ImageError,
     content_box,
     image_hw,
+    load_image,
     load_images,
     load_mask,
-    resize_mask,
 )
 from spadecam.decision import THRESHOLD_RULE, flag_anomalous
-from spadecam.detectors import SPADE, NonFiniteScoreError, _check_error_params
+from spadecam.detectors import (
+    RECIPE_DEFAULTS,
+    SPADE,
+    NonFiniteScoreError,
+    _check_error_params,
+    default_cnn_config,
+)
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
+from spadecam.inputs import PreparedImages, min_input_size
 from spadecam.io import ModelFormatError
 from spadecam.metrics import image_metrics, pixel_auroc
-from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
@@ -83,45 +92,24 @@ _OVERLAY_SAMPLE = 64
 # --------------------------------------------------------------------------- models
 
 
-def min_input_size(vae_config: VAEConfig, cnn_config: CNNConfig | ResNetConfig) -> int:
-    """Smallest image side both networks accept with a non-empty last feature map.
-
-    The VAE needs its ``len(channels)`` stride-2 convolutions to leave at least one pixel;
-    the classifier needs at least its total stride (8 for the paper's CNN, 32 for ResNet-18)
-    so that its Grad-CAM grid is not pure padding.
-    """
-    k, pad = vae_config.kernel_size, (vae_config.kernel_size - 1) // 2
-    vae_min = 1
-    while True:
-        s = vae_min
-        for _ in vae_config.channels:
-            s = (s + 2 * pad - k) // 2 + 1
-        if s >= 1:
-            break
-        vae_min += 1
-    if isinstance(cnn_config, ResNetConfig):
-        cnn_min = cnn_config.min_input_size
-    else:
-        cnn_min = int(np.prod(cnn_config.strides))
-    return max(vae_min, cnn_min)
-
-
 def build_detector(
     image_size: int,
     channels: int,
     backbone: str = "small",
-    epochs: int = 30,
+    epochs: int | None = None,
     seed: int = 0,
-    latent_dim: int = 128,
+    latent_dim: int | None = None,
     batch_size: int = 32,
     lr: float = 1e-3,
     threshold_quantile: float = 0.99,
     threshold_holdout: float = 0.1,
     progress: bool = True,
     distributed: dict[str, Any] | None = None,
-    error_smoothing: float = 0.0,
-    error_norm: str = "l1",
+    error_smoothing: float | None = None,
+    error_norm: str | None = None,
     precision: str = "auto",
+    steps: int | None = None,
+    recipe: str = "spadecam",
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -131,13 +119,20 @@ def build_detector(
     channels : {1, 3}
     backbone : {"small", "resnet18"}
         The paper's 3-conv classifier or the ResNet-18-style one (:mod:`spadecam.models.resnet`).
-    epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier
-    latent_dim : int, the VAE's latent dimension (paper: 128; eq. 1)
+    epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier;
+        ``epochs`` None (default) trains for a budget of ``steps`` optimiser steps
+        (default :class:`TrainConfig`'s) with early stopping on the validation loss
+    steps : int, optional
+    latent_dim : int, optional
+        The VAE's latent dimension (eq. 1); None: the recipe's (spadecam 8, paper 128).
     threshold_quantile, threshold_holdout : see :class:`SPADE`
-    error_smoothing, error_norm : the reconstruction error (see :class:`SPADE`; default the
-        paper's |u - u_hat|)
+    error_smoothing, error_norm : the reconstruction error (see :class:`SPADE`); None: the
+        recipe's (spadecam: 2 px blur, l2; paper: |u - u_hat|)
     precision : {"auto", "32", "bf16"}, the scoring precision (see :class:`SPADE`); training
         takes ``distributed["precision"]`` (default "auto", :class:`TrainConfig`)
+    recipe : {"spadecam", "paper"}
+        Defaults for everything left at None, and the classifier: spadecam's kernels from the
+        image size (:func:`spadecam.detectors.default_cnn_config`), or the paper's 3x3.
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
@@ -153,13 +148,23 @@ def build_detector(
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if channels not in (1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    _check_error_params(error_smoothing, error_norm, names=("--error-smoothing", "--error-norm"))
-    vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=latent_dim)
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if recipe not in RECIPE_DEFAULTS:
+        raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
+    defaults = RECIPE_DEFAULTS[recipe]
+    _check_error_params(
+        defaults["error_smoothing"] if error_smoothing is None else error_smoothing,
+        defaults["error_norm"] if error_norm is None else error_norm,
+        names=("--error-smoothing", "--error-norm"),
+    )
+    vae_cfg = VAEConfig(in_channels=channels, image_size=image_size,
+                        latent_dim=latent_dim or defaults["latent_dim"])
     cnn_cfg = (
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
-        else CNNConfig(in_channels=channels)
+        else default_cnn_config(image_size, recipe).sized(channels)
     )
     need = min_input_size(vae_cfg, cnn_cfg)
     if image_size < need:
@@ -169,6 +174,7 @@ def build_detector(
         )
     train_cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        **({} if steps is None else {"steps": steps}),
         **(distributed or {}),
     )
     return SPADE(
@@ -181,7 +187,19 @@ def build_detector(
         error_smoothing=error_smoothing,
         error_norm=error_norm,
         precision=precision,
+        recipe=recipe,
     )
+
+
+def _letterbox_valid(paths: Sequence[Path], size: int, policy: str) -> np.ndarray | None:
+    """(N, 1, size, size) float32 mask of image pixels under letterbox padding, else None."""
+    if policy != "letterbox":
+        return None
+    valid = np.zeros((len(paths), 1, size, size), dtype=np.float32)
+    for i, p in enumerate(paths):
+        top, left, h, w = content_box(*image_hw(p), size, policy)
+        valid[i, 0, top : top + h, left : left + w] = 1.0
+    return valid
 
 
 def _check_out_dir(out: Path) -> None:
@@ -202,20 +220,22 @@ def train(
     image_size: int = 128,
     channels: int | None = None,
     backbone: str = "small",
-    epochs: int = 30,
+    epochs: int | None = None,
     seed: int = 0,
-    resize: str = "resize",
-    latent_dim: int = 128,
+    resize: str = "letterbox",
+    latent_dim: int | None = None,
     batch_size: int = 32,
     lr: float = 1e-3,
     threshold_quantile: float = 0.99,
     threshold_holdout: float = 0.1,
     progress: bool = True,
     distributed: dict[str, Any] | None = None,
-    error_smoothing: float = 0.0,
-    error_norm: str = "l1",
+    error_smoothing: float | None = None,
+    error_norm: str | None = None,
     precision: str = "auto",
     log: Callable[[str], None] | None = None,
+    steps: int | None = None,
+    recipe: str = "spadecam",
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -228,9 +248,10 @@ def train(
     image_size, channels, resize : preprocessing (see the module notes); ``channels=None``
         uses the images' own channel count, which must be the same for all.
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
-    threshold_holdout, error_smoothing, error_norm, precision : see :func:`build_detector`.
+    threshold_holdout, error_smoothing, error_norm, precision, steps, recipe : see
+    :func:`build_detector`.
     progress : bool
-        Report progress: bars on a terminal, one line per epoch elsewhere.
+        Report progress: bars on a terminal, one line per validation elsewhere.
     distributed : dict, optional
         Fabric settings (see :func:`build_detector`). With several processes each one reads
         the images and trains its share of every batch (DDP; ``batch_size`` is per process),
@@ -270,7 +291,8 @@ def train(
     # check the options before reading any image; the minimum size does not depend on the
     # channel count, which may only be known once the images are read
     det = build_detector(image_size, channels or 1, backbone, epochs, seed, latent_dim,
-                         error_smoothing=error_smoothing, error_norm=error_norm)
+                         error_smoothing=error_smoothing, error_norm=error_norm, steps=steps,
+                         recipe=recipe)
     need = min_input_size(det.vae_config, det.cnn_config)
     data = folder_layout(normal, anomaly)
     if not (data.labels == 1).any():
@@ -289,17 +311,21 @@ def train(
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
         threshold_quantile, threshold_holdout, progress, distributed, error_smoothing,
-        error_norm, precision,
+        error_norm, precision, steps, recipe,
     )
-    det.fit(x, data.labels)
+    det.resize = resize
+    det.fit(PreparedImages(x, _letterbox_valid(data.paths, image_size, resize)), data.labels)
     held = det.threshold_n_images_ if threshold_holdout > 0 else {"normal": 0, "anomaly": 0}
     say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
         f"known-anomaly images; held out {held['normal']} normal and {held['anomaly']} "
         "known-anomaly images for the threshold")
     say(f"threshold {det.threshold_:.6g} ({THRESHOLD_RULE}): "
         + _threshold_story(det.threshold_source_, det.threshold_n_images_, threshold_quantile))
-    normal_x = x[data.labels == 0][:_OVERLAY_SAMPLE]
-    overlay_scale = float(np.quantile(det.anomaly_map(normal_x).max(axis=(1, 2)), 0.99))
+    # the overlay scale from maps as `spadecam score` makes them: images at their own size
+    pre = {"channels": c, "min_input_size": need}
+    normal_paths = [p for p, lab in zip(data.paths, data.labels) if lab == 0][:_OVERLAY_SAMPLE]
+    normal_maps = _score(det, _read(normal_paths, pre, False), False, normal_paths)[1]
+    overlay_scale = float(np.quantile([m.max() for m in normal_maps], 0.99))
     preprocessing = {
         "image_size": image_size,
         "channels": c,
@@ -375,18 +401,33 @@ def _load_model(
     return det, pre, config
 
 
-def _read(paths: Sequence[Path], pre: dict[str, Any], progress: bool) -> np.ndarray:
-    x, _ = load_images(
-        paths, pre["channels"], pre["image_size"], pre["resize"],
-        pre.get("min_input_size", 1), progress,
-    )
-    return x
+def _read(paths: Sequence[Path], pre: dict[str, Any], progress: bool) -> list[np.ndarray]:
+    """Each image at its own size in the model's channels, (C, H_i, W_i) float32 in [0, 1].
+
+    Every file is tried before an error: one ImageError lists all unusable files (unreadable,
+    or a side below the networks' minimum, ``pre["min_input_size"]``).
+    """
+    out: list[np.ndarray] = []
+    errors: list[ImageError] = []
+    for p in bar(paths, enabled=progress, desc="reading images"):
+        try:
+            out.append(load_image(p, pre["channels"], None, min_size=pre.get("min_input_size", 1)))
+        except ImageError as exc:
+            errors.append(exc)
+    if errors:
+        raise ImageError.combine(errors, len(paths))
+    return out
 
 
 def _score(
-    det: SPADE, x: np.ndarray, progress: bool, paths: Sequence[Path]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and maps of ``x`` (the images of ``paths``); non-finite ones name the files."""
+    det: SPADE, x: list[np.ndarray], progress: bool, paths: Sequence[Path]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Scores and maps (each at its image's size) of ``x``, the images of ``paths``.
+
+    The detector brings each image to the model's input with the recorded policy
+    (:mod:`spadecam.inputs`), so the CLI and the Python API score alike. Non-finite scores
+    name the files.
+    """
     scores, maps = [], []
     step = det.batch_size
     with bar(total=len(x), desc="scoring", enabled=progress) as shown:
@@ -403,9 +444,9 @@ def _score(
                     [i + j for j in exc.indices],
                 ) from None
             scores.append(s)
-            maps.append(m)
+            maps += list(m)
             shown.update(len(s))
-    return np.concatenate(scores), np.concatenate(maps)
+    return np.concatenate(scores), maps
 
 
 def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
@@ -491,8 +532,9 @@ def score(
         decision, 1 when score > ``threshold_`` (anomalous), else 0.
     maps : folder, optional
         One PNG per image: the weighted reconstruction error e' (Algorithm 1) over the image
-        at the model's input size (see :func:`overlay`), at ``maps / map_names(path)``: the
-        input paths mirrored, so names never collide.
+        at the image's own size (see :func:`overlay`; the model scores it at its input size
+        and the map is brought back, :mod:`spadecam.inputs`), at ``maps / map_names(path)``:
+        the input paths mirrored, so names never collide.
     progress : bool
     distributed : dict, optional
         Fabric settings: ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (None or
@@ -535,7 +577,7 @@ def score(
         det.vae_, det.cnn_ = det.vae_.to(fabric.device), det.cnn_.to(fabric.device)
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
     progress = progress and fabric.global_rank == 0
-    x, local, error_maps = None, np.zeros(0), None
+    x, local, error_maps = [], np.zeros(0), []
     with fail_together(fabric):  # every image of every shard is read before any write
         if len(mine):
             mine_paths = paths[mine.start : mine.stop]
@@ -557,7 +599,7 @@ def score(
         d = Path(maps)
         scale = json_float(config.get("overlay_scale"), "overlay_scale")
         if not scale:  # a model without one: the largest value over all images
-            top = torch.tensor(0.0 if error_maps is None else float(error_maps.max()))
+            top = torch.tensor(max((float(m.max()) for m in error_maps), default=0.0))
             scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
         replaced = [d / names[i] for i in mine if (d / names[i]).exists()]
         if replaced:
@@ -586,16 +628,15 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _mask_arrays(
-    data: LabelledImages, pre: dict[str, Any], progress: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks (N, S, S) {0, 1}, pixel-valid flags and the images that enter pixel AUROC.
+    data: LabelledImages, progress: bool
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Masks at each image's own size ({0, 1}; all-zero for normal images) and the images
+    that enter pixel AUROC (normal ones and anomalies with a mask).
 
     Every mask is tried; the ImageError raised at the end lists all unusable ones.
     """
-    size, policy = pre["image_size"], pre["resize"]
     n = len(data)
-    masks = np.zeros((n, size, size), dtype=np.uint8)
-    valid = np.ones((n, size, size), dtype=bool)
+    masks: list[np.ndarray | None] = [None] * n
     use = np.zeros(n, dtype=bool)
     errors: list[ImageError] = []
     for i in bar(range(n), desc="reading masks", enabled=progress):
@@ -605,11 +646,8 @@ def _mask_arrays(
         use[i] = True
         try:
             hw = image_hw(img)
-            if policy == "letterbox":
-                top, left, h, w = content_box(hw[0], hw[1], size, policy)
-                valid[i] = False
-                valid[i, top : top + h, left : left + w] = True
             if mask is None:
+                masks[i] = np.zeros(hw, dtype=np.uint8)
                 continue
             m = load_mask(mask)
             if m.shape != hw:
@@ -617,12 +655,12 @@ def _mask_arrays(
                     f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} "
                     f"is {hw[1]}x{hw[0]} (both as displayed)", [mask],
                 )
-            masks[i] = resize_mask(m, size, policy)
+            masks[i] = m
         except ImageError as exc:
             errors.append(exc)
     if errors:
         raise ImageError.combine(errors, what="masks (or their images)")
-    return masks, valid, use
+    return masks, use
 
 
 def evaluate(
@@ -644,8 +682,8 @@ def evaluate(
     masks : folder or list of folders, optional
         Ground-truth masks matched to anomalous images by stem (see
         :func:`spadecam.data.folders.folder_layout`). Pixel AUROC counts every normal image
-        (all pixels normal) and every anomalous image that has a mask, at the model's input
-        size; letterbox padding is left out.
+        (all pixels normal) and every anomalous image that has a mask, at each image's own
+        size (the maps come back at it; :mod:`spadecam.inputs`).
     mvtec : path, optional
         An MVTec AD category folder; its ``test`` split and ``ground_truth`` masks replace
         ``normal``, ``anomaly`` and ``masks``.
@@ -684,9 +722,9 @@ def evaluate(
     if np.unique(data.labels).size < 2:
         raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
     has_masks = any(m is not None for m in data.masks)
-    mask_arr, errors = None, []
+    mask_arr, errors, x = None, [], []
     try:  # read every mask and every image before failing: one error names all bad files
-        mask_arr = _mask_arrays(data, pre, progress) if has_masks else None
+        mask_arr = _mask_arrays(data, progress) if has_masks else None
     except ImageError as exc:
         errors.append(exc)
     try:
@@ -703,8 +741,11 @@ def evaluate(
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
     if mask_arr is not None:
-        m, valid, use = mask_arr
-        metrics["pixel_auroc"] = pixel_auroc(m[use], maps[use], valid[use])
+        m, use = mask_arr
+        idx = np.flatnonzero(use)
+        metrics["pixel_auroc"] = pixel_auroc(
+            np.concatenate([m[i].ravel() for i in idx]), np.concatenate([maps[i].ravel() for i in idx])
+        )
         metrics["n_pixel_images"] = int(use.sum())
     if out is not None:
         if Path(out).exists():

@@ -9,6 +9,7 @@ anomaly. With this head Grad-CAM has a closed form (see :mod:`spadecam.cam`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,8 +28,9 @@ class CNNConfig:
 
     Attributes
     ----------
-    in_channels : int
-        Image channels.
+    in_channels : int or None
+        Image channels. None (default): the detectors' ``fit`` takes the data's
+        (:meth:`sized`); a bare :class:`ConvClassifier` takes 1.
     channels, kernel_sizes, strides : tuple of int
         One entry per conv layer (paper: three layers). Each layer is conv -> (batch norm)
         -> ReLU with padding ``kernel // 2``.
@@ -38,7 +40,7 @@ class CNNConfig:
         Always 2 here: normal (index 0) and known anomaly (index 1).
     """
 
-    in_channels: int = 1
+    in_channels: int | None = None
     channels: tuple[int, ...] = field(default=(32, 64, 64))
     kernel_sizes: tuple[int, ...] = field(default=(3, 3, 3))
     strides: tuple[int, ...] = field(default=(2, 2, 2))
@@ -54,6 +56,10 @@ class CNNConfig:
                 "CNNConfig.channels, kernel_sizes and strides must have the same non-zero "
                 f"length, got {len(self.channels)}, {len(self.kernel_sizes)}, {len(self.strides)}"
             )
+
+    def sized(self, in_channels: int) -> CNNConfig:
+        """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
+        return _sized(self, in_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -82,7 +88,8 @@ class ConvClassifier(nn.Module):
 
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or CNNConfig()
+        config = config or CNNConfig()
+        self.config = config = config.sized(config.in_channels or 1)
         blocks = []
         c_in = config.in_channels
         for c, k, s in zip(config.channels, config.kernel_sizes, config.strides):
@@ -138,3 +145,13 @@ def classifier_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "eq2") ->
     if kind == "cross_entropy":
         return F.cross_entropy(logits, y)
     raise ValueError(f"loss must be 'eq2' or 'cross_entropy', got {kind!r}")
+
+
+def _sized(config, in_channels: int):
+    """``config`` with ``in_channels`` filled in if None; ValueError if it is set and differs."""
+    if config.in_channels is not None and config.in_channels != in_channels:
+        raise ValueError(
+            f"{type(config).__name__}.in_channels={config.in_channels} but the images have "
+            f"{in_channels} channel(s)"
+        )
+    return dataclasses.replace(config, in_channels=in_channels)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from spadecam.models.cnn import ConvClassifier
+from spadecam.models.cnn import ConvClassifier, _sized
 
 __all__ = ["BasicBlock", "ResNetClassifier", "ResNetConfig"]
 
@@ -33,8 +33,9 @@ class ResNetConfig:
 
     Attributes
     ----------
-    in_channels : int
-        Image channels (1 grey, 3 colour).
+    in_channels : int or None
+        Image channels (1 grey, 3 colour). None (default): the detectors' ``fit`` takes
+        the data's (:meth:`sized`); a bare :class:`ResNetClassifier` takes 1.
     widths : tuple of int
         Channels of the four stages (ResNet-18: 64, 128, 256, 512; smaller widths make a
         lighter network with the same structure, e.g. for tests).
@@ -44,7 +45,7 @@ class ResNetConfig:
         Always 2 here: normal (index 0) and known anomaly (index 1).
     """
 
-    in_channels: int = 1
+    in_channels: int | None = None
     widths: tuple[int, ...] = field(default=(64, 128, 256, 512))
     blocks: tuple[int, ...] = field(default=(2, 2, 2, 2))
     num_classes: int = 2
@@ -57,6 +58,10 @@ class ResNetConfig:
                 "ResNetConfig.widths and blocks must have the same non-zero length and at "
                 f"least one block per stage, got widths={self.widths}, blocks={self.blocks}"
             )
+
+    def sized(self, in_channels: int) -> ResNetConfig:
+        """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
+        return _sized(self, in_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,7 +106,8 @@ class ResNetClassifier(ConvClassifier):
 
     def __init__(self, config: ResNetConfig | None = None) -> None:
         nn.Module.__init__(self)  # ConvClassifier's conv stack is replaced, its API kept
-        self.config = config = config or ResNetConfig()
+        config = config or ResNetConfig()
+        self.config = config = config.sized(config.in_channels or 1)
         stem = nn.Sequential(
             nn.Conv2d(config.in_channels, config.widths[0], 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(config.widths[0]),

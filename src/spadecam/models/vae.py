@@ -8,6 +8,7 @@ other detail (channels, kernels, strides, likelihood) is left open and lives in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -23,10 +24,13 @@ class VAEConfig:
 
     Attributes
     ----------
-    in_channels : int
-        Image channels (1 for grey, 3 for colour).
-    image_size : int
-        Height = width of the (square) input in pixels.
+    in_channels : int or None
+        Image channels (1 for grey, 3 for colour). None (default): the detectors' ``fit``
+        takes the data's (:meth:`sized`); a bare :class:`ConvVAE` takes 1.
+    image_size : int or None
+        Height = width of the (square) model input in pixels. None (default): the
+        detectors' ``fit`` sizes it from the data (:meth:`sized`); a bare :class:`ConvVAE`
+        needs it set (ValueError otherwise).
     latent_dim : int
         Latent dimension. The paper uses 128; a smaller bottleneck (e.g. 16) stops the VAE
         from reconstructing unseen digits and is the main accuracy lever (README).
@@ -45,8 +49,8 @@ class VAEConfig:
         Weight of the KL term (1.0 = the ELBO of eq. 1).
     """
 
-    in_channels: int = 1
-    image_size: int = 84
+    in_channels: int | None = None
+    image_size: int | None = None
     latent_dim: int = 128
     channels: tuple[int, ...] = field(default=(32, 64, 64, 128))
     kernel_size: int = 4
@@ -64,6 +68,20 @@ class VAEConfig:
             raise ValueError(f"VAEConfig.latent_dim must be >= 1, got {self.latent_dim}")
         if not self.channels:
             raise ValueError("VAEConfig.channels must name at least one conv layer")
+
+    def sized(self, in_channels: int, image_size: int) -> VAEConfig:
+        """This config with ``in_channels`` / ``image_size`` filled in where they are None.
+
+        Raises
+        ------
+        ValueError
+            A set field that differs from the given value (naming it and both values).
+        """
+        for name, value in (("in_channels", in_channels), ("image_size", image_size)):
+            mine = getattr(self, name)
+            if mine is not None and mine != value:
+                raise ValueError(f"VAEConfig.{name}={mine} but the images give {value}")
+        return dataclasses.replace(self, in_channels=in_channels, image_size=image_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,7 +105,15 @@ class ConvVAE(nn.Module):
 
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or VAEConfig()
+        config = config or VAEConfig()
+        if config.image_size is None:
+            raise ValueError(
+                "VAEConfig.image_size is None: set it, or let a detector's fit size it from the "
+                "data"
+            )
+        if config.in_channels is None:
+            config = dataclasses.replace(config, in_channels=1)
+        self.config = config
         k, pad = config.kernel_size, (config.kernel_size - 1) // 2
         sizes = [config.image_size]
         enc: list[nn.Module] = []

@@ -1,0 +1,68 @@
+"""Why the ROI changes little on ELPV: how spread the ROI is, and how close SPADE is to the
+VAE-based score (issue 11, item 4). VALIDATION split, seed 0, protocol unseen_type, the ELPV
+spadecam recipe.
+
+    .venv/bin/python benchmarks/roi_spread.py
+
+Prints, over the validation cells: the ROI's effective area exp(H(L/|L|)) / (number of pixels)
+(1 = flat, small = peaked), its maximum weight relative to a flat ROI, the Spearman rank
+correlation between SPADE (paper score) and the VAE-based score, the Grad-CAM grid against the
+image, and the classifier's p(known anomaly) by subset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from spadecam.benchmark import _float, run_benchmark, spade_scores
+from spadecam.cam import grad_cam, normalise_roi, upsample_roi
+from spadecam.detectors import SPADE
+from spadecam.reproduce import _elpv_spadecam_recipe, elpv_data
+
+
+def main() -> None:
+    r = _elpv_spadecam_recipe()
+
+    def load(seed):
+        d = elpv_data(seed, r.image_size, "val")
+        d.protocols = [p for p in d.protocols if p.name == "unseen_type"]
+        return d
+
+    def measure(seed, prot, vae, cnn, data, u_hat, scores):
+        u = _float(data.x_test)
+        with torch.inference_mode():
+            m_u, m_h = grad_cam(cnn, u), grad_cam(cnn, u_hat)
+            roi = upsample_roi((m_u.abs() + m_h.clamp_min(0)).float(), u.shape[-2:], "bilinear")
+            w = normalise_roi(roi).flatten(1)
+            p = cnn(u).float().softmax(1)[:, 1].numpy()
+        n_pix = w.shape[1]
+        ent = -(w * torch.log(w.clamp_min(1e-12))).sum(1)
+        area = (ent.exp() / n_pix).numpy()
+        peak = (w.max(1).values * n_pix).numpy()
+        paper = spade_scores(SPADE.from_models(vae, cnn, **{
+            "error_smoothing": r.error_smoothing, "error_norm": r.error_norm,
+            "classifier_weight": 0.0}), data.x_test, u_hat)
+        print(f"image {u.shape[-1]} px, Grad-CAM grid {m_u.shape[-1]} x {m_u.shape[-2]} "
+              f"({u.shape[-1] // m_u.shape[-1]} px per cell)")
+        print(f"ROI effective area / image: median {np.median(area):.3f} "
+              f"(IQR {np.quantile(area, .25):.3f}-{np.quantile(area, .75):.3f}); max weight "
+              f"x flat: median {np.median(peak):.2f}")
+        rho = spearmanr(paper, scores["vae"]).statistic
+        print(f"Spearman(SPADE paper score, VAE-based score) = {rho:.3f}")
+        y = data.y_test
+        for name, (pname, subset) in [("mono defective", ("unseen_type", "mono")),
+                                      ("poly defective", ("unseen_type", "poly"))]:
+            idx = prot.columns[(pname, subset)]
+            sel = idx[y[idx] == 1]
+            print(f"{name}: median p(known anomaly) {np.median(p[sel]):.3f}, ROI area "
+                  f"{np.median(area[sel]):.3f}")
+        print(f"normal: median p(known anomaly) {np.median(p[y == 0]):.3f}, ROI area "
+              f"{np.median(area[y == 0]):.3f}")
+
+    run_benchmark(load, r, [0], progress=False, on_protocol=measure)
+
+
+if __name__ == "__main__":
+    main()

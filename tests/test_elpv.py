@@ -1,0 +1,178 @@
+"""ELPV benchmark (issue 11): labels, the committed split file, and the whole runner on small
+generated cell images (nothing is downloaded and elpv-dataset is not needed)."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spadecam.cli import main
+from spadecam.data.elpv import (
+    ElpvCell,
+    elpv_dir,
+    label_of,
+    make_split,
+    read_labels,
+    read_split,
+    split_to_csv,
+)
+from spadecam.models import CNNConfig, VAEConfig
+from spadecam.reproduce import ELPV_SPLIT, Recipe, elpv_data, run_elpv
+from spadecam.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_labels_by_defect_probability():
+    assert label_of(0.0) == "normal"
+    assert label_of(1 / 3) == "uncertain"
+    assert label_of(0.6666666666666666) == "defective" and label_of(1.0) == "defective"
+    with pytest.raises(ValueError, match="defect probability must be in"):
+        label_of(1.5)
+
+
+def test_split_is_stratified_60_20_20_by_probability_and_type():
+    cells = [ElpvCell(f"images/c{i}.png", p, t) for i, (p, t) in enumerate(
+        [(0.0, "mono")] * 10 + [(1.0, "poly")] * 5 + [(1 / 3, "mono")] * 3)]
+    split = make_split(cells, seed=1)
+    count = collections.Counter((c.probability, c.type, c.split) for c in split)
+    # 10 -> 6/2/2; 5 -> round(3.0)=3 / round(1.0)=1 / 1; 3 -> round(1.8)=2 / round(0.6)=1 / 0
+    assert [count[(0.0, "mono", s)] for s in ("train", "val", "test")] == [6, 2, 2]
+    assert [count[(1.0, "poly", s)] for s in ("train", "val", "test")] == [3, 1, 1]
+    assert [count[(1 / 3, "mono", s)] for s in ("train", "val", "test")] == [2, 1, 0]
+    assert [c.path for c in split] == [c.path for c in cells]  # input order kept
+    assert make_split(cells, seed=1) == split  # fixed seed, fixed split
+
+
+def test_committed_split_file():
+    cells = read_split(ELPV_SPLIT)
+    assert len(cells) == 2624 and len({c.path for c in cells}) == 2624
+    # the file is what make_split gives for its own labels (nothing hand-edited)
+    again = make_split([ElpvCell(c.path, c.probability, c.type) for c in cells])
+    assert [c.split for c in again] == [c.split for c in cells]
+    count = collections.Counter((c.label, c.type, c.split) for c in cells)
+    assert count[("defective", "mono", "train")] == 222  # the unseen_type known anomalies
+    assert count[("normal", "mono", "test")] + count[("normal", "poly", "test")] == 301
+
+
+def test_read_split_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "split.csv"
+    bad.write_text("path,probability,type,split\nimages/a.png,0.0,mono,train\n"
+                   "images/b.png,0.0,mono,holdout\n")
+    with pytest.raises(ValueError, match=r"split.csv:3: split must be one of"):
+        read_split(bad)
+    bad.write_text("path,prob\n")
+    with pytest.raises(ValueError, match="expected the header"):
+        read_split(bad)
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    real = builtins.__import__
+
+    def no_elpv(name, *a, **k):
+        if name == "elpv_dataset":
+            raise ModuleNotFoundError("No module named 'elpv_dataset'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_elpv)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[benchmarks\]'"):
+        elpv_dir()
+
+
+def fake_elpv(tmp_path, n_normal=60, n_defect=45, n_uncertain=10):
+    """labels.csv + 24 px cells: defective ones carry a bright crack line."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    lines, cells = [], []
+    rows = ([(0.0, t) for t in ("mono", "poly") for _ in range(n_normal // 2)]
+            + [(1.0, t) for t in ("mono", "poly") for _ in range(n_defect)]
+            + [(1 / 3, "poly")] * n_uncertain)
+    for i, (p, t) in enumerate(rows):
+        a = rng.integers(60, 90, (24, 24), dtype=np.uint8)
+        if p > 0:
+            r = rng.integers(4, 20)
+            a[r, 3:21] = 250 if t == "mono" else 10
+        name = f"images/cell{i:04d}.png"
+        Image.fromarray(a).save(tmp_path / name)
+        lines.append(f"{name}  {p}  {t}")
+        cells.append(ElpvCell(name, p, t))
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    split = tmp_path / "split.csv"
+    split.write_text(split_to_csv(make_split(cells)))
+    return tmp_path, split
+
+
+TINY = Recipe(
+    name="tiny",
+    vae=VAEConfig(latent_dim=4, channels=(8, 8)),
+    cnn=CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2)),
+    vae_train=TrainConfig(steps=8, batch_size=16, progress=False),
+    cnn_train=TrainConfig(steps=8, batch_size=16, progress=False),
+    image_size=16,
+)
+
+
+def test_elpv_data_protocols_and_columns(tmp_path):
+    root, split = fake_elpv(tmp_path)
+    assert len(read_labels(root / "labels.csv")) == 160
+    d = elpv_data(0, 16, "test", split, root)
+    cells = [c for c in read_split(split) if c.split == "test"]
+    assert d.x_test.shape == (len(cells), 1, 16, 16) and d.x_normal.dtype.is_floating_point is False
+    assert d.y_test.tolist() == [int(c.label != "normal") for c in cells]
+    prots = {p.name: p for p in d.protocols}
+    assert len(prots["unseen_type"].x_known) == 27  # round(0.6 * 45) mono defective cells
+    assert (len(prots["few_labels_10"].x_known), len(prots["few_labels_50"].x_known)) == (10, 50)
+    assert prots["cnn_all_labels"].rename == {"cnn": "cnn_all_labels"}
+    mono = prots["unseen_type"].columns[("unseen_type", "mono")]
+    kinds = {(cells[i].label, cells[i].type) for i in mono}
+    assert kinds == {("normal", "mono"), ("normal", "poly"), ("defective", "mono")}
+    unc = prots["unseen_type"].columns[("unseen_type", "uncertain")]
+    assert {cells[i].label for i in unc} == {"normal", "uncertain"}
+
+
+def test_run_elpv_writes_the_results_csv(tmp_path):
+    root, split = fake_elpv(tmp_path)
+    rows = run_elpv(seeds=[0, 1], recipe=TINY, out_dir=tmp_path / "out", progress=False,
+                    root=root, split_file=split, log=lambda *a: None)
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert list(got[0]) == ["method", "protocol", "subset", "seed", "auroc", "aupr", "recipe"]
+    methods = {r["method"] for r in got}
+    assert methods == {"vae", "cnn", "naive_spade", "spade", "cnn_all_labels", "spade_paper_roi"}
+    # 4 methods x 6 columns + the reference and the ablation in each column, for 2 seeds
+    assert len(got) == len(rows) == 2 * (4 * 6 + 6 + 6)
+    assert all(0 <= float(r["auroc"]) <= 1 and 0 <= float(r["aupr"]) <= 1 for r in got)
+    assert "| SPADE |" in (tmp_path / "out" / "table.md").read_text()
+    # the same seed gives the same numbers
+    again = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+                     log=lambda *a: None)
+    assert [r["auroc"] for r in again] == [r["auroc"] for r in rows if r["seed"] == 0]
+
+
+def test_cli_reproduce_elpv_without_the_package(monkeypatch, capsys):
+    real = builtins.__import__
+
+    def no_elpv(name, *a, **k):
+        if name == "elpv_dataset":
+            raise ModuleNotFoundError("No module named 'elpv_dataset'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_elpv)
+    assert main(["reproduce", "elpv", "--quick", "--no-progress"]) == 2
+    assert "benchmarks" in capsys.readouterr().err
+
+
+def test_quick_recipe_is_smaller():
+    from spadecam.reproduce import _elpv_quick, _elpv_spadecam_recipe
+
+    r = _elpv_spadecam_recipe()
+    q = _elpv_quick(r)
+    assert q.image_size < r.image_size and q.vae_train.steps < r.vae_train.steps
+    assert dataclasses.replace(q, name=r.name, image_size=r.image_size, vae_train=r.vae_train,
+                               cnn_train=r.cnn_train) == r
