@@ -6,21 +6,33 @@
 Reads benchmarks/results/noisy_mnist.csv (columns method,known_class,seed,auroc,recipe) and
 benchmarks/results/ablations.csv, and writes one Table-I-style table per recipe (mean ± sd over
 seeds beside the paper's figures) and the ablation table, between the markers
-``<!-- tables:begin -->`` and ``<!-- tables:end -->`` in README.md.
+``<!-- tables:begin -->`` and ``<!-- tables:end -->`` in README.md; and, from
+benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,aupr,recipe), the ELPV table and
+its goal check between ``<!-- elpv:begin -->`` and ``<!-- elpv:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 from collections import defaultdict
 from pathlib import Path
 
+from spadecam.benchmark import format_columns_table, summarise_columns
 from spadecam.evaluation import atomic_write_text, format_table, read_results_csv, summarise
-from spadecam.reproduce import ABLATION_LABELS, ABLATIONS
+from spadecam.reproduce import (
+    ABLATION_LABELS,
+    ABLATIONS,
+    ELPV_ABLATIONS,
+    ELPV_COLUMNS,
+    ELPV_LABELS,
+    ELPV_METHODS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+ELPV_BEGIN, ELPV_END = "<!-- elpv:begin -->", "<!-- elpv:end -->"
 
 
 #: Issue target: SPADE's 3-seed mean AUROC at or above the best figure of any method in the
@@ -73,21 +85,52 @@ def tables() -> str:
     return "\n".join(parts)
 
 
+def elpv_tables() -> str:
+    """The ELPV table (mean ± sd over seeds) and the issue's goal check per column."""
+    with open(RESULTS / "elpv.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    seeds = sorted({int(r["seed"]) for r in rows})
+    recipe = rows[0]["recipe"]
+    text = (f"AUROC on the ELPV test split, recipe `{recipe}`, mean ± sd over seeds {seeds} "
+            "(AUPR in `benchmarks/results/elpv.csv`).\n\n"
+            + format_columns_table(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS), ELPV_COLUMNS,
+                                   labels=ELPV_LABELS))
+    stats = summarise_columns(rows)
+    lines = ["", "**Goal check**: SPADE >= max(VAE-based, CNN-based) in every column, and >= 0.90 "
+             "on `unseen_type / all`", "", "| column | SPADE | max(VAE, CNN) | verdict |",
+             "|---|---|---|---|"]
+    for p, sub in ELPV_COLUMNS:
+        spade = stats[("spade", p, sub)][0]
+        other = max(stats[("vae", p, sub)][0], stats[("cnn", p, sub)][0])
+        need = max(other, 0.90) if (p, sub) == ("unseen_type", "all") else other
+        verdict = "met" if spade >= need else f"**missed by {need - spade:.3f}**"
+        lines.append(f"| {p} / {sub} | {spade:.3f} | {other:.3f} | {verdict} |")
+    return text + "\n".join(lines) + "\n"
+
+
+def _replace(src: str, begin: str, end: str, text: str, where: Path) -> str:
+    if begin not in src or end not in src:
+        raise SystemExit(f"{where}: markers {begin} / {end} not found")
+    head, rest = src.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--print", action="store_true", help="print instead of rewriting README.md")
     args = p.parse_args()
     text = tables()
+    elpv = elpv_tables() if (RESULTS / "elpv.csv").exists() else None
     if args.print:
         print(text)
+        print(elpv or "")
         return
     readme = ROOT / "README.md"
-    src = readme.read_text()
-    if BEGIN not in src or END not in src:
-        raise SystemExit(f"{readme}: markers {BEGIN} / {END} not found")
-    head, rest = src.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(readme, f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    src = _replace(readme.read_text(), BEGIN, END, text, readme)
+    if elpv is not None:
+        src = _replace(src, ELPV_BEGIN, ELPV_END, elpv, readme)
+    atomic_write_text(readme, src)
     print(f"rewrote the tables in {readme}")
 
 

@@ -26,7 +26,7 @@ from spadecam.benchmark import run_benchmark, spade_scores, vae_scores
 from spadecam.data import load_mnist
 from spadecam.detectors import SPADE
 from spadecam.evaluation import auroc
-from spadecam.metrics import aupr
+from spadecam.metrics import average_precision
 from spadecam.models import CNNConfig, VAEConfig
 from spadecam.reproduce import (
     ELPV_COLUMNS,
@@ -97,7 +97,7 @@ def main() -> None:
                 lab = data.y_test[idx]
                 extra.append({"config": config, "variant": name, "protocol": pname,
                               "subset": subset, "seed": seed, "auroc": auroc(lab, s[idx]),
-                              "aupr": aupr(lab, s[idx])})
+                              "aupr": average_precision(lab, s[idx])})
 
     t0 = time.perf_counter()
     cache: dict = {}

@@ -496,7 +496,7 @@ def test_from_models_leaves_the_callers_models_in_their_mode():
     vae.load_state_dict(det.vae_.state_dict())
     cnn.load_state_dict(det.cnn_.state_dict())
     vae.train(), cnn.train()
-    wrapped = SPADE.from_models(vae, cnn, precision=det.precision)
+    wrapped = SPADE.from_models(vae, cnn, precision=det.precision, recipe="paper")
     scores = wrapped.decision_function(X_TEST)
     wrapped.anomaly_map(X_TEST)
     CNNDetector.from_models(cnn).decision_function(X_TEST)

@@ -267,7 +267,7 @@ def test_outputs_train_says_what_it_read_and_warns_on_a_threshold_from_few_norma
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("read 24 normal and 1 known-anomaly images; sizes 32x32 (all); "
-                               "1 channel(s) (grey); model input 16x16 (resize)")
+                               "1 channel(s) (grey); model input 16x16 (letterbox)")
     assert "held out 2 normal and 0 known-anomaly images for the threshold" in lines[1]
     assert "(anomalous when score > threshold): the 0.99 quantile of 2 held-out normal" in lines[2]
     assert lines[-1] == f"model written to {tmp_path / 'm'}"

@@ -97,7 +97,7 @@ def _golden_scores(precision: str) -> dict[str, np.ndarray]:
     spade = SPADE.from_models(vae, cnn, **kw)
     return {
         "spade": spade.decision_function(x),
-        "spade_paper": SPADE.from_models(vae, cnn, batch_size=16, precision=precision)
+        "spade_paper": SPADE.from_models(vae, cnn, batch_size=16, precision=precision, recipe="paper")
         .decision_function(x),
         "naive_spade": NaiveSPADE.from_models(vae, cnn, **kw).decision_function(x),
         "vae": VAEDetector.from_models(vae, **kw).decision_function(x),

@@ -25,6 +25,7 @@ from PIL import Image
 
 from spadecam import SPADE
 from spadecam.cli import main
+from spadecam.data.images import image_hw
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -103,7 +104,6 @@ def test_any_image_file_gives_a_finite_score_and_map_or_a_clear_error(tiny_model
                                                                       data):
     spec = data.draw(image_files(mode, fmt))
     model = tiny_model[0]
-    size = SPADE.load(model).preprocessing_["image_size"]
     min_side = SPADE.load(model).preprocessing_["min_input_size"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -126,7 +126,9 @@ def test_any_image_file_gives_a_finite_score_and_map_or_a_clear_error(tiny_model
             assert len(rows) == 1 and rows[0]["path"] == str(path)
             assert math.isfinite(float(rows[0]["score"])) and rows[0]["label"] in ("0", "1")
             overlay = Image.open(rows[0]["map"])
-            assert overlay.size == (size, size) and overlay.mode == "RGB"
+            # the overlay is at the image's own size as displayed (issue 11), not the model's
+            h, w = image_hw(path)
+            assert overlay.size == (w, h) and overlay.mode == "RGB"
         else:
             assert not must_work, err
             assert code == 2, err

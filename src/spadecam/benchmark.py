@@ -37,7 +37,7 @@ from spadecam.detectors import (
 )
 from spadecam.evaluation import METHOD_LABELS, auroc
 from spadecam.inputs import _channels_last
-from spadecam.metrics import aupr
+from spadecam.metrics import average_precision
 from spadecam.training import to_float_images, train_cnn, train_vae
 
 __all__ = [
@@ -227,7 +227,7 @@ def run_benchmark(
                     lab, sc = data.y_test[idx], s[idx]
                     rows.append({"method": prot.rename.get(m, m), "protocol": pname,
                                  "subset": subset, "seed": seed, "auroc": auroc(lab, sc),
-                                 "aupr": aupr(lab, sc), "recipe": recipe.name,
+                                 "aupr": average_precision(lab, sc), "recipe": recipe.name,
                                  "n_test": len(idx), "n_anomalous": int(lab.sum())})
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known, CNN {_summary(cnn)}): "
                 + ", ".join(f"{r['method']} {r['protocol']}/{r['subset']} {r['auroc']:.3f}"

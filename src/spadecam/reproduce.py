@@ -35,7 +35,7 @@ from spadecam.evaluation import (
     write_rows_csv,
 )
 from spadecam.figures import plot_gallery, plot_roc_curves, plot_roi_rows, plot_samples
-from spadecam.metrics import aupr
+from spadecam.metrics import average_precision
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import from_option, resolve_scoring_precision
@@ -724,7 +724,7 @@ def run_elpv(
                 lab = data.y_test[idx]
                 ablation_rows.append({"method": name, "protocol": pname, "subset": subset,
                                       "seed": seed, "auroc": auroc(lab, s[idx]),
-                                      "aupr": aupr(lab, s[idx]), "recipe": r.name})
+                                      "aupr": average_precision(lab, s[idx]), "recipe": r.name})
 
     rows = run_benchmark(
         lambda seed: elpv_data(seed, r.image_size, eval_split, split_file, root, cache),
