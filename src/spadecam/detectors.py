@@ -55,6 +55,7 @@ from spadecam.precision import resolve_scoring_precision
 from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
 
 __all__ = [
+    "RECIPE_DEFAULTS",
     "SPADE",
     "CNNDetector",
     "NaiveSPADE",
@@ -62,6 +63,8 @@ __all__ = [
     "NotFittedError",
     "VAEDetector",
     "as_image_tensor",
+    "default_cnn_config",
+    "default_vae_config",
     "fit_threshold",
     "gaussian_blur",
     "reconstruction_error",
@@ -839,6 +842,8 @@ class _BaseDetector:
 
     def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
                        hold: torch.Tensor | None) -> None:
+        """``threshold_`` from the held-out images' scores (the training normals' without a
+        hold-out), padding masked by ``valid``; sets ``threshold_source_`` / ``_n_images_``."""
         def scores(mask: torch.Tensor) -> np.ndarray:
             return self._score_prepared(x[mask], None if valid is None else valid[mask])
 
