@@ -16,7 +16,8 @@ Scoring precisions (detectors, ``spadecam score/evaluate/reproduce``):
 
 Training precisions (:class:`~spadecam.training.TrainConfig`, ``--precision``) are Lightning
 Fabric's (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``) plus ``"auto"``: ``"bf16-mixed"``
-where :func:`bf16_is_fast`, else ``"32-true"``.
+on CUDA with bf16 and on CPUs with AMX, else ``"32-true"`` (on AVX512-BF16 without AMX, bf16
+training measured slower than fp32: :func:`resolve_training_precision`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,14 @@ def resolve_scoring_precision(precision: str, device: str | torch.device = "cpu"
 
 
 def resolve_training_precision(precision: str, accelerator: str = "cpu") -> str:
-    """Fabric precision for ``precision="auto"``: "bf16-mixed" where fast, else "32-true".
+    """Fabric precision for ``precision="auto"``: "bf16-mixed" where it trains faster.
 
-    Any other value is returned unchanged (Fabric validates it).
+    That is CUDA with bf16 and CPUs with AMX-BF16 tiles. On CPUs with AVX512-BF16 but no AMX,
+    bf16-mixed *training* measured slower than fp32 here (VAE + CNN, one epoch of the
+    ``spadecam`` recipe: 0.62x and 0.48x in two bench runs, 14 vs 22 img/s for the VAE alone;
+    docs/speed.md), although bf16 *scoring* is faster there; so "auto" trains in "32-true"
+    on those CPUs and scores in bf16. Any other value is returned unchanged (Fabric
+    validates it).
 
     Parameters
     ----------
@@ -95,6 +101,9 @@ def resolve_training_precision(precision: str, accelerator: str = "cpu") -> str:
         return precision
     if accelerator in ("auto", "gpu"):
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        return "bf16-mixed" if amx and bf16_is_fast("cpu") else "32-true"
     return "bf16-mixed" if bf16_is_fast(accelerator) else "32-true"
 
 
