@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   -> .venv + install + quick Noisy-MNIST reproduction (a few minutes on 2 cores)
 #   make test   -> .venv + install + the whole test suite
-# Other targets: make reproduce (full Table I), make bench (scoring speed), make lint.
+# Other targets: make reproduce (full Table I), make bench (scoring speed), make lint (ruff),
+# make typecheck (mypy on src/); CONTRIBUTING.md says which to run when.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +20,7 @@ OUT    ?= runs
 PRECISION ?= auto
 export SPADECAM_DATA
 
-.PHONY: install demo test reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables bench lint clean
+.PHONY: install demo test reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -64,6 +65,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# mypy's settings (and the two libraries without type information) are in pyproject.toml
+typecheck: $(STAMP)
+	$(BIN)/mypy src
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -51,7 +51,7 @@ def _create_temp(folder: Path, name: str, suffix: str) -> Path:
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp"
+    path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp"
 ) -> Path:
     """Call ``write(temp_path)`` and rename the temp file to ``path`` once it succeeded.
 

@@ -146,7 +146,14 @@ def _closed_form_cam(model: ConvClassifier, x: torch.Tensor, class_idx: int) -> 
 def _autograd_cam(
     model: nn.Module, x: torch.Tensor, layer: int | nn.Module, class_idx: int
 ) -> torch.Tensor:
-    module = model.features[layer] if isinstance(layer, int) else layer
+    if isinstance(layer, int):
+        features = model.get_submodule("features")
+        if not isinstance(features, nn.ModuleList | nn.Sequential):
+            raise TypeError(f"the classifier's features is a {type(features).__name__}, not a list "
+                            "of layers; pass the Grad-CAM layer as a module")
+        module = features[layer]
+    else:
+        module = layer
     captured: list[torch.Tensor] = []
 
     def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
@@ -232,7 +239,7 @@ def spade_roi(
     return apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
 
 
-def upsample_roi(roi: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+def upsample_roi(roi: torch.Tensor, size: tuple[int, ...], mode: str = "bilinear") -> torch.Tensor:
     """Upsample an ROI (N, h, w) to the image size (N, H, W).
 
     Bilinear with ``align_corners=False`` by default (the paper does not say; this is what

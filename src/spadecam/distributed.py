@@ -103,8 +103,9 @@ def fabric_settings(
                  num_nodes=num_nodes, precision=precision)
     out = {k: defaults[k] if v is None else v for k, v in given.items()}
     for k in ("devices", "num_nodes"):
-        if given[k] is not None and int(given[k]) < 1:
-            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {given[k]}")
+        v = given[k]
+        if v is not None and int(v) < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     if precision is not None:
         if str(precision) not in PRECISIONS:
             raise ValueError(

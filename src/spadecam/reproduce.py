@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -362,7 +363,7 @@ def run_noisy_mnist(
         raise ValueError(f"--known must be distinct digits in 1-9, got {known}")
     r = recipe if isinstance(recipe, Recipe) else get_recipe(recipe, quick)
     train_prec, score_prec = from_option(precision)
-    fab = {"precision": train_prec}
+    fab: dict[str, Any] = {"precision": train_prec}  # Fabric options, as launch() takes them
     fab.update({k: v for k, v in (distributed or {}).items() if v is not None})
     fabric = launch(**fab)  # start the other processes (if any) first
     device = fabric.device.type

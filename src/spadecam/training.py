@@ -35,6 +35,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -45,6 +46,8 @@ from spadecam.distributed import launch, rank_seed, shard
 from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
 from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 __all__ = ["TrainConfig", "TrainingDivergedError", "to_float_images", "train_cnn", "train_vae"]
 
@@ -177,12 +180,12 @@ def _split(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fit(
-    model: torch.nn.Module,
+    model: _M,
     tensors: tuple[torch.Tensor, ...],
     loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
     cfg: TrainConfig,
     name: str,
-) -> torch.nn.Module:
+) -> _M:
     """Generic loop: AdamW, optional cosine schedule, early stopping on held-out loss."""
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")

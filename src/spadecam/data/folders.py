@@ -377,7 +377,8 @@ def mvtec_layout(
     unknown = sorted(set(wanted) - set(found))
     if unknown:
         raise DatasetError(f"MVTec {root}: unknown defect kinds {unknown}; found {found}")
-    paths, labels, masks = list(good), [0] * len(good), [None] * len(good)
+    paths, labels = list(good), [0] * len(good)
+    masks: list[Path | None] = [None] * len(good)
     for kind in wanted:
         imgs = list_images(test_dir / kind, f"MVTec test/{kind}")
         gt = root / "ground_truth" / kind

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from spadecam._progress import bar
 
@@ -125,7 +125,7 @@ def _misread_tiff(im: Image.Image) -> bool:
 _LIBTIFF_LOCK = threading.Lock()
 
 
-def _open_with_libtiff(path: Path) -> Image.Image:
+def _open_with_libtiff(path: Path) -> ImageFile.ImageFile:
     from PIL import TiffImagePlugin
 
     # the flag is read when the file is opened; set it for this one open only
@@ -145,17 +145,17 @@ def _open(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
     try:
-        im = Image.open(path)
-        if _misread_tiff(im):
-            im = _open_with_libtiff(path)
+        f = Image.open(path)
+        if _misread_tiff(f):
+            f = _open_with_libtiff(path)
         # Pillow decodes 16-bit colour PNGs straight to 8 bits; refuse instead of clipping
-        if im.mode in COLOUR_MODES and any(";16" in str(t.args) for t in im.tile):
+        if f.mode in COLOUR_MODES and any(";16" in str(t.args) for t in f.tile):
             raise ImageError(
                 f"{path}: 16-bit colour images cannot be read at full precision with Pillow; "
                 "save it as 16-bit grey or 8-bit colour", [path],
             )
-        im.load()  # decode now: truncated files fail here, not later
-        im = ImageOps.exif_transpose(im)  # as displayed (EXIF Orientation applied)
+        f.load()  # decode now: truncated files fail here, not later
+        im = ImageOps.exif_transpose(f)  # as displayed (EXIF Orientation applied)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -487,5 +487,5 @@ def load_mask(
     """
     path = Path(path)
     x = read_image(path)
-    m = (x > 0).any(axis=0).astype(np.uint8)
+    m = np.asarray((x > 0).any(axis=0), dtype=np.uint8)
     return resize_mask(m, size, policy) if size is not None else m

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 from PIL import Image
@@ -117,6 +118,27 @@ class NoisyMNISTConfig:
             raise ValueError(
                 f"resample must be one of {sorted(RESAMPLE_FILTERS)}, got {self.resample!r}"
             )
+
+
+@overload
+def make_noisy_mnist(
+    digits: np.ndarray, seed: int, config: NoisyMNISTConfig = ...,
+    return_sigma: Literal[False] = ..., *, start_index: int = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def make_noisy_mnist(
+    digits: np.ndarray, seed: int, config: NoisyMNISTConfig, return_sigma: Literal[True],
+    *, start_index: int = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def make_noisy_mnist(
+    digits: np.ndarray, seed: int, config: NoisyMNISTConfig = ..., *,
+    return_sigma: Literal[True], start_index: int = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def make_noisy_mnist(

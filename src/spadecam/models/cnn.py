@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # resnet.py subclasses ConvClassifier, so it imports this module
+    from spadecam.models.resnet import ResNetConfig
 
 __all__ = ["NORMAL_CLASS", "CNNConfig", "ConvClassifier", "classifier_loss"]
 
@@ -85,6 +89,8 @@ class ConvClassifier(nn.Module):
     ``features[i]`` is the i-th conv block (conv, BN, ReLU); Grad-CAM reads the output of one
     block (by default the last, ``cam_layer = -1``).
     """
+
+    config: CNNConfig | ResNetConfig  # ResNetClassifier keeps this API with its own config
 
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()

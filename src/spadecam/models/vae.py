@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,7 @@ class ConvVAE(nn.Module):
         s = self._sizes
         h = self.fc_dec(z).view(z.shape[0], c, s[-1], s[-1])
         for i, layer in enumerate(self.decoder):
-            h = _upsample(layer, h, s[-2 - i])
+            h = _upsample(cast(nn.ConvTranspose2d, layer), h, s[-2 - i])  # built as such above
             if i < len(self.decoder) - 1:
                 h = F.leaky_relu(h, 0.2)
         return h
@@ -201,7 +202,8 @@ def _upsample(layer: nn.ConvTranspose2d, h: torch.Tensor, target: int) -> torch.
         torch.is_autocast_enabled(h.device.type)
         and torch.get_autocast_dtype(h.device.type) == torch.bfloat16
     )
-    (k,), (stride,), (pad,) = layer.kernel_size[:1], layer.stride[:1], layer.padding[:1]
+    # padding is typed str | tuple for every conv; a transposed conv only takes numbers
+    k, stride, pad = layer.kernel_size[0], layer.stride[0], int(layer.padding[0])
     natural = (h.shape[-1] - 1) * stride - 2 * pad + k
     if not bf16 or target == natural:
         return layer(h, output_size=(target, target))
