@@ -56,7 +56,7 @@ reproduce-elpv-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[benchmarks]'
 	$(BIN)/spadecam reproduce elpv --quick --out $(OUT)/elpv-quick
 
-# Rewrite the README tables from benchmarks/results/*.csv
+# Rewrite the result tables (README.md, docs/*.md: between their markers) from benchmarks/results/*.csv
 tables: $(STAMP)
 	$(BIN)/python benchmarks/make_tables.py
 

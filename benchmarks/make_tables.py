@@ -1,14 +1,17 @@
-"""Regenerate the README's result tables from the committed CSV files.
+"""Regenerate the result tables in the README and docs/ from the committed CSV files.
 
-    python benchmarks/make_tables.py            # rewrites README.md between the markers
-    python benchmarks/make_tables.py --print    # prints the tables only
+    python benchmarks/make_tables.py            # rewrites every marked block (make tables)
+    python benchmarks/make_tables.py --print    # prints the blocks only
 
-Reads benchmarks/results/noisy_mnist.csv (columns method,known_class,seed,auroc,recipe) and
-benchmarks/results/ablations.csv, and writes one Table-I-style table per recipe (mean ± sd over
-seeds beside the paper's figures) and the ablation table, between the markers
-``<!-- tables:begin -->`` and ``<!-- tables:end -->`` in README.md; and, from
-benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,aupr,recipe), the ELPV table and
-its goal check between ``<!-- elpv:begin -->`` and ``<!-- elpv:end -->``.
+Each block lives between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in whichever
+Markdown file holds it (README.md or docs/*.md):
+
+* ``tables`` (docs/noisy-mnist.md), from benchmarks/results/noisy_mnist.csv (method,
+  known_class,seed,auroc,recipe) and ablations.csv: one Table-I-style table per recipe (mean ±
+  sd over seeds beside the paper's figures), the target check and the ablation table;
+* ``noisy-mnist-headline`` (README.md): the table of the recipe with the most seeds;
+* ``elpv`` (docs/elpv.md), from benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,
+  aupr,recipe): the ELPV table and its goal check; ``elpv-headline`` (README.md): the table.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from spadecam.reproduce import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-ELPV_BEGIN, ELPV_END = "<!-- elpv:begin -->", "<!-- elpv:end -->"
+#: Markdown files that may hold marked blocks.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 #: Issue target: SPADE's 3-seed mean AUROC at or above the best figure of any method in the
@@ -85,10 +88,19 @@ def tables() -> str:
     return "\n".join(parts)
 
 
+def _elpv_rows() -> list[dict]:
+    with open(RESULTS / "elpv.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def elpv_headline() -> str:
+    """The README's ELPV table: every method and protocol, mean ± sd over seeds."""
+    return format_columns_table(_elpv_rows(), ELPV_METHODS, ELPV_COLUMNS, labels=ELPV_LABELS)
+
+
 def elpv_tables() -> str:
     """The ELPV table (mean ± sd over seeds) and the issue's goal check per column."""
-    with open(RESULTS / "elpv.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _elpv_rows()
     seeds = sorted({int(r["seed"]) for r in rows})
     recipe = rows[0]["recipe"]
     text = (f"AUROC on the ELPV test split, recipe `{recipe}`, mean ± sd over seeds {seeds} "
@@ -109,30 +121,55 @@ def elpv_tables() -> str:
     return text + "\n".join(lines) + "\n"
 
 
-def _replace(src: str, begin: str, end: str, text: str, where: Path) -> str:
-    if begin not in src or end not in src:
-        raise SystemExit(f"{where}: markers {begin} / {end} not found")
-    head, rest = src.split(begin, 1)
+def headline() -> str:
+    """The README's Noisy-MNIST table: the recipe with the most seeds, ours beside the paper."""
+    by_recipe: dict[str, list[dict]] = defaultdict(list)
+    for r in read_results_csv(RESULTS / "noisy_mnist.csv"):
+        by_recipe[r.get("recipe", "")].append(r)
+    main = max(by_recipe, key=lambda rec: len({r["seed"] for r in by_recipe[rec]}))
+    return format_table(by_recipe[main])
+
+
+def blocks() -> dict[str, str]:
+    """Every generated block, by marker name."""
+    made = {"tables": tables(), "noisy-mnist-headline": headline()}
+    if (RESULTS / "elpv.csv").exists():
+        made.update({"elpv": elpv_tables(), "elpv-headline": elpv_headline()})
+    return made
+
+
+def replace_block(text: str, name: str, content: str) -> str | None:
+    """``text`` with the block ``name`` replaced by ``content``; None if it has no such block."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{text}\n{end}{tail}"
+    return f"{head}{begin}\n{content}\n{end}{tail}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--print", action="store_true", help="print instead of rewriting README.md")
+    p.add_argument("--print", action="store_true", help="print the blocks instead of rewriting")
     args = p.parse_args()
-    text = tables()
-    elpv = elpv_tables() if (RESULTS / "elpv.csv").exists() else None
+    made = blocks()
     if args.print:
-        print(text)
-        print(elpv or "")
+        for name, text in made.items():
+            print(f"<!-- {name} -->\n{text}")
         return
-    readme = ROOT / "README.md"
-    src = _replace(readme.read_text(), BEGIN, END, text, readme)
-    if elpv is not None:
-        src = _replace(src, ELPV_BEGIN, ELPV_END, elpv, readme)
-    atomic_write_text(readme, src)
-    print(f"rewrote the tables in {readme}")
+    found = set()
+    for page in PAGES:
+        src = new = page.read_text()
+        for name, text in made.items():
+            out = replace_block(new, name, text)
+            if out is not None:
+                new, _ = out, found.add(name)
+        if new != src:
+            atomic_write_text(page, new)
+            print(f"rewrote the tables in {page.relative_to(ROOT)}")
+    missing = set(made) - found
+    if missing:
+        raise SystemExit(f"markers not found in README.md or docs/*.md: {sorted(missing)}")
 
 
 if __name__ == "__main__":
