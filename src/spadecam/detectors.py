@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -50,9 +50,12 @@ from spadecam.inputs import (
 )
 from spadecam.io import ModelFormatError, load_model_parts, read_config, save_models
 from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
+from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import resolve_scoring_precision
 from spadecam.training import TrainConfig, to_float_images, train_cnn, train_vae
+
+_M = TypeVar("_M", bound=nn.Module)
 
 __all__ = [
     "RECIPE_DEFAULTS",
@@ -118,11 +121,12 @@ def _as_labels(y: Any, n: int) -> torch.Tensor:
     return torch.as_tensor(ya.astype(np.int64))
 
 
-def _prepare(model: nn.Module) -> nn.Module:
+def _prepare(model: _M) -> _M:
     # layout only: the parameters stay the same objects (an optimizer holding them still
     # works) and the train/eval mode is left to the caller; scoring switches to eval mode
-    # for its duration (_scoring_context)
-    return model.to(memory_format=torch.channels_last)
+    # for its duration (_scoring_context). Module.to returns the module itself.
+    # torch's stubs omit Module.to's documented memory_format keyword
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 # --------------------------------------------------------------------------- default models
@@ -512,6 +516,12 @@ class _BaseDetector:
     threshold_holdout: float
     image_size: int | None
     resize: str
+    # fitted attributes (set by fit / from_models / load); which ones: _model_attrs
+    threshold_: float | None
+    vae_: ConvVAE
+    cnn_: ConvClassifier
+    # each detector's own signature: VAEDetector(vae), CNNDetector(cnn), SPADE(vae, cnn)
+    from_models: Callable[..., Any]
 
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
@@ -667,6 +677,7 @@ class _BaseDetector:
             ``threshold_`` is NaN; NonFiniteScoreError for non-finite scores.
         """
         _require(self, "threshold_")
+        assert self.threshold_ is not None  # _require raised NotFittedError otherwise
         return flag_anomalous(self.decision_function(X), self.threshold_)
 
     #: Fitted models of this detector, in the order ``from_models`` takes them.
@@ -1028,7 +1039,7 @@ class CNNDetector(_BaseDetector):
 
     def __init__(
         self,
-        cnn_config: CNNConfig | None = None,
+        cnn_config: CNNConfig | ResNetConfig | None = None,
         cnn_train: TrainConfig | None = None,
         loss: str = "eq2",
         batch_size: int = 256,
@@ -1175,7 +1186,7 @@ class SPADE(_BaseDetector):
     def __init__(
         self,
         vae_config: VAEConfig | None = None,
-        cnn_config: CNNConfig | None = None,
+        cnn_config: CNNConfig | ResNetConfig | None = None,
         vae_train: TrainConfig | None = None,
         cnn_train: TrainConfig | None = None,
         loss: str = "eq2",
@@ -1311,8 +1322,8 @@ class SPADE(_BaseDetector):
         """
         _require(self, "cnn_")
         with _scoring_context(self.precision, self.cnn_) as device:
-            u_hat = None if self.recon_branch == "none" else u_hat.to(device)
-            return signed_cams(self.cnn_, u.to(device), u_hat, self.cam_layer, self.cam_method)
+            u_hat_d = None if self.recon_branch == "none" else u_hat.to(device)
+            return signed_cams(self.cnn_, u.to(device), u_hat_d, self.cam_layer, self.cam_method)
 
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
@@ -1369,7 +1380,7 @@ class NaiveSPADE(SPADE):
     def __init__(
         self,
         vae_config: VAEConfig | None = None,
-        cnn_config: CNNConfig | None = None,
+        cnn_config: CNNConfig | ResNetConfig | None = None,
         vae_train: TrainConfig | None = None,
         cnn_train: TrainConfig | None = None,
         loss: str = "eq2",

@@ -30,7 +30,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -174,8 +174,8 @@ def build_detector(
         )
     train_cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        **({} if steps is None else {"steps": steps}),
-        **(distributed or {}),
+        **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
+        **cast(dict[str, Any], distributed or {}),
     )
     return SPADE(
         vae_config=vae_cfg,
@@ -314,6 +314,7 @@ def train(
         error_norm, precision, steps, recipe,
     )
     det.resize = resize
+    assert det.vae_train is not None  # set by build_detector, recorded in config.json
     det.fit(PreparedImages(x, _letterbox_valid(data.paths, image_size, resize)), data.labels)
     held = det.threshold_n_images_ if threshold_holdout > 0 else {"normal": 0, "anomaly": 0}
     say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
@@ -577,18 +578,22 @@ def score(
         det.vae_, det.cnn_ = det.vae_.to(fabric.device), det.cnn_.to(fabric.device)
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
     progress = progress and fabric.global_rank == 0
-    x, local, error_maps = [], np.zeros(0), []
+    x: list[np.ndarray] = []
+    local, error_maps = np.zeros(0), cast(list[np.ndarray], [])
     with fail_together(fabric):  # every image of every shard is read before any write
         if len(mine):
             mine_paths = paths[mine.start : mine.stop]
             x = _read(mine_paths, pre, progress)
             local, error_maps = _score(det, x, progress, mine_paths)
     scores = gather_in_order(fabric, local, len(paths))
+    assert det.threshold_ is not None  # _load_model refuses a model without one
     labels = flag_anomalous(scores, det.threshold_)
+    map_column = [""] * len(paths)
+    if maps is not None and names is not None:
+        map_column = [str(Path(maps) / n) for n in names]
     rows = [
-        {"path": str(p), "score": float(s), "label": int(lab),
-         "map": "" if names is None else str(Path(maps) / n)}
-        for p, s, lab, n in zip(paths, scores, labels, names or [None] * len(paths))
+        {"path": str(p), "score": float(s), "label": int(lab), "map": m}
+        for p, s, lab, m in zip(paths, scores, labels, map_column)
     ]
     if out is not None and fabric.global_rank == 0:
         if Path(out).exists():
@@ -744,7 +749,9 @@ def evaluate(
         m, use = mask_arr
         idx = np.flatnonzero(use)
         metrics["pixel_auroc"] = pixel_auroc(
-            np.concatenate([m[i].ravel() for i in idx]), np.concatenate([maps[i].ravel() for i in idx])
+            # _mask_arrays gives a mask to every image it marks as used
+            np.concatenate([cast(np.ndarray, m[i]).ravel() for i in idx]),
+            np.concatenate([maps[i].ravel() for i in idx]),
         )
         metrics["n_pixel_images"] = int(use.sum())
     if out is not None:

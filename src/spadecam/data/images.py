@@ -295,7 +295,9 @@ def to_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
     return np.tensordot(luma, x, axes=1)[None].astype(np.float32)
 
 
-def content_box(height: int, width: int, size: int, policy: str = "resize") -> tuple[int, ...]:
+def content_box(
+    height: int, width: int, size: int, policy: str = "resize"
+) -> tuple[int, int, int, int]:
     """Where an image of height x width lands inside the size x size output.
 
     Returns

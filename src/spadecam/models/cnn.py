@@ -97,7 +97,7 @@ class ConvClassifier(nn.Module):
         config = config or CNNConfig()
         self.config = config = config.sized(config.in_channels or 1)
         blocks = []
-        c_in = config.in_channels
+        c_in = config.in_channels or 1  # sized just above
         for c, k, s in zip(config.channels, config.kernel_sizes, config.strides):
             layers: list[nn.Module] = [
                 nn.Conv2d(c_in, c, k, stride=s, padding=k // 2, bias=not config.batch_norm)

@@ -109,7 +109,7 @@ class ResNetClassifier(ConvClassifier):
         config = config or ResNetConfig()
         self.config = config = config.sized(config.in_channels or 1)
         stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, config.widths[0], 7, stride=2, padding=3, bias=False),
+            nn.Conv2d(config.in_channels or 1, config.widths[0], 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(config.widths[0]),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),

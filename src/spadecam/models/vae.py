@@ -107,7 +107,8 @@ class ConvVAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
         config = config or VAEConfig()
-        if config.image_size is None:
+        image_size = config.image_size
+        if image_size is None:
             raise ValueError(
                 "VAEConfig.image_size is None: set it, or let a detector's fit size it from the "
                 "data"
@@ -115,10 +116,11 @@ class ConvVAE(nn.Module):
         if config.in_channels is None:
             config = dataclasses.replace(config, in_channels=1)
         self.config = config
+        in_channels = config.in_channels or 1  # set just above
         k, pad = config.kernel_size, (config.kernel_size - 1) // 2
-        sizes = [config.image_size]
+        sizes = [image_size]
         enc: list[nn.Module] = []
-        c_in = config.in_channels
+        c_in = in_channels
         for c in config.channels:
             enc += [nn.Conv2d(c_in, c, k, stride=2, padding=pad), nn.LeakyReLU(0.2)]
             sizes.append(_conv_out(sizes[-1], k, 2, pad))
@@ -134,7 +136,7 @@ class ConvVAE(nn.Module):
         self.fc_mu = nn.Linear(flat, config.latent_dim)
         self.fc_logvar = nn.Linear(flat, config.latent_dim)
         self.fc_dec = nn.Linear(config.latent_dim, flat)
-        rev = list(config.channels[::-1]) + [config.in_channels]
+        rev = list(config.channels[::-1]) + [in_channels]
         self.decoder = nn.ModuleList(
             nn.ConvTranspose2d(rev[i], rev[i + 1], k, stride=2, padding=pad)
             for i in range(len(config.channels))
