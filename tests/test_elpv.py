@@ -72,7 +72,9 @@ def test_read_split_names_the_file_and_line(tmp_path):
         read_split(bad)
 
 
-def test_missing_package_names_the_extra(monkeypatch):
+@pytest.fixture
+def without_elpv_package(monkeypatch):
+    """Imports of elpv_dataset fail as if the [benchmarks] extra were not installed."""
     real = builtins.__import__
 
     def no_elpv(name, *a, **k):
@@ -81,6 +83,9 @@ def test_missing_package_names_the_extra(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_elpv)
+
+
+def test_missing_package_names_the_extra(without_elpv_package):
     with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[benchmarks\]'"):
         elpv_dir()
 
@@ -155,15 +160,7 @@ def test_run_elpv_writes_the_results_csv(tmp_path):
     assert [r["auroc"] for r in again] == [r["auroc"] for r in rows if r["seed"] == 0]
 
 
-def test_cli_reproduce_elpv_without_the_package(monkeypatch, capsys):
-    real = builtins.__import__
-
-    def no_elpv(name, *a, **k):
-        if name == "elpv_dataset":
-            raise ModuleNotFoundError("No module named 'elpv_dataset'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_elpv)
+def test_cli_reproduce_elpv_without_the_package(without_elpv_package, capsys):
     assert main(["reproduce", "elpv", "--quick", "--no-progress"]) == 2
     assert "benchmarks" in capsys.readouterr().err
 

@@ -57,8 +57,12 @@ def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if dev.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return _cpu_has_amx() or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def _cpu_has_amx() -> bool:
+    """torch's report of AMX tiles on this CPU (False on torch builds without the probe)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def resolve_scoring_precision(precision: str, device: str | torch.device = "cpu") -> str:
@@ -102,8 +106,7 @@ def resolve_training_precision(precision: str, accelerator: str = "cpu") -> str:
     if accelerator in ("auto", "gpu"):
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if accelerator == "cpu":
-        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-        return "bf16-mixed" if amx and bf16_is_fast("cpu") else "32-true"
+        return "bf16-mixed" if _cpu_has_amx() and bf16_is_fast("cpu") else "32-true"
     return "bf16-mixed" if bf16_is_fast(accelerator) else "32-true"
 
 
@@ -148,7 +151,6 @@ def describe(device: str | torch.device = "cpu") -> str:
         if dev.type == "cuda":
             why = "the GPU supports bf16"
         else:
-            amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-            why = "the CPU has " + ("AMX-BF16" if amx else "AVX512-BF16")
+            why = "the CPU has " + ("AMX-BF16" if _cpu_has_amx() else "AVX512-BF16")
         return why
     return f"no native bf16 on {dev.type}"
