@@ -40,3 +40,32 @@ def tiny_model(tmp_path_factory):
     finally:
         torch.set_num_threads(n)
     return out, folders
+
+
+#: What torch may report about a CPU's bf16 support, as (AMX tiles, AVX512-BF16): the machines
+#: this project runs on have either kind, older ones neither. ``precision="auto"`` chooses by
+#: these reports, so a test of what "auto" does runs under each of them (``cpu_kind``) and
+#: passes whichever CPU the suite happens to run on.
+CPU_REPORTS = {"amx": (True, True), "avx512_bf16": (False, True), "no_bf16": (False, False)}
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set what torch reports about the CPU's bf16 support: cpu_bf16(amx, avx512_bf16).
+
+    Only the report changes: on a CPU without native bf16 the bf16 kernels still run
+    (emulated, slower), so every code path can be tested on any machine.
+    """
+
+    def set_flags(amx: bool, avx512_bf16: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+    return set_flags
+
+
+@pytest.fixture(params=list(CPU_REPORTS))
+def cpu_kind(request, cpu_bf16):
+    """Run the test once per CPU report of :data:`CPU_REPORTS`; yields the kind's name."""
+    cpu_bf16(*CPU_REPORTS[request.param])
+    return request.param

@@ -504,3 +504,39 @@ def test_from_models_leaves_the_callers_models_in_their_mode():
     assert all(m.training for m in cnn.modules())
     # scored in eval mode all the same: batch norm with its running statistics
     np.testing.assert_allclose(scores, det.decision_function(X_TEST), rtol=1e-6)
+
+
+def test_scoring_restores_every_submodules_own_mode():
+    # Module.train(flag) sets every submodule: restoring only the top-level flag used to
+    # reset an encoder in train mode inside an eval VAE, and a frozen (eval) batch norm
+    # inside a training classifier
+    det = fitted("spade")
+    vae = type(det.vae_)(det.vae_.config)
+    cnn = type(det.cnn_)(det.cnn_.config)
+    vae.load_state_dict(det.vae_.state_dict())
+    cnn.load_state_dict(det.cnn_.state_dict())
+    vae.eval()
+    encoder = next(m for m in vae.children() if len(list(m.children())) > 0)
+    encoder.train()
+    cnn.train()
+    frozen = [m for m in cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert frozen, "the test needs a batch norm in the classifier"
+    frozen[0].eval()
+    before = {name: m.training for name, m in [*vae.named_modules(prefix="vae"),
+                                               *cnn.named_modules(prefix="cnn")]}
+    spade = SPADE.from_models(vae, cnn, precision="32", recipe="paper")
+    scores = spade.decision_function(X_TEST)
+    spade.anomaly_map(X_TEST)
+    spade.decision_function_and_map(X_TEST)
+    NaiveSPADE.from_models(vae, cnn, precision="32", recipe="paper").decision_function(X_TEST)
+    VAEDetector.from_models(vae, precision="32", recipe="paper").decision_function(X_TEST)
+    CNNDetector.from_models(cnn, precision="32").decision_function(X_TEST)
+    from spadecam.cam import grad_cam
+
+    grad_cam(cnn, torch.rand(2, 1, SIZE, SIZE), method="autograd")
+    grad_cam(cnn, torch.rand(2, 1, SIZE, SIZE), method="closed_form")
+    after = {name: m.training for name, m in [*vae.named_modules(prefix="vae"),
+                                              *cnn.named_modules(prefix="cnn")]}
+    assert after == before
+    # scored in eval mode all the same
+    np.testing.assert_allclose(scores, det.decision_function(X_TEST), rtol=1e-6)

@@ -167,3 +167,54 @@ def test_roi_variants_on_cached_maps_equal_a_fresh_pass(precision):
                                        atol=1e-7)
         else:
             assert torch.equal(cached, fresh), variant
+
+
+# ------------------------------------------------------------------- letterbox padding
+
+
+class _ExactOnImage(ConvVAE):
+    """A VAE that reconstructs every image pixel exactly and gets the padding wrong.
+
+    Image pixels are in [0.2, 0.8] here and the letterbox padding is 0, so the padding is
+    where u == 0; there u_hat = 0.9, a residual of 0.9 the score must never see.
+    """
+
+    def reconstruct(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.where(u == 0, torch.full_like(u, 0.9), u)
+
+
+def test_blur_of_the_padding_never_reaches_the_image():
+    u = torch.zeros(1, 1, 20, 20)
+    u[..., 5:15, :] = 0.5  # a 10 x 20 image letterboxed into 20 x 20
+    valid = (u > 0).float()
+    u_hat = torch.where(valid > 0, u, torch.full_like(u, 0.9))
+    for norm in ("l1", "l2"):
+        e = reconstruction_error(u, u_hat, 2.0, norm, valid)
+        assert e.abs().max().item() == 0.0, norm
+        # without the mask the padding's residual is blurred into the image's border
+        leak = (reconstruction_error(u, u_hat, 2.0, norm) * valid).sum().item()
+        assert leak > 0.1, norm
+    # on the image the masked blur is the blur renormalised over image pixels: a residual
+    # constant on the image stays that constant up to the border (hand computation)
+    r = torch.where(valid > 0, torch.full_like(u, 0.25), torch.zeros_like(u))
+    e = reconstruction_error(u, u - r, 2.0, "l1", valid)
+    torch.testing.assert_close(e[valid > 0], torch.full((200,), 0.25))
+    assert (e[valid == 0] == 0).all()
+    # and an image without padding gets exactly the unmasked blur
+    x, y = torch.rand(2, 1, 12, 12), torch.rand(2, 1, 12, 12)
+    assert torch.equal(reconstruction_error(x, y, 2.0, "l2", torch.ones(2, 1, 12, 12)),
+                       reconstruction_error(x, y, 2.0, "l2"))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 2.0])
+@pytest.mark.parametrize("shape", [(3, 14, 28), (3, 28, 11), (3, 28, 28)])
+def test_exact_reconstruction_scores_zero_at_any_aspect_ratio(smoothing, shape):
+    torch.manual_seed(0)
+    vae = _ExactOnImage(VAEConfig(image_size=28, latent_dim=4, channels=(8, 8))).eval()
+    cnn = ConvClassifier(CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2))).eval()
+    x = np.random.default_rng(1).uniform(0.2, 0.8, shape).astype(np.float32)
+    kw = dict(error_smoothing=smoothing, error_norm="l2", precision="32")
+    for det in (VAEDetector.from_models(vae, **kw), SPADE.from_models(vae, cnn, **kw),
+                NaiveSPADE.from_models(vae, cnn, **kw)):
+        np.testing.assert_array_equal(det.decision_function(x), 0.0, err_msg=type(det).__name__)
+        assert max(float(m.max()) for m in det.anomaly_map(x)) == 0.0

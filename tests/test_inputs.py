@@ -192,3 +192,49 @@ def test_default_classifier_is_sized_from_the_data(tmp_path):
     det.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["detector"]["params"]["error_norm"] == "l2"  # resolved values are stored
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("view", ["reversed", "flipped", "rot90"])
+def test_numpy_views_with_negative_strides_read_as_their_copy(view):
+    # torch refuses negative strides ("At least one stride in the given numpy array is
+    # negative"); the same data with .copy() always scored
+    x = images(24, 32, 32)
+    make = {"reversed": lambda a: a[::-1], "flipped": lambda a: np.flip(a, 2),
+            "rot90": lambda a: np.rot90(a, axes=(1, 2))}[view]
+    v = make(x)
+    assert any(s < 0 for s in v.strides)
+    det = tiny(precision="32", threshold_holdout=0.0)
+    det.fit(v, LABELS)
+    ref = tiny(precision="32", threshold_holdout=0.0).fit(v.copy(), LABELS)
+    np.testing.assert_array_equal(det.decision_function(v), ref.decision_function(v.copy()))
+    np.testing.assert_array_equal(det.decision_function(list(v)),
+                                  ref.decision_function(v.copy()))
+    # the labels may be a view too
+    tiny(precision="32").fit(v.copy(), LABELS[::-1].copy()[::-1])
+
+
+def test_channels_last_rgb_is_recognised_and_documented():
+    # np.asarray(PIL.Image) gives (H, W, 3): a batch (N, 32, 32, 3) used to train a
+    # 32-channel model on 32 x 3 "images"
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    nchw = np.ascontiguousarray(np.moveaxis(nhwc, -1, 1))
+    assert image_list(nhwc).shape == (24, 3, 32, 32)
+    torch.testing.assert_close(image_list(nhwc), torch.from_numpy(nchw))
+    det = tiny(precision="32").fit(nhwc, LABELS)
+    assert det.in_channels_ == 3 and det.image_size_ == 32
+    maps = det.anomaly_map(nhwc[:2])
+    assert maps.shape == (2, 32, 32)
+    ref = tiny(precision="32").fit(nchw, LABELS)
+    np.testing.assert_array_equal(det.decision_function(nhwc), ref.decision_function(nchw))
+    # single images from PIL, (H, W, 3), in a list, even of different sizes
+    pil = [np.asarray(Image.fromarray(a)) for a in nhwc[:2]] + [nhwc[2, :20]]
+    got = image_list(pil)
+    assert [tuple(t.shape) for t in got] == [(1, 3, 32, 32)] * 2 + [(1, 3, 20, 32)]
+    # channels-first stays channels-first, also when the last axis happens to be 3 or 1
+    assert image_list(np.zeros((2, 3, 8, 3), np.uint8)).shape == (2, 3, 8, 3)
+    assert image_list(np.zeros((2, 1, 8, 1), np.uint8)).shape == (2, 1, 8, 1)
+    assert image_list(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 1, 8, 8)

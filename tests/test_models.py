@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,3 +279,18 @@ def test_configs_to_dict_round_trip():
     v = VAEConfig(channels=[4, 8], latent_dim=3)
     assert VAEConfig(**v.to_dict()) == v
     assert v.channels == (4, 8)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "3"])
+def test_a_zero_channel_or_size_is_refused_not_taken_for_unset(value):
+    # `in_channels or 1` built a 1-channel VAE from VAEConfig(in_channels=0)
+    from spadecam.models import ResNetConfig
+
+    for make, name in ((lambda v: VAEConfig(in_channels=v), "in_channels"),
+                       (lambda v: VAEConfig(image_size=v), "image_size"),
+                       (lambda v: CNNConfig(in_channels=v), "in_channels"),
+                       (lambda v: ResNetConfig(in_channels=v), "in_channels")):
+        with pytest.raises(ValueError, match=f"{name} must be None or an integer >= 1"):
+            make(value)
+    # None (sized from the data) and numpy integers are fine
+    assert VAEConfig(in_channels=np.int64(3), image_size=None).in_channels == 3

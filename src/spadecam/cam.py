@@ -29,6 +29,7 @@ __all__ = [
     "BRANCHES",
     "apply_branch",
     "closed_form_applies",
+    "eval_mode",
     "grad_cam",
     "normalise_roi",
     "spade_roi",
@@ -42,19 +43,37 @@ BRANCHES = ("abs", "relu", "none", "identity")
 
 
 @contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Every submodule of ``models`` in eval mode for the duration; each one's own
+    ``training`` flag restored afterwards.
+
+    ``Module.train(flag)`` sets the flag of every submodule, so restoring only the top-level
+    module's would reset an encoder the caller had put in train mode inside an eval VAE, or a
+    frozen (eval) batch norm inside a training classifier (issue 17). Here each submodule gets
+    back exactly the flag it had.
+    """
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+@contextlib.contextmanager
 def _eval_frozen(model: nn.Module) -> Iterator[None]:
     """Eval mode and no parameter gradients for the duration; restore both afterwards."""
-    was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
+        with eval_mode(model):
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def closed_form_applies(model: nn.Module, layer: int = -1) -> bool:

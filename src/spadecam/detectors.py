@@ -30,6 +30,7 @@ from spadecam._fs import json_float
 from spadecam._progress import warn
 from spadecam.cam import (
     apply_branch,
+    eval_mode,
     grad_cam,
     normalise_roi,
     upsample_roi,
@@ -39,6 +40,7 @@ from spadecam.data.images import RESIZE_POLICIES
 from spadecam.decision import flag_anomalous, threshold_between
 from spadecam.inputs import (
     PreparedImages,
+    _as_tensor,
     _channels_last,
     as_image_tensor,
     image_list,
@@ -295,7 +297,11 @@ def _check_error_params(
 
 
 def reconstruction_error(
-    u: torch.Tensor, u_hat: torch.Tensor, smoothing: float = 0.0, norm: str = "l1"
+    u: torch.Tensor,
+    u_hat: torch.Tensor,
+    smoothing: float = 0.0,
+    norm: str = "l1",
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pixel reconstruction error e between images and their reconstructions.
 
@@ -309,10 +315,16 @@ def reconstruction_error(
         residuals; this is our extension, not in the paper (README, "Reconstruction error").
     norm : {"l1", "l2"}
         "l1" (paper): |r|; "l2": r ** 2, which weighs large residuals over many small ones.
+    valid : Tensor (N, 1, H, W) in {0, 1}, optional
+        Image pixels (1) versus letterbox padding (0) (:mod:`spadecam.inputs`). The residual
+        on the padding never counts, not even through the blur: the blur is a normalised
+        convolution over image pixels only, blur(r * valid) / blur(valid) on the image and 0
+        on the padding, so an image reconstructed exactly has e = 0 at every aspect ratio.
+        An image without padding (valid all 1) gets exactly the unmasked blur.
 
     Returns
     -------
-    Tensor (N, C, H, W), >= 0, same dtype as the inputs.
+    Tensor (N, C, H, W), >= 0, same dtype as the inputs; 0 on the padding when ``valid``.
 
     Raises
     ------
@@ -320,7 +332,18 @@ def reconstruction_error(
         ``smoothing`` negative or not finite, or an unknown ``norm``.
     """
     _check_error_params(smoothing, norm)
-    r = gaussian_blur(u - u_hat, smoothing)
+    r = u - u_hat
+    if valid is None:
+        r = gaussian_blur(r, smoothing)
+    else:
+        v = valid.to(r)
+        r = r * v
+        if smoothing > 0:
+            # normalised convolution: the blur's weights renormalised over image pixels, so
+            # the padding's residual never leaks into the image's border (issue 17)
+            full = v.flatten(1).amin(1).view(-1, 1, 1, 1) > 0  # no padding at all
+            w = torch.where(full, torch.ones_like(v), gaussian_blur(v, smoothing))
+            r = torch.where(v > 0, gaussian_blur(r, smoothing) / w.clamp_min(1e-12), 0.0)
     return r.abs() if norm == "l1" else r * r
 
 
@@ -419,9 +442,8 @@ def spade_error_map(
         if normalise:
             rois = [normalise_roi(r) for r in rois]
         roi = rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)
-        error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm)
-        if valid is not None:
-            error = error * valid.to(error)
+        error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm,
+                                     valid)
         m = weighted_error(error, roi)
     if classifier_weight:
         p = cnn(u).float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
@@ -463,22 +485,16 @@ def _scoring_context(precision: str, model: nn.Module, *others: nn.Module) -> It
 
     Yields the device type. ``precision`` is "auto", "32" or "bf16"
     (:func:`spadecam.precision.resolve_scoring_precision`). ``model`` and ``others`` run in
-    eval mode (batch norm with its running statistics, no VAE sampling) and get their own
-    train/eval mode back afterwards, so a model passed to ``from_models`` is scored
-    correctly and left as the caller had it.
+    eval mode (batch norm with its running statistics, no VAE sampling) and every submodule
+    gets its own train/eval flag back afterwards (:func:`spadecam.cam.eval_mode`), so a
+    model passed to ``from_models`` is scored correctly and left as the caller had it.
     """
     device = next(model.parameters()).device.type
     use_bf16 = resolve_scoring_precision(precision, device) == "bf16"
-    modes = [(m, m.training) for m in (model, *others)]
-    try:
-        for m, _ in modes:
-            m.eval()
-        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
-                                                    enabled=use_bf16):
-            yield device
-    finally:
-        for m, training in modes:
-            m.train(training)
+    # every submodule gets its own train/eval flag back, not the top-level module's
+    with eval_mode(model, *others), torch.inference_mode(), torch.autocast(
+            device, dtype=torch.bfloat16, enabled=use_bf16):
+        yield device
 
 
 def _require(det: Any, *attrs: str) -> None:
@@ -593,7 +609,7 @@ class _BaseDetector:
         """
         if isinstance(X, PreparedImages):
             x = as_image_tensor(X.x)
-            valid = None if X.valid is None else torch.as_tensor(np.asarray(X.valid)).float()
+            valid = None if X.valid is None else _as_tensor(X.valid).float()
             if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
                 raise ValueError("PreparedImages.x must be square (N, C, S, S) and valid (N, 1, S, S)")
             size = self._fit_size(x, vae_config, cnn_config)
@@ -983,10 +999,9 @@ class VAEDetector(_BaseDetector):
             u = u.to(device)
             u_hat = self.vae_.reconstruct(u).float()
             with torch.autocast(device, enabled=False):  # the error in fp32, as in SPADE
+                # letterbox padding never counts, not even blurred into the image's border
                 e = reconstruction_error(u, u_hat, self._param("error_smoothing"),
-                                         self._param("error_norm"))
-            if valid is not None:  # letterbox padding never counts
-                e = e * valid.to(e)
+                                         self._param("error_norm"), valid)
             e = e.sum(dim=1).cpu()
         return e.sum(dim=(1, 2)), (e if want_maps else None)
 

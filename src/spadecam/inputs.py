@@ -7,7 +7,10 @@ models were built for (``image_size`` x ``image_size``, recorded in the model di
   (N, C, H, W); a list or tuple of single images, each (H, W) or (C, H, W), whose sizes may
   differ; any other iterable (e.g. a DataLoader) of batches, each (N, H, W) / (N, C, H, W)
   or a tuple whose first element is that (batches may differ in size). uint8 in [0, 255] or
-  float in [0, 1].
+  float in [0, 1]. Channels-last images ((N, H, W, C) or (H, W, C), as
+  ``np.asarray(PIL.Image)`` gives) are recognised when the last axis is 1, 3 or 4 and the
+  one after N is not, and moved to channels-first; numpy views with negative strides
+  (``X[::-1]``, ``np.flip``, ``np.rot90``) are copied.
 * **Resizing** uses the one function the CLI uses too,
   :func:`spadecam.data.images.resize_image` (Pillow, bilinear, antialiased, float), with a
   policy: ``"letterbox"`` (default of the API and of ``spadecam train``) scales the longer
@@ -55,7 +58,12 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
     Parameters
     ----------
     X : array-like or Tensor
-        uint8 in [0, 255] or float in [0, 1], shape (N, H, W) or (N, C, H, W).
+        uint8 in [0, 255] or float in [0, 1], shape (N, H, W) or (N, C, H, W), any strides
+        (reversed or flipped numpy views such as ``X[::-1]`` or ``np.flip(X, 2)`` are
+        copied). Channels-last batches (N, H, W, C), the layout ``np.asarray(PIL.Image)``
+        gives, are recognised when the last axis is 1, 3 or 4 and the second is not
+        (:data:`CHANNEL_COUNTS`), and moved to (N, C, H, W); an array whose second axis is
+        1, 3 or 4 is read as channels-first.
     name : str
         Argument name used in error messages.
 
@@ -65,9 +73,11 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
         Wrong number of dimensions, empty batch or image, a dtype other than uint8/float,
         float values outside [0, 1] or NaN.
     """
-    t = torch.as_tensor(np.asarray(X)) if not isinstance(X, torch.Tensor) else X
+    t = _as_tensor(X)
     if t.ndim == 3:
         t = t.unsqueeze(1)
+    elif t.ndim == 4 and _is_channels_last(t.shape[1], t.shape[3]):
+        t = t.permute(0, 3, 1, 2).contiguous()
     if t.ndim != 4:
         raise ValueError(
             f"{name} must have shape (N, H, W) or (N, C, H, W), got shape {tuple(t.shape)}"
@@ -87,6 +97,26 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (pass uint8 for 0-255 images)"
         )
     return t
+
+
+#: Channel counts an image layout is recognised by: grey, RGB, RGBA.
+CHANNEL_COUNTS = (1, 3, 4)
+
+
+def _is_channels_last(second: int, last: int) -> bool:
+    """(..., H, W, C) rather than (..., C, H, W): the last axis a channel count, the first not."""
+    return last in CHANNEL_COUNTS and second not in CHANNEL_COUNTS
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    """A tensor of ``x``; numpy views with negative or odd strides are copied first (torch
+    refuses negative strides: "At least one stride in the given numpy array is negative"),
+    and so are read-only arrays."""
+    if isinstance(x, torch.Tensor):
+        return x
+    a = np.ascontiguousarray(np.asarray(x))
+    # a read-only array (np.asarray(PIL.Image)) is copied too: torch warns on sharing it
+    return torch.as_tensor(a if a.flags.writeable else a.copy())
 
 
 def min_input_size(vae_config: VAEConfig | None, cnn_config: CNNConfig | ResNetConfig | None) -> int:
@@ -118,7 +148,9 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
     """The images of ``X`` as one (N, C, H, W) tensor, or a list of (1, C, H, W) tensors.
 
     A list or tuple of arrays/tensors with 2 or 3 dimensions is read as single images
-    (sizes may differ); anything else array-like as one batch.
+    (sizes may differ), each (H, W), (C, H, W) or channels-last (H, W, C) when its last axis
+    is 1, 3 or 4 and its first is not; anything else array-like as one batch
+    (:func:`as_image_tensor`).
 
     Raises
     ------
@@ -132,7 +164,9 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
         if all(isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (2, 3) for x in X):
             out = []
             for i, x in enumerate(X):
-                t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+                t = _as_tensor(x)
+                if t.ndim == 3 and _is_channels_last(t.shape[0], t.shape[2]):
+                    t = t.permute(2, 0, 1).contiguous()  # (H, W, C), as np.asarray(PIL.Image) gives
                 t = t.unsqueeze(0) if t.ndim == 3 else t.unsqueeze(0).unsqueeze(0)
                 out.append(as_image_tensor(t, name=f"{name}[{i}]"))
             channels = {t.shape[1] for t in out}

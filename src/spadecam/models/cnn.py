@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spadecam.models._config import check_optional_size
+
 if TYPE_CHECKING:  # resnet.py subclasses ConvClassifier, so it imports this module
     from spadecam.models.resnet import ResNetConfig
 
@@ -60,6 +62,7 @@ class CNNConfig:
                 "CNNConfig.channels, kernel_sizes and strides must have the same non-zero "
                 f"length, got {len(self.channels)}, {len(self.kernel_sizes)}, {len(self.strides)}"
             )
+        check_optional_size("CNNConfig", "in_channels", self.in_channels)
 
     def sized(self, in_channels: int) -> CNNConfig:
         """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
@@ -95,9 +98,10 @@ class ConvClassifier(nn.Module):
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
         config = config or CNNConfig()
-        self.config = config = config.sized(config.in_channels or 1)
+        self.config = config = config.sized(1 if config.in_channels is None else config.in_channels)
         blocks = []
-        c_in = config.in_channels or 1  # sized just above
+        c_in = config.in_channels
+        assert c_in is not None  # sized just above
         for c, k, s in zip(config.channels, config.kernel_sizes, config.strides):
             layers: list[nn.Module] = [
                 nn.Conv2d(c_in, c, k, stride=s, padding=k // 2, bias=not config.batch_norm)

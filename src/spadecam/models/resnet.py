@@ -18,10 +18,12 @@ ModuleList (stem, stage 1..4), ``fc`` the linear head after global average pooli
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
+from spadecam.models._config import check_optional_size
 from spadecam.models.cnn import ConvClassifier, _sized
 
 __all__ = ["BasicBlock", "ResNetClassifier", "ResNetConfig"]
@@ -58,6 +60,7 @@ class ResNetConfig:
                 "ResNetConfig.widths and blocks must have the same non-zero length and at "
                 f"least one block per stage, got widths={self.widths}, blocks={self.blocks}"
             )
+        check_optional_size("ResNetConfig", "in_channels", self.in_channels)
 
     def sized(self, in_channels: int) -> ResNetConfig:
         """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
@@ -107,9 +110,9 @@ class ResNetClassifier(ConvClassifier):
     def __init__(self, config: ResNetConfig | None = None) -> None:
         nn.Module.__init__(self)  # ConvClassifier's conv stack is replaced, its API kept
         config = config or ResNetConfig()
-        self.config = config = config.sized(config.in_channels or 1)
+        self.config = config = config.sized(1 if config.in_channels is None else config.in_channels)
         stem = nn.Sequential(
-            nn.Conv2d(config.in_channels or 1, config.widths[0], 7, stride=2, padding=3, bias=False),
+            nn.Conv2d(cast(int, config.in_channels), config.widths[0], 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(config.widths[0]),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spadecam.models._config import check_optional_size
+
 __all__ = ["ConvVAE", "VAEConfig", "negative_elbo"]
 
 
@@ -69,6 +71,8 @@ class VAEConfig:
             raise ValueError(f"VAEConfig.latent_dim must be >= 1, got {self.latent_dim}")
         if not self.channels:
             raise ValueError("VAEConfig.channels must name at least one conv layer")
+        check_optional_size("VAEConfig", "in_channels", self.in_channels)
+        check_optional_size("VAEConfig", "image_size", self.image_size)
 
     def sized(self, in_channels: int, image_size: int) -> VAEConfig:
         """This config with ``in_channels`` / ``image_size`` filled in where they are None.
@@ -116,7 +120,8 @@ class ConvVAE(nn.Module):
         if config.in_channels is None:
             config = dataclasses.replace(config, in_channels=1)
         self.config = config
-        in_channels = config.in_channels or 1  # set just above
+        in_channels = config.in_channels
+        assert in_channels is not None  # set just above
         k, pad = config.kernel_size, (config.kernel_size - 1) // 2
         sizes = [image_size]
         enc: list[nn.Module] = []
