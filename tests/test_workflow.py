@@ -305,3 +305,16 @@ def test_evaluate_on_an_mvtec_category(model8, folders8, tmp_path, capsys):
     fails(["evaluate", str(model8), "--mvtec", str(root), "--out", str(tmp_path / "x.json")],
           capsys, "single class")
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_latent_dim_zero_is_refused_not_read_as_the_recipes(value):
+    # `latent_dim or defaults[...]` trained with the recipe's 8 when given 0
+    from spadecam.workflow import build_detector
+
+    with pytest.raises(ValueError, match="--latent-dim must be >= 1"):
+        build_detector(32, 1, latent_dim=value)
+    with pytest.raises(ValueError, match="--channels must be 1 or 3"):
+        build_detector(32, 0)
+    assert build_detector(32, 1, latent_dim=3).vae_config.latent_dim == 3
+    assert build_detector(32, 1).vae_config.latent_dim == 8

@@ -152,6 +152,8 @@ def build_detector(
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    if latent_dim is not None and latent_dim < 1:  # 0 is not "unset" (issue 17)
+        raise ValueError(f"--latent-dim must be >= 1, got {latent_dim}")
     if recipe not in RECIPE_DEFAULTS:
         raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
     defaults = RECIPE_DEFAULTS[recipe]
@@ -161,7 +163,7 @@ def build_detector(
         names=("--error-smoothing", "--error-norm"),
     )
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size,
-                        latent_dim=latent_dim or defaults["latent_dim"])
+                        latent_dim=defaults["latent_dim"] if latent_dim is None else latent_dim)
     cnn_cfg = (
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
         else default_cnn_config(image_size, recipe).sized(channels)
@@ -290,7 +292,7 @@ def train(
     _check_out_dir(out)
     # check the options before reading any image; the minimum size does not depend on the
     # channel count, which may only be known once the images are read
-    det = build_detector(image_size, channels or 1, backbone, epochs, seed, latent_dim,
+    det = build_detector(image_size, 1 if channels is None else channels, backbone, epochs, seed, latent_dim,
                          error_smoothing=error_smoothing, error_norm=error_norm, steps=steps,
                          recipe=recipe)
     need = min_input_size(det.vae_config, det.cnn_config)
