@@ -50,6 +50,27 @@ def _create_temp(folder: Path, name: str, suffix: str) -> Path:
     raise FileExistsError(f"{folder}: could not create a temp file for {name}")
 
 
+def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -> None:
+    """ValueError naming ``option`` unless ``path`` (a file, or a folder with ``folder``) can be
+    written: every part of it that exists is a folder (its last part too, for a folder; not a
+    folder, for a file) and the deepest existing folder is writable. Creates nothing, so a
+    command can check its outputs before any work and leave no trace when it then fails.
+    """
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ValueError(f"{option} {p} exists and is not a folder")
+        if not folder and p.is_dir():
+            raise ValueError(f"{option} {p} is a folder; give a file name")
+    base = p if (folder and p.is_dir()) else p.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{option} {p} cannot be written: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {p} cannot be written: no write permission in {base}")
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp"
 ) -> Path:

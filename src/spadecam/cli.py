@@ -359,7 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():  # the caller's warning settings come back afterwards
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", SpadecamWarning)  # each run says everything once
-        return _main(argv)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            # every output is written to a temp file and renamed, the CSV after its overlays:
+            # what an interrupted command had not finished is simply not there
+            print("spadecam: interrupted; outputs not yet written were not written",
+                  file=sys.stderr)
+            return 130
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -380,6 +387,10 @@ def _main(argv: Sequence[str] | None) -> int:
             path = download_mnist(args.cache_dir)
             print(f"MNIST ready in {path}")
             return 0
+        if args.command == "reproduce":  # the output folder checked before any work
+            from spadecam._fs import check_writable
+
+            check_writable(args.out or f"runs/{args.benchmark}", "--out", folder=True)
         if args.command == "reproduce" and args.benchmark == "elpv":
             from spadecam.reproduce import run_elpv
 

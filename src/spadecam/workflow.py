@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spadecam._fs import atomic_write, json_float, json_text
+from spadecam._fs import atomic_write, check_writable, json_float, json_text
 from spadecam._progress import bar, warn
 from spadecam.data.folders import (
     DatasetError,
@@ -213,6 +213,7 @@ def _check_out_dir(out: Path) -> None:
             f"--out {out} is a non-empty folder that is not a spadecam model directory; "
             "choose a new or empty folder"
         )
+    check_writable(out, "--out", folder=True)  # before the training, not after it
 
 
 def train(
@@ -569,10 +570,12 @@ def score(
         CSV, overlays).
     """
     det, pre, config = _load_model(model_dir, precision)
-    if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
-        raise ValueError(f"--maps {maps} exists and is not a folder")
-    if out is not None and Path(out).is_dir():
-        raise ValueError(f"--out {out} is a folder; give a CSV file name")
+    # every output checked before any work (issue 17: a read-only --maps used to fail after
+    # scoring, leaving a CSV that named overlays never written)
+    if maps is not None:
+        check_writable(maps, "--maps", folder=True)
+    if out is not None:
+        check_writable(out, "--out")
     paths = collect_inputs(inputs)
     names = map_names(paths) if maps is not None else None  # from the full list: all ranks
     fabric = launch(**(distributed or {}))
@@ -597,10 +600,6 @@ def score(
         {"path": str(p), "score": float(s), "label": int(lab), "map": m}
         for p, s, lab, m in zip(paths, scores, labels, map_column)
     ]
-    if out is not None and fabric.global_rank == 0:
-        if Path(out).exists():
-            warn(f"--out {out}: replacing the existing file")
-        atomic_write_text(out, rows_to_csv(rows))
     if maps is not None:
         assert names is not None
         d = Path(maps)
@@ -614,7 +613,12 @@ def score(
                  f"{replaced[0]}")
         for i in bar(range(len(mine)), desc="writing overlays", enabled=progress):
             _write_png(d / names[mine[i]], overlay(x[i], error_maps[i], float(scale)))
-    fabric.barrier()
+    fabric.barrier()  # every rank's overlays are there before the CSV that names them
+    # the CSV last: an interrupted or failed run never leaves one describing missing overlays
+    if out is not None and fabric.global_rank == 0:
+        if Path(out).exists():
+            warn(f"--out {out}: replacing the existing file")
+        atomic_write_text(out, rows_to_csv(rows))
     return rows
 
 
@@ -711,8 +715,8 @@ def evaluate(
         or of another size than its image, or labels of a single class; nothing is written.
     """
     det, pre, _ = _load_model(model_dir, precision)
-    if out is not None and Path(out).is_dir():
-        raise ValueError(f"--out {out} is a folder; give a JSON file name")
+    if out is not None:
+        check_writable(out, "--out")
     if mvtec is not None:
         if normal or anomaly or masks:
             raise ValueError("give either --mvtec or --normal/--anomaly/--masks, not both")
