@@ -97,3 +97,45 @@ def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
     assert main(["evaluate", "m", "--normal", "a", "--anomaly", "b"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "spadecam: interrupted; outputs not yet written were not written"
+
+
+# --------------------------------------------------------------------------- options (kind 6)
+
+
+def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_bf16, capsys):
+    # `score` / `evaluate` passed --precision auto whatever the user said, so a model trained
+    # with --precision 32 was scored in bf16 on a bf16 CPU
+    import csv
+    import json
+    import shutil
+
+    import numpy as np
+
+    from spadecam import SPADE
+
+    model, folders = tiny_model
+    m32 = tmp_path / "m32"
+    shutil.copytree(model, m32)
+    cfg = json.loads((m32 / "config.json").read_text())
+    cfg["detector"]["params"]["precision"] = "32"
+    (m32 / "config.json").write_text(json.dumps(cfg))
+    cpu_bf16(True, True)  # a CPU where auto would score in bf16
+    out = tmp_path / "s.csv"
+    assert main(["score", str(m32), str(folders["test/good"]), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "scoring 32 (stored in the model directory)" in capsys.readouterr().err
+    with open(out) as f:
+        got = np.array([float(r["score"]) for r in csv.DictReader(f)])
+    rows = workflow.score(m32, [folders["test/good"]], progress=False, precision="32")
+    np.testing.assert_array_equal(got, np.array([float(f"{r['score']:.9g}") for r in rows]))
+    bf16 = workflow.score(m32, [folders["test/good"]], progress=False, precision="bf16")
+    assert [r["score"] for r in bf16] != [r["score"] for r in rows]
+    assert SPADE.load(m32).precision == "32"
+    # evaluate too, and an explicit --precision still wins
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", str(m32), "--normal", str(folders["test/good"]), "--anomaly",
+                 str(folders["test/defect"]), "--out", str(metrics), "--no-progress"]) == 0
+    assert json.loads(metrics.read_text())["precision"] == "32"
+    assert main(["evaluate", str(m32), "--normal", str(folders["test/good"]), "--anomaly",
+                 str(folders["test/defect"]), "--precision", "bf16", "--no-progress"]) == 0
+    assert '"precision": "bf16"' in capsys.readouterr().out

@@ -75,9 +75,10 @@ def _distributed(args: argparse.Namespace) -> dict:
 
 
 def _add_scoring_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
-                   help="scoring precision: auto (default) = bf16 autocast where the CPU or GPU "
-                   "computes bf16 natively, else fp32; 32 = exact fp32")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default=None,
+                   help="scoring precision: auto = bf16 autocast where the CPU or GPU computes "
+                   "bf16 natively, else fp32; 32 = exact fp32; default: the one stored in the "
+                   "model directory (what `spadecam train --precision` chose)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -287,12 +288,28 @@ def _precision_line(args: argparse.Namespace) -> str:
     from spadecam.distributed import fabric_settings
     from spadecam.precision import describe, from_option, resolve_scoring_precision
 
-    train, scoring = from_option(args.precision)
-    text = f"scoring {resolve_scoring_precision(scoring)}"
+    option, source = args.precision, ""
+    if option is None and args.command in ("score", "evaluate"):
+        option, source = _stored_precision(args.model_dir), " (stored in the model directory)"
+    train, scoring = from_option(option)
+    text = f"scoring {resolve_scoring_precision(scoring)}{source}"
     if args.command in ("train", "reproduce"):
         text = f"training {fabric_settings(**_distributed(args))['precision']}, " + text
-    why = f" (auto: {describe()}; --precision 32 for exact fp32)" if args.precision == "auto" else ""
+    why = f" (auto: {describe()}; --precision 32 for exact fp32)" if option in ("auto", None) else ""
     return f"precision: {text}{why}"
+
+
+def _stored_precision(model_dir: str) -> str:
+    """The scoring precision a model directory records ("auto" when it records none or cannot
+    be read: loading it reports that error)."""
+    from spadecam.io import read_config
+
+    try:
+        params = (read_config(model_dir).get("detector") or {}).get("params") or {}
+    except ValueError:
+        return "auto"
+    value = params.get("precision", "auto")
+    return value if value in ("auto", "32", "bf16") else "auto"
 
 
 def _run_image_command(args: argparse.Namespace) -> int:
