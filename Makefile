@@ -50,7 +50,7 @@ reproduce-3seeds: $(STAMP)
 # results committed under benchmarks/results (elpv.csv, elpv_3seeds.log).
 reproduce-elpv: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[benchmarks]'
-	$(BIN)/spadecam reproduce elpv --seeds 0,1,2 --out $(OUT)/elpv-3seeds
+	$(BIN)/spadecam reproduce elpv --seeds 0,1,2 --ablations --out $(OUT)/elpv-3seeds
 
 reproduce-elpv-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[benchmarks]'

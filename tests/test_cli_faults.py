@@ -139,3 +139,27 @@ def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_
     assert main(["evaluate", str(m32), "--normal", str(folders["test/good"]), "--anomaly",
                  str(folders["test/defect"]), "--precision", "bf16", "--no-progress"]) == 0
     assert '"precision": "bf16"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [(["elpv", "--known", "3"], "--known"), (["elpv", "--data-dir", "d"], "--data-dir"),
+     (["elpv", "--download"], "--download"), (["elpv", "--no-figures"], "--no-figures"),
+     (["elpv", "--precision", "32"], "--precision"), (["elpv", "--devices", "2"], "--devices"),
+     (["elpv", "--strategy", "ddp"], "--strategy"),
+     (["elpv", "--accelerator", "cpu"], "--accelerator"),
+     (["elpv", "--num-nodes", "2"], "--num-nodes"),
+     (["noisy-mnist", "--eval-split", "val"], "--eval-split")],
+)
+def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
+    # reproduce elpv silently ignored all of these, noisy-mnist --eval-split; refused at
+    # parse time, before torch is imported and before any work
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom spadecam.cli import main\n"
+            f"try:\n    main(['reproduce', *{argv!r}])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code)\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["exit", "2", "False"], out
+    assert f"does not take {option}" in out.stderr

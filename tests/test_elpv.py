@@ -158,6 +158,12 @@ def test_run_elpv_writes_the_results_csv(tmp_path):
     again = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
                      log=lambda *a: None)
     assert [r["auroc"] for r in again] == [r["auroc"] for r in rows if r["seed"] == 0]
+    # --ablations is honoured: without it the ablation rows are not computed
+    plain = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+                     log=lambda *a: None, ablations=False)
+    assert "spade_paper_roi" not in {r["method"] for r in plain}
+    assert [r["auroc"] for r in plain] == [r["auroc"] for r in again
+                                           if r["method"] != "spade_paper_roi"]
 
 
 def test_cli_reproduce_elpv_without_the_package(without_elpv_package, capsys):

@@ -681,6 +681,7 @@ def run_elpv(
     log=print,
     root: str | Path | None = None,
     split_file: str | Path | None = None,
+    ablations: bool = True,
 ) -> list[dict]:
     """Run the ELPV benchmark (:func:`elpv_data`) with the shared runner; write its results.
 
@@ -695,6 +696,9 @@ def run_elpv(
         written atomically.
     root, split_file : the data folder and split file (defaults: the elpv-dataset package
         and benchmarks/elpv_split.csv); tests pass small generated images.
+    ablations : bool
+        Also score SPADE without each of our modifications (:data:`ELPV_ABLATIONS`; default
+        True; ``spadecam reproduce elpv`` runs them with ``--ablations``).
 
     Returns
     -------
@@ -720,8 +724,8 @@ def run_elpv(
     cache: dict = {}
     ablation_rows: list[dict] = []
 
-    def ablations(seed, prot, vae, cnn, data, u_hat, scores):
-        if "spade" not in prot.methods:
+    def score_ablations(seed, prot, vae, cnn, data, u_hat, scores):
+        if not ablations or "spade" not in prot.methods:
             return
         for name, params in ELPV_ABLATIONS.items():
             det = SPADE.from_models(vae, cnn, **{**benchmark.detector_params(r), **params})
@@ -736,11 +740,12 @@ def run_elpv(
     assert image_size is not None  # every ELPV recipe fixes its input size
     rows = run_benchmark(
         lambda seed: elpv_data(seed, image_size, eval_split, split_file, root, cache),
-        r, seeds, progress, log, on_protocol=ablations,
+        r, seeds, progress, log, on_protocol=score_ablations,
     )
     rows += ablation_rows
     wall = time.perf_counter() - t0
-    table = format_columns_table(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS), ELPV_COLUMNS,
+    table = format_columns_table(rows, ELPV_METHODS + (tuple(ELPV_ABLATIONS) if ablations else ()),
+                                 ELPV_COLUMNS,
                                  labels=ELPV_LABELS)
     log("\n" + table + f"\nwall time {wall:.0f} s")
     if out_dir is not None:
