@@ -163,3 +163,31 @@ def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["exit", "2", "False"], out
     assert f"does not take {option}" in out.stderr
+
+
+# --------------------------------------------------------------------------- masks (kind 1)
+
+
+def test_evaluate_names_anomalies_without_a_mask(tiny_model, tmp_path, capsys):
+    # one anomalous image without a mask was silently left out of pixel AUROC
+    import json
+    import shutil
+
+    model, folders = tiny_model
+    masks = tmp_path / "masks"
+    shutil.copytree(folders["test/masks"], masks)
+    first = sorted(masks.iterdir())[0]
+    first.unlink()
+    stem = first.name.replace("_mask", "")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(model), "--normal", str(folders["test/good"]), "--anomaly",
+                 str(folders["test/defect"]), "--masks", str(masks), "--out", str(out),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "spadecam: warning: --masks: 1 anomalous image(s) have no mask" in err
+    assert stem in err
+    m = json.loads(out.read_text())
+    assert [Path(p).name for p in m["pixel_auroc_missing_masks"]] == [stem]
+    n_normal = len(list(folders["test/good"].iterdir()))
+    n_anomaly = len(list(folders["test/defect"].iterdir()))
+    assert m["n_pixel_images"] == n_normal + n_anomaly - 1

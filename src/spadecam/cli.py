@@ -266,7 +266,8 @@ def _add_image_commands(sub) -> None:
             "precision/recall of the model's decisions (anomalous when score > threshold);\n"
             "pixel AUROC when --masks are given.\n"
             "Masks are matched to anomalous images by file stem (name.png or name_mask.png);\n"
-            "any non-zero mask pixel is anomalous."
+            "any non-zero mask pixel is anomalous. An anomalous image without a mask is left\n"
+            "out of pixel AUROC and named in a warning (pixel_auroc_missing_masks)."
         ),
         epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
     )

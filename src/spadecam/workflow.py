@@ -694,7 +694,9 @@ def evaluate(
         Ground-truth masks matched to anomalous images by stem (see
         :func:`spadecam.data.folders.folder_layout`). Pixel AUROC counts every normal image
         (all pixels normal) and every anomalous image that has a mask, at each image's own
-        size (the maps come back at it; :mod:`spadecam.inputs`).
+        size (the maps come back at it; :mod:`spadecam.inputs`). An anomalous image without
+        a mask is left out of pixel AUROC, named in a warning and listed in
+        ``pixel_auroc_missing_masks``.
     mvtec : path, optional
         An MVTec AD category folder; its ``test`` split and ``ground_truth`` masks replace
         ``normal``, ``anomaly`` and ``masks``.
@@ -753,6 +755,13 @@ def evaluate(
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
     if mask_arr is not None:
         m, use = mask_arr
+        missing = [str(data.paths[i]) for i in range(len(data))
+                   if data.labels[i] == 1 and data.masks[i] is None]
+        if missing:  # the rule: left out of pixel AUROC, and said so (issue 17)
+            warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
+                 f"pixel AUROC: {', '.join(missing[:5])}"
+                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        metrics["pixel_auroc_missing_masks"] = missing
         idx = np.flatnonzero(use)
         metrics["pixel_auroc"] = pixel_auroc(
             # _mask_arrays gives a mask to every image it marks as used
