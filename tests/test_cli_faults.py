@@ -191,3 +191,29 @@ def test_evaluate_names_anomalies_without_a_mask(tiny_model, tmp_path, capsys):
     n_normal = len(list(folders["test/good"].iterdir()))
     n_anomaly = len(list(folders["test/defect"].iterdir()))
     assert m["n_pixel_images"] == n_normal + n_anomaly - 1
+
+
+def test_preprocessing_without_channels_is_one_error(tiny_model, tmp_path, capsys):
+    import json
+    import shutil
+
+    model, folders = tiny_model
+    m = tmp_path / "m"
+    shutil.copytree(model, m)
+    cfg = json.loads((m / "config.json").read_text())
+    del cfg["preprocessing"]["channels"]
+    (m / "config.json").write_text(json.dumps(cfg))
+    assert main(["score", str(m), str(folders["test/good"]), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "config.json: preprocessing.channels is missing" in err
+
+
+def test_benchmark_reconstruct_leaves_the_callers_vae_in_its_mode():
+    import torch
+
+    from spadecam.benchmark import reconstruct
+    from spadecam.models import ConvVAE, VAEConfig
+
+    vae = ConvVAE(VAEConfig(image_size=16, latent_dim=2, channels=(4,))).train()
+    reconstruct(vae, torch.zeros(3, 1, 16, 16, dtype=torch.uint8))
+    assert all(m.training for m in vae.modules())

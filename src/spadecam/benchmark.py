@@ -103,7 +103,9 @@ def _float(u8: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(vae: Any, u8: torch.Tensor, precision: str = "32") -> torch.Tensor:
     """u_hat = VAE(u) for every image, (N, C, S, S) float32 in [0, 1], in batches."""
-    vae = vae.eval().to(memory_format=torch.channels_last)
+    # layout only; eval mode for the duration comes from _scoring_context, which gives every
+    # submodule its own mode back (this used to leave the caller's VAE in eval mode)
+    vae = vae.to(memory_format=torch.channels_last)
     with _scoring_context(precision, vae):
         return torch.cat(
             [vae.reconstruct(_float(u8[i : i + _BATCH])) for i in range(0, len(u8), _BATCH)]

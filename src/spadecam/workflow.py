@@ -402,6 +402,11 @@ def _load_model(
             f"{model_dir} has no preprocessing or threshold_ in config.json; it was not "
             "written by `spadecam train` (or SPADE.save with preprocessing)"
         )
+    if "channels" not in pre:  # read_config checked its value where present
+        raise ModelFormatError(
+            f"{Path(model_dir) / 'config.json'}: preprocessing.channels is missing; expected "
+            "1 or 3, the channel count the images are converted to"
+        )
     return det, pre, config
 
 
