@@ -12,7 +12,8 @@ running this same command line again (Fabric's subprocess launcher, exactly what
 2. runs ``spadecam train --devices 2 ...`` on MNIST PNG folders (only rank 0 may write);
 3. runs ``spadecam score --devices 2 ...`` (sharded scoring) into OUT_DIR/scores_ddp.csv,
    then on a folder whose last image (in rank 1's shard) is corrupt, and writes its exit
-   code to OUT_DIR/bad_rank{r}.txt.
+   code to OUT_DIR/bad_rank{r}.txt;
+4. runs ``spadecam evaluate --devices 2 ... --masks`` into OUT_DIR/metrics_ddp.json.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def run(out: Path, data: Path, score_model: Path, score_inputs: Path) -> None:
     rc = main(["score", str(score_model), str(score_inputs.parent / "inputs_bad"), "--out",
                str(out / "bad.csv"), "--no-progress", *flags])
     (out / f"bad_rank{rank}.txt").write_text(str(rc))
+    png = out.parent / "png"
+    assert main([
+        "evaluate", str(score_model), "--normal", str(png / "normal"), "--anomaly",
+        str(png / "anomaly"), "--masks", str(png / "masks"), "--out",
+        str(out / "metrics_ddp.json"), "--no-progress", *flags,
+    ]) == 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Scale-out on Lightning Fabric: a real 2-process DDP run on the CPU (gloo) against one process.
 
 One 2-process run (tests/_ddp_worker.py, started the way ``spadecam train --devices 2``
-starts its processes) trains tiny models on a real-MNIST slice, runs ``spadecam train`` and
-``spadecam score`` with ``--devices 2``; the checks below compare its outputs with each
-other and with the same work done in this single process.
+starts its processes) trains tiny models on a real-MNIST slice, runs ``spadecam train``,
+``spadecam score`` and ``spadecam evaluate`` with ``--devices 2``; the checks below compare
+its outputs with each other and with the same work done in this single process.
 
 What can be compared, and how closely:
 
@@ -23,7 +23,8 @@ What can be compared, and how closely:
 
 Scoring must give the single-process CSV: same rows in the same order, scores within
 1e-5 (measured: identical), and the same overlay file names, under Fabric's own launcher,
-torchrun and `fabric run`.
+torchrun and `fabric run`. Evaluation must give the single-process metrics (pixel AUROC
+from the map pixels of both ranks), written and printed once.
 """
 
 from __future__ import annotations
@@ -176,8 +177,11 @@ def run(tmp_path_factory, single_thread):
     (root / "inputs_bad" / "z_corrupt.png").write_bytes(b"not a png")
     for i in range(24):
         _save_png(root / "png" / "normal" / f"n{i}.png", xt[np.flatnonzero(yt == 0)[200 + i]])
-    for i in range(12):
-        _save_png(root / "png" / "anomaly" / f"a{i}.png", xt[np.flatnonzero(yt == 1)[200 + i]])
+    for i in range(13):  # 24 + 13 = 37 images to evaluate: shards of 19 and 18
+        digit = xt[np.flatnonzero(yt == 1)[200 + i]]
+        _save_png(root / "png" / "anomaly" / f"a{i}.png", digit)
+        if i < 11:  # masks for all but two anomalies (left out of pixel AUROC, named)
+            _save_png(root / "png" / "masks" / f"a{i}.png", (digit > 127).astype(np.uint8) * 255)
     out = root / "out"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
@@ -305,6 +309,38 @@ def test_scoring_under_an_external_launcher(run, launcher, tmp_path):
     ddp = [{**r, "map": ""} for r in _read_csv(run["out"] / "scores_ddp.csv")]
     assert _read_csv(tmp_path / "scores.csv") == ddp
     assert proc.stdout.count("scored 37 images") == 1
+
+
+@needs_mnist
+def test_sharded_evaluation_gives_the_single_process_metrics(run, tmp_path, capsys):
+    import json
+
+    root = run["root"]
+    one_json = tmp_path / "metrics.json"
+    assert main(["evaluate", str(root / "score_model"), "--normal",
+                 str(root / "png" / "normal"), "--anomaly", str(root / "png" / "anomaly"),
+                 "--masks", str(root / "png" / "masks"), "--out", str(one_json),
+                 "--no-progress"]) == 0
+    assert "2 anomalous image(s) have no mask" in capsys.readouterr().err
+    one = json.loads(one_json.read_text())
+    ddp = json.loads((run["out"] / "metrics_ddp.json").read_text())
+    assert one["n_images"] == 37 and one["n_pixel_images"] == 24 + 11
+    assert ddp.keys() == one.keys()
+    assert ddp["n_pixel_images"] == one["n_pixel_images"]
+    assert ddp["pixel_auroc_missing_masks"] == one["pixel_auroc_missing_masks"]
+    assert len(one["pixel_auroc_missing_masks"]) == 2
+    # strictly between 0 and 1: a value that only rank 0's pixels, or a misordered gather,
+    # would move (measured 0.16: the maps light up the strokes of the normal 0s as well)
+    assert 0.0 < one["pixel_auroc"] < 1.0
+    for key, value in one.items():
+        if isinstance(value, float):
+            assert ddp[key] == pytest.approx(value, abs=1e-6), key
+        elif key != "model_dir":
+            assert ddp[key] == value, key
+    # rank 0 alone wrote, warned and printed: no "replacing" warning from a second writer
+    assert run["log"].count("image AUROC") == 1
+    assert run["log"].count("left out of pixel AUROC") == 1
+    assert "replacing the existing file" not in run["log"]
 
 
 @needs_mnist

@@ -9,7 +9,8 @@
     spadecam evaluate MODEL_DIR --normal DIR --anomaly DIR [--masks DIR] [--out metrics.json]
 
 train and reproduce also take --accelerator, --devices, --strategy, --num-nodes and
---precision, and score the first four (Lightning Fabric; see docs/distributed.md).
+--precision, and score and evaluate the first four (Lightning Fabric; see
+docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ def _add_image_commands(sub) -> None:
     ev.add_argument("--out", metavar="JSON", help="write the metrics here (default: print them)")
     _add_scoring_precision(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_distributed_options(ev, precision=False)
 
 
 def _precision_line(args: argparse.Namespace) -> str:
@@ -352,8 +354,10 @@ def _run_image_command(args: argparse.Namespace) -> int:
     else:
         metrics = workflow.evaluate(
             args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
-            progress, precision=args.precision,
+            progress, precision=args.precision, distributed=_distributed(args),
         )
+        if global_rank() != 0:
+            return 0  # rank 0 prints for every process
         if args.out is None:
             print(json_text(metrics), end="")
         else:

@@ -644,26 +644,28 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _mask_arrays(
-    data: LabelledImages, progress: bool
+    data: LabelledImages, progress: bool, indices: Sequence[int] | None = None
 ) -> tuple[list[np.ndarray | None], np.ndarray]:
-    """Masks at each image's own size ({0, 1}; all-zero for normal images) and the images
-    that enter pixel AUROC (normal ones and anomalies with a mask).
+    """Masks at each image's own size ({0, 1}; all-zero for normal images) of the images
+    ``indices`` (default: all), and which of them enter pixel AUROC (normal ones and
+    anomalies with a mask); both in the order of ``indices``.
 
     Every mask is tried; the ImageError raised at the end lists all unusable ones.
     """
-    n = len(data)
-    masks: list[np.ndarray | None] = [None] * n
-    use = np.zeros(n, dtype=bool)
+    idx = range(len(data)) if indices is None else indices
+    masks: list[np.ndarray | None] = [None] * len(idx)
+    use = np.zeros(len(idx), dtype=bool)
     errors: list[ImageError] = []
-    for i in bar(range(n), desc="reading masks", enabled=progress):
+    for k in bar(range(len(idx)), desc="reading masks", enabled=progress):
+        i = idx[k]
         img, mask = data.paths[i], data.masks[i]
         if data.labels[i] == 1 and mask is None:
             continue  # an anomaly without a mask cannot be scored per pixel
-        use[i] = True
+        use[k] = True
         try:
             hw = image_hw(img)
             if mask is None:
-                masks[i] = np.zeros(hw, dtype=np.uint8)
+                masks[k] = np.zeros(hw, dtype=np.uint8)
                 continue
             m = load_mask(mask)
             if m.shape != hw:
@@ -671,12 +673,25 @@ def _mask_arrays(
                     f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} "
                     f"is {hw[1]}x{hw[0]} (both as displayed)", [mask],
                 )
-            masks[i] = m
+            masks[k] = m
         except ImageError as exc:
             errors.append(exc)
     if errors:
         raise ImageError.combine(errors, what="masks (or their images)")
     return masks, use
+
+
+def _gather_pixels(fabric, labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every rank's flattened pixel labels and map values, concatenated on rank 0 (in rank
+    order, which is input order); other ranks get empty arrays. Pixel AUROC needs them all
+    in one place: rank 0 holds as many map pixels as a one-process run would."""
+    if fabric.world_size == 1:
+        return labels, values
+    parts: list[Any] | None = [None] * fabric.world_size if fabric.global_rank == 0 else None
+    torch.distributed.gather_object((labels, values), parts, dst=0)
+    if parts is None:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def evaluate(
@@ -688,6 +703,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     precision: str | None = None,
+    distributed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Image AUROC, average precision, F1-max (and pixel AUROC with masks) on labelled folders.
 
@@ -709,17 +725,28 @@ def evaluate(
         Where to write the metrics as JSON (temp file, then renamed).
     precision : {"auto", "32", "bf16"}, optional
         Scoring precision (see :class:`SPADE`); None keeps the model directory's.
+    distributed : dict, optional
+        Fabric settings, as in :func:`score`. With W processes each reads and scores a
+        contiguous 1/W of the test images (and their masks); the scores are gathered in
+        input order and the image metrics computed from all of them on every rank. For
+        pixel AUROC every rank's map pixels are gathered to rank 0, which computes it
+        exactly (so rank 0 holds all map pixels, as one process would) and sends the value
+        to the others. Only rank 0 warns and writes ``out``; every rank returns the same
+        metrics.
 
     Returns
     -------
     dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
-    ``n_pixel_images`` (None / 0 without masks) and ``model_dir``.
+    ``n_pixel_images`` (None / 0 without masks), ``model_dir`` and ``precision`` (the
+    scoring precision used); the same on every rank.
 
     Raises
     ------
     ModelFormatError, DatasetError, ImageError, ValueError
         A bad model directory or folder, an unreadable image or mask, a mask with no image
         or of another size than its image, or labels of a single class; nothing is written.
+        With several processes, a file that one process cannot read makes every process
+        raise.
     """
     det, pre, _ = _load_model(model_dir, precision)
     if out is not None:
@@ -740,21 +767,34 @@ def evaluate(
     if np.unique(data.labels).size < 2:
         raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
     has_masks = any(m is not None for m in data.masks)
-    mask_arr, errors, x = None, [], []
-    try:  # read every mask and every image before failing: one error names all bad files
-        mask_arr = _mask_arrays(data, progress) if has_masks else None
-    except ImageError as exc:
-        errors.append(exc)
-    try:
-        x = _read(data.paths, pre, progress)
-    except ImageError as exc:
-        errors.append(exc)
-    if errors:
-        raise ImageError.combine(errors, what="files")
-    scores, maps = _score(det, x, progress, data.paths)
+    fabric = launch(**(distributed or {}))
+    if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
+        det.vae_, det.cnn_ = det.vae_.to(fabric.device), det.cnn_.to(fabric.device)
+    rank0 = fabric.global_rank == 0
+    mine = shard(len(data), fabric.global_rank, fabric.world_size)
+    progress = progress and rank0
+    local, maps = np.zeros(0), cast(list[np.ndarray], [])
+    mask_arr: tuple[list[np.ndarray | None], np.ndarray] | None = None
+    with fail_together(fabric):  # every rank's masks and images are read before any write
+        errors: list[ImageError] = []
+        x: list[np.ndarray] = []
+        try:  # read every mask and every image before failing: one error names all bad files
+            mask_arr = _mask_arrays(data, progress, mine) if has_masks else None
+        except ImageError as exc:
+            errors.append(exc)
+        try:
+            x = _read(data.paths[mine.start : mine.stop], pre, progress)
+        except ImageError as exc:
+            errors.append(exc)
+        if errors:
+            raise ImageError.combine(errors, what="files")
+        if len(mine):
+            local, maps = _score(det, x, progress, data.paths[mine.start : mine.stop])
+        del x
+    scores = gather_in_order(fabric, local, len(data))
     metrics: dict[str, Any] = {
         "model_dir": str(model_dir),
-        "precision": resolve_scoring_precision(det.precision, "cpu"),
+        "precision": resolve_scoring_precision(det.precision, fabric.device.type),
     }
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
@@ -762,19 +802,25 @@ def evaluate(
         m, use = mask_arr
         missing = [str(data.paths[i]) for i in range(len(data))
                    if data.labels[i] == 1 and data.masks[i] is None]
-        if missing:  # the rule: left out of pixel AUROC, and said so (issue 17)
+        if missing and rank0:  # the rule: left out of pixel AUROC, and said so (issue 17)
             warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
                  f"pixel AUROC: {', '.join(missing[:5])}"
                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         metrics["pixel_auroc_missing_masks"] = missing
-        idx = np.flatnonzero(use)
-        metrics["pixel_auroc"] = pixel_auroc(
-            # _mask_arrays gives a mask to every image it marks as used
-            np.concatenate([cast(np.ndarray, m[i]).ravel() for i in idx]),
-            np.concatenate([maps[i].ravel() for i in idx]),
-        )
-        metrics["n_pixel_images"] = int(use.sum())
-    if out is not None:
+        idx = np.flatnonzero(use)  # positions in this rank's shard
+        # _mask_arrays gives a mask to every image it marks as used
+        labels = np.concatenate([np.zeros(0, np.uint8)]
+                                + [cast(np.ndarray, m[k]).ravel() for k in idx])
+        values = np.concatenate([np.zeros(0, np.float32)] + [maps[k].ravel() for k in idx])
+        labels, values = _gather_pixels(fabric, labels, values)
+        value: float | None = None
+        with fail_together(fabric):  # rank 0 computes it; an error there stops every rank
+            if rank0:
+                value = pixel_auroc(labels, values)
+        metrics["pixel_auroc"] = fabric.broadcast(value, src=0)
+        n_used = torch.tensor(int(use.sum()))
+        metrics["n_pixel_images"] = int(fabric.all_reduce(n_used, reduce_op="sum"))
+    if out is not None and rank0:
         if Path(out).exists():
             warn(f"--out {out}: replacing the existing file")
         atomic_write_text(out, json_text(metrics))
