@@ -44,6 +44,45 @@ def test_blur_keeps_constants_and_point_mass():
     assert b[0, 0, 20, 22].item() == pytest.approx(k0**2 * math.exp(-4 / 8), rel=1e-5)
 
 
+def test_blur_replicates_the_edge_pixel_by_hand():
+    # sigma 0.5: radius ceil(1.5) = 2, kernel exp(-2 t^2) / Z over t = -2..2. At the left end
+    # of [1, 0, 0, 0, 0] the taps t = -2, -1 fall outside and take the edge value 1, so the
+    # output is (e^-8 + e^-2 + 1) / Z; a single row is unchanged by the vertical pass.
+    z = 1 + 2 * math.exp(-2) + 2 * math.exp(-8)
+    x = torch.tensor([[[[1.0, 0, 0, 0, 0]]]], dtype=torch.float64)
+    b = gaussian_blur(x, 0.5)[0, 0, 0]
+    assert b[0].item() == pytest.approx((math.exp(-8) + math.exp(-2) + 1) / z, rel=1e-12)
+    # one pixel in: tap t = -1 reads the 1, t = -2 reads the edge copy of it
+    assert b[1].item() == pytest.approx((math.exp(-8) + math.exp(-2)) / z, rel=1e-12)
+    assert b[3].item() == 0.0  # the 1 is three pixels away, beyond the radius
+
+
+@pytest.mark.parametrize("path", ["matrix", "convolution"])
+def test_both_blur_paths_match_padding_then_convolving(path, monkeypatch):
+    """The matrix form (sides <= BLUR_MATRIX_MAX_SIDE) and the 1-D convolutions (longer
+    sides) both equal edge padding followed by a 2-D separable convolution, computed here
+    in float64 numpy, on non-square two-channel images."""
+    import spadecam.detectors as d
+
+    if path == "convolution":
+        monkeypatch.setattr(d, "BLUR_MATRIX_MAX_SIDE", 0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 2, 11, 17, generator=g)
+    sigma = 1.3
+    r = math.ceil(3 * sigma)
+    t = np.arange(-r, r + 1)
+    k = np.exp(-(t**2) / (2 * sigma**2))
+    k /= k.sum()
+    pad = np.pad(x.double().numpy(), ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+    want = np.zeros(x.shape)
+    for i in range(2 * r + 1):
+        for j in range(2 * r + 1):
+            want += k[i] * k[j] * pad[:, :, i : i + 11, j : j + 17]
+    got = gaussian_blur(x, sigma)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+
+
 def test_blur_is_per_channel():
     x = torch.zeros(1, 2, 15, 15)
     x[0, 0, 7, 7] = 1.0

@@ -17,6 +17,7 @@ sees both. Methods (Narita et al., arXiv 1810.02607, section III):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -253,11 +254,37 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype) -> torch.Tensor:
     return (k / k.sum()).to(dtype)
 
 
+#: Longest image side blurred as two matrix products; longer sides use two 1-D convolutions.
+BLUR_MATRIX_MAX_SIDE = 1024
+
+
+@functools.lru_cache(maxsize=32)
+def blur_matrix(n: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (n, n) matrix B of a 1-D Gaussian blur with replicate padding: ``B @ x`` blurs
+    a length-n signal x exactly as padding it with its edge values and convolving would
+    (each tap that falls outside the signal is added to the edge pixel's weight).
+
+    Rows sum to 1. Cached per (n, sigma, dtype, device); the returned tensor is shared, so
+    do not modify it.
+    """
+    k = _gaussian_kernel(sigma, torch.float64)
+    r = len(k) // 2
+    rows = torch.arange(n).repeat_interleave(len(k))
+    cols = (torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None]).clamp(0, n - 1)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    m.index_put_((rows, cols.reshape(-1)), k.repeat(n), accumulate=True)
+    return m.to(dtype=dtype, device=device)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of images, per channel, with replicate padding.
 
     Used on the residual u - u_hat by :func:`reconstruction_error` (our extension; the paper
-    has no blur).
+    has no blur). Computed as ``B_H @ x @ B_W.T`` with the blur matrices of
+    :func:`blur_matrix`, two matrix products that run at the CPU's GEMM speed (a depthwise
+    convolution on one channel ran 10-14x slower on 84-px batches, issue 17); sides longer
+    than :data:`BLUR_MATRIX_MAX_SIDE` use two 1-D convolutions instead, whose cost does not
+    grow with the side. Both give the same blur up to fp32 rounding.
 
     Parameters
     ----------
@@ -278,6 +305,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     _check_error_params(sigma, "l1", names=("sigma", "norm"))
     if sigma == 0:
         return x
+    h, w = x.shape[-2:]
+    if max(h, w) <= BLUR_MATRIX_MAX_SIDE:
+        rows = (x.reshape(-1, w) @ blur_matrix(w, float(sigma), x.dtype, x.device).T)
+        return torch.matmul(blur_matrix(h, float(sigma), x.dtype, x.device), rows.view(x.shape))
     k = _gaussian_kernel(sigma, x.dtype).to(x.device)
     r, c = len(k) // 2, x.shape[1]
     x = nn.functional.pad(x, (r, r, 0, 0), mode="replicate")

@@ -9,8 +9,10 @@ keeps fp32 there.
 
 Scoring precisions (detectors, ``spadecam score/evaluate/reproduce``):
 
-* ``"32"`` — fp32 throughout; bit-identical to spadecam 0.1 scores on the same CPU, and
-  within fp32 rounding on another (oneDNN picks other fp32 kernels, e.g. with AMX).
+* ``"32"`` — fp32 throughout; bit-identical run to run on one CPU, and within fp32
+  rounding of spadecam 0.1's scores (bit for bit with the paper's unblurred error on the
+  same CPU; the blur, a matrix product since 0.2, and other CPUs' oneDNN kernels, e.g.
+  with AMX, add in another order).
 * ``"bf16"`` — bf16 autocast for the networks; reconstruction error, ROI arithmetic, blur and
   sums stay fp32.
 * ``"auto"`` — ``"bf16"`` when :func:`bf16_is_fast` for the models' device, else ``"32"``.
