@@ -487,14 +487,20 @@ def test_fit_and_scoring_leave_the_callers_rng_untouched(name):
     np.testing.assert_array_equal(again.decision_function(X_TEST), det.decision_function(X_TEST))
 
 
-def test_from_models_leaves_the_callers_models_in_their_mode():
-    # from_models used to call .eval() on the caller's networks: training them further after
-    # scoring silently ran batch norm in eval mode
-    det = fitted("spade")
+def _copies_of_networks(det):
+    """Fresh VAE and CNN with ``det``'s weights: the caller's own networks in these tests."""
     vae = type(det.vae_)(det.vae_.config)
     cnn = type(det.cnn_)(det.cnn_.config)
     vae.load_state_dict(det.vae_.state_dict())
     cnn.load_state_dict(det.cnn_.state_dict())
+    return vae, cnn
+
+
+def test_from_models_leaves_the_callers_models_in_their_mode():
+    # from_models used to call .eval() on the caller's networks: training them further after
+    # scoring silently ran batch norm in eval mode
+    det = fitted("spade")
+    vae, cnn = _copies_of_networks(det)
     vae.train(), cnn.train()
     wrapped = SPADE.from_models(vae, cnn, precision=det.precision, recipe="paper")
     scores = wrapped.decision_function(X_TEST)
@@ -511,10 +517,7 @@ def test_scoring_restores_every_submodules_own_mode():
     # reset an encoder in train mode inside an eval VAE, and a frozen (eval) batch norm
     # inside a training classifier
     det = fitted("spade")
-    vae = type(det.vae_)(det.vae_.config)
-    cnn = type(det.cnn_)(det.cnn_.config)
-    vae.load_state_dict(det.vae_.state_dict())
-    cnn.load_state_dict(det.cnn_.state_dict())
+    vae, cnn = _copies_of_networks(det)
     vae.eval()
     encoder = next(m for m in vae.children() if len(list(m.children())) > 0)
     encoder.train()
