@@ -49,7 +49,7 @@ from spadecam import SPADE
 from spadecam._runtime import tune_malloc
 from spadecam.cam import normalise_roi
 from spadecam.data import load_mnist, make_noisy_mnist
-from spadecam.detectors import _scoring_context, reconstruction_error
+from spadecam.error import reconstruction_error
 from spadecam.evaluation import auroc
 from spadecam.inputs import iter_model_batches
 from spadecam.io import load_models, save_models
@@ -58,6 +58,7 @@ from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import resolve_scoring_precision, resolve_training_precision
 from spadecam.reproduce import TEST_SEED, get_recipe
+from spadecam.scoring import _scoring_context
 from spadecam.training import train_cnn, train_vae
 
 N_IMAGES = 2048
@@ -114,7 +115,7 @@ def _forward_bound(det: SPADE, u8: np.ndarray) -> None:
 
     The same batches (``det.batch_size``, the same input conversion,
     :func:`spadecam.inputs.iter_model_batches`), the same precision, eval mode and
-    inference mode (:func:`spadecam.detectors._scoring_context`): VAE forward, then the CNN
+    inference mode (:func:`spadecam.scoring._scoring_context`): VAE forward, then the CNN
     forward on u and u_hat as one batch; no Grad-CAM, no ROI, no error. The scoring path does
     all of this and more, so (a) / (c) <= 1 up to timing noise.
     """

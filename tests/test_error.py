@@ -62,7 +62,7 @@ def test_both_blur_paths_match_padding_then_convolving(path, monkeypatch):
     """The matrix form (sides <= BLUR_MATRIX_MAX_SIDE) and the 1-D convolutions (longer
     sides) both equal edge padding followed by a 2-D separable convolution, computed here
     in float64 numpy, on non-square two-channel images."""
-    import spadecam.detectors as d
+    import spadecam.error as d
 
     if path == "convolution":
         monkeypatch.setattr(d, "BLUR_MATRIX_MAX_SIDE", 0)

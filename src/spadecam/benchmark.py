@@ -32,12 +32,12 @@ from spadecam.detectors import (
     SPADE,
     CNNDetector,
     NaiveSPADE,
-    _scoring_context,
     reconstruction_error,
 )
 from spadecam.evaluation import METHOD_LABELS, auroc
 from spadecam.inputs import _channels_last
 from spadecam.metrics import average_precision
+from spadecam.scoring import _scoring_context
 from spadecam.training import to_float_images, train_cnn, train_vae
 
 __all__ = [

@@ -59,10 +59,10 @@ from spadecam.detectors import (
     RECIPE_DEFAULTS,
     SPADE,
     NonFiniteScoreError,
-    _check_error_params,
     default_cnn_config,
 )
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
+from spadecam.error import _check_error_params
 from spadecam.evaluation import atomic_write_text
 from spadecam.inputs import PreparedImages, min_input_size
 from spadecam.io import ModelFormatError

@@ -1,0 +1,44 @@
+"""SPADE and the paper's three baselines behind one PyOD-style API.
+
+All detectors follow the scikit-learn / PyOD contract: the constructor only stores
+parameters; ``fit(X, y)`` learns and sets attributes ending in ``_``; ``decision_function``
+returns one float64 score per image, higher = more anomalous; ``predict`` compares it with
+``threshold_``.
+
+Labels: ``y = 0`` normal, ``y = 1`` known anomaly. The VAE sees only ``y == 0``; the classifier
+sees both. Methods (Narita et al., arXiv 1810.02607, section III):
+
+* :class:`VAEDetector` — sum of the reconstruction error e = |u - u_hat|.
+* :class:`CNNDetector` — the classifier's likelihood of the known-anomaly class.
+* :class:`NaiveSPADE` — sum of e * ReLU(Grad-CAM(u)), not normalised.
+* :class:`SPADE` — sum of e * L / |L| with L = Abs(M(u)) + ReLU(M(u_hat)) (eq. 5, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from spadecam.detectors.baselines import CNNDetector, VAEDetector
+from spadecam.detectors.spade import SPADE, NaiveSPADE
+from spadecam.error import gaussian_blur, reconstruction_error
+from spadecam.exceptions import NonFiniteScoreError, NotFittedError
+from spadecam.inputs import as_image_tensor
+from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
+from spadecam.scoring import signed_cams, spade_error_map
+from spadecam.threshold import fit_threshold
+
+__all__ = [
+    "RECIPE_DEFAULTS",
+    "SPADE",
+    "CNNDetector",
+    "NaiveSPADE",
+    "NonFiniteScoreError",
+    "NotFittedError",
+    "VAEDetector",
+    "as_image_tensor",
+    "default_cnn_config",
+    "default_vae_config",
+    "fit_threshold",
+    "gaussian_blur",
+    "reconstruction_error",
+    "signed_cams",
+    "spade_error_map",
+]

@@ -1,0 +1,464 @@
+"""Shared plumbing of the four detectors: input sizes, fitting, threshold_, predict, batching,
+save / load. The estimators themselves are in :mod:`.baselines` and :mod:`.spade`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from spadecam._fs import json_float
+from spadecam._progress import warn
+from spadecam.data.images import RESIZE_POLICIES
+from spadecam.decision import flag_anomalous
+from spadecam.exceptions import NotFittedError, _check_finite
+from spadecam.inputs import (
+    PreparedImages,
+    _as_tensor,
+    _channels_last,
+    as_image_tensor,
+    image_list,
+    iter_model_batches,
+    maps_to_images,
+    min_input_size,
+    stack_maps,
+    to_model_batch,
+)
+from spadecam.io import ModelFormatError, load_model_parts, read_config, save_models
+from spadecam.models.cnn import ConvClassifier
+from spadecam.models.vae import ConvVAE
+from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
+from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold
+from spadecam.training import TrainConfig, to_float_images
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _as_labels(y: Any, n: int) -> torch.Tensor:
+    if y is None:
+        return torch.zeros(n, dtype=torch.long)
+    ya = np.asarray(y).reshape(-1)
+    if ya.shape[0] != n:
+        raise ValueError(f"y must have one label per image: {n} images, {ya.shape[0]} labels")
+    bad = sorted(set(np.unique(ya).tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {bad[:5]}")
+    return torch.as_tensor(ya.astype(np.int64))
+
+
+def _prepare(model: _M) -> _M:
+    # layout only: the parameters stay the same objects (an optimizer holding them still
+    # works) and the train/eval mode is left to the caller; scoring switches to eval mode
+    # for its duration (_scoring_context). Module.to returns the module itself.
+    # torch's stubs omit Module.to's documented memory_format keyword
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _require(det: Any, *attrs: str) -> None:
+    for a in attrs:
+        if getattr(det, a, None) is None:
+            if a == "threshold_" and hasattr(det, "decision_function"):
+                raise NotFittedError(
+                    f"{type(det).__name__}.threshold_ is not set: fit(X, y) learns it; after "
+                    "from_models(...) set it yourself (e.g. a quantile of normal scores)"
+                )
+            raise NotFittedError(
+                f"{type(det).__name__} is not fitted: call fit(X, y) or from_models(...) first"
+            )
+
+
+# --------------------------------------------------------------------------- detectors
+
+#: Detector parameters stored in a model directory (the models carry their own configs); each
+#: class stores those its constructor takes (:meth:`_BaseDetector._saved_params`).
+_SAVED_PARAMS = (
+    "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
+    "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
+    "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
+)
+#: Scoring parameters that default (None) to the recipe's value.
+_RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight")
+
+
+class _BaseDetector:
+    """Shared PyOD-style plumbing: input sizes, threshold_, predict, batching."""
+
+    batch_size: int
+    precision: str
+    threshold_quantile: float
+    threshold_holdout: float
+    image_size: int | None
+    resize: str
+    # fitted attributes (set by fit / from_models / load); which ones: _model_attrs
+    threshold_: float | None
+    vae_: ConvVAE
+    cnn_: ConvClassifier
+    # each detector's own signature: VAEDetector(vae), CNNDetector(cnn), SPADE(vae, cnn)
+    from_models: Callable[..., Any]
+
+    def _scores_and_maps(
+        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """Scores (B,) and, if wanted, maps (B, S, S) of a batch at the model's input size."""
+        raise NotImplementedError
+
+    def _param(self, name: str) -> Any:
+        """A scoring parameter: the constructor's value, or the recipe's when it is None."""
+        value = getattr(self, name, None)
+        if value is not None:
+            return value
+        recipe = getattr(self, "recipe", "spadecam")
+        _check_recipe(recipe)
+        return RECIPE_DEFAULTS[recipe][name]
+
+    # ------------------------------------------------------------------ sizes
+
+    def _input_spec(self) -> tuple[int | None, int | None]:
+        """(model input side or None = any, channels or None = any) of the fitted models."""
+        return getattr(self, "image_size_", None), getattr(self, "in_channels_", None)
+
+    def _set_input_from_models(self) -> None:
+        vae = getattr(self, "vae_", None)
+        cnn = getattr(self, "cnn_", None)
+        self.image_size_ = vae.config.image_size if vae is not None else self.image_size
+        model = vae if vae is not None else cnn
+        self.in_channels_ = model.config.in_channels if model is not None else None
+
+    def _fit_size(
+        self, imgs: torch.Tensor | list[torch.Tensor], vae_config: Any, cnn_config: Any
+    ) -> int:
+        """The model input side S for fit: ``image_size``, else the VAE config's, else the
+        data's longest side (the images' own size when they are square and alike).
+
+        Raises ValueError naming where S came from when it is below the networks' minimum.
+        """
+        cfg_size = getattr(vae_config, "image_size", None)
+        if self.image_size is not None and cfg_size is not None and self.image_size != cfg_size:
+            raise ValueError(
+                f"image_size={self.image_size} differs from vae_config.image_size={cfg_size}; "
+                "give one of them"
+            )
+        sizes = [tuple(imgs.shape[-2:])] if isinstance(imgs, torch.Tensor) else [
+            tuple(t.shape[-2:]) for t in imgs]
+        if self.image_size is not None:
+            size, source = int(self.image_size), f"image_size={self.image_size}"
+        elif cfg_size is not None:
+            size, source = int(cfg_size), f"vae_config.image_size={cfg_size}"
+        else:
+            size = int(max(max(hw) for hw in sizes))
+            source = (f"X (images of {sizes[0][0]}x{sizes[0][1]} pixels; the model input is "
+                      "their longest side)")
+        need = min_input_size(vae_config, cnn_config)
+        if size < need:
+            raise ValueError(
+                f"{source} is below the minimum input side of {need} pixels the networks "
+                f"accept; pass image_size >= {need} (images are resized to it)"
+            )
+        return size
+
+    def _fit_inputs(
+        self, X: Any, y: Any, vae_config: Any, cnn_config: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int]:
+        """Validated fit images at the model's input: (x, valid, y, size S, channels C).
+
+        x is (N, C, S, S) (uint8 kept when no resizing is needed, else float32 in [0, 1]);
+        valid is the letterbox mask (N, 1, S, S) or None (:mod:`spadecam.inputs`).
+        """
+        if isinstance(X, PreparedImages):
+            x = as_image_tensor(X.x)
+            valid = None if X.valid is None else _as_tensor(X.valid).float()
+            if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
+                raise ValueError("PreparedImages.x must be square (N, C, S, S) and valid (N, 1, S, S)")
+            size = self._fit_size(x, vae_config, cnn_config)
+            return x, valid, _as_labels(y, len(x)), size, x.shape[1]
+        imgs = image_list(X)
+        yt = _as_labels(y, len(imgs))
+        channels = imgs[0].shape[1] if isinstance(imgs, list) else imgs.shape[1]
+        for name, cfg in (("vae_config", vae_config), ("cnn_config", cnn_config)):
+            c = getattr(cfg, "in_channels", None)
+            if c is not None and c != channels:
+                raise ValueError(f"{name}.in_channels={c} but X has {channels} channel(s)")
+        size = self._fit_size(imgs, vae_config, cnn_config)
+        if isinstance(imgs, torch.Tensor) and tuple(imgs.shape[-2:]) == (size, size):
+            return imgs, None, yt, size, channels
+        mb = to_model_batch(imgs, size, self.resize, name="X")
+        return mb.u.contiguous(), mb.valid, yt, size, channels
+
+    # ------------------------------------------------------------------ scoring
+
+    def _iter_scores(self, X: Any, want_maps: bool) -> Iterator[tuple[torch.Tensor, Any]]:
+        size, channels = self._input_spec()
+        for mb in iter_model_batches(X, self.batch_size, size, self.resize, channels):
+            scores, maps = self._scores_and_maps(mb.u, mb.valid, want_maps)
+            yield scores, (maps_to_images(maps, mb) if want_maps else None)
+
+    def _score_prepared(self, x: torch.Tensor, valid: torch.Tensor | None) -> np.ndarray:
+        """Scores of images already at the model's input (fit's threshold)."""
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            v = None if valid is None else valid[i : i + self.batch_size]
+            u = _channels_last(to_float_images(x[i : i + self.batch_size]))
+            out.append(self._scores_and_maps(u, v, False)[0])
+        scores = torch.cat(out).double().numpy()
+        _check_finite(self, scores)
+        return scores
+
+    def _maps(self, X: Any) -> np.ndarray | list[np.ndarray]:
+        maps = [m for _, ms in self._iter_scores(X, True) for m in ms]
+        bad = [i for i, m in enumerate(maps) if not np.isfinite(m).all()]
+        if bad:
+            _check_finite(self, np.array([np.nan if i in bad else 0.0 for i in range(len(maps))]))
+        return stack_maps(maps)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Anomaly score per image, higher = more anomalous.
+
+        Parameters
+        ----------
+        X : array-like (N, H, W) or (N, C, H, W), uint8 [0, 255] or float [0, 1], any H and W;
+            a list of single images (H, W) / (C, H, W) whose sizes may differ; or an
+            iterable of batches (e.g. a DataLoader), consumed with flat memory. Images are
+            brought to the model's input (``image_size_``, ``resize``; :mod:`spadecam.inputs`).
+
+        Returns
+        -------
+        ndarray (N,), float64, finite: the sum of the per-pixel map over the image's pixels
+        on the model's input grid (letterbox padding excluded).
+
+        Raises
+        ------
+        ValueError
+            Bad shapes, dtypes, ranges, or a channel count the models do not take.
+        NonFiniteScoreError
+            A score is NaN or infinite (models with non-finite weights); names the images.
+        """
+        out = [s for s, _ in self._iter_scores(X, False)]
+        scores = torch.cat(out).double().numpy()
+        _check_finite(self, scores)
+        return scores
+
+    def predict(self, X: Any) -> np.ndarray:
+        """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64.
+
+        A score exactly equal to ``threshold_`` is normal (:mod:`spadecam.decision`).
+
+        Raises
+        ------
+        NotFittedError
+            No ``threshold_``.
+        ValueError
+            ``threshold_`` is NaN; NonFiniteScoreError for non-finite scores.
+        """
+        _require(self, "threshold_")
+        assert self.threshold_ is not None  # _require raised NotFittedError otherwise
+        return flag_anomalous(self.decision_function(X), self.threshold_)
+
+    #: Fitted models of this detector, in the order ``from_models`` takes them.
+    _model_attrs: tuple[str, ...] = ()
+
+    @contextlib.contextmanager
+    def _fitting(self) -> Iterator[None]:
+        """All fitted attributes (``name_``) set in the block, or, on an error, none.
+
+        A fit that fails half-way (e.g. the classifier diverges after the VAE trained) leaves
+        the detector as it was before ``fit``: unfitted, or with its previous fit.
+        """
+
+        def fitted() -> dict[str, Any]:
+            return {k: v for k, v in vars(self).items()
+                    if k.endswith("_") and not k.startswith("_")}
+
+        before = fitted()
+        try:
+            yield
+        except BaseException:
+            for k in fitted():
+                delattr(self, k)
+            vars(self).update(before)
+            raise
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        preprocessing: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> os.PathLike:
+        """Write a model directory: safetensors weights + config.json (:mod:`spadecam.io`).
+
+        config.json holds the format version, the model configs (the VAE's, the classifier's
+        and its backbone, whichever the detector has), the detector's class and scoring
+        parameters, ``threshold_`` and ``preprocessing``. Every file is written to a temp file
+        and renamed, config.json last.
+
+        Parameters
+        ----------
+        path : str or PathLike, the model directory (created if missing)
+        preprocessing : dict, optional
+            How images become inputs, e.g. ``{"image_size": 128, "channels": 1, "resize":
+            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set.
+        extra : dict, optional
+            More JSON-serialisable fields for config.json.
+
+        Returns
+        -------
+        pathlib.Path of the directory.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit`` / ``from_models``.
+        """
+        _require(self, *self._model_attrs)
+        # resolved values, so a saved model scores the same whatever later recipes default to
+        params = {k: (self._param(k) if k in _RECIPE_PARAMS else getattr(self, k))
+                  for k in self._saved_params()}
+        config = {
+            "detector": {"class": type(self).__name__, "params": params},
+            "threshold_": getattr(self, "threshold_", None),
+            "threshold_source": getattr(self, "threshold_source_", None),
+            "threshold_n_images": getattr(self, "threshold_n_images_", None),
+            "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
+            # the model's input, read back by load: images of any size are brought to it
+            "input": {"image_size": self._input_spec()[0], "channels": self._input_spec()[1],
+                      "resize": self.resize},
+            **(extra or {}),
+        }
+        return save_models(path, getattr(self, "vae_", None), getattr(self, "cnn_", None),
+                           extra=config)
+
+    @classmethod
+    def _saved_params(cls) -> list[str]:
+        accepted = inspect.signature(cls.__init__).parameters
+        return [k for k in _SAVED_PARAMS if k in accepted]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """A fitted detector from a model directory written by :meth:`save` or the CLI.
+
+        Sets ``threshold_`` (None if the directory has none) and ``preprocessing_`` (dict or
+        None) from config.json.
+
+        Raises
+        ------
+        ModelFormatError
+            Missing or malformed directory, another format version, pickle files, weights
+            that do not fit the config, a directory saved by another detector class, or one
+            without a model this detector needs.
+        """
+        config = read_config(path)
+        saved = config.get("detector") or {}
+        other = saved.get("class", cls.__name__)
+        if other != cls.__name__:
+            raise ModelFormatError(f"{path} holds a {other} model; load it with {other}.load")
+        vae, cnn = load_model_parts(path)
+        found = {"vae_": vae, "cnn_": cnn}
+        models = [found[a] for a in cls._model_attrs]
+        if any(m is None for m in models):
+            raise ModelFormatError(
+                f"{path}/config.json lacks a model {cls.__name__} needs "
+                f"({', '.join(a.rstrip('_') for a in cls._model_attrs)})"
+            )
+        allowed = cls._saved_params()
+        params = {k: v for k, v in (saved.get("params") or {}).items() if k in allowed}
+        if isinstance(params.get("cam_layer"), list):  # a multi-layer ROI, stored as a list
+            params["cam_layer"] = tuple(params["cam_layer"])
+        pre = config.get("preprocessing") or {}
+        if "resize" not in params and pre.get("resize") in RESIZE_POLICIES:
+            params["resize"] = pre["resize"]  # a model directory from before the "input" entry
+        det = cls.from_models(*models, **params)
+        try:
+            det.threshold_ = json_float(config.get("threshold_"), "threshold_")
+        except ValueError as exc:
+            raise ModelFormatError(f"{path}/config.json: {exc}") from None
+        det.preprocessing_ = config.get("preprocessing")
+        size = (config.get("input") or {}).get("image_size") or pre.get("image_size")
+        if size is not None:
+            det.image_size_ = int(size)
+        return det
+
+    def _threshold_split(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Which images to hold out for ``threshold_``: ``threshold_holdout`` of the normals
+        and of the known anomalies (bool mask (N,)), or None when ``threshold_holdout == 0``.
+
+        At least 2 normals and 1 known anomaly stay for training; a class too small to spare
+        an image holds none out (normals: error).
+        """
+        frac = self.threshold_holdout
+        if not 0 <= frac < 1:
+            raise ValueError(f"threshold_holdout must be in [0, 1), got {frac!r}")
+        if frac == 0:
+            return None
+        seed = next(
+            (t.seed for t in (getattr(self, "vae_train", None), getattr(self, "cnn_train", None))
+             if t is not None),
+            TrainConfig().seed,
+        )
+        g = torch.Generator().manual_seed(seed + 104729)  # the training seed, offset
+        hold = torch.zeros(len(y), dtype=torch.bool)
+        for label, keep in ((0, 2), (1, 1)):
+            idx = torch.nonzero(y == label).flatten()
+            k = min(max(1, round(frac * len(idx))), len(idx) - keep) if len(idx) else 0
+            if label == 0 and k < 1:
+                raise ValueError(
+                    f"threshold_holdout={frac} needs at least 3 normal images (y == 0) to hold "
+                    f"one out and train on 2, got {len(idx)}; add images or set it to 0"
+                )
+            if k > 0:
+                hold[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
+        return hold
+
+    def _fit_with_threshold(self, X: Any, y: Any, vae_config: Any, cnn_config: Any,
+                            need_anomalies: bool, train: Any) -> None:
+        """The fit shared by the detectors: inputs at the model's size, the threshold split,
+        ``train(x, y, size, channels)`` on the images kept for training, then ``threshold_``.
+        """
+        x, valid, yt, size, channels = self._fit_inputs(X, y, vae_config, cnn_config)
+        if need_anomalies and not ((yt == 0).any() and (yt == 1).any()):
+            raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
+        if not need_anomalies and (yt == 0).sum() < 2:
+            raise ValueError("fit needs at least 2 normal images (y == 0)")
+        hold = self._threshold_split(yt)
+        keep = torch.ones(len(yt), dtype=torch.bool) if hold is None else ~hold
+        with self._fitting():  # every fitted attribute set, or on an error none
+            train(x[keep], yt[keep], size, channels)
+            self.image_size_, self.in_channels_ = size, channels
+            self._set_threshold(x, valid, yt, hold)
+
+    def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
+                       hold: torch.Tensor | None) -> None:
+        """``threshold_`` from the held-out images' scores (the training normals' without a
+        hold-out), padding masked by ``valid``; sets ``threshold_source_`` / ``_n_images_``."""
+        def scores(mask: torch.Tensor) -> np.ndarray:
+            return self._score_prepared(x[mask], None if valid is None else valid[mask])
+
+        # See fit_threshold: F1-max when held-out anomalies exist, else a normal quantile.
+        anomaly = None
+        if hold is None:
+            normal, held_out = scores(yt == 0), False
+        else:
+            normal, held_out = scores(hold & (yt == 0)), True
+            if (hold & (yt == 1)).any():
+                anomaly = scores(hold & (yt == 1))
+        self.threshold_ = fit_threshold(normal, anomaly, self.threshold_quantile)
+        self.threshold_n_images_ = {"normal": len(normal),
+                                    "anomaly": 0 if anomaly is None else len(anomaly)}
+        if anomaly is not None:
+            self.threshold_source_ = "f1_max_held_out"
+            return
+        self.threshold_source_ = "quantile_held_out" if held_out else "quantile_train"
+        if len(normal) < MIN_QUANTILE_NORMALS:
+            which = "held-out" if held_out else "training"
+            warn(
+                f"threshold_ is the {self.threshold_quantile:g} quantile of only {len(normal)} "
+                f"{which} normal score(s); below {MIN_QUANTILE_NORMALS} such a quantile is "
+                "little more than their maximum and flags an unpredictable share of normal "
+                "images. Hold out more normal images (threshold_holdout), add known anomalies "
+                "to hold out (F1-max is used then), or set threshold_ yourself."
+            )

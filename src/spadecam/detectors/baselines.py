@@ -1,0 +1,231 @@
+"""The paper's VAE-based and CNN-based baselines (Narita et al., section III-C)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from spadecam.detectors._base import (
+    _BaseDetector,
+    _prepare,
+    _require,
+)
+from spadecam.error import reconstruction_error
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
+from spadecam.models.resnet import ResNetConfig
+from spadecam.models.vae import ConvVAE, VAEConfig
+from spadecam.recipes import default_cnn_config, default_vae_config
+from spadecam.scoring import _scoring_context
+from spadecam.training import TrainConfig, train_cnn, train_vae
+
+
+class VAEDetector(_BaseDetector):
+    """VAE-based baseline: score = sum over pixels of |u - u_hat| (paper section III).
+
+    Parameters
+    ----------
+    vae_config : VAEConfig, optional
+        Default :func:`default_vae_config` of ``recipe``, sized to the data.
+    vae_train : TrainConfig, optional
+        Default ``TrainConfig()``: a budget of 2000 optimiser steps with early stopping.
+    error_smoothing : float >= 0, pixels, optional
+        Gaussian blur of the residual before the norm (0 = the paper's error; see
+        :func:`reconstruction_error`). None: the recipe's (spadecam 2.0, paper 0).
+    error_norm : {"l1", "l2"}, optional
+        |r| (paper) or r ** 2. None: the recipe's (spadecam "l2", paper "l1").
+    recipe : {"spadecam", "paper"}
+        Defaults for the arguments left at None (:data:`RECIPE_DEFAULTS`).
+    batch_size : int
+        Images per scoring batch.
+    precision : {"auto", "32", "bf16"}
+        Scoring precision (see :class:`SPADE`; "auto" = bf16 where the device has it).
+    threshold_quantile : float
+        Quantile of normal training scores used as ``threshold_``.
+    threshold_holdout : float in [0, 1)
+        Share of the normal (and of the known-anomaly) images split off with the training
+        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
+        F1-max with held-out anomalies, else the quantile of held-out normal scores).
+        0 (default) keeps every image for training and takes the quantile of the normal
+        training scores, which runs low because the models have seen those images.
+    image_size : int, optional
+        Side of the square model input in pixels; images of any size are brought to it.
+        None (default): the VAE config's ``image_size`` if set, else the longest image side
+        seen by ``fit``. Must be at least the networks' minimum
+        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
+    resize : {"letterbox", "resize"}
+        How an image of another size reaches the input: "letterbox" (default) keeps the
+        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
+        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
+    """
+
+    _model_attrs = ("vae_",)
+
+    def __init__(
+        self,
+        vae_config: VAEConfig | None = None,
+        vae_train: TrainConfig | None = None,
+        error_smoothing: float | None = None,
+        error_norm: str | None = None,
+        batch_size: int = 256,
+        precision: str = "auto",
+        threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
+        image_size: int | None = None,
+        resize: str = "letterbox",
+        recipe: str = "spadecam",
+    ) -> None:
+        self.vae_config = vae_config
+        self.vae_train = vae_train
+        self.error_smoothing = error_smoothing
+        self.error_norm = error_norm
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threshold_quantile = threshold_quantile
+        self.threshold_holdout = threshold_holdout
+        self.image_size = image_size
+        self.resize = resize
+        self.recipe = recipe
+
+    def fit(self, X: Any, y: Any = None) -> VAEDetector:
+        """Train the VAE on the normal images (y == 0) of X (eq. 1). Returns self."""
+        vae_config = self.vae_config or default_vae_config(self.recipe)
+
+        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+            cfg = vae_config.sized(channels, size)
+            self.vae_ = _prepare(train_vae(x[y == 0], cfg, self.vae_train))
+
+        self._fit_with_threshold(X, y, vae_config, None, False, train)
+        return self
+
+    @classmethod
+    def from_models(cls, vae: ConvVAE, **params: Any) -> VAEDetector:
+        """A fitted detector around an already trained VAE (``threshold_`` left unset).
+
+        The VAE is used, not copied; its train/eval mode is left as it is (scoring runs in
+        eval mode and restores it).
+        """
+        det = cls(**params)
+        det.vae_ = _prepare(vae)
+        det.threshold_ = None
+        det._set_input_from_models()
+        return det
+
+    def _scores_and_maps(
+        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
+    ) -> tuple[torch.Tensor, Any]:
+        _require(self, "vae_")
+        with _scoring_context(self.precision, self.vae_) as device:
+            u = u.to(device)
+            u_hat = self.vae_.reconstruct(u).float()
+            with torch.autocast(device, enabled=False):  # the error in fp32, as in SPADE
+                # letterbox padding never counts, not even blurred into the image's border
+                e = reconstruction_error(u, u_hat, self._param("error_smoothing"),
+                                         self._param("error_norm"), valid)
+            e = e.sum(dim=1).cpu()
+        return e.sum(dim=(1, 2)), (e if want_maps else None)
+
+    def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
+        """Reconstruction error e per pixel, summed over channels, at each image's own size.
+
+        Returns
+        -------
+        ndarray (N, H, W) float32 >= 0 when all images share one size, else a list of
+        (H_i, W_i) arrays (:func:`spadecam.inputs.maps_to_images`).
+        """
+        return self._maps(X)
+
+
+class CNNDetector(_BaseDetector):
+    """CNN-based baseline: the classifier's likelihood of the known-anomaly class.
+
+    The score is the logit difference y_anomaly - y_normal, a monotone function of the
+    softmax probability of the anomaly class (same AUROC) that does not saturate to ties.
+
+    Parameters
+    ----------
+    cnn_config : CNNConfig or ResNetConfig, optional
+        Default :func:`default_cnn_config` of ``recipe`` for the input size (3 conv layers
+        with a GAP + linear head); a :class:`~spadecam.models.resnet.ResNetConfig` selects
+        the ResNet-18-style backbone.
+    recipe : {"spadecam", "paper"}
+        Which default classifier (:func:`default_cnn_config`).
+    cnn_train : TrainConfig, optional
+    loss : {"eq2", "cross_entropy"}
+        Classifier loss (eq. 2 by default).
+    threshold_holdout : float in [0, 1)
+        Share of the normal (and of the known-anomaly) images split off with the training
+        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
+        F1-max with held-out anomalies, else the quantile of held-out normal scores).
+        0 (default) keeps every image for training and takes the quantile of the normal
+        training scores, which runs low because the models have seen those images.
+    image_size : int, optional
+        Side of the square model input in pixels; images of any size are brought to it.
+        None (default): the VAE config's ``image_size`` if set, else the longest image side
+        seen by ``fit``. Must be at least the networks' minimum
+        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
+    resize : {"letterbox", "resize"}
+        How an image of another size reaches the input: "letterbox" (default) keeps the
+        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
+        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
+    """
+
+    _model_attrs = ("cnn_",)
+
+    def __init__(
+        self,
+        cnn_config: CNNConfig | ResNetConfig | None = None,
+        cnn_train: TrainConfig | None = None,
+        loss: str = "eq2",
+        batch_size: int = 256,
+        precision: str = "auto",
+        threshold_quantile: float = 0.99,
+        threshold_holdout: float = 0.0,
+        image_size: int | None = None,
+        resize: str = "letterbox",
+        recipe: str = "spadecam",
+    ) -> None:
+        self.cnn_config = cnn_config
+        self.cnn_train = cnn_train
+        self.loss = loss
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threshold_quantile = threshold_quantile
+        self.threshold_holdout = threshold_holdout
+        self.image_size = image_size
+        self.resize = resize
+        self.recipe = recipe
+
+    def fit(self, X: Any, y: Any) -> CNNDetector:
+        """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
+        cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
+
+        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+            cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+            self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train, self.loss))
+
+        self._fit_with_threshold(X, y, None, cnn_config, True, train)
+        return self
+
+    @classmethod
+    def from_models(cls, cnn: ConvClassifier, **params: Any) -> CNNDetector:
+        """A fitted detector around an already trained classifier (``threshold_`` unset).
+
+        The classifier is used, not copied; its train/eval mode is left as it is (scoring
+        runs in eval mode and restores it).
+        """
+        det = cls(**params)
+        det.cnn_ = _prepare(cnn)
+        det.threshold_ = None
+        det._set_input_from_models()
+        return det
+
+    def _scores_and_maps(
+        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
+    ) -> tuple[torch.Tensor, Any]:
+        # the classifier sees the letterboxed image whole, as in training (valid unused)
+        _require(self, "cnn_")
+        with _scoring_context(self.precision, self.cnn_) as device:
+            logits = self.cnn_(u.to(device)).float().cpu()
+        return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None

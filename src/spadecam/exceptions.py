@@ -1,0 +1,33 @@
+"""Errors the detectors raise (re-exported by :mod:`spadecam.detectors`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class NotFittedError(RuntimeError):
+    """A detector was used before ``fit`` (or ``from_models``)."""
+
+
+class NonFiniteScoreError(ValueError):
+    """The models gave NaN or infinite scores; ``indices`` lists the images (input order)."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
+
+
+def _check_finite(det: Any, values: np.ndarray, offset: int = 0) -> None:
+    """NonFiniteScoreError naming the images whose score (or map) is not finite."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        idx = [int(i) + offset for i in np.flatnonzero(bad)]
+        raise NonFiniteScoreError(
+            f"{type(det).__name__}: the models gave non-finite scores for {len(idx)} image(s) "
+            f"(index {', '.join(map(str, idx[:5]))}{', ...' if len(idx) > 5 else ''}); their "
+            "weights are probably not finite (a diverged training?). Re-train with a lower "
+            "learning rate.",
+            idx,
+        )
