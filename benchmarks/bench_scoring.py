@@ -43,11 +43,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spadecam import SPADE
 from spadecam._runtime import tune_malloc
-from spadecam.cam import normalise_roi
 from spadecam.data import load_mnist, make_noisy_mnist
 from spadecam.error import reconstruction_error
 from spadecam.evaluation import auroc
@@ -58,6 +56,7 @@ from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import resolve_scoring_precision, resolve_training_precision
 from spadecam.reproduce import TEST_SEED, get_recipe
+from spadecam.roi import roi_weights
 from spadecam.scoring import _scoring_context
 from spadecam.training import train_cnn, train_vae
 
@@ -102,9 +101,9 @@ def _captum_scores(vae, cnn, u8: np.ndarray, r) -> np.ndarray:
             u_hat = torch.sigmoid(vae(u, sample=False)[0])
         a_u = gc.attribute(u, target=0, relu_attributions=False)
         a_h = gc.attribute(u_hat, target=0, relu_attributions=False)
-        roi = (a_u.abs() + a_h.clamp_min(0)).detach()
-        roi = F.interpolate(roi, size=u.shape[-2:], mode="bilinear", align_corners=False)
-        w = normalise_roi(roi.squeeze(1))
+        # captum's Grad-CAM maps (N, 1, h, w) through spadecam's one ROI of eq. 5: the
+        # reference checks the Grad-CAM, the VAE and error are the same code on both sides
+        w = roi_weights(a_u.detach()[:, 0], a_h.detach()[:, 0], u.shape[-2:], upsample="bilinear")
         e = reconstruction_error(u, u_hat, r.error_smoothing, r.error_norm).sum(1)
         out.append((e * w).sum((1, 2)))
     return torch.cat(out).double().numpy()

@@ -17,9 +17,10 @@ import torch
 from scipy.stats import spearmanr
 
 from spadecam.benchmark import _float, run_benchmark, spade_scores
-from spadecam.cam import grad_cam, normalise_roi, upsample_roi
+from spadecam.cam import grad_cam
 from spadecam.detectors import SPADE
 from spadecam.reproduce import _elpv_spadecam_recipe, elpv_data
+from spadecam.roi import roi_weights
 
 
 def main() -> None:
@@ -34,8 +35,7 @@ def main() -> None:
         u = _float(data.x_test)
         with torch.inference_mode():
             m_u, m_h = grad_cam(cnn, u), grad_cam(cnn, u_hat)
-            roi = upsample_roi((m_u.abs() + m_h.clamp_min(0)).float(), u.shape[-2:], "bilinear")
-            w = normalise_roi(roi).flatten(1)
+            w = roi_weights(m_u, m_h, u.shape[-2:], upsample="bilinear").flatten(1)
             p = cnn(u).float().softmax(1)[:, 1].numpy()
         n_pix = w.shape[1]
         ent = -(w * torch.log(w.clamp_min(1e-12))).sum(1)

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from spadecam.cam import (
+from spadecam.cam import closed_form_applies, grad_cam, spade_roi
+from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.roi import (
     apply_branch,
-    closed_form_applies,
-    grad_cam,
+    eq5,
     normalise_roi,
-    spade_roi,
+    roi_weights,
     upsample_roi,
     weighted_error,
 )
-from spadecam.models.cnn import CNNConfig, ConvClassifier
 
 # --------------------------------------------------------------------------- helpers
 
@@ -304,18 +304,48 @@ def test_spade_roi_equals_separate_grad_cams(layer):
     expected = grad_cam(model, u, layer=layer).abs() + grad_cam(model, u_hat, layer=layer).clamp(
         min=0
     )
-    roi = spade_roi(model, u, u_hat, layer=layer)
+    with pytest.warns(DeprecationWarning, match="spade_roi"):
+        roi = spade_roi(model, u, u_hat, layer=layer)
     torch.testing.assert_close(roi, expected, atol=1e-6, rtol=1e-5)
     assert (roi >= 0).all()
     # the ablation branches combine the same two maps
-    ident = spade_roi(model, u, u_hat, layer=layer, input_branch="identity", recon_branch="none")
-    torch.testing.assert_close(ident, grad_cam(model, u, layer=layer), atol=1e-6, rtol=1e-5)
+    m_u = grad_cam(model, u, layer=layer)
+    torch.testing.assert_close(eq5(m_u, None, "identity", "none"), m_u)
+    torch.testing.assert_close(eq5(m_u, grad_cam(model, u_hat, layer=layer)), expected,
+                               atol=1e-6, rtol=1e-5)
 
 
 def test_spade_roi_shape_mismatch():
     model = ConvClassifier(CNNConfig(channels=(2,), kernel_sizes=(3,), strides=(2,)))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="same shape"), pytest.warns(DeprecationWarning):
         spade_roi(model, torch.rand(2, 1, 8, 8), torch.rand(3, 1, 8, 8))
+
+
+def test_moved_roi_helpers_warn_from_their_old_module():
+    import spadecam.cam as cam
+    import spadecam.roi as roi
+
+    for name in ("BRANCHES", "apply_branch", "normalise_roi", "upsample_roi", "weighted_error"):
+        with pytest.warns(DeprecationWarning, match=f"spadecam.roi.{name}"):
+            assert getattr(cam, name) is getattr(roi, name)
+    with pytest.raises(AttributeError):
+        cam.no_such_name  # noqa: B018
+
+
+def test_roi_weights_by_hand():
+    # maps 1x2 -> eq. 5: Abs([-2, 1]) + ReLU([1, -3]) = [3, 1]; "nearest" to 1x4 gives
+    # [3, 3, 1, 1]; padding on the last pixel -> [3, 3, 1, 0]; power 2 -> [9, 9, 1, 0],
+    # sum 19 -> weights [9, 9, 1, 0] / 19
+    m_u, m_h = torch.tensor([[[-2.0, 1.0]]]), torch.tensor([[[1.0, -3.0]]])
+    valid = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])
+    w = roi_weights(m_u, m_h, (1, 4), upsample="nearest", valid=valid, power=2.0)
+    torch.testing.assert_close(w, torch.tensor([[[9.0, 9.0, 1.0, 0.0]]]) / 19)
+    raw = roi_weights(m_u, m_h, (1, 4), upsample="nearest", normalise=False)
+    torch.testing.assert_close(raw, torch.tensor([[[3.0, 3.0, 1.0, 1.0]]]))
+    with pytest.raises(ValueError, match="roi_power"):
+        roi_weights(m_u, m_h, (1, 4), power=0.0)
+    with pytest.raises(ValueError, match="u_hat"):
+        roi_weights(m_u, None, (1, 4))
 
 
 def test_normalise_roi_sums_to_one_and_zero_stays_zero():

@@ -1,4 +1,4 @@
-"""Grad-CAM maps, the SPADE region of interest (ROI) and its normalisation (paper eq. 3-5).
+"""Grad-CAM maps of the normal class (paper eq. 3-4); the ROI built on them is :mod:`spadecam.roi`.
 
 Notation follows Narita et al., arXiv 1810.02607, section II-C and Algorithm 1:
 
@@ -7,8 +7,12 @@ Notation follows Narita et al., arXiv 1810.02607, section II-C and Algorithm 1:
 * eq. 3: alpha_k = (1/Z) sum_ij dy^c / dA_k^ij (Z = number of feature-map pixels).
 * eq. 4: the signed map M = sum_k alpha_k A_k (captum's ``LayerGradCam`` with
   ``relu_attributions=False``); plain Grad-CAM would apply ReLU to it.
-* eq. 5: L = Abs(M(u)) + ReLU(M(u_hat)), upsampled to the image, and the weighted error
-  e' = e * L / |L|.
+* eq. 5 (:mod:`spadecam.roi`): L = Abs(M(u)) + ReLU(M(u_hat)), upsampled to the image, and
+  the weighted error e' = e * L / |L|.
+
+``apply_branch``, ``upsample_roi``, ``normalise_roi``, ``weighted_error`` and ``BRANCHES`` lived
+here until 0.2; they are :mod:`spadecam.roi`'s now, and importing them from here warns
+(DeprecationWarning) for one release, as does :func:`spade_roi`.
 
 Every function returns new tensors and leaves the model as it found it: train/eval mode and
 ``requires_grad`` flags are restored and no hook stays registered (the captum habit).
@@ -17,29 +21,33 @@ Every function returns new tensors and leaves the model as it found it: train/ev
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spadecam.models.cnn import NORMAL_CLASS, ConvClassifier
 
 __all__ = [
-    "BRANCHES",
-    "apply_branch",
     "closed_form_applies",
     "eval_mode",
     "grad_cam",
-    "normalise_roi",
     "spade_roi",
-    "upsample_roi",
-    "weighted_error",
 ]
 
-#: Elementwise functions a map can go through before it enters the ROI (eq. 5 uses
-#: "abs" on the input and "relu" on the reconstruction; the others serve ablations).
-BRANCHES = ("abs", "relu", "none", "identity")
+#: Names moved to :mod:`spadecam.roi` in 0.2, still importable from here with a warning.
+_MOVED_TO_ROI = ("BRANCHES", "apply_branch", "normalise_roi", "upsample_roi", "weighted_error")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_ROI:
+        warnings.warn(f"spadecam.cam.{name} moved to spadecam.roi.{name} in 0.2; the old "
+                      "name goes in 0.3", DeprecationWarning, stacklevel=2)
+        from spadecam import roi
+
+        return getattr(roi, name)
+    raise AttributeError(f"module 'spadecam.cam' has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -206,24 +214,6 @@ def _autograd_cam(
         handle.remove()
 
 
-def apply_branch(m: torch.Tensor, branch: str) -> torch.Tensor:
-    """Apply one of :data:`BRANCHES` to a signed map.
-
-    ``"abs"`` — Abs (eq. 5, input branch), ``"relu"`` — ReLU (eq. 5, reconstruction branch and
-    plain Grad-CAM), ``"identity"`` — the signed map unchanged, ``"none"`` — drop the term
-    (zeros).
-    """
-    if branch == "abs":
-        return m.abs()
-    if branch == "relu":
-        return m.clamp_min(0)
-    if branch == "identity":
-        return m
-    if branch == "none":
-        return torch.zeros_like(m)
-    raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-
-
 def spade_roi(
     cnn: nn.Module,
     u: torch.Tensor,
@@ -234,6 +224,10 @@ def spade_roi(
     method: str = "auto",
 ) -> torch.Tensor:
     """SPADE ROI L = Abs(M(u)) + ReLU(M(u_hat)) at feature resolution (eq. 5).
+
+    Deprecated in 0.2 (goes in 0.3): the product computes the ROI with
+    :func:`spadecam.roi.roi_weights` on the maps of :func:`grad_cam`; this is
+    ``spadecam.roi.eq5`` on them.
 
     u and u_hat go through the CNN as one batch of 2N images (one forward, and one backward
     when the autograd path is needed).
@@ -251,52 +245,13 @@ def spade_roi(
     -------
     Tensor (N, h, w), float, >= 0 for the paper's branches.
     """
+    warnings.warn("spadecam.cam.spade_roi is deprecated (goes in 0.3): use "
+                  "spadecam.roi.eq5 / roi_weights on grad_cam's maps", DeprecationWarning,
+                  stacklevel=2)
     if u.shape != u_hat.shape:
         raise ValueError(f"u and u_hat must have the same shape, got {u.shape} and {u_hat.shape}")
+    from spadecam.roi import eq5
+
     n = u.shape[0]
     m = grad_cam(cnn, torch.cat([u, u_hat]), layer=layer, method=method)
-    return apply_branch(m[:n], input_branch) + apply_branch(m[n:], recon_branch)
-
-
-def upsample_roi(roi: torch.Tensor, size: tuple[int, ...], mode: str = "bilinear") -> torch.Tensor:
-    """Upsample an ROI (N, h, w) to the image size (N, H, W).
-
-    Bilinear with ``align_corners=False`` by default (the paper does not say; this is what
-    common Grad-CAM code does). ``mode`` is any of ``F.interpolate``'s 2-D modes.
-    """
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(roi.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)
-
-
-def normalise_roi(roi: torch.Tensor) -> torch.Tensor:
-    """L / |L| per image, with |L| read as the sum of L over pixels (Algorithm 1).
-
-    Under this reading the weights of an image sum to 1 and the SPADE score is a weighted
-    mean of the reconstruction error. An all-zero ROI gives all-zero weights, not NaN.
-
-    Parameters
-    ----------
-    roi : Tensor (N, H, W), float, >= 0
-
-    Returns
-    -------
-    Tensor (N, H, W), each image summing to 1 (or all zeros).
-    """
-    total = roi.sum(dim=(1, 2), keepdim=True)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    return torch.where(total > 0, roi / safe, torch.zeros_like(roi))
-
-
-def weighted_error(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """e' = e * L (Algorithm 1), summed over channels.
-
-    Parameters
-    ----------
-    error : Tensor (N, C, H, W), reconstruction error |u - u_hat| on the [0, 1] scale
-    weights : Tensor (N, H, W)
-
-    Returns
-    -------
-    Tensor (N, H, W); its per-image sum is the anomaly score.
-    """
-    return (error * weights.unsqueeze(1)).sum(dim=1)
+    return eq5(m[:n], m[n:], input_branch, recon_branch)

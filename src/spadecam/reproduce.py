@@ -22,7 +22,7 @@ import torch
 from spadecam import benchmark
 from spadecam._progress import warn
 from spadecam.benchmark import BenchmarkData, Protocol, format_columns_table, run_benchmark
-from spadecam.cam import grad_cam, normalise_roi, upsample_roi
+from spadecam.cam import grad_cam
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
 from spadecam.detectors import SPADE, reconstruction_error
 from spadecam.distributed import fabric_settings, launch
@@ -40,6 +40,7 @@ from spadecam.metrics import average_precision
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import from_option, resolve_scoring_precision
+from spadecam.roi import apply_branch, normalise_roi, roi_weights, upsample_roi
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 __all__ = [
@@ -163,20 +164,20 @@ def _figures_for_model(
         return upsample_roi(m.float(), size, r.upsample).numpy()
 
     e = reconstruction_error(u, uh, r.error_smoothing, r.error_norm).sum(1)
-    roi = upsample_roi((m_u.abs() + m_h.clamp_min(0)).float(), size, r.upsample)
+    roi = roi_weights(m_u, m_h, size, upsample=r.upsample, normalise=False)  # L, eq. 5
     titles = [f"digit {digits[i]}" for i in picks]
     plot_roi_rows(
         {
             "input u": u[:, 0].numpy(),
             "reconstruction": uh[:, 0].numpy(),
-            "ReLU(M(u))": up(m_u.clamp_min(0)),
-            "Abs(M(u))": up(m_u.abs()),
+            "ReLU(M(u))": up(apply_branch(m_u, "relu")),
+            "Abs(M(u))": up(apply_branch(m_u, "abs")),
             "L (eq. 5)": roi.numpy(),
             "weighted error e'": (e * normalise_roi(roi)).numpy(),
         },
         titles, out / "roi_relu_vs_abs.png", image_keys=("input u", "reconstruction"),
     )
-    roi_small = upsample_roi((m_u_small.abs() + m_h_small.clamp_min(0)).float(), size, r.upsample)
+    roi_small = roi_weights(m_u_small, m_h_small, size, upsample=r.upsample, normalise=False)
     plot_roi_rows(
         {
             "input u": u[:, 0].numpy(),

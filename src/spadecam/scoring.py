@@ -11,17 +11,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from spadecam.cam import (
-    apply_branch,
-    eval_mode,
-    grad_cam,
-    normalise_roi,
-    upsample_roi,
-    weighted_error,
-)
+from spadecam.cam import eval_mode, grad_cam
 from spadecam.error import reconstruction_error
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
+from spadecam.roi import roi_weights, weighted_error
 
 
 def spade_error_map(
@@ -102,22 +96,12 @@ def spade_error_map(
     for layer in layers:
         m_u, m_u_hat = cams if cams is not None else signed_cams(
             cnn, u, u_hat if recon_branch != "none" else None, layer, cam_method)
-        if recon_branch == "none":
-            rois.append(apply_branch(m_u, input_branch))
-        else:
-            if m_u_hat is None:
-                raise ValueError(f"recon_branch={recon_branch!r} needs the map of u_hat in cams")
-            rois.append(apply_branch(m_u, input_branch) + apply_branch(m_u_hat, recon_branch))
+        rois.append(roi_weights(m_u, m_u_hat, u.shape[-2:], input_branch=input_branch,
+                                recon_branch=recon_branch, upsample=upsample, valid=valid,
+                                power=roi_power, normalise=normalise))
     # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
     # are fp32 (a blurred, squared residual would lose its small values in bf16)
     with torch.autocast(u.device.type, enabled=False):
-        rois = [upsample_roi(r.float(), u.shape[-2:], mode=upsample) for r in rois]
-        if valid is not None:  # letterbox padding never counts
-            rois = [r * valid[:, 0].to(r) for r in rois]
-        if roi_power != 1.0:
-            rois = [r**roi_power for r in rois]
-        if normalise:
-            rois = [normalise_roi(r) for r in rois]
         roi = rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)
         error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm,
                                      valid)
