@@ -163,11 +163,11 @@ def test_vae_detector_score_uses_the_configured_error():
                                rtol=1e-5)
 
 
-def test_bad_error_option_fails_at_scoring_with_its_name():
+def test_bad_error_option_fails_before_any_work_with_its_name():
+    # issue 18: it used to fail only when scoring (and after training, in fit)
     vae, cnn = _models()
-    det = NaiveSPADE.from_models(vae, cnn, error_norm="squared")
-    with pytest.raises(ValueError, match="error_norm"):
-        det.decision_function(np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match='NaiveSPADE: error_norm must be one of .*"squared"'):
+        NaiveSPADE.from_models(vae, cnn, error_norm="squared")
 
 
 def test_save_load_keeps_error_options(tmp_path):

@@ -134,7 +134,7 @@ def test_holdout_needs_enough_normals_and_a_valid_fraction():
     x, y = data(2, 4)
     with pytest.raises(ValueError, match=r"threshold_holdout=0.1 needs at least 3 normal"):
         spade(threshold_holdout=0.1).fit(x, y)
-    with pytest.raises(ValueError, match=r"threshold_holdout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"threshold_holdout must be a finite number in \[0, 1\), got 1.0"):
         spade(threshold_holdout=1.0).fit(*data(10, 4))
 
 

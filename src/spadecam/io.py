@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
@@ -331,14 +332,15 @@ class _Section:
     expected and what was found.
     """
 
-    def __init__(self, path: Path, data: dict[str, Any], prefix: str = "") -> None:
-        self.path, self.data, self.prefix = path, data, prefix
+    def __init__(self, path: Path | str, data: dict[str, Any], prefix: str = "",
+                 error: type[Exception] = ModelFormatError) -> None:
+        self.path, self.data, self.prefix, self.error = path, data, prefix, error
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def fail(self, name: str, expected: str, found: Any) -> NoReturn:
-        raise ModelFormatError(
+        raise self.error(
             f"{self.path}: {self.key(name)} must be {expected}, got {_shown(found)}"
         )
 
@@ -488,6 +490,30 @@ def _validate(config: dict[str, Any], path: Path) -> None:
                 hashes.fail(name, "a sha256 (64 lowercase hex digits) or null", digest)
     for key, network in networks.items():
         _check_weights(path, key, network)
+
+
+def check_detector_params(owner: str, params: dict[str, Any],
+                          cnn_layers: int | None = None) -> None:
+    """The detector parameters ``params`` (a constructor's arguments) by the rules that
+    config.json's ``detector.params`` is read by, so the API and a model directory accept
+    the same values.
+
+    Python forms are read as their JSON ones first (a tuple as a list, numpy scalars as
+    numbers). ``owner`` names the detector in the message.
+
+    Raises
+    ------
+    ValueError
+        The first bad parameter: "SPADE: error_norm must be one of "l1", "l2" or null, got
+        "l3"".
+    """
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(e) for e in v]
+        return v.item() if isinstance(v, np.generic) else v
+
+    _check_params(_Section(owner, {k: plain(v) for k, v in params.items()}, error=ValueError),
+                  cnn_layers)
 
 
 def _check_params(params: _Section, cnn_layers: int | None) -> None:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from spadecam._fs import json_float
@@ -31,9 +32,10 @@ from spadecam.inputs import (
     stack_maps,
     to_model_batch,
 )
-from spadecam.io import ModelFormatError, load_model_parts, read_config, save_models
-from spadecam.models.cnn import ConvClassifier
-from spadecam.models.vae import ConvVAE
+from spadecam.io import ModelFormatError, check_detector_params, load_model_parts, read_config, save_models
+from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.resnet import ResNetConfig
+from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
 from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold
 from spadecam.training import TrainConfig, to_float_images
@@ -87,8 +89,41 @@ _SAVED_PARAMS = (
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight")
 
 
-class _BaseDetector:
-    """Shared PyOD-style plumbing: input sizes, threshold_, predict, batching."""
+class _BaseDetector(BaseEstimator):
+    """Shared PyOD-style plumbing: input sizes, threshold_, predict, batching.
+
+    A scikit-learn estimator (``get_params`` / ``set_params``, so ``sklearn.base.clone``
+    works): the constructor stores its arguments unchanged, and :meth:`_check_params` checks
+    them all at the start of ``fit`` and ``from_models``, before any training.
+    """
+
+    #: Parameters holding configs, and the config classes each accepts (None = default).
+    _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+        "vae_config": (VAEConfig,), "cnn_config": (CNNConfig, ResNetConfig),
+        "vae_train": (TrainConfig,), "cnn_train": (TrainConfig,),
+    }
+
+    def _check_params(self) -> None:
+        """Every constructor argument checked, before any work (ValueError / TypeError naming
+        the parameter). The scoring parameters follow the rules of config.json's
+        ``detector.params`` (:func:`spadecam.io.check_detector_params`)."""
+        name = type(self).__name__
+        params = self.get_params(deep=False)
+        for key, types in self._CONFIG_TYPES.items():
+            value = params.pop(key, None)
+            if value is not None and not isinstance(value, types):
+                raise TypeError(f"{name}: {key} must be None or a "
+                                f"{' / '.join(t.__name__ for t in types)}, got "
+                                f"{type(value).__name__}")
+        size = params.pop("image_size", None)
+        if size is not None and not (isinstance(size, (int, np.integer))
+                                     and not isinstance(size, bool) and size >= 1):
+            raise ValueError(f"{name}: image_size must be None or an integer >= 1, got {size!r}")
+        if isinstance(params.get("cam_layer"), nn.Module):
+            params.pop("cam_layer")  # a layer of a user's classifier, found when scoring
+        cnn = getattr(self, "cnn_config", None)
+        layers = len(cnn.channels) if isinstance(cnn, CNNConfig) else None
+        check_detector_params(name, params, layers)
 
     batch_size: int
     precision: str
@@ -281,7 +316,7 @@ class _BaseDetector:
         except BaseException:
             for k in fitted():
                 delattr(self, k)
-            vars(self).update(before)
+            self.__dict__.update(before)
             raise
 
     def save(

@@ -90,6 +90,7 @@ class VAEDetector(_BaseDetector):
 
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
         """Train the VAE on the normal images (y == 0) of X (eq. 1). Returns self."""
+        self._check_params()  # every parameter, before any training
         vae_config = self.vae_config or default_vae_config(self.recipe)
 
         def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
@@ -107,6 +108,7 @@ class VAEDetector(_BaseDetector):
         eval mode and restores it).
         """
         det = cls(**params)
+        det._check_params()
         det.vae_ = _prepare(vae)
         det.threshold_ = None
         det._set_input_from_models()
@@ -199,6 +201,7 @@ class CNNDetector(_BaseDetector):
 
     def fit(self, X: Any, y: Any) -> CNNDetector:
         """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
+        self._check_params()  # every parameter, before any training
         cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
 
         def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
@@ -216,6 +219,7 @@ class CNNDetector(_BaseDetector):
         runs in eval mode and restores it).
         """
         det = cls(**params)
+        det._check_params()
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
         det._set_input_from_models()

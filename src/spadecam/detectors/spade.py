@@ -185,6 +185,7 @@ class SPADE(_BaseDetector):
         With ``threshold_holdout > 0`` the held-out images are split off first (seeded by the
         training seed) and neither model sees them; ``threshold_`` comes from their scores.
         """
+        self._check_params()  # every parameter, before any training
         vae_config = self.vae_config or default_vae_config(self.recipe)
         cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
 
@@ -206,6 +207,7 @@ class SPADE(_BaseDetector):
         (scoring runs in eval mode and restores them).
         """
         det = cls(**params)
+        det._check_params()
         det.vae_ = _prepare(vae)
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
