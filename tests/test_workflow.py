@@ -237,12 +237,27 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
           "--image-size 16", "minimum of 32")
     fails([*base, *anomaly, "--epochs", "0"], capsys, "--epochs")
     fails([*base, *anomaly, "--error-smoothing", "-1"], capsys, "--error-smoothing", ">= 0")
+    fails([*base, *anomaly, "--cam-layer", "3"], capsys, "--cam-layer", "-3 to 2", "got 3")
+    fails([*base, *anomaly, "--roi-power", "0"], capsys, "--roi-power must be > 0")
+    fails([*base, *anomaly, "--classifier-weight", "-1"], capsys, "--classifier-weight")
     assert not out.exists()
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "keep.txt").write_text("mine")
     fails(["train", "--normal", str(small["train/good"]), *anomaly, "--out",
            str(tmp_path / "stuff")], capsys, "not a spadecam model directory")
     assert [p.name for p in (tmp_path / "stuff").iterdir()] == ["keep.txt"]
+
+
+def test_train_reaches_every_spade_scoring_option(small, tmp_path, capsys):
+    # issue 18: --classifier-weight, --roi-power and --cam-layer were API-only
+    out = tmp_path / "model"
+    assert main(["train", "--normal", str(small["train/good"]), "--anomaly",
+                 str(small["train/defect"]), "--out", str(out), "--image-size", "16",
+                 "--latent-dim", "4", "--epochs", "1", "--no-progress",
+                 "--classifier-weight", "10", "--roi-power", "2", "--cam-layer", "-2"]) == 0
+    det = SPADE.load(out)
+    assert (det.classifier_weight, det.roi_power, det.cam_layer) == (10.0, 2.0, -2)
+    capsys.readouterr()
 
 
 def test_score_refuses_bad_inputs_and_writes_nothing(model8, small, tmp_path, capsys):

@@ -224,6 +224,16 @@ def _add_image_commands(sub) -> None:
     tr.add_argument("--error-norm", choices=["l1", "l2"], default=None,
                     help="reconstruction error |r| (l1, the paper's) or r^2 (l2; default: the "
                     "recipe's, spadecam l2)")
+    tr.add_argument("--classifier-weight", type=float, default=None, metavar="W",
+                    help="multiply the weighted error by (1 + W p), p the classifier's "
+                    "probability of the known anomaly, so the known kind counts in the score; "
+                    "0 = the paper's score (default: the recipe's, 0)")
+    tr.add_argument("--roi-power", type=float, default=None, metavar="P",
+                    help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
+                    "the recipe's, 1)")
+    tr.add_argument("--cam-layer", type=int, default=-1, metavar="K",
+                    help="classifier layer whose Grad-CAM gives the ROI (default -1, the last; "
+                    "-2 a finer, smaller ROI)")
     tr.add_argument("--threshold-holdout", type=float, default=0.1, metavar="FRACTION",
                     help="share of normal and of known-anomaly images held out of training "
                     "to set the threshold (default 0.1)")
@@ -337,6 +347,8 @@ def _run_image_command(args: argparse.Namespace) -> int:
             threshold_holdout=args.threshold_holdout, progress=progress,
             distributed=_distributed(args), error_smoothing=args.error_smoothing,
             error_norm=args.error_norm, precision=from_option(args.precision)[1], log=print,
+            roi_power=args.roi_power, classifier_weight=args.classifier_weight,
+            cam_layer=args.cam_layer,
         )
     elif args.command == "score":
         rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,

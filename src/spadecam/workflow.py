@@ -67,6 +67,7 @@ from spadecam.evaluation import atomic_write_text
 from spadecam.inputs import PreparedImages, min_input_size
 from spadecam.io import ModelFormatError
 from spadecam.metrics import image_metrics, pixel_auroc
+from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
@@ -110,6 +111,9 @@ def build_detector(
     precision: str = "auto",
     steps: int | None = None,
     recipe: str = "spadecam",
+    roi_power: float | None = None,
+    classifier_weight: float | None = None,
+    cam_layer: int = -1,
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -133,6 +137,9 @@ def build_detector(
     recipe : {"spadecam", "paper"}
         Defaults for everything left at None, and the classifier: spadecam's kernels from the
         image size (:func:`spadecam.detectors.default_cnn_config`), or the paper's 3x3.
+    roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
+        the score and the classifier layer Grad-CAM reads (see :class:`SPADE`); None: the
+        recipe's (1 and 0 in both recipes: the paper's score); cam_layer -1 = the last
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
@@ -168,6 +175,14 @@ def build_detector(
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
         else default_cnn_config(image_size, recipe).sized(channels)
     )
+    if roi_power is not None and not roi_power > 0:
+        raise ValueError(f"--roi-power must be > 0, got {roi_power}")
+    if classifier_weight is not None and not classifier_weight >= 0:
+        raise ValueError(f"--classifier-weight must be >= 0, got {classifier_weight}")
+    n_layers = len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None
+    if n_layers is not None and not -n_layers <= cam_layer < n_layers:
+        raise ValueError(f"--cam-layer must be a layer of the {backbone} classifier's "
+                         f"{n_layers} ({-n_layers} to {n_layers - 1}), got {cam_layer}")
     need = min_input_size(vae_cfg, cnn_cfg)
     if image_size < need:
         raise ValueError(
@@ -190,6 +205,9 @@ def build_detector(
         error_norm=error_norm,
         precision=precision,
         recipe=recipe,
+        roi_power=roi_power,
+        classifier_weight=classifier_weight,
+        cam_layer=cam_layer,
     )
 
 
@@ -239,6 +257,9 @@ def train(
     log: Callable[[str], None] | None = None,
     steps: int | None = None,
     recipe: str = "spadecam",
+    roi_power: float | None = None,
+    classifier_weight: float | None = None,
+    cam_layer: int = -1,
 ) -> Path:
     """Train SPADE on folders of normal and known-anomaly images; write a model directory.
 
@@ -251,8 +272,8 @@ def train(
     image_size, channels, resize : preprocessing (see the module notes); ``channels=None``
         uses the images' own channel count, which must be the same for all.
     backbone, epochs, seed, latent_dim, batch_size, lr, threshold_quantile,
-    threshold_holdout, error_smoothing, error_norm, precision, steps, recipe : see
-    :func:`build_detector`.
+    threshold_holdout, error_smoothing, error_norm, precision, steps, recipe, roi_power,
+    classifier_weight, cam_layer : see :func:`build_detector`.
     progress : bool
         Report progress: bars on a terminal, one line per validation elsewhere.
     distributed : dict, optional
@@ -314,7 +335,7 @@ def train(
     det = build_detector(
         image_size, c, backbone, epochs, seed, latent_dim, batch_size, lr,
         threshold_quantile, threshold_holdout, progress, distributed, error_smoothing,
-        error_norm, precision, steps, recipe,
+        error_norm, precision, steps, recipe, roi_power, classifier_weight, cam_layer,
     )
     det.resize = resize
     assert det.vae_train is not None  # set by build_detector, recorded in config.json
