@@ -20,7 +20,7 @@ OUT    ?= runs
 PRECISION ?= auto
 export SPADECAM_DATA
 
-.PHONY: install demo test reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables bench lint typecheck clean
+.PHONY: install demo test test-fast reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  # without the tests marked slow (DDP, subprocess, end-to-end)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 reproduce: $(STAMP)
 	$(BIN)/spadecam reproduce noisy-mnist $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/full

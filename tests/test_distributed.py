@@ -51,6 +51,9 @@ from spadecam.models.vae import negative_elbo
 from spadecam.precision import resolve_training_precision
 from spadecam.training import train_cnn, train_vae
 
+#: Real 2-process runs: the whole module is slow (`make test-fast` leaves it out).
+pytestmark = pytest.mark.slow
+
 DATA = mnist_dir()
 needs_mnist = pytest.mark.skipif(DATA is None, reason="MNIST not found (set SPADECAM_DATA)")
 WORKER = Path(__file__).with_name("_ddp_worker.py")

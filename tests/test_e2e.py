@@ -45,6 +45,7 @@ def single_thread():
     DATA is None,
     reason="MNIST not found: set SPADECAM_DATA or put the IDX files in ../shared/data/mnist",
 )
+@pytest.mark.slow
 def test_spade_separates_zeros_from_other_digits(single_thread):
     x_train, y_train = load_mnist("train", DATA)
     x_test, y_test = load_mnist("test", DATA)

@@ -141,6 +141,7 @@ def test_elpv_data_protocols_and_columns(tmp_path):
     assert {cells[i].label for i in unc} == {"normal", "uncertain"}
 
 
+@pytest.mark.slow
 def test_run_elpv_writes_the_results_csv(tmp_path):
     root, split = fake_elpv(tmp_path)
     rows = run_elpv(seeds=[0, 1], recipe=TINY, out_dir=tmp_path / "out", progress=False,

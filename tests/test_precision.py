@@ -125,6 +125,7 @@ def test_precision_32_matches_spadecam_0_1_within_fp32_rounding():
     assert_fp32_close(_golden_scores("32"), np.load(GOLDEN / "scores.npz"))
 
 
+@pytest.mark.slow
 def test_precision_32_is_bit_identical_within_one_machine(tmp_path):
     first, second = _golden_scores("32"), _golden_scores("32")
     for name in first:  # the same process, twice
@@ -217,6 +218,7 @@ def test_cli_help_and_argument_errors_do_not_import_torch(argv):
     assert not _imports_torch(code)
 
 
+@pytest.mark.slow
 def test_package_imports_torch_only_when_a_detector_is_used():
     assert not _imports_torch("import spadecam; spadecam.__version__")
     assert _imports_torch("import spadecam; spadecam.SPADE")

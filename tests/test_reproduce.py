@@ -37,6 +37,7 @@ def tiny_recipe():
     )
 
 
+@pytest.mark.slow
 def test_run_writes_results_table_ablations_and_figures(tmp_path, single_thread):
     rows = run_noisy_mnist(known=(3,), seeds=(0,), recipe=tiny_recipe(), data_dir=DATA,
                            out_dir=tmp_path, progress=False, ablations=True, log=lambda *_: None)
@@ -72,6 +73,7 @@ def test_bad_known_class_is_rejected():
         run_noisy_mnist(known=(0,), data_dir=DATA)
 
 
+@pytest.mark.slow
 def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
     from spadecam import reproduce
@@ -98,6 +100,7 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_th
     assert seen == {"images": 2000, "maps": 2000, "scores": 2000, "digits": 2000}
 
 
+@pytest.mark.slow
 def test_a_seeds_rows_do_not_depend_on_what_runs_beside_it(tmp_path, single_thread):
     # the README promises that seed s of a multi-seed run equals seed s run alone; the
     # models of seed 1 must not depend on seed 0's run, on other known classes, on the
