@@ -238,3 +238,18 @@ def test_channels_last_rgb_is_recognised_and_documented():
     assert image_list(np.zeros((2, 3, 8, 3), np.uint8)).shape == (2, 3, 8, 3)
     assert image_list(np.zeros((2, 1, 8, 1), np.uint8)).shape == (2, 1, 8, 1)
     assert image_list(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 1, 8, 8)
+
+
+def test_one_uint8_to_float_conversion_and_its_old_name_warns():
+    from spadecam.inputs import to_float_images
+
+    got = to_float_images(torch.tensor([[0, 51, 255]], dtype=torch.uint8))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor([[0.0, 0.2, 1.0]]))  # by hand: v / 255
+    half = torch.tensor([0.25, 0.5], dtype=torch.float64)
+    assert to_float_images(half).dtype == torch.float32
+    torch.testing.assert_close(to_float_images(half), torch.tensor([0.25, 0.5]))
+    import spadecam.training as training
+
+    with pytest.warns(DeprecationWarning, match="spadecam.inputs.to_float_images"):
+        assert training.to_float_images is to_float_images

@@ -35,10 +35,10 @@ from spadecam.detectors import (
     reconstruction_error,
 )
 from spadecam.evaluation import METHOD_LABELS, auroc
-from spadecam.inputs import _channels_last
+from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
 from spadecam.scoring import _scoring_context
-from spadecam.training import to_float_images, train_cnn, train_vae
+from spadecam.training import train_cnn, train_vae
 
 __all__ = [
     "BenchmarkData",

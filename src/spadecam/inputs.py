@@ -217,8 +217,12 @@ class ModelBatch:
     boxes: list[tuple[int, int, int, int]] | None
 
 
-def _to_float(t: torch.Tensor) -> torch.Tensor:
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+def to_float_images(x: torch.Tensor) -> torch.Tensor:
+    """Images as the networks take them: uint8 [0, 255] -> float32 [0, 1] (divided by 255);
+    any float dtype -> float32 unchanged in value. Any shape; a new tensor for uint8, else
+    ``x.float()`` (``x`` itself when already float32). The one conversion in spadecam
+    (training, scoring, benchmarks)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -269,11 +273,11 @@ def to_model_batch(
                 f"{name} holds images of different sizes {sorted(set(sizes))[:3]} but the "
                 "model has no fixed input size; give image_size"
             )
-        u = torch.cat([_to_float(t) for t in parts])
+        u = torch.cat([to_float_images(t) for t in parts])
         return ModelBatch(_channels_last(u), None, sizes, None)
     out, valid, boxes = [], torch.zeros(len(parts), 1, size, size), []
     for i, t in enumerate(parts):
-        x = _to_float(t[0]).cpu().numpy()
+        x = to_float_images(t[0]).cpu().numpy()
         out.append(torch.from_numpy(resize_image(x, size, policy)))
         box = content_box(x.shape[1], x.shape[2], size, policy)
         top, left, h, w = box

@@ -40,6 +40,7 @@ from typing import TypeVar
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from spadecam import inputs as _inputs
 from spadecam._progress import bar as progress_bar
 from spadecam._progress import interactive, note
 from spadecam.distributed import launch, rank_seed, shard
@@ -49,7 +50,7 @@ from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
-__all__ = ["TrainConfig", "TrainingDivergedError", "to_float_images", "train_cnn", "train_vae"]
+__all__ = ["TrainConfig", "TrainingDivergedError", "train_cnn", "train_vae"]
 
 
 class TrainingDivergedError(ValueError):
@@ -125,11 +126,15 @@ class TrainConfig:
         return asdict(self)
 
 
-def to_float_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] (N, C, H, W) -> float32 [0, 1]."""
-    if x.dtype == torch.uint8:
-        return x.float().div_(255.0)
-    return x.float()
+def __getattr__(name: str):
+    if name == "to_float_images":  # moved in 0.2 (issue 18), goes in 0.3
+        import warnings
+
+        warnings.warn("spadecam.training.to_float_images moved to "
+                      "spadecam.inputs.to_float_images in 0.2; the old name goes in 0.3",
+                      DeprecationWarning, stacklevel=2)
+        return _inputs.to_float_images
+    raise AttributeError(f"module 'spadecam.training' has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -367,7 +372,7 @@ def train_vae(
         model = ConvVAE(config)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
+        u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
         logits, mu, logvar = m(u, sample=m.training)
         return negative_elbo(
             logits.float(), u, mu.float(), logvar.float(),
@@ -415,7 +420,7 @@ def train_cnn(
                  else ConvClassifier(config))
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        u = to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
+        u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
         return classifier_loss(m(u).float(), batch[1], loss)
 
     return _fit(model, (x, y.long()), loss_fn, train, "classifier")

@@ -30,6 +30,7 @@ from spadecam.inputs import (
     maps_to_images,
     min_input_size,
     stack_maps,
+    to_float_images,
     to_model_batch,
 )
 from spadecam.io import ModelFormatError, check_detector_params, load_model_parts, read_config, save_models
@@ -38,7 +39,7 @@ from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
 from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold
-from spadecam.training import TrainConfig, to_float_images
+from spadecam.training import TrainConfig
 
 _M = TypeVar("_M", bound=nn.Module)
 
