@@ -6,7 +6,7 @@ reconstruction error), through the shared benchmark runner.
         --cnn-steps 250
     .venv/bin/python benchmarks/validate.py noisy-mnist --latent 8 --vae-steps 600 --cnn-steps 250
 
-ELPV: the validation split of benchmarks/elpv_split.csv. Noisy-MNIST: models trained on MNIST
+ELPV: the validation split of src/spadecam/data/elpv_split.csv. Noisy-MNIST: models trained on MNIST
 training images [:50000], scored on 2,000 noisy images from [50000:] (known 3 and 9).
 Appends one row per (configuration, variant, protocol, subset, seed) to ``--out``
 (default benchmarks/results/<benchmark>_validation.csv) and prints the table per variant.

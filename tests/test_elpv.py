@@ -7,6 +7,7 @@ import builtins
 import collections
 import csv
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,12 @@ def test_quick_recipe_is_smaller():
     assert q.image_size < r.image_size and q.vae_train.steps < r.vae_train.steps
     assert dataclasses.replace(q, name=r.name, image_size=r.image_size, vae_train=r.vae_train,
                                cnn_train=r.cnn_train) == r
+
+
+def test_the_split_file_is_package_data():
+    # issue 18: it was found through the repository root (parents[2] / "benchmarks"), which
+    # an installed wheel does not have
+    import spadecam
+
+    assert ELPV_SPLIT.is_file()
+    assert ELPV_SPLIT.is_relative_to(Path(spadecam.__file__).parent)

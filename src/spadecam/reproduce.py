@@ -523,8 +523,9 @@ def noisy_mnist_val_data(
 
 # --------------------------------------------------------------------------- ELPV
 
-#: The committed ELPV split (benchmarks/elpv_split.csv), found from the repository root.
-ELPV_SPLIT = Path(__file__).resolve().parents[2] / "benchmarks" / "elpv_split.csv"
+#: The committed ELPV split, package data (it was found through the repository root, which
+#: an installed wheel does not have; issue 18).
+ELPV_SPLIT = Path(__file__).resolve().parent / "data" / "elpv_split.csv"
 #: Test columns of the ELPV benchmark, in table order: (protocol, subset).
 ELPV_COLUMNS = (
     ("unseen_type", "mono"), ("unseen_type", "poly"), ("unseen_type", "all"),
@@ -696,7 +697,7 @@ def run_elpv(
         ``results.csv`` (method,protocol,subset,seed,auroc,aupr,recipe) and ``table.md``,
         written atomically.
     root, split_file : the data folder and split file (defaults: the elpv-dataset package
-        and benchmarks/elpv_split.csv); tests pass small generated images.
+        and src/spadecam/data/elpv_split.csv); tests pass small generated images.
     ablations : bool
         Also score SPADE without each of our modifications (:data:`ELPV_ABLATIONS`; default
         True; ``spadecam reproduce elpv`` runs them with ``--ablations``).

@@ -15,7 +15,7 @@ Split (:func:`make_split`)
 --------------------------
 Train / validation / test, stratified by (probability, cell type): within each of the 8
 strata the cells are shuffled with a fixed seed and cut 60 / 20 / 20. The split is committed
-as ``benchmarks/elpv_split.csv`` (``path,probability,type,split``) and read back with
+as ``src/spadecam/data/elpv_split.csv`` (package data) (``path,probability,type,split``) and read back with
 :func:`read_split`, so every run and every seed uses the same cells.
 
 numpy + Pillow only (no torch).
