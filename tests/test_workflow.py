@@ -238,7 +238,8 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
     fails([*base, *anomaly, "--epochs", "0"], capsys, "--epochs")
     fails([*base, *anomaly, "--error-smoothing", "-1"], capsys, "--error-smoothing", ">= 0")
     fails([*base, *anomaly, "--cam-layer", "3"], capsys, "--cam-layer", "-3 to 2", "got 3")
-    fails([*base, *anomaly, "--roi-power", "0"], capsys, "--roi-power must be > 0")
+    fails([*base, *anomaly, "--roi-power", "0"], capsys,
+          "--roi-power must be a finite number > 0, got 0.0")
     fails([*base, *anomaly, "--classifier-weight", "-1"], capsys, "--classifier-weight")
     assert not out.exists()
     (tmp_path / "stuff").mkdir()

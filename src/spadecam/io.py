@@ -333,13 +333,19 @@ class _Section:
     """
 
     def __init__(self, path: Path | str, data: dict[str, Any], prefix: str = "",
-                 error: type[Exception] = ModelFormatError) -> None:
+                 error: type[Exception] = ModelFormatError,
+                 rename: Callable[[str], str] | None = None) -> None:
         self.path, self.data, self.prefix, self.error = path, data, prefix, error
+        self.rename = rename  # how a message names a key (e.g. as a CLI option)
 
     def key(self, name: str) -> str:
+        if self.rename is not None:
+            return self.rename(name)
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def fail(self, name: str, expected: str, found: Any) -> NoReturn:
+        if self.rename is not None:  # an option left out is the default, never a "null"
+            expected = expected.removesuffix(" or null")
         raise self.error(
             f"{self.path}: {self.key(name)} must be {expected}, got {_shown(found)}"
         )
@@ -493,13 +499,14 @@ def _validate(config: dict[str, Any], path: Path) -> None:
 
 
 def check_detector_params(owner: str, params: dict[str, Any],
-                          cnn_layers: int | None = None) -> None:
+                          cnn_layers: int | None = None, as_options: bool = False) -> None:
     """The detector parameters ``params`` (a constructor's arguments) by the rules that
     config.json's ``detector.params`` is read by, so the API and a model directory accept
     the same values.
 
     Python forms are read as their JSON ones first (a tuple as a list, numpy scalars as
-    numbers). ``owner`` names the detector in the message.
+    numbers). ``owner`` names the detector (or command) in the message; ``as_options``
+    names each parameter as its command-line option (``roi_power`` as ``--roi-power``).
 
     Raises
     ------
@@ -512,8 +519,9 @@ def check_detector_params(owner: str, params: dict[str, Any],
             return [plain(e) for e in v]
         return v.item() if isinstance(v, np.generic) else v
 
-    _check_params(_Section(owner, {k: plain(v) for k, v in params.items()}, error=ValueError),
-                  cnn_layers)
+    rename = (lambda k: "--" + k.replace("_", "-")) if as_options else None
+    _check_params(_Section(owner, {k: plain(v) for k, v in params.items()}, error=ValueError,
+                           rename=rename), cnn_layers)
 
 
 def _check_params(params: _Section, cnn_layers: int | None) -> None:

@@ -62,10 +62,9 @@ from spadecam.detectors import (
     default_cnn_config,
 )
 from spadecam.distributed import fabric_settings, fail_together, gather_in_order, launch, shard
-from spadecam.error import _check_error_params
 from spadecam.evaluation import atomic_write_text
 from spadecam.inputs import PreparedImages, min_input_size
-from spadecam.io import ModelFormatError
+from spadecam.io import ModelFormatError, check_detector_params
 from spadecam.metrics import image_metrics, pixel_auroc
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
@@ -164,25 +163,20 @@ def build_detector(
     if recipe not in RECIPE_DEFAULTS:
         raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
     defaults = RECIPE_DEFAULTS[recipe]
-    _check_error_params(
-        defaults["error_smoothing"] if error_smoothing is None else error_smoothing,
-        defaults["error_norm"] if error_norm is None else error_norm,
-        names=("--error-smoothing", "--error-norm"),
-    )
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size,
                         latent_dim=defaults["latent_dim"] if latent_dim is None else latent_dim)
     cnn_cfg = (
         ResNetConfig(in_channels=channels) if backbone == "resnet18"
         else default_cnn_config(image_size, recipe).sized(channels)
     )
-    if roi_power is not None and not roi_power > 0:
-        raise ValueError(f"--roi-power must be > 0, got {roi_power}")
-    if classifier_weight is not None and not classifier_weight >= 0:
-        raise ValueError(f"--classifier-weight must be >= 0, got {classifier_weight}")
-    n_layers = len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None
-    if n_layers is not None and not -n_layers <= cam_layer < n_layers:
-        raise ValueError(f"--cam-layer must be a layer of the {backbone} classifier's "
-                         f"{n_layers} ({-n_layers} to {n_layers - 1}), got {cam_layer}")
+    # the detector's own rules (those of config.json), each named as its option
+    check_detector_params(
+        "spadecam train",
+        dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
+             classifier_weight=classifier_weight, cam_layer=cam_layer,
+             threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout),
+        len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None, as_options=True,
+    )
     need = min_input_size(vae_cfg, cnn_cfg)
     if image_size < need:
         raise ValueError(
