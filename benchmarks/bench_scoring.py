@@ -55,9 +55,10 @@ from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import resolve_scoring_precision, resolve_training_precision
-from spadecam.reproduce import TEST_SEED, get_recipe
+from spadecam.protocols import TEST_SEED
+from spadecam.recipes import get_recipe
 from spadecam.roi import roi_weights
-from spadecam.scoring import _scoring_context
+from spadecam.scoring import scoring_context
 from spadecam.training import train_cnn, train_vae
 
 N_IMAGES = 2048
@@ -114,12 +115,12 @@ def _forward_bound(det: SPADE, u8: np.ndarray) -> None:
 
     The same batches (``det.batch_size``, the same input conversion,
     :func:`spadecam.inputs.iter_model_batches`), the same precision, eval mode and
-    inference mode (:func:`spadecam.scoring._scoring_context`): VAE forward, then the CNN
+    inference mode (:func:`spadecam.scoring.scoring_context`): VAE forward, then the CNN
     forward on u and u_hat as one batch; no Grad-CAM, no ROI, no error. The scoring path does
     all of this and more, so (a) / (c) <= 1 up to timing noise.
     """
     size, channels = det._input_spec()
-    with _scoring_context(det.precision, det.cnn_, det.vae_) as device:
+    with scoring_context(det.precision, det.cnn_, det.vae_) as device:
         for mb in iter_model_batches(u8, det.batch_size, size, det.resize, channels):
             u = mb.u.to(device)
             det.cnn_(torch.cat([u, det.vae_.reconstruct(u)]))

@@ -16,23 +16,26 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from spadecam.benchmark import _float, run_benchmark, spade_scores
+from spadecam.benchmark import ProtocolResult, run_benchmark
 from spadecam.cam import grad_cam
-from spadecam.detectors import SPADE
-from spadecam.reproduce import _elpv_spadecam_recipe, elpv_data
+from spadecam.inputs import to_float_images
+from spadecam.protocols import elpv_data
+from spadecam.recipes import get_elpv_recipe
 from spadecam.roi import roi_weights
 
 
 def main() -> None:
-    r = _elpv_spadecam_recipe()
+    r = get_elpv_recipe("spadecam")
+    size = int(r.image_size or 48)
 
     def load(seed):
-        d = elpv_data(seed, r.image_size, "val")
+        d = elpv_data(seed, size, "val")
         d.protocols = [p for p in d.protocols if p.name == "unseen_type"]
         return d
 
-    def measure(seed, prot, vae, cnn, data, u_hat, scores):
-        u = _float(data.x_test)
+    def measure(res: ProtocolResult) -> None:
+        prot, cnn, data, u_hat, scores = res.protocol, res.cnn, res.data, res.u_hat, res.scores
+        u = to_float_images(data.x_test)
         with torch.inference_mode():
             m_u, m_h = grad_cam(cnn, u), grad_cam(cnn, u_hat)
             w = roi_weights(m_u, m_h, u.shape[-2:], upsample="bilinear").flatten(1)
@@ -41,9 +44,7 @@ def main() -> None:
         ent = -(w * torch.log(w.clamp_min(1e-12))).sum(1)
         area = (ent.exp() / n_pix).numpy()
         peak = (w.max(1).values * n_pix).numpy()
-        paper = spade_scores(SPADE.from_models(vae, cnn, **{
-            "error_smoothing": r.error_smoothing, "error_norm": r.error_norm,
-            "classifier_weight": 0.0}), data.x_test, u_hat)
+        paper = res.spade(classifier_weight=0.0)
         print(f"image {u.shape[-1]} px, Grad-CAM grid {m_u.shape[-1]} x {m_u.shape[-2]} "
               f"({u.shape[-1] // m_u.shape[-1]} px per cell)")
         print(f"ROI effective area / image: median {np.median(area):.3f} "

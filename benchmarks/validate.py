@@ -22,19 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from spadecam.benchmark import run_benchmark, spade_scores, vae_scores
+from spadecam.benchmark import ProtocolResult, run_benchmark, vae_scores
 from spadecam.data import load_mnist
-from spadecam.detectors import SPADE
 from spadecam.evaluation import auroc
 from spadecam.metrics import average_precision
 from spadecam.models import CNNConfig, VAEConfig
-from spadecam.reproduce import (
-    ELPV_COLUMNS,
-    _elpv_spadecam_recipe,
-    _spadecam_recipe,
-    elpv_data,
-    noisy_mnist_val_data,
-)
+from spadecam.protocols import ELPV_COLUMNS, elpv_data, noisy_mnist_val_data
+from spadecam.recipes import get_elpv_recipe, get_recipe
 
 #: Scoring variants: (name, error options or None for the recipe's, SPADE parameters).
 VARIANTS = [
@@ -67,7 +61,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     mnist = a.benchmark == "noisy-mnist"
-    r = _spadecam_recipe() if mnist else _elpv_spadecam_recipe()
+    r = get_recipe("spadecam") if mnist else get_elpv_recipe("spadecam")
     k = a.cnn_kernel
     r = dataclasses.replace(
         r, image_size=None if mnist else a.image_size, vae=VAEConfig(latent_dim=a.latent),
@@ -80,16 +74,17 @@ def main() -> None:
     config = f"{size}px_latent{a.latent}_vae{a.vae_steps}_cnn{a.cnn_steps}_k{k}"
     extra: list[dict] = []
 
-    def variants(seed, prot, vae, cnn, data, u_hat, scores):
+    def variants(res: ProtocolResult) -> None:
+        seed, prot, data, u_hat, scores = res.seed, res.protocol, res.data, res.u_hat, res.scores
         if prot.name == "cnn_all_labels":
             return
-        base = {"cam_layer": r.cam_layer, "upsample": r.upsample}
         out = {}
         for name, err, params in VARIANTS:
             sm, nm = err or (r.error_smoothing, r.error_norm)
-            det = SPADE.from_models(vae, cnn, **{**base, "error_smoothing": sm, "error_norm": nm,
-                                                 **params})
-            out[name] = spade_scores(det, data.x_test, u_hat)
+            # the recipe's SPADE parameters (classifier_weight on ELPV) are not cleared here:
+            # a variant lists what it changes, as the runner's ablations do
+            out[name] = res.spade(**{"classifier_weight": 0.0, "error_smoothing": sm,
+                                     "error_norm": nm, **params})
         for name, (sm, nm) in ERRORS.items():
             out[name] = vae_scores(data.x_test, u_hat, sm, nm)
         for (pname, subset), idx in prot.columns.items():

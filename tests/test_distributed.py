@@ -122,7 +122,8 @@ def test_cli_options_reach_fabric():
 
 
 def test_reproduce_keeps_the_recipe_global_batch():
-    from spadecam.reproduce import _per_process_batch, get_recipe
+    from spadecam.benchmark import _per_process_batch
+    from spadecam.recipes import get_recipe
 
     r = get_recipe("paper")
     split = _per_process_batch(r, 4)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import spadecam.reproduce
+import spadecam.protocols
 from spadecam import SPADE
 from spadecam.cli import main
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
@@ -86,7 +86,7 @@ def no_reproduction(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the CLI started loading data despite invalid arguments")
 
-    monkeypatch.setattr(spadecam.reproduce, "load_mnist", refuse)
+    monkeypatch.setattr(spadecam.protocols, "load_mnist", refuse)
 
 
 @pytest.mark.parametrize("known", ["0", "1,1", "10", "3,-1"])

@@ -24,7 +24,9 @@ from spadecam.data.elpv import (
     split_to_csv,
 )
 from spadecam.models import CNNConfig, VAEConfig
-from spadecam.reproduce import ELPV_SPLIT, Recipe, elpv_data, run_elpv
+from spadecam.protocols import ELPV_SPLIT, elpv_data
+from spadecam.recipes import Recipe
+from spadecam.reproduce import run_elpv
 from spadecam.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -174,7 +176,7 @@ def test_cli_reproduce_elpv_without_the_package(without_elpv_package, capsys):
 
 
 def test_quick_recipe_is_smaller():
-    from spadecam.reproduce import _elpv_quick, _elpv_spadecam_recipe
+    from spadecam.recipes import _elpv_quick, _elpv_spadecam_recipe
 
     r = _elpv_spadecam_recipe()
     q = _elpv_quick(r)

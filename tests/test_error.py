@@ -16,7 +16,8 @@ import torch
 from spadecam import SPADE, NaiveSPADE, VAEDetector
 from spadecam.detectors import gaussian_blur, reconstruction_error, spade_error_map
 from spadecam.models import CNNConfig, ConvClassifier, ConvVAE, VAEConfig
-from spadecam.reproduce import ABLATIONS, get_recipe
+from spadecam.recipes import get_recipe
+from spadecam.reproduce import ABLATIONS
 
 
 def test_blur_zero_sigma_is_identity():

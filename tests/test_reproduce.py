@@ -13,7 +13,8 @@ import torch
 from spadecam.evaluation import METHODS, RESULT_COLUMNS
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
-from spadecam.reproduce import ABLATIONS, get_recipe, run_noisy_mnist
+from spadecam.recipes import get_recipe
+from spadecam.reproduce import ABLATIONS, run_noisy_mnist
 
 DATA = Path(os.environ.get("SPADECAM_DATA", Path(__file__).resolve().parents[2] / "shared/data/mnist"))
 pytestmark = pytest.mark.skipif(
@@ -77,9 +78,10 @@ def test_bad_known_class_is_rejected():
 def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
     from spadecam import reproduce
+    from spadecam.benchmark import reconstruct as _reconstruct
     from spadecam.models.cnn import ConvClassifier
     from spadecam.models.vae import ConvVAE
-    from spadecam.reproduce import _figures_for_model, _reconstruct
+    from spadecam.reproduce import _figures_for_model
 
     seen = {}
     real = reproduce.plot_gallery

@@ -1,26 +1,28 @@
-"""One benchmark runner; a benchmark is data: what to train on, which protocols, which columns.
+"""The one benchmark runner; a benchmark is data: what to train on, which protocols, columns.
 
 A data set describes one seed of a benchmark as a :class:`BenchmarkData`: the normal
 training images (the VAE's, eq. 1, and the classifier's normal class), the test images and
 their labels, and a list of :class:`Protocol` s. A protocol is one classifier (eq. 2): the
 known anomalies it is trained on, the methods scored with it and the result columns
 (protocol, subset of the test set) those scores enter. :func:`run_benchmark` does the rest
-the same way for every data set:
+the same way for Noisy-MNIST (:func:`spadecam.reproduce.run_noisy_mnist`) and ELPV
+(:func:`spadecam.reproduce.run_elpv`):
 
 1. per seed, train the VAE once on the normal images and reconstruct the test set once;
 2. per protocol, train the classifier on normal + known images and score the test set with
-   the methods (VAE-based, CNN-based, Naive SPADE, SPADE; Algorithm 1);
+   the methods (VAE-based, CNN-based, Naive SPADE, SPADE; Algorithm 1) and the SPADE
+   variants (ablations) on the same models, the signed Grad-CAM maps computed once;
 3. one row per (method, protocol, subset, seed) with AUROC and AUPR (anomalous = positive).
 
-The ELPV benchmark (:func:`spadecam.reproduce.run_elpv`) is built this way; the Noisy-MNIST
-reproduction shares its scoring functions.
+Precision and distribution come from one :class:`Execution` (:func:`start`): the training
+precision and Fabric settings (DDP: each process trains on its shard, every process scores
+the whole test set, rank 0 reports) and the scoring precision of every method and variant.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,24 +30,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from spadecam.detectors import (
-    SPADE,
-    CNNDetector,
-    NaiveSPADE,
-    reconstruction_error,
-)
-from spadecam.evaluation import METHOD_LABELS, auroc
+from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE
+from spadecam.error import reconstruction_error
+from spadecam.evaluation import METHOD_LABELS, auroc, summarise
 from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
-from spadecam.scoring import _scoring_context
+from spadecam.scoring import scoring_context
 from spadecam.training import train_cnn, train_vae
 
 __all__ = [
     "BenchmarkData",
+    "Execution",
     "Protocol",
+    "ProtocolResult",
     "format_columns_table",
     "method_scores",
     "run_benchmark",
+    "start",
 ]
 
 _BATCH = 256
@@ -70,6 +71,8 @@ class Protocol:
     rename : dict
         Method names in the results, e.g. {"cnn": "cnn_all_labels"} for a supervised
         reference.
+    meta : dict
+        Extra columns of every row of this protocol (e.g. {"known_class": 3}).
     """
 
     name: str
@@ -77,6 +80,7 @@ class Protocol:
     columns: dict[tuple[str, str], np.ndarray]
     methods: tuple[str, ...] = ("vae", "cnn", "naive_spade", "spade")
     rename: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,16 +101,80 @@ class BenchmarkData:
     protocols: Iterable[Protocol]
 
 
+@dataclass(frozen=True)
+class Execution:
+    """Where and in which precision a benchmark trains and scores (:func:`start`).
+
+    Attributes
+    ----------
+    train : dict
+        Fabric options put into every :class:`~spadecam.training.TrainConfig` (empty: each
+        recipe's own precision, one process).
+    score_precision : {"32", "bf16"}
+        Scoring precision of every method and variant (and of the reconstructions).
+    train_precision : str
+        The training precision as resolved (for the result rows), or "recipe".
+    rank, world_size : int
+        This process's DDP rank and the number of processes (0 and 1 without DDP).
+    device : str
+        The training device type.
+    """
+
+    train: dict = field(default_factory=dict)
+    score_precision: str = "32"
+    train_precision: str = "recipe"
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+
+def start(precision: str | None = None, distributed: dict | None = None) -> Execution:
+    """Resolve the precision and start the DDP processes (if any) before any work.
+
+    Parameters
+    ----------
+    precision : {"auto", "32", "bf16", "32-true", "bf16-mixed", "16-mixed"} or None
+        Training and scoring precision (:func:`spadecam.precision.from_option`). None: each
+        recipe's training precision, fp32 scoring (what the ELPV table and the validation
+        scripts measured).
+    distributed : dict, optional
+        Fabric settings (``accelerator``, ``devices``, ``strategy``, ``num_nodes``,
+        ``precision``; :func:`spadecam.distributed.launch`); ``precision`` here overrides
+        the training part. With several devices this starts the other processes.
+
+    Raises
+    ------
+    ValueError
+        An unknown precision or bad Fabric settings.
+    """
+    from spadecam.distributed import fabric_settings, launch
+    from spadecam.precision import from_option, resolve_scoring_precision
+
+    given = {k: v for k, v in (distributed or {}).items() if v is not None}
+    if precision is None and not given:
+        return Execution()
+    train_prec, score_prec = from_option(precision) if precision is not None else (None, "32")
+    fab: dict[str, Any] = {} if train_prec is None else {"precision": train_prec}
+    fab.update(given)
+    fabric = launch(**fab)
+    return Execution(
+        train=fab,
+        score_precision=resolve_scoring_precision(score_prec, "cpu"),  # scoring on the CPU
+        train_precision=fabric_settings(**fab)["precision"] or "fabric run",
+        rank=fabric.global_rank, world_size=fabric.world_size, device=fabric.device.type,
+    )
+
+
 def _float(u8: torch.Tensor) -> torch.Tensor:
     return _channels_last(to_float_images(u8))
 
 
 def reconstruct(vae: Any, u8: torch.Tensor, precision: str = "32") -> torch.Tensor:
     """u_hat = VAE(u) for every image, (N, C, S, S) float32 in [0, 1], in batches."""
-    # layout only; eval mode for the duration comes from _scoring_context, which gives every
+    # layout only; eval mode for the duration comes from scoring_context, which gives every
     # submodule its own mode back (this used to leave the caller's VAE in eval mode)
     vae = vae.to(memory_format=torch.channels_last)
-    with _scoring_context(precision, vae):
+    with scoring_context(precision, vae):
         return torch.cat(
             [vae.reconstruct(_float(u8[i : i + _BATCH])) for i in range(0, len(u8), _BATCH)]
         ).float()
@@ -180,13 +248,92 @@ def method_scores(
     return {m: make[m]() for m in methods}
 
 
+@dataclass
+class ProtocolResult:
+    """What :func:`run_benchmark` passes to ``on_protocol`` after each protocol.
+
+    Attributes
+    ----------
+    seed : int
+    protocol : Protocol
+    vae, cnn : the trained models
+    data : BenchmarkData
+    u_hat : Tensor (T, C, S, S) float32, the reconstructions of ``data.x_test``
+    scores : dict method -> ndarray (T,), the methods' test scores (before renaming)
+    recipe : the run's recipe
+    execution : Execution
+    """
+
+    seed: int
+    protocol: Protocol
+    vae: Any
+    cnn: Any
+    data: BenchmarkData
+    u_hat: torch.Tensor
+    scores: dict[str, np.ndarray]
+    recipe: Any
+    execution: Execution
+    _cams: list | None = None
+    _u_hat_in: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def spade(self, **params: Any) -> np.ndarray:
+        """Test scores of a SPADE variant on the same models (e.g. ``roi_power=2``).
+
+        ``params`` override the recipe's SPADE parameters; the scoring precision is the
+        run's unless ``precision`` is given (then the test set is reconstructed in it once).
+        The signed Grad-CAM maps are reused when the variant reads the same ones.
+        """
+        prec = params.pop("precision", self.execution.score_precision)
+        kw = {**detector_params(self.recipe), **params, "precision": prec}
+        det = SPADE.from_models(self.vae, self.cnn, **kw)
+        if prec != self.execution.score_precision:
+            if prec not in self._u_hat_in:
+                self._u_hat_in[prec] = reconstruct(self.vae, self.data.x_test, prec)
+            return spade_scores(det, self.data.x_test, self._u_hat_in[prec])
+        # the maps depend on the classifier, the layer, the method and the precision only
+        base = SPADE.from_models(self.vae, self.cnn, **detector_params(self.recipe))
+        same = (det.cam_layer, det.cam_method) == (base.cam_layer, base.cam_method)
+        return spade_scores(det, self.data.x_test, self.u_hat, self._cams if same else None)
+
+    def rows(self, scores: dict[str, np.ndarray]) -> list[dict]:
+        """One row per (method, column) for ``scores`` on this protocol's columns."""
+        out = []
+        y = self.data.y_test
+        for (pname, subset), idx in self.protocol.columns.items():
+            for m, s in scores.items():
+                lab, sc = y[idx], s[idx]
+                out.append({"method": self.protocol.rename.get(m, m), "protocol": pname,
+                            "subset": subset, "seed": self.seed, "auroc": auroc(lab, sc),
+                            "aupr": average_precision(lab, sc), "recipe": self.recipe.name,
+                            "n_test": len(idx), "n_anomalous": int(lab.sum()),
+                            **self.protocol.meta})
+        return out
+
+
+def _per_process_batch(r: Any, world: int) -> Any:
+    """The recipe with each batch split over ``world`` DDP processes (same global batch)."""
+    for t in (r.vae_train, r.cnn_train):
+        if t.batch_size % world:
+            raise ValueError(
+                f"recipe {r.name}: its batch of {t.batch_size} images does not split evenly "
+                f"over {world} processes; use a number of processes that divides it"
+            )
+    return dataclasses.replace(
+        r,
+        vae_train=dataclasses.replace(r.vae_train, batch_size=r.vae_train.batch_size // world),
+        cnn_train=dataclasses.replace(r.cnn_train, batch_size=r.cnn_train.batch_size // world),
+    )
+
+
 def run_benchmark(
     load: Callable[[int], BenchmarkData],
     recipe: Any,
     seeds: Sequence[int] = (0,),
     progress: bool = True,
     log: Callable[[str], Any] = print,
-    on_protocol: Callable[..., Any] | None = None,
+    on_protocol: Callable[[ProtocolResult], Any] | None = None,
+    execution: Execution | None = None,
+    ablations: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Train and score a benchmark over seeds; one row per (method, protocol, subset, seed).
 
@@ -194,48 +341,67 @@ def run_benchmark(
     ----------
     load : callable seed -> BenchmarkData
         The data set's description of one seed.
-    recipe : object with ``name``, ``vae``, ``cnn``, ``vae_train``, ``cnn_train``, ``loss``,
-        ``cam_layer``, ``upsample``, ``error_smoothing``, ``error_norm`` (and optionally
-        ``spade_params``), e.g. :class:`spadecam.reproduce.Recipe`; the training seeds are
-        replaced by each seed.
+    recipe : :class:`spadecam.recipes.Recipe` (or an object with its training and scoring
+        fields); the training seeds are replaced by each seed.
     seeds : model seeds (weights, batch order, splits the data set draws per seed)
     on_protocol : callable, optional
-        Called as ``on_protocol(seed, protocol, vae, cnn, data, u_hat, scores)`` after each
-        protocol (ablations, figures).
+        Called with a :class:`ProtocolResult` after each protocol (figures, measurements).
+    execution : Execution, optional
+        Precision and DDP (:func:`start`; default: the recipe's training precision, one
+        process, fp32 scoring). Under DDP only rank 0 logs.
+    ablations : dict name -> SPADE parameters, optional
+        SPADE variants scored on the same models for every protocol that scores "spade"
+        (:meth:`ProtocolResult.spade`); their rows follow the methods' rows.
 
     Returns
     -------
     list of dict with keys method, protocol, subset, seed, auroc, aupr, recipe, n_test,
-    n_anomalous.
+    n_anomalous (and each protocol's ``meta``; with an ``execution`` from :func:`start`,
+    train_precision and score_precision).
     """
+    ex = execution or Execution()
+    if ex.rank != 0:
+        log, progress = (lambda *a, **k: None), False  # rank 0 reports
+    r = _per_process_batch(recipe, ex.world_size)
+    extra = {} if execution is None else {"train_precision": ex.train_precision,
+                                          "score_precision": ex.score_precision}
     rows: list[dict] = []
     t0 = time.perf_counter()
     for seed in seeds:
         data = load(seed)
-        vae = train_vae(data.x_normal, recipe.vae,
-                        dataclasses.replace(recipe.vae_train, seed=seed, progress=progress))
+        vae = train_vae(data.x_normal, r.vae, dataclasses.replace(
+            r.vae_train, seed=seed, progress=progress, **ex.train))
         log(f"seed {seed}: VAE {_summary(vae)}")
-        u_hat = reconstruct(vae, data.x_test)
-        s_vae = vae_scores(data.x_test, u_hat, recipe.error_smoothing, recipe.error_norm)
+        # the VAE does not depend on the known class: reconstruct the test set once
+        u_hat = reconstruct(vae, data.x_test, ex.score_precision)
+        s_vae = vae_scores(data.x_test, u_hat, r.error_smoothing, r.error_norm)
+        u_hat_in: dict[str, torch.Tensor] = {}  # reconstructions in other precisions, per seed
         for prot in data.protocols:
             x = torch.cat([data.x_normal, prot.x_known])
             y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(prot.x_known))]).long()
-            cnn = train_cnn(x, y, recipe.cnn,
-                            dataclasses.replace(recipe.cnn_train, seed=seed, progress=progress),
-                            recipe.loss)
-            scores = method_scores(prot.methods, recipe, vae, cnn, data.x_test, u_hat, s_vae)
-            for (pname, subset), idx in prot.columns.items():
-                for m, s in scores.items():
-                    lab, sc = data.y_test[idx], s[idx]
-                    rows.append({"method": prot.rename.get(m, m), "protocol": pname,
-                                 "subset": subset, "seed": seed, "auroc": auroc(lab, sc),
-                                 "aupr": average_precision(lab, sc), "recipe": recipe.name,
-                                 "n_test": len(idx), "n_anomalous": int(lab.sum())})
+            cnn = train_cnn(x, y, r.cnn, dataclasses.replace(
+                r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
+            # the signed maps of u and u_hat, once: SPADE and the variants that only change
+            # the ROI arithmetic read them without running the classifier again
+            cams = None
+            if "spade" in prot.methods:
+                det = SPADE.from_models(vae, cnn, **detector_params(r),
+                                        precision=ex.score_precision)
+                cams = cam_batches(det, data.x_test, u_hat)
+            scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
+                                   ex.score_precision, cams)
+            res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, u_hat_in)
+            new = res.rows(scores)
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known, CNN {_summary(cnn)}): "
-                + ", ".join(f"{r['method']} {r['protocol']}/{r['subset']} {r['auroc']:.3f}"
-                            for r in rows[-len(scores) * len(prot.columns):]))
+                + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"
+                            for q in new))
+            if ablations and "spade" in prot.methods:
+                more = res.rows({name: res.spade(**params) for name, params in ablations.items()})
+                log("  variants: " + ", ".join(f"{q['method']} {q['auroc']:.3f}" for q in more))
+                new += more
+            rows += [q | extra for q in new]
             if on_protocol is not None:
-                on_protocol(seed, prot, vae, cnn, data, u_hat, scores)
+                on_protocol(res)
         log(f"seed {seed} done: {time.perf_counter() - t0:.0f} s since the start")
     return rows
 
@@ -248,22 +414,12 @@ def _summary(model: Any) -> str:
     return f"{t['steps']} steps ({stop}, best at step {t['best_step']})"
 
 
-def summarise_columns(rows: Iterable[dict], key: str = "auroc"
-                      ) -> dict[tuple[str, str, str], tuple[float, float, int]]:
-    """(method, protocol, subset) -> (mean, sample sd (0 for one seed), number of seeds)."""
-    acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for r in rows:
-        acc[(r["method"], r["protocol"], r["subset"])].append(float(r[key]))
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for k, v in acc.items()}
-
-
 def format_columns_table(
     rows: Sequence[dict], methods: Sequence[str], columns: Sequence[tuple[str, str]],
     key: str = "auroc", labels: dict[str, str] | None = None,
 ) -> str:
     """Markdown table: one row per method, one column per (protocol, subset), mean ± sd."""
-    stats = summarise_columns(rows, key)
+    stats = summarise(rows, by=("method", "protocol", "subset"), key=key)
     labels = {**METHOD_LABELS, **(labels or {})}
     head = "| method | " + " | ".join(f"{p} / {s}" for p, s in columns) + " |"
     lines = [head, "|" + "---|" * (len(columns) + 1)]

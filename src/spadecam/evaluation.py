@@ -61,15 +61,26 @@ def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarr
     return float(roc_auc_score(labels, scores))
 
 
-def summarise(rows: Iterable[dict]) -> dict[tuple[str, int], tuple[float, float, int]]:
-    """Mean, sample sd (0 for one seed) and count of AUROC per (method, known_class)."""
-    groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+def _group_key(v: object) -> object:
+    # rows read back from a CSV hold strings: "3" groups with 3
+    return int(str(v)) if str(v).lstrip("-").isdigit() else str(v)
+
+
+def summarise(
+    rows: Iterable[dict], by: Sequence[str] = ("method", "known_class"), key: str = "auroc"
+) -> dict[tuple, tuple[float, float, int]]:
+    """Mean, sample sd (0 for one seed) and count of ``key`` per group of the ``by`` columns.
+
+    The default groups Noisy-MNIST rows per (method, known_class); the benchmark tables group
+    per (method, protocol, subset). Integer-valued columns group as ints.
+    """
+    groups: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
-        groups[(str(r["method"]), int(r["known_class"]))].append(float(r["auroc"]))
+        groups[tuple(_group_key(r[b]) for b in by)].append(float(r[key]))
     out = {}
-    for key, vals in groups.items():
+    for k, vals in groups.items():
         sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        out[key] = (float(np.mean(vals)), sd, len(vals))
+        out[k] = (float(np.mean(vals)), sd, len(vals))
     return out
 
 

@@ -141,7 +141,7 @@ def signed_cams(
 
 
 @contextlib.contextmanager
-def _scoring_context(precision: str, model: nn.Module, *others: nn.Module) -> Iterator[str]:
+def scoring_context(precision: str, model: nn.Module, *others: nn.Module) -> Iterator[str]:
     """Eval mode, inference_mode and bf16 autocast where ``precision`` resolves to it.
 
     Yields the device type. ``precision`` is "auto", "32" or "bf16"

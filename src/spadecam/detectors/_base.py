@@ -59,7 +59,7 @@ def _as_labels(y: Any, n: int) -> torch.Tensor:
 def _prepare(model: _M) -> _M:
     # layout only: the parameters stay the same objects (an optimizer holding them still
     # works) and the train/eval mode is left to the caller; scoring switches to eval mode
-    # for its duration (_scoring_context). Module.to returns the module itself.
+    # for its duration (scoring_context). Module.to returns the module itself.
     # torch's stubs omit Module.to's documented memory_format keyword
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 

@@ -17,7 +17,7 @@ from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import default_cnn_config, default_vae_config
-from spadecam.scoring import _scoring_context
+from spadecam.scoring import scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
@@ -118,7 +118,7 @@ class VAEDetector(_BaseDetector):
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_")
-        with _scoring_context(self.precision, self.vae_) as device:
+        with scoring_context(self.precision, self.vae_) as device:
             u = u.to(device)
             u_hat = self.vae_.reconstruct(u).float()
             with torch.autocast(device, enabled=False):  # the error in fp32, as in SPADE
@@ -230,6 +230,6 @@ class CNNDetector(_BaseDetector):
     ) -> tuple[torch.Tensor, Any]:
         # the classifier sees the letterboxed image whole, as in training (valid unused)
         _require(self, "cnn_")
-        with _scoring_context(self.precision, self.cnn_) as device:
+        with scoring_context(self.precision, self.cnn_) as device:
             logits = self.cnn_(u.to(device)).float().cpu()
         return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None

@@ -18,7 +18,7 @@ from spadecam.models.cnn import CNNConfig, ConvClassifier
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
-from spadecam.scoring import _scoring_context, signed_cams, spade_error_map
+from spadecam.scoring import scoring_context, signed_cams, spade_error_map
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
@@ -237,7 +237,7 @@ class SPADE(_BaseDetector):
         classifier, ``cam_layer``, ``cam_method`` and precision (then no CNN pass is run).
         """
         _require(self, "cnn_")
-        with _scoring_context(self.precision, self.cnn_) as device:
+        with scoring_context(self.precision, self.cnn_) as device:
             m = spade_error_map(self.cnn_, u.to(device), u_hat.to(device), cams=cams,
                                 **self._map_kwargs())
             return m.float().cpu()
@@ -250,7 +250,7 @@ class SPADE(_BaseDetector):
         The map of u_hat is None when ``recon_branch == "none"`` (it would not be used).
         """
         _require(self, "cnn_")
-        with _scoring_context(self.precision, self.cnn_) as device:
+        with scoring_context(self.precision, self.cnn_) as device:
             u_hat_d = None if self.recon_branch == "none" else u_hat.to(device)
             return signed_cams(self.cnn_, u.to(device), u_hat_d, self.cam_layer, self.cam_method)
 
@@ -258,7 +258,7 @@ class SPADE(_BaseDetector):
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_", "cnn_")
-        with _scoring_context(self.precision, self.cnn_, self.vae_) as device:
+        with scoring_context(self.precision, self.cnn_, self.vae_) as device:
             u = u.to(device)
             u_hat = self.vae_.reconstruct(u)
             v = None if valid is None else valid.to(device)
