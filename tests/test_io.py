@@ -29,10 +29,10 @@ def single_thread():
     torch.set_num_threads(n)
 
 
-def models(backbone: str = "conv", seed: int = 0):
+def models(backbone: str = "small", seed: int = 0):
     torch.manual_seed(seed)
     vae = ConvVAE(VAEConfig(image_size=SIZE, latent_dim=4, channels=(4, 8)))
-    if backbone == "resnet":
+    if backbone == "resnet18":
         cnn = ResNetClassifier(ResNetConfig(widths=(4, 8, 8, 8), blocks=(1, 1, 1, 1)))
     else:
         cnn = ConvClassifier(CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)))
@@ -41,13 +41,13 @@ def models(backbone: str = "conv", seed: int = 0):
     return vae.eval(), cnn.eval()
 
 
-def detector(backbone: str = "conv", cls=SPADE, **params):
+def detector(backbone: str = "small", cls=SPADE, **params):
     det = cls.from_models(*models(backbone), **params)
     det.threshold_ = 0.125
     return det
 
 
-@pytest.mark.parametrize("backbone", ["conv", "resnet"])
+@pytest.mark.parametrize("backbone", ["small", "resnet18"])
 def test_save_load_round_trip(tmp_path, backbone):
     det = detector(backbone, cam_layer=-1, upsample="bicubic", threshold_quantile=0.95)
     path = det.save(tmp_path / "model", PRE, extra={"note": "hello"})
@@ -68,11 +68,29 @@ def test_save_load_round_trip(tmp_path, backbone):
     np.testing.assert_array_equal(loaded.predict(X), det.predict(X))
 
 
-def test_resnet_is_a_conv_classifier_with_closed_form_grad_cam():
-    from spadecam.cam import closed_form_applies, grad_cam
+@pytest.mark.parametrize(("old", "new"), [("conv", "small"), ("resnet", "resnet18")])
+def test_model_directories_of_0_1_load_with_their_backbone_names(tmp_path, old, new):
+    # 0.1 wrote "conv" / "resnet"; one name set now ("small" / "resnet18"), the old ones read
+    det = detector(new)
+    path = det.save(tmp_path / "model", PRE)
+    config = json.loads((path / "config.json").read_text())
+    assert config["cnn_backbone"] == new
+    config["cnn_backbone"] = old
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = SPADE.load(path)
+    assert type(loaded.cnn_) is type(det.cnn_)
+    np.testing.assert_array_equal(loaded.decision_function(X), det.decision_function(X))
 
-    _, cnn = models("resnet")
-    assert isinstance(cnn, ConvClassifier) and closed_form_applies(cnn, -1)
+
+def test_resnet_is_a_feature_classifier_with_closed_form_grad_cam():
+    from spadecam.cam import closed_form_applies, grad_cam
+    from spadecam.models import FeatureClassifier
+
+    _, cnn = models("resnet18")
+    # the classifier protocol (features + GAP + linear head), not a skipped ConvClassifier
+    # __init__ (issue 18)
+    assert isinstance(cnn, FeatureClassifier) and not isinstance(cnn, ConvClassifier)
+    assert closed_form_applies(cnn, -1)
     x = torch.rand(3, 1, SIZE, SIZE)
     torch.testing.assert_close(
         grad_cam(cnn, x, method="closed_form"), grad_cam(cnn, x, method="autograd"),

@@ -141,7 +141,8 @@ def test_resnet18_backbone(folders8, tmp_path):
     assert main(train_args(folders8, out, "--epochs", "1", "--backbone", "resnet18")) == 0
     det = SPADE.load(out)
     assert isinstance(det.cnn_, ResNetClassifier)
-    assert json.loads((out / "config.json").read_text())["cnn_backbone"] == "resnet"
+    # one backbone vocabulary: the CLI's name is the one stored (issue 18; 0.1 wrote "resnet")
+    assert json.loads((out / "config.json").read_text())["cnn_backbone"] == "resnet18"
     assert main(["score", str(out), str(folders8["test/defect"]), "--no-progress"]) == 0
 
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from spadecam.models.cnn import NORMAL_CLASS, ConvClassifier
+from spadecam.models.classifier import FeatureClassifier, has_linear_head
+from spadecam.models.cnn import NORMAL_CLASS
 
 __all__ = [
     "closed_form_applies",
@@ -88,11 +89,13 @@ def closed_form_applies(model: nn.Module, layer: int = -1) -> bool:
     """True when the layer Grad-CAM reads is followed directly by GAP + linear.
 
     Then dy^c/dA_k^ij = w_ck / Z at every pixel, so alpha_k = w_ck / Z (eq. 3) exactly and no
-    backward pass is needed. This holds for :class:`ConvClassifier` read at its last block.
+    backward pass is needed. This holds for a
+    :class:`~spadecam.models.classifier.FeatureClassifier` (the 3-conv CNN, ResNet-18) with its
+    GAP + linear head, read at its last block.
     """
-    return isinstance(model, ConvClassifier) and layer % len(model.features) == len(
-        model.features
-    ) - 1
+    if not (isinstance(model, FeatureClassifier) and has_linear_head(model)):
+        return False
+    return layer % len(model.features) == len(model.features) - 1
 
 
 def grad_cam(
@@ -107,8 +110,9 @@ def grad_cam(
     Parameters
     ----------
     model : nn.Module
-        A classifier returning logits (N, n_classes). For a :class:`ConvClassifier`, ``layer``
-        may be the index of a conv block; for any other model pass the module whose output is
+        A classifier returning logits (N, n_classes). For a
+        :class:`~spadecam.models.classifier.FeatureClassifier`, ``layer`` may be the index of
+        a block; for any other model pass the module whose output is
         A (a forward hook reads it and is removed before returning).
     x : Tensor (N, C, H, W), float
         Input images, [0, 1] scale.
@@ -143,26 +147,27 @@ def grad_cam(
     """
     if method not in ("auto", "closed_form", "autograd"):
         raise ValueError(f"method must be 'auto', 'closed_form' or 'autograd', got {method!r}")
-    if isinstance(layer, int) and not isinstance(model, ConvClassifier):
+    if isinstance(layer, int) and not isinstance(model, FeatureClassifier):
         raise ValueError(
-            "layer must be an nn.Module for models other than ConvClassifier, got an int"
+            "layer must be an nn.Module for models other than a FeatureClassifier (features + "
+            "GAP + linear head), got an int"
         )
     use_closed = isinstance(layer, int) and closed_form_applies(model, layer)
     if method == "closed_form" and not use_closed:
         raise ValueError(
-            "method='closed_form' needs a ConvClassifier read at its last conv block "
-            "(GAP + linear head after the CAM layer)"
+            "method='closed_form' needs a FeatureClassifier read at its last block, with its "
+            "GAP + linear head after the CAM layer"
         )
     if method == "autograd":
         use_closed = False
     with _eval_frozen(model):
         if use_closed:
-            assert isinstance(model, ConvClassifier)
+            assert isinstance(model, FeatureClassifier)
             return _closed_form_cam(model, x, class_idx)
         return _autograd_cam(model, x, layer, class_idx)
 
 
-def _closed_form_cam(model: ConvClassifier, x: torch.Tensor, class_idx: int) -> torch.Tensor:
+def _closed_form_cam(model: FeatureClassifier, x: torch.Tensor, class_idx: int) -> torch.Tensor:
     with torch.no_grad():
         a = model.forward_features(x, -1)
         z = a.shape[2] * a.shape[3]

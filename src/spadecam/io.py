@@ -13,8 +13,10 @@ Layout of a model directory::
 Every file is written to a temp file in the same folder and renamed, and ``config.json`` is
 written last with the sha256 of both weight files, so a crash never leaves a directory that
 loads as a half model: an interrupted re-save leaves weights that fail the check, with a
-clear error. ``cnn_backbone`` is "conv" (:class:`ConvClassifier`, the default when absent) or
-"resnet" (:class:`~spadecam.models.resnet.ResNetClassifier`).
+clear error. ``cnn_backbone`` is a :data:`~spadecam.models.backbones.BACKBONES` name: "small"
+(:class:`ConvClassifier`, the default when absent) or "resnet18"
+(:class:`~spadecam.models.resnet.ResNetClassifier`); "conv" / "resnet", written by 0.1,
+are read as the same two.
 
 ``config.json`` may have been edited or damaged, so :func:`read_config` validates it once,
 before any weights are read, and every loader (``SPADE.load`` and the baselines',
@@ -61,13 +63,15 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from spadecam._fs import NON_FINITE_JSON, atomic_write_bytes, atomic_write_text, json_text
-from spadecam.cam import BRANCHES
 from spadecam.data.images import RESIZE_POLICIES
 from spadecam.inputs import min_input_size
-from spadecam.models.cnn import CNNConfig, ConvClassifier
-from spadecam.models.resnet import ResNetClassifier, ResNetConfig
+from spadecam.models.backbones import BACKBONE_ALIASES, BACKBONES, backbone_name
+from spadecam.models.classifier import FeatureClassifier
+from spadecam.models.cnn import CNNConfig
+from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import SCORING_PRECISIONS
+from spadecam.roi import BRANCHES
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,11 +85,10 @@ __all__ = [
 #: Bumped whenever the layout or the meaning of a config field changes.
 FORMAT_VERSION = 1
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
-#: Classifier class and config of each ``cnn_backbone``.
-_BACKBONES: dict[str, tuple[type[ConvClassifier], type]] = {
-    "conv": (ConvClassifier, CNNConfig),
-    "resnet": (ResNetClassifier, ResNetConfig),
-}
+def _backbone(config: dict) -> Any:
+    """The BACKBONES name of config.json's ``cnn_backbone`` (old names read as aliases)."""
+    name = config.get("cnn_backbone", "small")
+    return BACKBONE_ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 class ModelFormatError(ValueError):
@@ -95,7 +98,7 @@ class ModelFormatError(ValueError):
 def save_models(
     model_dir: str | os.PathLike,
     vae: ConvVAE | None,
-    cnn: ConvClassifier | None,
+    cnn: FeatureClassifier | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model directory (weights as safetensors, configs as JSON).
@@ -136,7 +139,7 @@ def save_models(
         config["vae_config"] = vae.config.to_dict()
     if cnn is not None:
         config["cnn_config"] = cnn.config.to_dict()
-        config["cnn_backbone"] = "resnet" if isinstance(cnn, ResNetClassifier) else "conv"
+        config["cnn_backbone"] = backbone_name(cnn)
     config.update(extra or {})
     # encode before writing anything: a value JSON cannot hold must not leave new weights
     # beside an old config.json
@@ -202,7 +205,7 @@ def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
+def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, FeatureClassifier]:
     """Load the VAE and classifier of a model directory (eval mode, CPU).
 
     Raises
@@ -221,7 +224,7 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, ConvClassifier]:
 
 def load_model_parts(
     model_dir: str | os.PathLike,
-) -> tuple[ConvVAE | None, ConvClassifier | None]:
+) -> tuple[ConvVAE | None, FeatureClassifier | None]:
     """Load whichever of the VAE and classifier a model directory holds (eval mode, CPU).
 
     Returns
@@ -238,9 +241,9 @@ def load_model_parts(
     config = read_config(d)
     if "vae_config" not in config and "cnn_config" not in config:
         raise ModelFormatError(f"{d / 'config.json'} holds neither vae_config nor cnn_config")
-    backbone = config.get("cnn_backbone", "conv")  # validated by read_config
+    backbone = _backbone(config)  # validated by read_config
     vae: ConvVAE | None = None
-    cnn: ConvClassifier | None = None
+    cnn: FeatureClassifier | None = None
     try:
         # the initial weights are replaced by the saved ones: draw them without moving the
         # caller's global RNG
@@ -248,7 +251,7 @@ def load_model_parts(
             if "vae_config" in config:
                 vae = ConvVAE(VAEConfig(**config["vae_config"]))
             if "cnn_config" in config:
-                cnn_cls, cnn_cfg = _BACKBONES[backbone]
+                cnn_cls, cnn_cfg = BACKBONES[backbone]
                 cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{d / 'config.json'}: bad model config ({exc})") from None
@@ -406,10 +409,11 @@ def _validate(config: dict[str, Any], path: Path) -> None:
     Reads the weight files' safetensors headers, never their tensors.
     """
     top = _Section(path, config)
-    backbone = config.get("cnn_backbone", "conv")
-    if not isinstance(backbone, str) or backbone not in _BACKBONES:
+    backbone = _backbone(config)
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ModelFormatError(
-            f"{path}: unknown cnn_backbone {backbone!r}; expected one of {sorted(_BACKBONES)}"
+            f"{path}: unknown cnn_backbone {config.get('cnn_backbone')!r}; expected one of "
+            f"{sorted(BACKBONES)} (or {sorted(BACKBONE_ALIASES)}, their names in 0.1)"
         )
     # the model configs, their networks (built without memory) and the weights' shapes
     vae_cfg = cnn_cfg = None
@@ -418,7 +422,7 @@ def _validate(config: dict[str, Any], path: Path) -> None:
     if "vae_config" in config:
         vae_cfg, networks["vae_config"] = _model_config(top, "vae_config", VAEConfig, ConvVAE)
     if "cnn_config" in config:
-        cnn_cls, cfg_cls = _BACKBONES[backbone]
+        cnn_cls, cfg_cls = BACKBONES[backbone]
         cnn_cfg, cnn = _model_config(top, "cnn_config", cfg_cls, cnn_cls)
         networks["cnn_config"] = cnn
         cnn_layers = len(cnn.features)

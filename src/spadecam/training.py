@@ -44,8 +44,10 @@ from spadecam import inputs as _inputs
 from spadecam._progress import bar as progress_bar
 from spadecam._progress import interactive, note
 from spadecam.distributed import launch, rank_seed, shard
-from spadecam.models.cnn import CNNConfig, ConvClassifier, classifier_loss
-from spadecam.models.resnet import ResNetClassifier, ResNetConfig
+from spadecam.models.backbones import BACKBONES, backbone_name
+from spadecam.models.classifier import FeatureClassifier
+from spadecam.models.cnn import CNNConfig, classifier_loss
+from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
 
 _M = TypeVar("_M", bound=torch.nn.Module)
@@ -388,7 +390,7 @@ def train_cnn(
     config: CNNConfig | ResNetConfig | None = None,
     train: TrainConfig | None = None,
     loss: str = "eq2",
-) -> ConvClassifier:
+) -> FeatureClassifier:
     """Train the normal-vs-known-anomaly classifier (eq. 2).
 
     Parameters
@@ -416,8 +418,7 @@ def train_cnn(
     config = (config or CNNConfig()).sized(x.shape[1])
     train = train or TrainConfig()
     with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
-        model = (ResNetClassifier(config) if isinstance(config, ResNetConfig)
-                 else ConvClassifier(config))
+        model = BACKBONES[backbone_name(config)][0](config)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)

@@ -66,6 +66,7 @@ from spadecam.evaluation import atomic_write_text
 from spadecam.inputs import PreparedImages, min_input_size
 from spadecam.io import ModelFormatError, check_detector_params
 from spadecam.metrics import image_metrics, pixel_auroc
+from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
@@ -83,8 +84,9 @@ __all__ = [
     "train",
 ]
 
-#: Classifier backbones: the paper's 3-conv CNN ("small") and a ResNet-18 (its Table II).
-BACKBONES = ("small", "resnet18")
+#: Classifier backbones (:data:`spadecam.models.backbones.BACKBONES`): the 3-conv CNN
+#: ("small") and a ResNet-18 ("resnet18", the paper's Table II).
+BACKBONES = tuple(_BACKBONE_TABLE)
 #: How many normal training images set the colour scale of the overlays.
 _OVERLAY_SAMPLE = 64
 
@@ -121,7 +123,9 @@ def build_detector(
     image_size : int, side of the square model input in pixels
     channels : {1, 3}
     backbone : {"small", "resnet18"}
-        The paper's 3-conv classifier or the ResNet-18-style one (:mod:`spadecam.models.resnet`).
+        The 3-conv classifier (its kernels follow the image size under the "spadecam"
+        recipe, :func:`~spadecam.recipes.default_cnn_config`) or the ResNet-18-style one
+        (:mod:`spadecam.models.resnet`).
     epochs, seed, batch_size, lr : training settings shared by the VAE and the classifier;
         ``epochs`` None (default) trains for a budget of ``steps`` optimiser steps
         (default :class:`TrainConfig`'s) with early stopping on the validation loss

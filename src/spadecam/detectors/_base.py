@@ -34,7 +34,8 @@ from spadecam.inputs import (
     to_model_batch,
 )
 from spadecam.io import ModelFormatError, check_detector_params, load_model_parts, read_config, save_models
-from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.classifier import FeatureClassifier
+from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
@@ -135,7 +136,7 @@ class _BaseDetector(BaseEstimator):
     # fitted attributes (set by fit / from_models / load); which ones: _model_attrs
     threshold_: float | None
     vae_: ConvVAE
-    cnn_: ConvClassifier
+    cnn_: FeatureClassifier
     # each detector's own signature: VAEDetector(vae), CNNDetector(cnn), SPADE(vae, cnn)
     from_models: Callable[..., Any]
 

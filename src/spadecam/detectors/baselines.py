@@ -13,7 +13,8 @@ from spadecam.detectors._base import (
     _require,
 )
 from spadecam.error import reconstruction_error
-from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, ConvClassifier
+from spadecam.models.classifier import FeatureClassifier
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import default_cnn_config, default_vae_config
@@ -212,7 +213,7 @@ class CNNDetector(_BaseDetector):
         return self
 
     @classmethod
-    def from_models(cls, cnn: ConvClassifier, **params: Any) -> CNNDetector:
+    def from_models(cls, cnn: FeatureClassifier, **params: Any) -> CNNDetector:
         """A fitted detector around an already trained classifier (``threshold_`` unset).
 
         The classifier is used, not copied; its train/eval mode is left as it is (scoring

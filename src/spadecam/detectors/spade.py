@@ -14,7 +14,8 @@ from spadecam.detectors._base import (
     _require,
 )
 from spadecam.inputs import stack_maps
-from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.classifier import FeatureClassifier
+from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
@@ -199,7 +200,7 @@ class SPADE(_BaseDetector):
         return self
 
     @classmethod
-    def from_models(cls, vae: ConvVAE, cnn: ConvClassifier, **params: Any):
+    def from_models(cls, vae: ConvVAE, cnn: FeatureClassifier, **params: Any):
         """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
 
         Used by the reproduction, which trains the VAE once and a classifier per known class.

@@ -9,18 +9,14 @@ anomaly. With this head Grad-CAM has a closed form (see :mod:`spadecam.cam`).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spadecam.models._config import check_optional_size
-
-if TYPE_CHECKING:  # resnet.py subclasses ConvClassifier, so it imports this module
-    from spadecam.models.resnet import ResNetConfig
+from spadecam.models.classifier import FeatureClassifier, sized
 
 __all__ = ["NORMAL_CLASS", "CNNConfig", "ConvClassifier", "classifier_loss"]
 
@@ -66,7 +62,7 @@ class CNNConfig:
 
     def sized(self, in_channels: int) -> CNNConfig:
         """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
-        return _sized(self, in_channels)
+        return sized(self, in_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,8 +80,9 @@ class CNNConfig:
         return r
 
 
-class ConvClassifier(nn.Module):
-    """Conv layers -> global average pooling -> linear, giving 2 logits.
+class ConvClassifier(FeatureClassifier):
+    """Conv layers -> global average pooling -> linear, giving 2 logits (a
+    :class:`~spadecam.models.classifier.FeatureClassifier`).
 
     Input (N, C, H, W) float in [0, 1]; output logits (N, 2) float, index 0 = normal.
 
@@ -93,7 +90,7 @@ class ConvClassifier(nn.Module):
     block (by default the last, ``cam_layer = -1``).
     """
 
-    config: CNNConfig | ResNetConfig  # ResNetClassifier keeps this API with its own config
+    config: CNNConfig
 
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
@@ -113,22 +110,6 @@ class ConvClassifier(nn.Module):
             c_in = c
         self.features = nn.ModuleList(blocks)
         self.fc = nn.Linear(c_in, config.num_classes)
-
-    def forward_features(self, x: torch.Tensor, upto: int = -1) -> torch.Tensor:
-        """Output of conv block ``upto`` (negative indices count from the end)."""
-        upto = upto % len(self.features)
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i == upto:
-                return x
-        raise AssertionError("unreachable")
-
-    def head(self, a: torch.Tensor) -> torch.Tensor:
-        """Logits from the last block's feature map: GAP then linear."""
-        return self.fc(a.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x, -1))
 
 
 def classifier_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "eq2") -> torch.Tensor:
@@ -155,13 +136,3 @@ def classifier_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "eq2") ->
     if kind == "cross_entropy":
         return F.cross_entropy(logits, y)
     raise ValueError(f"loss must be 'eq2' or 'cross_entropy', got {kind!r}")
-
-
-def _sized(config, in_channels: int):
-    """``config`` with ``in_channels`` filled in if None; ValueError if it is set and differs."""
-    if config.in_channels is not None and config.in_channels != in_channels:
-        raise ValueError(
-            f"{type(config).__name__}.in_channels={config.in_channels} but the images have "
-            f"{in_channels} channel(s)"
-        )
-    return dataclasses.replace(config, in_channels=in_channels)

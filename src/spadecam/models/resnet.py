@@ -8,9 +8,10 @@ column: a 7x7/2 conv + 3x3/2 max-pool stem, then four stages of two basic blocks
 three stages starting with stride 2. The Grad-CAM grid is therefore 1/32 of the image side
 (4x4 at 128 pixels); the smallest input is 32 pixels (:attr:`ResNetConfig.min_input_size`).
 
-:class:`ResNetClassifier` is a :class:`~spadecam.models.cnn.ConvClassifier`: ``features`` is a
-ModuleList (stem, stage 1..4), ``fc`` the linear head after global average pooling, and
-``forward_features`` / ``head`` / ``forward`` are inherited. Grad-CAM's closed form
+:class:`ResNetClassifier` is a :class:`~spadecam.models.classifier.FeatureClassifier`, as the
+3-conv :class:`~spadecam.models.cnn.ConvClassifier` is: ``features`` is a ModuleList (stem,
+stage 1..4), ``fc`` the linear head after global average pooling, and ``forward_features`` /
+``head`` / ``forward`` are the protocol's. Grad-CAM's closed form
 (``spadecam.cam.closed_form_applies``) and the detectors therefore work unchanged; reading
 ``cam_layer=-1`` explains the output of the last stage, as in the Grad-CAM paper.
 """
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from spadecam.models._config import check_optional_size
-from spadecam.models.cnn import ConvClassifier, _sized
+from spadecam.models.classifier import FeatureClassifier, sized
 
 __all__ = ["BasicBlock", "ResNetClassifier", "ResNetConfig"]
 
@@ -64,7 +65,7 @@ class ResNetConfig:
 
     def sized(self, in_channels: int) -> ResNetConfig:
         """This config with ``in_channels`` filled in if None (ValueError if it differs)."""
-        return _sized(self, in_channels)
+        return sized(self, in_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,7 +101,7 @@ class BasicBlock(nn.Module):
         return torch.relu(h + self.shortcut(x))
 
 
-class ResNetClassifier(ConvClassifier):
+class ResNetClassifier(FeatureClassifier):
     """ResNet-18-style stem and stages -> global average pooling -> linear, 2 logits.
 
     Input (N, C, H, W) float in [0, 1] with H, W >= ``config.min_input_size``; output logits
@@ -108,7 +109,7 @@ class ResNetClassifier(ConvClassifier):
     """
 
     def __init__(self, config: ResNetConfig | None = None) -> None:
-        nn.Module.__init__(self)  # ConvClassifier's conv stack is replaced, its API kept
+        super().__init__()
         config = config or ResNetConfig()
         self.config = config = config.sized(1 if config.in_channels is None else config.in_channels)
         stem = nn.Sequential(

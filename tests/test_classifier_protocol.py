@@ -1,0 +1,83 @@
+"""The classifier protocol (features + GAP + linear head) and the one backbone name set."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from spadecam.cam import closed_form_applies, grad_cam
+from spadecam.models import BACKBONES, FeatureClassifier, backbone_name
+from spadecam.models.cnn import CNNConfig, ConvClassifier
+from spadecam.models.resnet import ResNetConfig
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "spadecam" / "models"
+
+
+class _Tiny(FeatureClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.ModuleList([nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
+                                       nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.ReLU())])
+        self.fc = nn.Linear(3, 2)
+
+
+class _MaxHead(_Tiny):
+    def head(self, a: torch.Tensor) -> torch.Tensor:  # not GAP: the closed form is wrong here
+        return self.fc(a.amax(dim=(2, 3)))
+
+
+def test_a_new_feature_classifier_gets_the_closed_form_and_it_is_exact():
+    torch.manual_seed(0)
+    m = _Tiny().eval()
+    x = torch.rand(2, 1, 8, 8)
+    assert closed_form_applies(m, -1) and not closed_form_applies(m, 0)
+    torch.testing.assert_close(grad_cam(m, x, method="closed_form"),
+                               grad_cam(m, x, method="autograd"), rtol=1e-5, atol=1e-7)
+    # by hand, eq. 3-4 with GAP + linear: M = sum_k (w_0k / Z) A_k, Z = 8 * 8
+    a = m.forward_features(x, -1)
+    torch.testing.assert_close(grad_cam(m, x), (a * m.fc.weight[0][None, :, None, None]
+                                                 / 64).sum(1))
+
+
+def test_a_classifier_with_another_head_is_refused_the_closed_form():
+    m = _MaxHead().eval()
+    assert not closed_form_applies(m, -1)
+    with pytest.raises(ValueError, match="GAP \\+ linear"):
+        grad_cam(m, torch.rand(1, 1, 8, 8), method="closed_form")
+    assert grad_cam(m, torch.rand(1, 1, 8, 8)).shape == (1, 8, 8)  # autograd still works
+
+
+def test_one_backbone_name_set():
+    assert list(BACKBONES) == ["small", "resnet18"]
+    assert backbone_name(ConvClassifier(CNNConfig())) == "small"
+    assert backbone_name(ResNetConfig()) == "resnet18"
+    with pytest.raises(TypeError, match="not a spadecam classifier"):
+        backbone_name(nn.Linear(2, 2))
+    from spadecam.cli import _build_parser
+    from spadecam.workflow import BACKBONES as WORKFLOW
+
+    train = _build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    (action,) = [a for a in train._actions if a.dest == "backbone"]
+    assert list(action.choices) == list(BACKBONES) == list(WORKFLOW)
+
+
+def test_model_modules_import_no_sibling_that_imports_them():
+    # cnn.py and resnet.py imported each other (issue 18); now the graph has no cycle
+    graph = {}
+    for f in MODELS.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "spadecam.models."):
+                deps.add(node.module.rsplit(".", 1)[1])
+        graph[f.stem] = deps
+
+    def reaches(a: str, b: str, seen: frozenset = frozenset()) -> bool:
+        return any(d == b or (d not in seen and reaches(d, b, seen | {d}))
+                   for d in graph.get(a, ()))
+
+    assert not [m for m in graph if reaches(m, m)], graph
