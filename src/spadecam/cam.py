@@ -34,6 +34,7 @@ __all__ = [
     "closed_form_applies",
     "eval_mode",
     "grad_cam",
+    "grad_cam_and_logits",
     "spade_roi",
 ]
 
@@ -145,6 +146,23 @@ def grad_cam(
     ----------
     Narita et al., arXiv 1810.02607, eq. 3-4; Selvaraju et al. 2017 (Grad-CAM).
     """
+    return grad_cam_and_logits(model, x, layer, class_idx, method)[0]
+
+
+def grad_cam_and_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: int | nn.Module = -1,
+    class_idx: int = NORMAL_CLASS,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`grad_cam` and the classifier's logits (N, 2) from the same forward pass.
+
+    The closed form reads the logits off the head it already applies (GAP + linear on A), the
+    autograd path off the forward it differentiates; so a score that also needs the
+    classifier's probability (SPADE's ``classifier_weight``) costs no second forward.
+    Parameters, errors and notes as :func:`grad_cam`.
+    """
     if method not in ("auto", "closed_form", "autograd"):
         raise ValueError(f"method must be 'auto', 'closed_form' or 'autograd', got {method!r}")
     if isinstance(layer, int) and not isinstance(model, FeatureClassifier):
@@ -167,17 +185,19 @@ def grad_cam(
         return _autograd_cam(model, x, layer, class_idx)
 
 
-def _closed_form_cam(model: FeatureClassifier, x: torch.Tensor, class_idx: int) -> torch.Tensor:
+def _closed_form_cam(
+    model: FeatureClassifier, x: torch.Tensor, class_idx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         a = model.forward_features(x, -1)
         z = a.shape[2] * a.shape[3]
         alpha = model.fc.weight[class_idx].to(a.dtype) / z  # eq. 3 in closed form
-        return torch.einsum("nkhw,k->nhw", a, alpha)
+        return torch.einsum("nkhw,k->nhw", a, alpha), model.head(a)
 
 
 def _autograd_cam(
     model: nn.Module, x: torch.Tensor, layer: int | nn.Module, class_idx: int
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(layer, int):
         features = model.get_submodule("features")
         if not isinstance(features, nn.ModuleList | nn.Sequential):
@@ -214,7 +234,7 @@ def _autograd_cam(
             # images are independent in eval mode, so d(sum y)/dA gives per-image gradients
             (grads,) = torch.autograd.grad(logits[:, class_idx].sum(), a)
             alpha = grads.mean(dim=(2, 3), keepdim=True)  # eq. 3
-            return (alpha * a).sum(dim=1).detach()  # eq. 4, signed
+            return (alpha * a).sum(dim=1).detach(), logits.detach()  # eq. 4, signed
     finally:
         handle.remove()
 

@@ -1,21 +1,223 @@
-"""The scoring graph of SPADE (Algorithm 1): signed Grad-CAM maps of u and u_hat (eq. 3-4),
-the ROI (eq. 5), the weighted reconstruction error e', and the context every detector scores
-in (eval mode, inference mode, bf16 autocast where chosen).
+"""The scoring graph: one ``nn.Module`` per detector kind, ``forward(u, valid) -> (score, map)``.
+
+* :class:`SPADEScorer` (Algorithm 1): u_hat = VAE(u); the signed Grad-CAM maps M(u), M(u_hat)
+  of the normal-class score (eq. 3-4, :mod:`spadecam.cam`), the ROI L (eq. 5,
+  :mod:`spadecam.roi`), the reconstruction error e (:mod:`spadecam.error`) and the weighted
+  error e' = e * L / |L|; score = sum of e'. With the Naive SPADE parameters
+  (``input_branch="relu", recon_branch="none", normalise=False``) it is that baseline.
+* :class:`VAEScorer`: score = sum of e (the VAE-based baseline).
+* :class:`CNNScorer`: score = the classifier's logit difference (the CNN-based baseline).
+
+The detectors (:mod:`spadecam.detectors`) and the benchmarks run these modules, inside
+:func:`scoring_context` (eval mode, inference mode, bf16 autocast where chosen). With the
+closed-form Grad-CAM (a GAP + linear head read at its last block) a SPADE scorer is one
+forward graph with no autograd.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from spadecam.cam import eval_mode, grad_cam
+from spadecam.cam import eval_mode, grad_cam_and_logits
 from spadecam.error import reconstruction_error
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
 from spadecam.roi import roi_weights, weighted_error
+
+__all__ = [
+    "CNNScorer",
+    "SPADEScorer",
+    "SignedCams",
+    "VAEScorer",
+    "scoring_context",
+    "signed_cams",
+    "spade_error_map",
+]
+
+
+class SignedCams(NamedTuple):
+    """The signed maps M(u), M(u_hat) (N, h, w) of one layer and the logits (N, 2) of u."""
+
+    m_u: torch.Tensor
+    m_u_hat: torch.Tensor | None
+    logits_u: torch.Tensor
+
+
+class SPADEScorer(nn.Module):
+    """SPADE's score and weighted error e' of a batch (Algorithm 1), as one module.
+
+    Parameters
+    ----------
+    vae : ConvVAE or None
+        The VAE trained on normal images (eq. 1); None when only :meth:`error_map` is used
+        (the reconstructions are given).
+    cnn : nn.Module
+        Normal-vs-known-anomaly classifier (logit index 0 = normal; eq. 2).
+    cam_layer : int or tuple of int
+        Block whose Grad-CAM is read (default the last). A tuple reads several and averages
+        their ROIs, each upsampled and normalised (a multi-layer ROI; our option).
+    input_branch, recon_branch : str
+        Functions on the signed maps of u and u_hat (eq. 5: "abs" and "relu"; "none" drops
+        the term). Naive SPADE uses ("relu", "none").
+    normalise : bool
+        Divide the upsampled ROI by its per-image sum (L / |L|).
+    upsample : str
+        Interpolation of the ROI to the image size.
+    cam_method : {"auto", "closed_form", "autograd"}, see :func:`spadecam.cam.grad_cam`
+    error_smoothing, error_norm :
+        The reconstruction error e, see :func:`~spadecam.error.reconstruction_error`
+        (defaults: the paper's |u - u_hat|).
+    roi_power : float > 0
+        L ** roi_power before L / |L| (1 = the paper; our option, issue 11).
+    classifier_weight : float >= 0
+        Multiplies e' by (1 + classifier_weight * p), p the classifier's softmax probability
+        of the known-anomaly class, read off the Grad-CAM forward of u (no second pass). 0 =
+        the paper. Our option (issue 11).
+
+    Raises
+    ------
+    ValueError
+        ``roi_power <= 0`` or ``classifier_weight < 0``.
+
+    References
+    ----------
+    Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        vae: Any,
+        cnn: nn.Module,
+        *,
+        cam_layer: int | tuple[int, ...] = -1,
+        input_branch: str = "abs",
+        recon_branch: str = "relu",
+        normalise: bool = True,
+        upsample: str = "bilinear",
+        cam_method: str = "auto",
+        error_smoothing: float = 0.0,
+        error_norm: str = "l1",
+        roi_power: float = 1.0,
+        classifier_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not (roi_power > 0 and classifier_weight >= 0):
+            raise ValueError(f"roi_power must be > 0 and classifier_weight >= 0, got "
+                             f"{roi_power!r}, {classifier_weight!r}")
+        self.vae, self.cnn = vae, cnn
+        self.layers = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else (cam_layer,)
+        self.input_branch, self.recon_branch = input_branch, recon_branch
+        self.normalise, self.upsample, self.cam_method = normalise, upsample, cam_method
+        self.error_smoothing, self.error_norm = error_smoothing, error_norm
+        self.roi_power, self.classifier_weight = roi_power, classifier_weight
+
+    def cams(self, u: torch.Tensor, u_hat: torch.Tensor, layer: int | None = None) -> SignedCams:
+        """M(u), M(u_hat) (eq. 4; None when ``recon_branch="none"``) and the logits of u.
+
+        With u_hat, u and u_hat go through the classifier as one batch of 2N images (one
+        forward, and one backward if the autograd path is needed).
+        """
+        layer = self.layers[0] if layer is None else layer
+        n = u.shape[0]
+        x = u if self.recon_branch == "none" else torch.cat([u, u_hat])
+        m, logits = grad_cam_and_logits(self.cnn, x, layer, method=self.cam_method)
+        return SignedCams(m[:n], None if self.recon_branch == "none" else m[n:], logits[:n])
+
+    def error_map(
+        self,
+        u: torch.Tensor,
+        u_hat: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        cams: tuple | None = None,
+    ) -> torch.Tensor:
+        """Weighted reconstruction error e' (N, H, W) float32 of u (N, C, H, W) in [0, 1].
+
+        ``valid`` (N, 1, H, W) in {0, 1}: image pixels (1) versus letterbox padding (0); the
+        ROI and the error are zeroed on the padding before L / |L|, so padding never counts.
+        ``cams``: the :meth:`cams` of the same classifier, layer and precision (a
+        :class:`SignedCams`, or the (M(u), M(u_hat)) pair of :func:`signed_cams`); given,
+        the classifier is not run again. One layer only.
+        """
+        if cams is not None and len(self.layers) > 1:
+            raise ValueError("cams holds the maps of one cam_layer; a multi-layer ROI reads its "
+                             "own")
+        rois, logits = [], None
+        for layer in self.layers:
+            c = cams if cams is not None else self.cams(u, u_hat, layer)
+            m_u, m_u_hat = c[0], c[1]
+            if logits is None and len(c) > 2:
+                logits = c[2]
+            rois.append(roi_weights(m_u, m_u_hat, u.shape[-2:], input_branch=self.input_branch,
+                                    recon_branch=self.recon_branch, upsample=self.upsample,
+                                    valid=valid, power=self.roi_power, normalise=self.normalise))
+        # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
+        # are fp32 (a blurred, squared residual would lose its small values in bf16)
+        with torch.autocast(u.device.type, enabled=False):
+            roi = rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)
+            error = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
+                                         self.error_norm, valid)
+            m = weighted_error(error, roi)
+        if self.classifier_weight:
+            if logits is None:  # maps given without logits: one classifier pass for them
+                logits = self.cnn(u)
+            p = logits.float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
+            m = m * (1 + self.classifier_weight * p)[:, None, None]
+        return m.float()
+
+    def forward(
+        self, u: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score (N,), e' (N, H, W)) of u (N, C, H, W) float in [0, 1]; score = sum of e'."""
+        if self.vae is None:
+            raise ValueError("SPADEScorer without a VAE only computes error_map")
+        u_hat = self.vae.reconstruct(u)
+        m = self.error_map(u, u_hat, valid)
+        return m.sum(dim=(1, 2)), m
+
+
+class VAEScorer(nn.Module):
+    """The VAE-based baseline: e summed over channels (the map) and pixels (the score).
+
+    ``forward(u, valid) -> (score (N,), map (N, H, W))`` float32; e is
+    :func:`~spadecam.error.reconstruction_error` with ``error_smoothing`` / ``error_norm``,
+    in fp32 under any autocast, letterbox padding (``valid`` = 0) never counting.
+    """
+
+    def __init__(self, vae: Any, error_smoothing: float = 0.0, error_norm: str = "l1") -> None:
+        super().__init__()
+        self.vae, self.error_smoothing, self.error_norm = vae, error_smoothing, error_norm
+
+    def forward(
+        self, u: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u_hat = self.vae.reconstruct(u).float()
+        with torch.autocast(u.device.type, enabled=False):  # the error in fp32, as in SPADE
+            e = reconstruction_error(u.float(), u_hat, self.error_smoothing, self.error_norm,
+                                     valid).sum(dim=1)
+        return e.sum(dim=(1, 2)), e
+
+
+class CNNScorer(nn.Module):
+    """The CNN-based baseline: score = y_anomaly - y_normal, the classifier's logit difference.
+
+    A monotone function of the softmax probability of the known-anomaly class (same AUROC)
+    that does not saturate to ties. ``forward(u, valid) -> (score (N,) float32, None)``: the
+    classifier sees the letterboxed image whole, as in training (``valid`` unused), and gives
+    no map.
+    """
+
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[Any, None]:
+        logits = self.cnn(u).float()
+        return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None
 
 
 def spade_error_map(
@@ -23,93 +225,17 @@ def spade_error_map(
     u: torch.Tensor,
     u_hat: torch.Tensor,
     *,
-    cam_layer: int = -1,
-    input_branch: str = "abs",
-    recon_branch: str = "relu",
-    normalise: bool = True,
-    upsample: str = "bilinear",
-    cam_method: str = "auto",
-    error_smoothing: float = 0.0,
-    error_norm: str = "l1",
-    cams: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    cams: tuple | None = None,
     valid: torch.Tensor | None = None,
-    roi_power: float = 1.0,
-    classifier_weight: float = 0.0,
+    **params: Any,
 ) -> torch.Tensor:
     """Weighted reconstruction error e' of SPADE (Algorithm 1), one map per image.
 
-    Parameters
-    ----------
-    cnn : nn.Module
-        Normal-vs-known-anomaly classifier (logit index 0 = normal).
-    u, u_hat : Tensor (N, C, H, W), float in [0, 1]
-        Inputs and their VAE reconstructions.
-    cam_layer : int or tuple of int
-        Conv block whose Grad-CAM is read (default the last). A tuple reads several and
-        averages their ROIs, each upsampled and normalised (a multi-layer ROI; our option).
-    input_branch, recon_branch : str
-        Functions on the signed maps of u and u_hat (eq. 5: "abs" and "relu"; "none" drops
-        the term). NaiveSPADE uses ("relu", "none").
-    normalise : bool
-        Divide the upsampled ROI by its per-image sum (L / |L|).
-    upsample : str
-        Interpolation of the ROI to the image size.
-    error_smoothing, error_norm :
-        The reconstruction error e, see :func:`reconstruction_error` (defaults: the paper's
-        |u - u_hat|).
-    cams : (Tensor (N, h, w), Tensor (N, h, w) or None), optional
-        The signed Grad-CAM maps M(u) and M(u_hat) (eq. 4) from :func:`signed_cams` with the
-        same ``cam_layer`` / ``cam_method``; given, the classifier is not run again (variants
-        of the ROI on the same maps, e.g. the ablations, cost no CNN pass). One layer only.
-    valid : Tensor (N, 1, H, W) in {0, 1}, optional
-        Image pixels (1) versus letterbox padding (0): the ROI and the error are zeroed on
-        the padding before L / |L|, so padding never counts (:mod:`spadecam.inputs`).
-    roi_power : float > 0
-        Temperature on the ROI: L ** roi_power before L / |L| (1 = the paper; > 1 sharpens a
-        flat ROI so its peaks carry more of the weight). Our option (issue 11).
-    classifier_weight : float >= 0
-        Multiplies e' by (1 + classifier_weight * p), p the classifier's softmax probability
-        of the known-anomaly class: the classifier's evidence counts in the score, while an
-        unknown anomaly (p ~ 0) keeps its reconstruction-error score. 0 = the paper. Our
-        option (issue 11).
-
-    Returns
-    -------
-    Tensor (N, H, W) float32; ``.sum((1, 2))`` is the anomaly score.
-
-    Raises
-    ------
-    ValueError
-        Unknown branch, or bad ``error_smoothing`` / ``error_norm``.
-
-    References
-    ----------
-    Narita et al., arXiv 1810.02607, eq. 3-5 and Algorithm 1.
+    ``SPADEScorer(None, cnn, **params).error_map(u, u_hat, valid, cams)``: u, u_hat (N, C,
+    H, W) float in [0, 1]; ``params`` those of :class:`SPADEScorer`. Returns (N, H, W)
+    float32; ``.sum((1, 2))`` is the anomaly score. Raises ValueError for a bad parameter.
     """
-    if not (roi_power > 0 and classifier_weight >= 0):
-        raise ValueError(f"roi_power must be > 0 and classifier_weight >= 0, got {roi_power!r}, "
-                         f"{classifier_weight!r}")
-    layers = cam_layer if isinstance(cam_layer, (tuple, list)) else (cam_layer,)
-    if cams is not None and len(layers) > 1:
-        raise ValueError("cams holds the maps of one cam_layer; a multi-layer ROI reads its own")
-    rois = []
-    for layer in layers:
-        m_u, m_u_hat = cams if cams is not None else signed_cams(
-            cnn, u, u_hat if recon_branch != "none" else None, layer, cam_method)
-        rois.append(roi_weights(m_u, m_u_hat, u.shape[-2:], input_branch=input_branch,
-                                recon_branch=recon_branch, upsample=upsample, valid=valid,
-                                power=roi_power, normalise=normalise))
-    # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
-    # are fp32 (a blurred, squared residual would lose its small values in bf16)
-    with torch.autocast(u.device.type, enabled=False):
-        roi = rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)
-        error = reconstruction_error(u.float(), u_hat.float(), error_smoothing, error_norm,
-                                     valid)
-        m = weighted_error(error, roi)
-    if classifier_weight:
-        p = cnn(u).float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
-        m = m * (1 + classifier_weight * p)[:, None, None]
-    return m
+    return SPADEScorer(None, cnn, **params).error_map(u, u_hat, valid, cams)
 
 
 def signed_cams(
@@ -119,25 +245,15 @@ def signed_cams(
     cam_layer: int = -1,
     cam_method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Signed Grad-CAM maps M(u) and M(u_hat) (eq. 3-4) for :func:`spade_error_map`.
+    """Signed Grad-CAM maps M(u) and M(u_hat) (eq. 3-4), (N, h, w) each, for :func:`spade_error_map`.
 
-    Parameters
-    ----------
-    cnn : nn.Module, the normal-vs-known-anomaly classifier
-    u, u_hat : Tensor (N, C, H, W), float in [0, 1]; ``u_hat`` None skips its map
-        With ``u_hat``, both go through the classifier as one batch of 2N images (one
-        forward, and one backward if the autograd path is needed).
-    cam_layer, cam_method : see :func:`spadecam.cam.grad_cam`
-
-    Returns
-    -------
-    (Tensor (N, h, w), Tensor (N, h, w) or None), at the feature-map resolution, signed.
+    ``u_hat`` None skips its map. With ``u_hat``, both go through the classifier as one batch
+    of 2N images. :meth:`SPADEScorer.cams` also returns the logits of u.
     """
-    if u_hat is None:
-        return grad_cam(cnn, u, layer=cam_layer, method=cam_method), None
-    n = u.shape[0]
-    m = grad_cam(cnn, torch.cat([u, u_hat]), layer=cam_layer, method=cam_method)
-    return m[:n], m[n:]
+    scorer = SPADEScorer(None, cnn, cam_layer=cam_layer, cam_method=cam_method,
+                         recon_branch="none" if u_hat is None else "relu")
+    c = scorer.cams(u, u if u_hat is None else u_hat)
+    return c.m_u, c.m_u_hat
 
 
 @contextlib.contextmanager

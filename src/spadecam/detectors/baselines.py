@@ -12,13 +12,12 @@ from spadecam.detectors._base import (
     _prepare,
     _require,
 )
-from spadecam.error import reconstruction_error
 from spadecam.models.classifier import FeatureClassifier
-from spadecam.models.cnn import NORMAL_CLASS, CNNConfig
+from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import default_cnn_config, default_vae_config
-from spadecam.scoring import scoring_context
+from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
@@ -115,19 +114,23 @@ class VAEDetector(_BaseDetector):
         det._set_input_from_models()
         return det
 
+    def scorer(self) -> VAEScorer:
+        """The scoring graph: ``forward(u, valid) -> (sum of e, e summed over channels)``.
+
+        A :class:`~spadecam.scoring.VAEScorer` around the fitted VAE (not a copy); inputs at
+        the model's input size, (N, C, S, S) float in [0, 1].
+        """
+        _require(self, "vae_")
+        return VAEScorer(self.vae_, self._param("error_smoothing"), self._param("error_norm"))
+
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
-        _require(self, "vae_")
+        scorer = self.scorer()
         with scoring_context(self.precision, self.vae_) as device:
-            u = u.to(device)
-            u_hat = self.vae_.reconstruct(u).float()
-            with torch.autocast(device, enabled=False):  # the error in fp32, as in SPADE
-                # letterbox padding never counts, not even blurred into the image's border
-                e = reconstruction_error(u, u_hat, self._param("error_smoothing"),
-                                         self._param("error_norm"), valid)
-            e = e.sum(dim=1).cpu()
-        return e.sum(dim=(1, 2)), (e if want_maps else None)
+            # letterbox padding never counts, not even blurred into the image's border
+            s, e = scorer(u.to(device), None if valid is None else valid.to(device))
+        return s.cpu(), (e.cpu() if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Reconstruction error e per pixel, summed over channels, at each image's own size.
@@ -226,11 +229,19 @@ class CNNDetector(_BaseDetector):
         det._set_input_from_models()
         return det
 
+    def scorer(self) -> CNNScorer:
+        """The scoring graph: ``forward(u, valid) -> (logit difference, None)``.
+
+        A :class:`~spadecam.scoring.CNNScorer` around the fitted classifier (not a copy).
+        """
+        _require(self, "cnn_")
+        return CNNScorer(self.cnn_)
+
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
         # the classifier sees the letterboxed image whole, as in training (valid unused)
-        _require(self, "cnn_")
+        scorer = self.scorer()
         with scoring_context(self.precision, self.cnn_) as device:
-            logits = self.cnn_(u.to(device)).float().cpu()
-        return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None
+            s, _ = scorer(u.to(device))
+        return s.cpu(), None

@@ -19,7 +19,7 @@ from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
-from spadecam.scoring import scoring_context, signed_cams, spade_error_map
+from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
@@ -215,8 +215,17 @@ class SPADE(_BaseDetector):
         det._set_input_from_models()
         return det
 
-    def _map_kwargs(self) -> dict[str, Any]:
-        return dict(
+    def scorer(self) -> SPADEScorer:
+        """The scoring graph of this detector: ``forward(u, valid) -> (score, e')``.
+
+        A :class:`~spadecam.scoring.SPADEScorer` around the fitted models (not copies) with
+        this detector's parameters (the recipe's where left at None). Inputs at the model's
+        input size, (N, C, S, S) float in [0, 1]; run it inside
+        :func:`~spadecam.scoring.scoring_context` for eval mode and the precision.
+        """
+        _require(self, "cnn_")
+        return SPADEScorer(
+            getattr(self, "vae_", None), self.cnn_,
             cam_layer=self.cam_layer,
             input_branch=self.input_branch,
             recon_branch=self.recon_branch,
@@ -237,34 +246,28 @@ class SPADE(_BaseDetector):
         ``cams``: the signed maps from :meth:`signed_cams` of a detector with the same
         classifier, ``cam_layer``, ``cam_method`` and precision (then no CNN pass is run).
         """
-        _require(self, "cnn_")
+        scorer = self.scorer()
         with scoring_context(self.precision, self.cnn_) as device:
-            m = spade_error_map(self.cnn_, u.to(device), u_hat.to(device), cams=cams,
-                                **self._map_kwargs())
-            return m.float().cpu()
+            return scorer.error_map(u.to(device), u_hat.to(device), cams=cams).cpu()
 
-    def signed_cams(
-        self, u: torch.Tensor, u_hat: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """M(u), M(u_hat) (eq. 4) in this detector's precision, for :meth:`error_map_from_reconstruction`.
+    def signed_cams(self, u: torch.Tensor, u_hat: torch.Tensor) -> SignedCams:
+        """M(u), M(u_hat) (eq. 4) and the logits of u in this detector's precision.
 
-        The map of u_hat is None when ``recon_branch == "none"`` (it would not be used).
+        For :meth:`error_map_from_reconstruction`; the map of u_hat is None when
+        ``recon_branch == "none"`` (it would not be used).
         """
-        _require(self, "cnn_")
+        scorer = self.scorer()
         with scoring_context(self.precision, self.cnn_) as device:
-            u_hat_d = None if self.recon_branch == "none" else u_hat.to(device)
-            return signed_cams(self.cnn_, u.to(device), u_hat_d, self.cam_layer, self.cam_method)
+            return scorer.cams(u.to(device), u_hat.to(device))
 
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
         _require(self, "vae_", "cnn_")
+        scorer = self.scorer()
         with scoring_context(self.precision, self.cnn_, self.vae_) as device:
-            u = u.to(device)
-            u_hat = self.vae_.reconstruct(u)
-            v = None if valid is None else valid.to(device)
-            m = spade_error_map(self.cnn_, u, u_hat, valid=v, **self._map_kwargs()).float().cpu()
-        return m.sum(dim=(1, 2)), (m if want_maps else None)
+            s, m = scorer(u.to(device), None if valid is None else valid.to(device))
+        return s.cpu(), (m.cpu() if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Weighted reconstruction error e' per pixel, at each image's own size.
