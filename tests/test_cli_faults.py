@@ -9,6 +9,8 @@ import pytest
 
 from spadecam import workflow
 from spadecam.cli import main
+from spadecam.deploy import torch_inferencer
+from spadecam.workflow import _score as workflow_score
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
                                                                monkeypatch, capsys):
     model, folders = tiny_model
     written: list[Path] = []
-    real = workflow._write_png
+    real = torch_inferencer.write_png
 
     def interrupt_on_the_second(path, rgb):
         if written:
@@ -42,7 +44,7 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
         real(path, rgb)
         written.append(path)
 
-    monkeypatch.setattr(workflow, "_write_png", interrupt_on_the_second)
+    monkeypatch.setattr(torch_inferencer, "write_png", interrupt_on_the_second)
     csv = tmp_path / "s.csv"
     code = main(["score", str(model), str(folders["test/good"]), "--out", str(csv),
                  "--maps", str(tmp_path / "ov"), "--no-progress"])
@@ -56,10 +58,10 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
 def test_score_writes_the_csv_after_all_overlays(tiny_model, tmp_path, monkeypatch):
     model, folders = tiny_model
     order: list[str] = []
-    real_png, real_text = workflow._write_png, workflow.atomic_write_text
-    monkeypatch.setattr(workflow, "_write_png",
+    real_png, real_text = torch_inferencer.write_png, workflow_score.atomic_write_text
+    monkeypatch.setattr(torch_inferencer, "write_png",
                         lambda p, rgb: (order.append("png"), real_png(p, rgb)))
-    monkeypatch.setattr(workflow, "atomic_write_text",
+    monkeypatch.setattr(workflow_score, "atomic_write_text",
                         lambda p, t: (order.append("csv"), real_text(p, t)))
     rows = workflow.score(model, [folders["test/good"]], tmp_path / "s.csv", tmp_path / "ov",
                           progress=False)

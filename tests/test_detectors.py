@@ -127,7 +127,8 @@ def test_use_before_fit_raises_not_fitted(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_sets_threshold_from_normal_training_scores(name):
-    det = fitted(name)
+    # with no hold-out (the default holds out 0.1: test_default_fit_holds_out_a_tenth)
+    det = make(name, precision="32", threshold_holdout=0.0).fit(X_TRAIN, Y_TRAIN)
     assert isinstance(det.threshold_, float)
     normal_scores = det.decision_function(X_TRAIN[Y_TRAIN == 0])
     assert det.threshold_ == pytest.approx(np.quantile(normal_scores, 0.99), rel=1e-6)
@@ -135,6 +136,16 @@ def test_fit_sets_threshold_from_normal_training_scores(name):
         assert not det.vae_.training
     if name != "vae":
         assert not det.cnn_.training
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_fit_holds_out_a_tenth_for_the_threshold(name):
+    # the API's default is spadecam train's (recipes.FIT_DEFAULTS): 0.1 of the normal and of
+    # the known-anomaly images held out, never trained on, setting the threshold; was 0.0
+    det = fitted(name)
+    assert det.threshold_holdout == 0.1
+    assert det.threshold_n_images_ == {"normal": round(0.1 * 48), "anomaly": round(0.1 * 16)}
+    assert det.threshold_source_ == "f1_max_held_out"
 
 
 @pytest.mark.parametrize("name", NAMES)

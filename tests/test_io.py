@@ -42,7 +42,8 @@ def models(backbone: str = "small", seed: int = 0):
 
 
 def detector(backbone: str = "small", cls=SPADE, **params):
-    det = cls.from_models(*models(backbone), **params)
+    # resize as PRE says: a model directory records one policy (issue 18)
+    det = cls.from_models(*models(backbone), **{"resize": PRE["resize"], **params})
     det.threshold_ = 0.125
     return det
 
@@ -190,9 +191,9 @@ def test_save_before_fit_raises():
 
 def test_baseline_detectors_round_trip_with_one_model(tmp_path):
     vae, cnn = models()
-    vdet = VAEDetector.from_models(vae, error_smoothing=1.5, error_norm="l2")
+    vdet = VAEDetector.from_models(vae, error_smoothing=1.5, error_norm="l2", resize="resize")
     vdet.threshold_ = 3.0
-    cdet = CNNDetector.from_models(cnn, loss="cross_entropy")
+    cdet = CNNDetector.from_models(cnn, loss="cross_entropy", resize="resize")
     cdet.threshold_ = -0.5
     for det, kept, gone in ((vdet, "vae", "cnn"), (cdet, "cnn", "vae")):
         path = det.save(tmp_path / type(det).__name__, PRE)
@@ -211,7 +212,7 @@ def test_baseline_detectors_round_trip_with_one_model(tmp_path):
 
 def test_one_model_directory_is_refused_where_two_are_needed(tmp_path):
     vae, _ = models()
-    path = VAEDetector.from_models(vae).save(tmp_path / "v", PRE)
+    path = VAEDetector.from_models(vae, resize="resize").save(tmp_path / "v", PRE)
     with pytest.raises(ModelFormatError, match="VAEDetector.load"):
         SPADE.load(path)
     with pytest.raises(ModelFormatError, match="holds no classifier"):
@@ -228,7 +229,7 @@ def test_one_model_directory_is_refused_where_two_are_needed(tmp_path):
 def test_resave_with_one_model_fewer_removes_the_stale_weights(tmp_path):
     path = detector().save(tmp_path / "m", PRE)
     vae, _ = models()
-    VAEDetector.from_models(vae).save(path, PRE)
+    VAEDetector.from_models(vae, resize="resize").save(path, PRE)
     assert not (path / "cnn.safetensors").exists()
     assert VAEDetector.load(path).threshold_ is None
 
@@ -289,3 +290,19 @@ def test_loading_a_model_leaves_the_callers_rng_untouched(tmp_path):
     SPADE.load(path)
     load_models(path)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_model_directory_records_one_resize_policy(tmp_path):
+    # issue 18: the policy was stored three times (input, preprocessing, detector params) and
+    # nothing made them agree; save refuses a disagreeing preprocessing, load a damaged file
+    det = detector(resize="letterbox")
+    with pytest.raises(ValueError, match="records one policy"):
+        det.save(tmp_path / "bad", PRE)  # PRE says "resize"
+    path = detector().save(tmp_path / "m", PRE)
+    config = json.loads((path / "config.json").read_text())
+    assert "resize" not in config["detector"]["params"] and config["input"]["resize"] == "resize"
+    config["preprocessing"]["resize"] = "letterbox"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="preprocessing.resize must be equal to input.resize"):
+        SPADE.load(path)
+

@@ -54,7 +54,13 @@ def test_train_writes_a_loadable_model_directory(model8):
         "cnn.safetensors", "config.json", "vae.safetensors"
     ]
     config = json.loads((model8 / "config.json").read_text())
-    assert config["preprocessing"] == {
+    # the input side and policy are recorded once, in "input" (issue 18); preprocessing_
+    # shows them with the rest, as before
+    assert config["preprocessing"] == {"channels": 1, "normalisation": "dtype_max",
+                                       "min_input_size": 16}
+    assert config["input"] == {"image_size": 32, "channels": 1, "resize": "letterbox"}
+    assert "resize" not in config["detector"]["params"]
+    assert SPADE.load(model8).preprocessing_ == {
         "image_size": 32, "channels": 1, "resize": "letterbox", "normalisation": "dtype_max",
         "min_input_size": 16,
     }

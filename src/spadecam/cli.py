@@ -182,7 +182,17 @@ the threshold is normal: anomalous means score > threshold."""
 
 def _add_image_commands(sub) -> None:
     """train / score / evaluate on the user's own image folders (spadecam.workflow)."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    _add_train(sub)
+    _add_score(sub)
+    _add_evaluate(sub)
+
+
+def _add_train(sub) -> None:
+    """`spadecam train`: its defaults are the API's, read from spadecam.recipes (torch-free)."""
+    from spadecam.recipes import FIT_DEFAULTS as FIT
+    from spadecam.recipes import RECIPE_DEFAULTS
+
+    ours, paper = RECIPE_DEFAULTS["spadecam"], RECIPE_DEFAULTS["paper"]
     tr = sub.add_parser(
         "train",
         help="train SPADE on folders of normal and known-anomaly images",
@@ -191,7 +201,7 @@ def _add_image_commands(sub) -> None:
             "separates them from the known anomalies, and a decision threshold is set on\n"
             "held-out images. Writes MODEL_DIR: safetensors weights and config.json."
         ),
-        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("--normal", action="append", required=True, metavar="DIR",
                     help="folder of normal images (repeat for several folders)")
@@ -199,58 +209,71 @@ def _add_image_commands(sub) -> None:
                     help="folder of known-anomaly images (repeat for several folders)")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR",
                     help="model directory to write (new, empty, or an older model)")
-    tr.add_argument("--image-size", type=int, default=128, metavar="N",
-                    help="side of the square model input in pixels (default 128)")
+    tr.add_argument("--image-size", type=int, default=FIT["image_size"], metavar="N",
+                    help="side of the square model input in pixels (default "
+                    f"{FIT['image_size']})")
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
-    tr.add_argument("--resize", choices=["resize", "letterbox"], default="letterbox",
-                    help="letterbox (default): keep the aspect ratio and pad with black (the "
-                    "padding never counts in the score); resize: stretch to the square")
+    tr.add_argument("--resize", choices=["resize", "letterbox"], default=FIT["resize"],
+                    help="letterbox: keep the aspect ratio and pad with black (the padding "
+                    "never counts in the score); resize: stretch to the square (default "
+                    f"{FIT['resize']})")
     tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
-                    help="classifier: the paper's 3-conv CNN (default) or a ResNet-18 "
-                    "(needs --image-size >= 32; Grad-CAM grid = size / 32)")
+                    help="classifier: small (default), the paper's 3-conv layout with kernels "
+                    "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
+                    "Grad-CAM grid = size / 8), or resnet18, a ResNet-18 (needs --image-size "
+                    ">= 32; Grad-CAM grid = size / 32)")
     tr.add_argument("--steps", type=int, default=None,
                     help="budget of optimiser steps per model, with early stopping on a "
-                    "validation split (default 2000, whatever the number of images)")
+                    f"validation split (default {FIT['steps']}, whatever the number of images)")
     tr.add_argument("--epochs", type=int, default=None,
                     help="train for this many epochs instead of a step budget")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--seed", type=int, default=FIT["seed"],
+                    help=f"random seed (default {FIT['seed']})")
     tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
-                    help="defaults for the options below: spadecam (chosen on validation data "
-                    "of Noisy-MNIST and ELPV; default) or paper (128-d latent, 3x3 CNN, "
-                    "|u - u_hat|)")
+                    help="defaults for the options below: spadecam (default; chosen on "
+                    "Noisy-MNIST seed-0 numbers and ELPV's validation split, README "
+                    "'Defaults') or paper (128-d latent, 3x3 CNN, |u - u_hat|)")
     tr.add_argument("--latent-dim", type=int, default=None,
-                    help="VAE latent dimension (default: the recipe's, spadecam 8, paper 128)")
-    tr.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
-    tr.add_argument("--lr", type=float, default=1e-3,
-                    help="learning rate of both models (AdamW, default 0.001); lower it if "
-                    "training diverges")
+                    help="VAE latent dimension (default: the recipe's, spadecam "
+                    f"{ours['latent_dim']}, paper {paper['latent_dim']})")
+    tr.add_argument("--batch-size", type=int, default=FIT["batch_size"],
+                    help=f"training batch (default {FIT['batch_size']})")
+    tr.add_argument("--lr", type=float, default=FIT["lr"],
+                    help=f"learning rate of both models (AdamW, default {FIT['lr']:g}); lower "
+                    "it if training diverges")
     tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
-                    "reconstruction error; 0 = the paper's (default: the recipe's, spadecam 2)")
+                    "reconstruction error; 0 = the paper's (default: the recipe's, spadecam "
+                    f"{ours['error_smoothing']:g})")
     tr.add_argument("--error-norm", choices=["l1", "l2"], default=None,
                     help="reconstruction error |r| (l1, the paper's) or r^2 (l2; default: the "
-                    "recipe's, spadecam l2)")
+                    f"recipe's, spadecam {ours['error_norm']})")
     tr.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                     help="multiply the weighted error by (1 + W p), p the classifier's "
                     "probability of the known anomaly, so the known kind counts in the score; "
-                    "0 = the paper's score (default: the recipe's, 0)")
+                    f"0 = the paper's score (default: the recipe's, {ours['classifier_weight']:g})")
     tr.add_argument("--roi-power", type=float, default=None, metavar="P",
                     help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
-                    "the recipe's, 1)")
-    tr.add_argument("--cam-layer", type=int, default=-1, metavar="K",
-                    help="classifier layer whose Grad-CAM gives the ROI (default -1, the last; "
-                    "-2 a finer, smaller ROI)")
-    tr.add_argument("--threshold-holdout", type=float, default=0.1, metavar="FRACTION",
+                    f"the recipe's, {ours['roi_power']:g})")
+    tr.add_argument("--cam-layer", type=int, default=FIT["cam_layer"], metavar="K",
+                    help="classifier layer whose Grad-CAM gives the ROI (default "
+                    f"{FIT['cam_layer']}, the last; -2 a finer, smaller ROI)")
+    tr.add_argument("--threshold-holdout", type=float, default=FIT["threshold_holdout"],
+                    metavar="FRACTION",
                     help="share of normal and of known-anomaly images held out of training "
-                    "to set the threshold (default 0.1)")
-    tr.add_argument("--threshold-quantile", type=float, default=0.99, metavar="Q",
+                    f"to set the threshold (default {FIT['threshold_holdout']:g})")
+    tr.add_argument("--threshold-quantile", type=float, default=FIT["threshold_quantile"],
+                    metavar="Q",
                     help="with no held-out anomaly: flag scores above this quantile of "
-                    "held-out normal scores (default 0.99); else the F1-max point is used")
+                    f"held-out normal scores (default {FIT['threshold_quantile']:g}); else the "
+                    "F1-max point is used")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_distributed_options(tr)
 
+
+def _add_score(sub) -> None:
     sc = sub.add_parser(
         "score",
         help="score images with a trained model (CSV of path,score,label,map; overlays)",
@@ -261,7 +284,7 @@ def _add_image_commands(sub) -> None:
             "threshold, 0 = normal), map the image's overlay under --maps (else empty).\n"
             "Folders are read recursively; overlays mirror the input paths under --maps."
         ),
-        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sc.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
     sc.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -274,6 +297,8 @@ def _add_image_commands(sub) -> None:
     _add_scoring_precision(sc)
     _add_distributed_options(sc, precision=False)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="image AUROC, average precision, F1-max (and pixel AUROC with masks) on "
@@ -288,7 +313,7 @@ def _add_image_commands(sub) -> None:
             "any non-zero mask pixel is anomalous. An anomalous image without a mask is left\n"
             "out of pixel AUROC and named in a warning (pixel_auroc_missing_masks)."
         ),
-        epilog=_TRAIN_EXAMPLE, formatter_class=fmt,
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
     ev.add_argument("--normal", action="append", metavar="DIR", help="folder of normal test images")
@@ -310,28 +335,13 @@ def _precision_line(args: argparse.Namespace) -> str:
     from spadecam.distributed import fabric_settings
     from spadecam.precision import describe, from_option, resolve_scoring_precision
 
-    option, source = args.precision, ""
-    if option is None and args.command in ("score", "evaluate"):
-        option, source = _stored_precision(args.model_dir), " (stored in the model directory)"
+    option = args.precision  # train / reproduce; score and evaluate say it once loaded
     train, scoring = from_option(option)
-    text = f"scoring {resolve_scoring_precision(scoring)}{source}"
+    text = f"scoring {resolve_scoring_precision(scoring)}"
     if args.command in ("train", "reproduce"):
         text = f"training {fabric_settings(**_distributed(args))['precision']}, " + text
     why = f" (auto: {describe()}; --precision 32 for exact fp32)" if option in ("auto", None) else ""
     return f"precision: {text}{why}"
-
-
-def _stored_precision(model_dir: str) -> str:
-    """The scoring precision a model directory records ("auto" when it records none or cannot
-    be read: loading it reports that error)."""
-    from spadecam.io import read_config
-
-    try:
-        params = (read_config(model_dir).get("detector") or {}).get("params") or {}
-    except ValueError:
-        return "auto"
-    value = params.get("precision", "auto")
-    return value if value in ("auto", "32", "bf16") else "auto"
 
 
 def _run_image_command(args: argparse.Namespace) -> int:
@@ -342,25 +352,28 @@ def _run_image_command(args: argparse.Namespace) -> int:
     from spadecam.precision import from_option
 
     progress = not args.no_progress
-    if global_rank() == 0:
-        print(_precision_line(args), file=sys.stderr)
+    rank0 = global_rank() == 0
+
+    def stderr(line: str) -> None:
+        print(line, file=sys.stderr)
+
     if args.command == "train":
+        if rank0:
+            print(_precision_line(args), file=sys.stderr)
+        # every train option by its API name, nothing renamed or defaulted here
+        names = ("backbone", "epochs", "steps", "seed", "recipe", "resize", "latent_dim",
+                 "batch_size", "lr", "threshold_quantile", "threshold_holdout",
+                 "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer")
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
-            channels=args.channels, backbone=args.backbone, epochs=args.epochs, seed=args.seed,
-            steps=args.steps, recipe=args.recipe,
-            resize=args.resize, latent_dim=args.latent_dim, batch_size=args.batch_size,
-            lr=args.lr,
-            threshold_quantile=args.threshold_quantile,
-            threshold_holdout=args.threshold_holdout, progress=progress,
-            distributed=_distributed(args), error_smoothing=args.error_smoothing,
-            error_norm=args.error_norm, precision=from_option(args.precision)[1], log=print,
-            roi_power=args.roi_power, classifier_weight=args.classifier_weight,
-            cam_layer=args.cam_layer,
+            channels=args.channels, log=print, progress=progress,
+            distributed=_distributed(args), precision=from_option(args.precision)[1],
+            **{k: getattr(args, k) for k in names},
         )
     elif args.command == "score":
         rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,
-                              distributed=_distributed(args), precision=args.precision)
+                              distributed=_distributed(args), precision=args.precision,
+                              log=stderr if rank0 else None)
         if global_rank() != 0:
             return 0  # rank 0 prints for every process
         flagged = sum(r["label"] for r in rows)
@@ -375,6 +388,7 @@ def _run_image_command(args: argparse.Namespace) -> int:
         metrics = workflow.evaluate(
             args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
             progress, precision=args.precision, distributed=_distributed(args),
+            log=stderr if rank0 else None,
         )
         if global_rank() != 0:
             return 0  # rank 0 prints for every process

@@ -46,6 +46,7 @@ __all__ = [
     "as_image_tensor",
     "image_list",
     "iter_model_batches",
+    "letterbox_mask",
     "maps_to_images",
     "min_input_size",
     "stack_maps",
@@ -275,16 +276,36 @@ def to_model_batch(
             )
         u = torch.cat([to_float_images(t) for t in parts])
         return ModelBatch(_channels_last(u), None, sizes, None)
-    out, valid, boxes = [], torch.zeros(len(parts), 1, size, size), []
-    for i, t in enumerate(parts):
-        x = to_float_images(t[0]).cpu().numpy()
-        out.append(torch.from_numpy(resize_image(x, size, policy)))
-        box = content_box(x.shape[1], x.shape[2], size, policy)
-        top, left, h, w = box
-        valid[i, 0, top : top + h, left : left + w] = 1.0
-        boxes.append(box)
-    padded = policy == "letterbox" and bool((valid == 0).any())
-    return ModelBatch(_channels_last(torch.stack(out)), valid if padded else None, sizes, boxes)
+    out = [torch.from_numpy(resize_image(to_float_images(t[0]).cpu().numpy(), size, policy))
+           for t in parts]
+    boxes = [content_box(h, w, size, policy) for h, w in sizes]
+    valid = letterbox_mask(sizes, size, policy)
+    return ModelBatch(_channels_last(torch.stack(out)),
+                      None if valid is None else torch.from_numpy(valid), sizes, boxes)
+
+
+def letterbox_mask(
+    sizes: Sequence[tuple[int, int]], size: int, policy: str = "letterbox"
+) -> np.ndarray | None:
+    """Which pixels of the ``size`` x ``size`` model inputs are image, not letterbox padding.
+
+    Parameters
+    ----------
+    sizes : sequence of (H, W), each image's own size in pixels
+    size : int, the model's input side
+    policy : {"letterbox", "resize"}
+
+    Returns
+    -------
+    ndarray (N, 1, size, size) float32 in {0, 1} (1 on the image,
+    :func:`spadecam.data.images.content_box`), or None when no pixel is padding ("resize",
+    or every image already square). The one mask the detectors and ``spadecam train`` use.
+    """
+    valid = np.zeros((len(sizes), 1, size, size), dtype=np.float32)
+    for i, (h, w) in enumerate(sizes):
+        top, left, bh, bw = content_box(h, w, size, policy)
+        valid[i, 0, top : top + bh, left : left + bw] = 1.0
+    return valid if policy == "letterbox" and bool((valid == 0).any()) else None
 
 
 def iter_model_batches(

@@ -223,9 +223,11 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, FeatureClassifie
 
 
 def load_model_parts(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike, config: dict[str, Any] | None = None,
 ) -> tuple[ConvVAE | None, FeatureClassifier | None]:
     """Load whichever of the VAE and classifier a model directory holds (eval mode, CPU).
+
+    ``config``: its config.json as :func:`read_config` returned it (else read here).
 
     Returns
     -------
@@ -238,7 +240,7 @@ def load_model_parts(
         weight files.
     """
     d = Path(model_dir)
-    config = read_config(d)
+    config = read_config(d) if config is None else config
     if "vae_config" not in config and "cnn_config" not in config:
         raise ModelFormatError(f"{d / 'config.json'} holds neither vae_config nor cnn_config")
     backbone = _backbone(config)  # validated by read_config
@@ -481,6 +483,7 @@ def _validate(config: dict[str, Any], path: Path) -> None:
         pre.choice("normalisation", _NORMALISATIONS)
         pre.integer("min_input_size")
     detector = top.section("detector")
+    params = None
     if detector is not None:
         if "class" in detector.data and not isinstance(detector.data["class"], str):
             detector.fail("class", "a detector class name (a string)", detector.data["class"])
@@ -488,6 +491,14 @@ def _validate(config: dict[str, Any], path: Path) -> None:
         if params is not None:
             _check_params(params, cnn_layers)
             side(params, "image_size")
+    # a directory of 0.1 records the resize policy up to three times: they must agree
+    policies: dict[str, Any] = {}
+    for section in (inp, pre, params):
+        if section is not None and section.data.get("resize") is not None:
+            for other, v in policies.items():
+                if v != section.data["resize"]:
+                    section.fail("resize", f"equal to {other} ({v!r})", section.data["resize"])
+            policies[section.key("resize")] = section.data["resize"]
     threshold = config.get("threshold_")
     if not (threshold is None or threshold in NON_FINITE_JSON.values()
             or (_is_number(threshold) and not math.isnan(threshold))):

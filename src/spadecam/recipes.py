@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spadecam.data.noisy_mnist import NoisyMNISTConfig
-from spadecam.models.cnn import CNNConfig
-from spadecam.models.vae import VAEConfig
-from spadecam.training import TrainConfig
+
+if TYPE_CHECKING:  # imported where used: the CLI reads the tables without importing torch
+    from spadecam.models.cnn import CNNConfig
+    from spadecam.models.vae import VAEConfig
+    from spadecam.training import TrainConfig
 
 #: What the detectors use for arguments left at None, per ``recipe``. "paper": the paper's
 #: architecture (128-d latent, 3-conv CNN with 3x3 kernels) and error |u - u_hat|.
@@ -29,6 +31,25 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
                  "roi_power": 1.0, "classifier_weight": 0.0},
     "paper": {"latent_dim": 128, "error_smoothing": 0.0, "error_norm": "l1",
               "roi_power": 1.0, "classifier_weight": 0.0},
+}
+
+
+#: What fitting a detector uses for an argument left unset, the same for the Python API
+#: (the detectors' and :class:`~spadecam.training.TrainConfig`'s defaults) and for
+#: ``spadecam train`` (its option defaults): issue 18 found the CLI holding out 10 % for the
+#: threshold and training in batches of 32 while ``SPADE()`` held out nothing and trained in
+#: batches of 128. ``image_size`` is ``spadecam train``'s model input side; the API sizes the
+#: input from the data (the longest side ``fit`` sees) unless given one.
+FIT_DEFAULTS: dict[str, Any] = {
+    "threshold_holdout": 0.1,  # held-out images set the threshold (the training scores run low)
+    "threshold_quantile": 0.99,
+    "resize": "letterbox",
+    "cam_layer": -1,
+    "steps": 2000,  # per model, with early stopping on a validation split
+    "batch_size": 32,
+    "lr": 1e-3,
+    "seed": 0,
+    "image_size": 128,
 }
 
 
@@ -44,6 +65,8 @@ def default_vae_config(recipe: str = "spadecam") -> VAEConfig:
     "spadecam" (Noisy-MNIST: an oracle-ROI error reached AUROC 0.85 at 8-d vs 0.79 at 16-d;
     README), 128 for "paper".
     """
+    from spadecam.models.vae import VAEConfig
+
     _check_recipe(recipe)
     return VAEConfig(latent_dim=RECIPE_DEFAULTS[recipe]["latent_dim"])
 
@@ -58,6 +81,8 @@ def default_cnn_config(image_size: int | None = None, recipe: str = "spadecam") 
     with 3 -> 5) and at 64 px, 3 at 32 px, 7 at 128 px. Grad-CAM reads the last layer, a
     grid of side / 8 cells.
     """
+    from spadecam.models.cnn import CNNConfig
+
     _check_recipe(recipe)
     if recipe == "paper":
         return CNNConfig(channels=(32, 64, 64), kernel_sizes=(3, 3, 3), strides=(2, 2, 2))
@@ -126,6 +151,8 @@ def _error(recipe: str) -> dict[str, Any]:
 
 
 def _paper_recipe() -> Recipe:
+    from spadecam.training import TrainConfig
+
     # The paper's architecture: VAE with 4 conv layers and a 128-d latent, CNN with 3 conv
     # layers; epochs, widths and optimiser are our choices (the paper does not give them).
     return Recipe(
@@ -139,6 +166,8 @@ def _paper_recipe() -> Recipe:
 
 
 def _spadecam_recipe() -> Recipe:
+    from spadecam.training import TrainConfig
+
     # Same method (eq. 1-5, Algorithm 1); what changed from the paper recipe and why (the
     # numbers are seed-0 TEST numbers of Noisy-MNIST, measured before the validation split
     # existed; docs/noisy-mnist.md says so next to the table):
@@ -218,6 +247,9 @@ def _elpv_spadecam_recipe() -> Recipe:
     # Noisy-MNIST recipe (default_cnn_config(48) would give 3); the blurred squared error of
     # the table (on ELPV within 0.01 of the paper's error); classifier_weight 10, the ROI
     # option that won on both validation splits (README).
+    from spadecam.models.vae import VAEConfig
+    from spadecam.training import TrainConfig
+
     return Recipe(
         name="spadecam",
         vae=VAEConfig(latent_dim=16),

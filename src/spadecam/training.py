@@ -49,6 +49,7 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig, classifier_loss
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
+from spadecam.recipes import FIT_DEFAULTS
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
@@ -72,7 +73,8 @@ class TrainConfig:
     Attributes
     ----------
     steps : int
-        Budget of optimiser steps (default 2000), used when ``epochs`` is None. Batches are
+        Budget of optimiser steps (default 2000, :data:`spadecam.recipes.FIT_DEFAULTS` as
+        every default here and ``spadecam train``'s), used when ``epochs`` is None. Batches are
         drawn epoch after epoch (a new permutation each) until the budget is spent or early
         stopping ends training.
     epochs : int or None
@@ -81,7 +83,6 @@ class TrainConfig:
     val_every : int or None
         Steps between validations; None: once per epoch with ``epochs``, else
         ``ceil(steps / 50)`` (at most 50 validations whatever the data size).
-    batch_size : int
     lr, weight_decay : float
         AdamW settings.
     schedule : {"constant", "cosine"}
@@ -91,7 +92,8 @@ class TrainConfig:
     patience : int
         Validations without a better validation loss before stopping.
     batch_size : int
-        Images per step and process: a DDP step over W processes sees W * batch_size.
+        Images per step and process (default 32): a DDP step over W processes sees
+        W * batch_size.
     seed : int
         Seeds the weights, the split, the batch order and the VAE's sampling.
     accelerator, devices, num_nodes, precision, strategy :
@@ -99,24 +101,25 @@ class TrainConfig:
         "ddp"); ``devices`` is processes per node. ``None`` takes the launcher's value under
         torchrun or ``fabric run``, else one process on the CPU
         (:func:`spadecam.distributed.fabric_settings`). ``precision="auto"`` (default) is
-        "bf16-mixed" where the accelerator computes bf16 natively (CPU with AMX or
-        AVX512-BF16, CUDA with bf16), else "32-true" (:mod:`spadecam.precision`); "32-true"
-        gives exact fp32 training.
+        "bf16-mixed" on CPUs with AMX and on CUDA with bf16, else "32-true" (on AVX512-BF16
+        without AMX bf16 training measured slower than fp32:
+        :func:`spadecam.precision.resolve_training_precision`); "32-true" gives exact fp32
+        training.
     progress : bool
         Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
         (training and validation loss) on stderr.
     """
 
-    steps: int = 2000
+    steps: int = FIT_DEFAULTS["steps"]
     epochs: int | None = None
     val_every: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = FIT_DEFAULTS["batch_size"]
+    lr: float = FIT_DEFAULTS["lr"]
     weight_decay: float = 0.0
     schedule: str = "constant"
     val_fraction: float = 0.1
     patience: int = 5
-    seed: int = 0
+    seed: int = FIT_DEFAULTS["seed"]
     accelerator: str | None = None
     devices: int | None = None
     precision: str | None = "auto"

@@ -354,14 +354,19 @@ class _BaseDetector(BaseEstimator):
         """
         _require(self, *self._model_attrs)
         # resolved values, so a saved model scores the same whatever later recipes default to
+        # resize is recorded once, in "input" (it was in params and preprocessing too)
         params = {k: (self._param(k) if k in _RECIPE_PARAMS else getattr(self, k))
-                  for k in self._saved_params()}
+                  for k in self._saved_params() if k != "resize"}
+        pre = preprocessing or getattr(self, "preprocessing_", None)
+        if pre and pre.get("resize", self.resize) != self.resize:
+            raise ValueError(f"preprocessing['resize'] is {pre['resize']!r} but the detector's "
+                             f"resize is {self.resize!r}; a model directory records one policy")
         config = {
             "detector": {"class": type(self).__name__, "params": params},
             "threshold_": getattr(self, "threshold_", None),
             "threshold_source": getattr(self, "threshold_source_", None),
             "threshold_n_images": getattr(self, "threshold_n_images_", None),
-            "preprocessing": preprocessing or getattr(self, "preprocessing_", None),
+            "preprocessing": pre,
             # the model's input, read back by load: images of any size are brought to it
             "input": {"image_size": self._input_spec()[0], "channels": self._input_spec()[1],
                       "resize": self.resize},
@@ -376,11 +381,12 @@ class _BaseDetector(BaseEstimator):
         return [k for k in _SAVED_PARAMS if k in accepted]
 
     @classmethod
-    def load(cls, path: str | os.PathLike):
+    def load(cls, path: str | os.PathLike, config: dict[str, Any] | None = None):
         """A fitted detector from a model directory written by :meth:`save` or the CLI.
 
         Sets ``threshold_`` (None if the directory has none) and ``preprocessing_`` (dict or
-        None) from config.json.
+        None) from config.json. ``config``: config.json as :func:`spadecam.io.read_config`
+        already read it (then it is not read again).
 
         Raises
         ------
@@ -389,12 +395,12 @@ class _BaseDetector(BaseEstimator):
             that do not fit the config, a directory saved by another detector class, or one
             without a model this detector needs.
         """
-        config = read_config(path)
+        config = read_config(path) if config is None else config
         saved = config.get("detector") or {}
         other = saved.get("class", cls.__name__)
         if other != cls.__name__:
             raise ModelFormatError(f"{path} holds a {other} model; load it with {other}.load")
-        vae, cnn = load_model_parts(path)
+        vae, cnn = load_model_parts(path, config)
         found = {"vae_": vae, "cnn_": cnn}
         models = [found[a] for a in cls._model_attrs]
         if any(m is None for m in models):
@@ -407,14 +413,26 @@ class _BaseDetector(BaseEstimator):
         if isinstance(params.get("cam_layer"), list):  # a multi-layer ROI, stored as a list
             params["cam_layer"] = tuple(params["cam_layer"])
         pre = config.get("preprocessing") or {}
-        if "resize" not in params and pre.get("resize") in RESIZE_POLICIES:
-            params["resize"] = pre["resize"]  # a model directory from before the "input" entry
+        inp = config.get("input") or {}
+        # "input" records it; 0.1's directories in params or (older) only in preprocessing
+        for source in (inp, saved.get("params") or {}, pre):
+            if source.get("resize") in RESIZE_POLICIES:
+                params["resize"] = source["resize"]
+                break
         det = cls.from_models(*models, **params)
         try:
             det.threshold_ = json_float(config.get("threshold_"), "threshold_")
         except ValueError as exc:
             raise ModelFormatError(f"{path}/config.json: {exc}") from None
-        det.preprocessing_ = config.get("preprocessing")
+        # what a model's images go through, with the input it records once (a view as 0.1 had)
+        # how the threshold was set, as save wrote it (it was written and never read back)
+        for attr, key in (("threshold_source_", "threshold_source"),
+                          ("threshold_n_images_", "threshold_n_images")):
+            if config.get(key) is not None:
+                setattr(det, attr, config[key])
+        det.preprocessing_ = None if not config.get("preprocessing") else {
+            **{k: inp[k] for k in ("image_size", "resize") if k in inp},
+            **config["preprocessing"]}
         size = (config.get("input") or {}).get("image_size") or pre.get("image_size")
         if size is not None:
             det.image_size_ = int(size)

@@ -16,7 +16,7 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import default_cnn_config, default_vae_config
+from spadecam.recipes import FIT_DEFAULTS, default_cnn_config, default_vae_config
 from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
@@ -70,10 +70,10 @@ class VAEDetector(_BaseDetector):
         error_norm: str | None = None,
         batch_size: int = 256,
         precision: str = "auto",
-        threshold_quantile: float = 0.99,
-        threshold_holdout: float = 0.0,
+        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
+        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
         image_size: int | None = None,
-        resize: str = "letterbox",
+        resize: str = FIT_DEFAULTS["resize"],
         recipe: str = "spadecam",
     ) -> None:
         self.vae_config = vae_config
@@ -186,10 +186,10 @@ class CNNDetector(_BaseDetector):
         loss: str = "eq2",
         batch_size: int = 256,
         precision: str = "auto",
-        threshold_quantile: float = 0.99,
-        threshold_holdout: float = 0.0,
+        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
+        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
         image_size: int | None = None,
-        resize: str = "letterbox",
+        resize: str = FIT_DEFAULTS["resize"],
         recipe: str = "spadecam",
     ) -> None:
         self.cnn_config = cnn_config

@@ -18,7 +18,7 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
+from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, default_cnn_config, default_vae_config
 from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
@@ -118,7 +118,7 @@ class SPADE(_BaseDetector):
         vae_train: TrainConfig | None = None,
         cnn_train: TrainConfig | None = None,
         loss: str = "eq2",
-        cam_layer: int = -1,
+        cam_layer: int = FIT_DEFAULTS["cam_layer"],
         input_branch: str = "abs",
         recon_branch: str = "relu",
         normalise: bool = True,
@@ -128,10 +128,10 @@ class SPADE(_BaseDetector):
         error_norm: str | None = None,
         batch_size: int = 256,
         precision: str = "auto",
-        threshold_quantile: float = 0.99,
-        threshold_holdout: float = 0.0,
+        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
+        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
         image_size: int | None = None,
-        resize: str = "letterbox",
+        resize: str = FIT_DEFAULTS["resize"],
         roi_power: float | None = None,
         classifier_weight: float | None = None,
         recipe: str = "spadecam",
@@ -317,7 +317,7 @@ class NaiveSPADE(SPADE):
         vae_train: TrainConfig | None = None,
         cnn_train: TrainConfig | None = None,
         loss: str = "eq2",
-        cam_layer: int = -1,
+        cam_layer: int = FIT_DEFAULTS["cam_layer"],
         input_branch: str = "relu",
         recon_branch: str = "none",
         normalise: bool = False,
@@ -327,10 +327,10 @@ class NaiveSPADE(SPADE):
         error_norm: str | None = None,
         batch_size: int = 256,
         precision: str = "auto",
-        threshold_quantile: float = 0.99,
-        threshold_holdout: float = 0.0,
+        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
+        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
         image_size: int | None = None,
-        resize: str = "letterbox",
+        resize: str = FIT_DEFAULTS["resize"],
         roi_power: float | None = None,
         classifier_weight: float | None = None,
         recipe: str = "spadecam",

@@ -1,0 +1,214 @@
+"""``spadecam evaluate``: image AUROC, average precision, F1-max (and pixel AUROC with masks)
+of a model directory on labelled folders (through :class:`~spadecam.deploy.TorchInferencer`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from spadecam._fs import check_writable, json_text
+from spadecam._progress import bar, warn
+from spadecam.data.folders import DatasetError, LabelledImages, folder_layout, mvtec_layout
+from spadecam.data.images import ImageError, image_hw, load_mask
+from spadecam.deploy.torch_inferencer import TorchInferencer
+from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.evaluation import atomic_write_text
+from spadecam.metrics import image_metrics, pixel_auroc
+from spadecam.precision import resolve_scoring_precision
+
+__all__ = ["evaluate"]
+
+
+def _mask_arrays(
+    data: LabelledImages, progress: bool, indices: Sequence[int] | None = None
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Masks at each image's own size ({0, 1}; all-zero for normal images) of the images
+    ``indices`` (default: all), and which of them enter pixel AUROC (normal ones and
+    anomalies with a mask); both in the order of ``indices``.
+
+    Every mask is tried; the ImageError raised at the end lists all unusable ones.
+    """
+    idx = range(len(data)) if indices is None else indices
+    masks: list[np.ndarray | None] = [None] * len(idx)
+    use = np.zeros(len(idx), dtype=bool)
+    errors: list[ImageError] = []
+    for k in bar(range(len(idx)), desc="reading masks", enabled=progress):
+        i = idx[k]
+        img, mask = data.paths[i], data.masks[i]
+        if data.labels[i] == 1 and mask is None:
+            continue  # an anomaly without a mask cannot be scored per pixel
+        use[k] = True
+        try:
+            hw = image_hw(img)
+            if mask is None:
+                masks[k] = np.zeros(hw, dtype=np.uint8)
+                continue
+            m = load_mask(mask)
+            if m.shape != hw:
+                raise ImageError(
+                    f"{mask}: mask is {m.shape[1]}x{m.shape[0]} pixels but its image {img} "
+                    f"is {hw[1]}x{hw[0]} (both as displayed)", [mask],
+                )
+            masks[k] = m
+        except ImageError as exc:
+            errors.append(exc)
+    if errors:
+        raise ImageError.combine(errors, what="masks (or their images)")
+    return masks, use
+
+
+def _gather_pixels(fabric, labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every rank's flattened pixel labels and map values, concatenated on rank 0 (in rank
+    order, which is input order); other ranks get empty arrays. Pixel AUROC needs them all
+    in one place: rank 0 holds as many map pixels as a one-process run would."""
+    if fabric.world_size == 1:
+        return labels, values
+    parts: list[Any] | None = [None] * fabric.world_size if fabric.global_rank == 0 else None
+    torch.distributed.gather_object((labels, values), parts, dst=0)
+    if parts is None:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    normal: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    anomaly: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    mvtec: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    precision: str | None = None,
+    distributed: dict[str, Any] | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Image AUROC, average precision, F1-max (and pixel AUROC with masks) on labelled folders.
+
+    Parameters
+    ----------
+    model_dir : path written by :func:`train`
+    normal, anomaly : folder or list of folders of normal / anomalous test images
+    masks : folder or list of folders, optional
+        Ground-truth masks matched to anomalous images by stem (see
+        :func:`spadecam.data.folders.folder_layout`). Pixel AUROC counts every normal image
+        (all pixels normal) and every anomalous image that has a mask, at each image's own
+        size (the maps come back at it; :mod:`spadecam.inputs`). An anomalous image without
+        a mask is left out of pixel AUROC, named in a warning and listed in
+        ``pixel_auroc_missing_masks``.
+    mvtec : path, optional
+        An MVTec AD category folder; its ``test`` split and ``ground_truth`` masks replace
+        ``normal``, ``anomaly`` and ``masks``.
+    out : path, optional
+        Where to write the metrics as JSON (temp file, then renamed).
+    precision : {"auto", "32", "bf16"}, optional
+        Scoring precision (see :class:`SPADE`); None keeps the model directory's.
+    log : callable, optional
+        Receives one line: the scoring precision as resolved and where it came from.
+    distributed : dict, optional
+        Fabric settings, as in :func:`score`. With W processes each reads and scores a
+        contiguous 1/W of the test images (and their masks); the scores are gathered in
+        input order and the image metrics computed from all of them on every rank. For
+        pixel AUROC every rank's map pixels are gathered to rank 0, which computes it
+        exactly (so rank 0 holds all map pixels, as one process would) and sends the value
+        to the others. Only rank 0 warns and writes ``out``; every rank returns the same
+        metrics.
+
+    Returns
+    -------
+    dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
+    ``n_pixel_images`` (None / 0 without masks), ``model_dir`` and ``precision`` (the
+    scoring precision used); the same on every rank.
+
+    Raises
+    ------
+    ModelFormatError, DatasetError, ImageError, ValueError
+        A bad model directory or folder, an unreadable image or mask, a mask with no image
+        or of another size than its image, or labels of a single class; nothing is written.
+        With several processes, a file that one process cannot read makes every process
+        raise.
+    """
+    inf = TorchInferencer.load(model_dir, precision)
+    det = inf.detector
+    if log is not None:  # the scoring precision as resolved, once the model is loaded
+        log(inf.describe_precision(precision is not None))
+    if out is not None:
+        check_writable(out, "--out")
+    if mvtec is not None:
+        if normal or anomaly or masks:
+            raise ValueError("give either --mvtec or --normal/--anomaly/--masks, not both")
+        data = mvtec_layout(mvtec)[1]
+    else:
+        if not normal:
+            raise DatasetError("evaluation needs normal images: give --normal")
+        if not anomaly:
+            raise DatasetError(
+                "evaluation needs anomalous images too (AUROC of a single class is undefined): "
+                "give --anomaly"
+            )
+        data = folder_layout(normal, anomaly, masks)
+    if np.unique(data.labels).size < 2:
+        raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
+    has_masks = any(m is not None for m in data.masks)
+    fabric = launch(**(distributed or {}))
+    if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
+        inf.to(fabric.device)
+    rank0 = fabric.global_rank == 0
+    mine = shard(len(data), fabric.global_rank, fabric.world_size)
+    progress = progress and rank0
+    local, maps = np.zeros(0), cast(list[np.ndarray], [])
+    mask_arr: tuple[list[np.ndarray | None], np.ndarray] | None = None
+    with fail_together(fabric):  # every rank's masks and images are read before any write
+        errors: list[ImageError] = []
+        x: list[np.ndarray] = []
+        try:  # read every mask and every image before failing: one error names all bad files
+            mask_arr = _mask_arrays(data, progress, mine) if has_masks else None
+        except ImageError as exc:
+            errors.append(exc)
+        try:
+            x = inf.read(data.paths[mine.start : mine.stop], progress)
+        except ImageError as exc:
+            errors.append(exc)
+        if errors:
+            raise ImageError.combine(errors, what="files")
+        if len(mine):
+            local, maps = inf.score(x, data.paths[mine.start : mine.stop], progress)
+        del x
+    scores = gather_in_order(fabric, local, len(data))
+    metrics: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "precision": resolve_scoring_precision(det.precision, fabric.device.type),
+    }
+    metrics.update(image_metrics(data.labels, scores, det.threshold_))
+    metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
+    if mask_arr is not None:
+        m, use = mask_arr
+        missing = [str(data.paths[i]) for i in range(len(data))
+                   if data.labels[i] == 1 and data.masks[i] is None]
+        if missing and rank0:  # the rule: left out of pixel AUROC, and said so (issue 17)
+            warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
+                 f"pixel AUROC: {', '.join(missing[:5])}"
+                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        metrics["pixel_auroc_missing_masks"] = missing
+        idx = np.flatnonzero(use)  # positions in this rank's shard
+        # _mask_arrays gives a mask to every image it marks as used
+        labels = np.concatenate([np.zeros(0, np.uint8)]
+                                + [cast(np.ndarray, m[k]).ravel() for k in idx])
+        values = np.concatenate([np.zeros(0, np.float32)] + [maps[k].ravel() for k in idx])
+        labels, values = _gather_pixels(fabric, labels, values)
+        value: float | None = None
+        with fail_together(fabric):  # rank 0 computes it; an error there stops every rank
+            if rank0:
+                value = pixel_auroc(labels, values)
+        metrics["pixel_auroc"] = fabric.broadcast(value, src=0)
+        n_used = torch.tensor(int(use.sum()))
+        metrics["n_pixel_images"] = int(fabric.all_reduce(n_used, reduce_op="sum"))
+    if out is not None and rank0:
+        if Path(out).exists():
+            warn(f"--out {out}: replacing the existing file")
+        atomic_write_text(out, json_text(metrics))
+    return metrics

@@ -1,0 +1,149 @@
+"""``spadecam score``: a model directory on image files, a CSV of path,score,label,map and
+overlays (through :class:`~spadecam.deploy.TorchInferencer`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from spadecam._fs import check_writable
+from spadecam._progress import bar, warn
+from spadecam.data.folders import collect_inputs
+from spadecam.decision import flag_anomalous
+from spadecam.deploy import torch_inferencer as _deploy
+from spadecam.deploy.torch_inferencer import TorchInferencer, map_names, overlay
+from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.evaluation import atomic_write_text
+
+__all__ = ["rows_to_csv", "score"]
+
+
+def score(
+    model_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    maps: str | os.PathLike | None = None,
+    progress: bool = True,
+    distributed: dict[str, Any] | None = None,
+    precision: str | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Score images with a trained model directory; optionally write a CSV and overlays.
+
+    Parameters
+    ----------
+    model_dir : path written by :func:`train` (or ``SPADE.save`` with preprocessing)
+    inputs : image files and/or folders; folders are read recursively (links followed, no
+        folder twice), each path being the folder as given joined with the file's path in it
+    out : path, optional
+        CSV with columns ``path,score,label,map`` (:func:`rows_to_csv`); ``label`` is the
+        decision, 1 when score > ``threshold_`` (anomalous), else 0.
+    maps : folder, optional
+        One PNG per image: the weighted reconstruction error e' (Algorithm 1) over the image
+        at the image's own size (see :func:`overlay`; the model scores it at its input size
+        and the map is brought back, :mod:`spadecam.inputs`), at ``maps / map_names(path)``:
+        the input paths mirrored, so names never collide.
+    progress : bool
+    distributed : dict, optional
+        Fabric settings: ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (None or
+        missing = the launcher's, else one process). With W processes each reads and scores
+        a contiguous 1/W of the inputs (on its GPU with accelerator "cuda", else on the
+        CPU); the scores are gathered in input order, rank 0 writes the CSV and each rank
+        writes the overlays of its own images (so ``maps`` must be on a file system every
+        node sees).
+    precision : {"auto", "32", "bf16"}, optional
+        Scoring precision (see :class:`SPADE`); None keeps the model directory's.
+    log : callable, optional
+        Receives one line: the scoring precision as resolved and where it came from.
+
+    Returns
+    -------
+    list of dict(path=str, score=float, label=int, map=str), in input order, on every rank;
+    ``map`` is the overlay written for the image, "" without ``maps``.
+
+    Raises
+    ------
+    ModelFormatError, DatasetError, ImageError, ValueError
+        A bad model directory, missing inputs, an empty folder, unreadable or too small
+        images (all named in one error), or non-finite scores (NonFiniteScoreError, naming
+        the files); nothing is written. With several processes, an image that one process
+        cannot read makes every process raise.
+
+    Warns
+    -----
+    SpadecamWarning
+        Skipped files, link cycles not followed, and existing files that are replaced (the
+        CSV, overlays).
+    """
+    inf = TorchInferencer.load(model_dir, precision)
+    if log is not None:  # the scoring precision as resolved, once the model is loaded
+        log(inf.describe_precision(precision is not None))
+    # every output checked before any work (issue 17: a read-only --maps used to fail after
+    # scoring, leaving a CSV that named overlays never written)
+    if maps is not None:
+        check_writable(maps, "--maps", folder=True)
+    if out is not None:
+        check_writable(out, "--out")
+    paths = collect_inputs(inputs)
+    names = map_names(paths) if maps is not None else None  # from the full list: all ranks
+    fabric = launch(**(distributed or {}))
+    if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
+        inf.to(fabric.device)
+    mine = shard(len(paths), fabric.global_rank, fabric.world_size)
+    progress = progress and fabric.global_rank == 0
+    x: list[np.ndarray] = []
+    local, error_maps = np.zeros(0), cast(list[np.ndarray], [])
+    with fail_together(fabric):  # every image of every shard is read before any write
+        if len(mine):
+            mine_paths = paths[mine.start : mine.stop]
+            x = inf.read(mine_paths, progress)
+            local, error_maps = inf.score(x, mine_paths, progress)
+    scores = gather_in_order(fabric, local, len(paths))
+    labels = flag_anomalous(scores, inf.threshold)
+    map_column = [""] * len(paths)
+    if maps is not None and names is not None:
+        map_column = [str(Path(maps) / n) for n in names]
+    rows = [
+        {"path": str(p), "score": float(s), "label": int(lab), "map": m}
+        for p, s, lab, m in zip(paths, scores, labels, map_column)
+    ]
+    if maps is not None:
+        assert names is not None
+        d = Path(maps)
+        scale = inf.overlay_scale
+        if not scale:  # a model without one: the largest value over all images
+            top = torch.tensor(max((float(m.max()) for m in error_maps), default=0.0))
+            scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
+        replaced = [d / names[i] for i in mine if (d / names[i]).exists()]
+        if replaced:
+            warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. "
+                 f"{replaced[0]}")
+        for i in bar(range(len(mine)), desc="writing overlays", enabled=progress):
+            _deploy.write_png(d / names[mine[i]], overlay(x[i], error_maps[i], float(scale)))
+    fabric.barrier()  # every rank's overlays are there before the CSV that names them
+    # the CSV last: an interrupted or failed run never leaves one describing missing overlays
+    if out is not None and fabric.global_rank == 0:
+        if Path(out).exists():
+            warn(f"--out {out}: replacing the existing file")
+        atomic_write_text(out, rows_to_csv(rows))
+    return rows
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV text with the columns path,score,label,map (score with 9 significant digits).
+
+    ``map`` is the overlay PNG of the row's image, empty when no overlays were written.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "score", "label", "map"])
+    for r in rows:
+        w.writerow([r["path"], f"{r['score']:.9g}", r["label"], r.get("map", "")])
+    return buf.getvalue()

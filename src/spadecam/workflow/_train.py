@@ -1,0 +1,310 @@
+"""``spadecam train``: the CLI's options as one :class:`~spadecam.detectors.SPADE`
+(:func:`build_detector`, every default the API's: :data:`spadecam.recipes.FIT_DEFAULTS`) and
+its fit on folders of images (:func:`train`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from spadecam._fs import check_writable
+from spadecam._progress import warn
+from spadecam.data.folders import DatasetError, folder_layout
+from spadecam.data.images import RESIZE_POLICIES, load_images
+from spadecam.decision import THRESHOLD_RULE
+from spadecam.deploy.torch_inferencer import TorchInferencer
+from spadecam.detectors import SPADE
+from spadecam.distributed import fabric_settings, launch
+from spadecam.inputs import PreparedImages, letterbox_mask, min_input_size
+from spadecam.io import check_detector_params
+from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
+from spadecam.models.cnn import CNNConfig
+from spadecam.models.resnet import ResNetConfig
+from spadecam.models.vae import VAEConfig
+from spadecam.precision import resolve_scoring_precision
+from spadecam.recipes import FIT_DEFAULTS as FIT
+from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config
+from spadecam.training import TrainConfig
+
+__all__ = ["BACKBONES", "build_detector", "train"]
+
+#: Classifier backbones (:data:`spadecam.models.backbones.BACKBONES`): the 3-conv CNN
+#: ("small") and a ResNet-18 ("resnet18", the paper's Table II).
+BACKBONES = tuple(_BACKBONE_TABLE)
+#: How many normal training images set the colour scale of the overlays.
+_OVERLAY_SAMPLE = 64
+
+
+def build_detector(
+    image_size: int,
+    channels: int | None = None,
+    *,
+    backbone: str = "small",
+    epochs: int | None = None,
+    steps: int | None = None,
+    seed: int = FIT["seed"],
+    latent_dim: int | None = None,
+    batch_size: int = FIT["batch_size"],
+    lr: float = FIT["lr"],
+    threshold_quantile: float = FIT["threshold_quantile"],
+    threshold_holdout: float = FIT["threshold_holdout"],
+    resize: str = FIT["resize"],
+    progress: bool = True,
+    distributed: dict[str, Any] | None = None,
+    error_smoothing: float | None = None,
+    error_norm: str | None = None,
+    precision: str = "auto",
+    recipe: str = "spadecam",
+    roi_power: float | None = None,
+    classifier_weight: float | None = None,
+    cam_layer: int = FIT["cam_layer"],
+) -> SPADE:
+    """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
+
+    Every default is the API's (:data:`spadecam.recipes.FIT_DEFAULTS`, the recipe table), so
+    ``build_detector(S)`` fits the same models as ``SPADE(image_size=S)`` on the same images.
+    Every option is checked here, before any image is read; messages name the CLI option.
+
+    Parameters
+    ----------
+    image_size : int, side of the square model input in pixels
+    channels : {1, 3} or None
+        The images' channel count; None (default): the data's, sized by ``fit``.
+    backbone : {"small", "resnet18"}
+        The 3-conv classifier (its kernels follow the image size under the "spadecam"
+        recipe, :func:`~spadecam.recipes.default_cnn_config`) or the ResNet-18-style one
+        (:mod:`spadecam.models.resnet`).
+    epochs, steps, seed, batch_size, lr : training settings shared by the VAE and the
+        classifier (:class:`~spadecam.training.TrainConfig`); ``epochs`` None (default)
+        trains for a budget of ``steps`` optimiser steps (default 2000) with early stopping
+    latent_dim : int, optional
+        The VAE's latent dimension (eq. 1); None: the recipe's (spadecam 8, paper 128).
+    threshold_quantile, threshold_holdout, resize : see :class:`SPADE`
+    error_smoothing, error_norm : the reconstruction error (see :class:`SPADE`); None: the
+        recipe's (spadecam: 2 px blur, l2; paper: |u - u_hat|)
+    precision : {"auto", "32", "bf16"}, the scoring precision (see :class:`SPADE`); training
+        takes ``distributed["precision"]`` (default "auto", :class:`TrainConfig`)
+    recipe : {"spadecam", "paper"}
+        Defaults for everything left at None, and the classifier: spadecam's kernels from the
+        image size (:func:`spadecam.recipes.default_cnn_config`), or the paper's 3x3.
+    roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
+        the score and the classifier layer Grad-CAM reads (see :class:`SPADE`); None: the
+        recipe's (1 and 0 in both recipes: the paper's score); cam_layer -1 = the last
+    distributed : dict, optional
+        Lightning Fabric settings for both training loops: any of ``accelerator``,
+        ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
+        None or missing = the launcher's, else one CPU process).
+
+    Raises
+    ------
+    ValueError
+        An unknown backbone, resize or recipe, ``channels`` not 1 or 3, ``epochs`` /
+        ``steps`` / ``latent_dim`` below 1, a bad scoring or threshold option, or an
+        ``image_size`` below the networks' minimum (:func:`min_input_size`).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
+    for name, value in (("epochs", epochs), ("steps", steps), ("latent-dim", latent_dim)):
+        if value is not None and value < 1:  # 0 is not "unset" (issue 17)
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if recipe not in RECIPE_DEFAULTS:
+        raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
+    vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=(
+        RECIPE_DEFAULTS[recipe]["latent_dim"] if latent_dim is None else latent_dim))
+    cnn_cfg = (ResNetConfig(in_channels=channels) if backbone == "resnet18"
+               else default_cnn_config(image_size, recipe))
+    if channels is not None:
+        cnn_cfg = cnn_cfg.sized(channels)
+    # the detector's own rules (those of config.json), each named as its option
+    check_detector_params(
+        "spadecam train",
+        dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
+             classifier_weight=classifier_weight, cam_layer=cam_layer,
+             threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout),
+        len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None, as_options=True,
+    )
+    need = min_input_size(vae_cfg, cnn_cfg)
+    if image_size < need:
+        raise ValueError(
+            f"--image-size {image_size} is smaller than the minimum of {need} pixels for the "
+            f"{backbone} backbone and the VAE"
+        )
+    train_cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
+        **cast(dict[str, Any], distributed or {}),
+    )
+    return SPADE(
+        vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=train_cfg,
+        threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
+        error_smoothing=error_smoothing, error_norm=error_norm, precision=precision,
+        image_size=image_size, resize=resize, recipe=recipe, roi_power=roi_power,
+        classifier_weight=classifier_weight, cam_layer=cam_layer,
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out that would mix a model into an unrelated folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ValueError(
+            f"--out {out} is a non-empty folder that is not a spadecam model directory; "
+            "choose a new or empty folder"
+        )
+    check_writable(out, "--out", folder=True)  # before the training, not after it
+
+
+def train(
+    normal: str | os.PathLike | Sequence[str | os.PathLike],
+    anomaly: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    image_size: int = FIT["image_size"],
+    channels: int | None = None,
+    log: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Path:
+    """Train SPADE on folders of normal and known-anomaly images; write a model directory.
+
+    Parameters
+    ----------
+    normal, anomaly : folder or list of folders
+        Normal images (the VAE learns these, eq. 1) and known anomalies (the classifier
+        separates them from the normal ones, eq. 2).
+    out : path of the model directory (new, empty, or an older spadecam model)
+    image_size, channels : the model input side and the channel count images are converted
+        to (None: the images' own, which must be the same for all); see the module notes
+    log : callable, optional
+        Receives a summary, one line at a time (rank 0 only): what was read (counts per
+        class, image sizes, channels), how many images were held out, the threshold, the
+        rule it is used with and how many images set it, and where the model went. The CLI
+        passes ``print``.
+    **options :
+        The keyword options of :func:`build_detector` (``backbone``, ``epochs``, ``steps``,
+        ``seed``, ``resize``, ``latent_dim``, ``batch_size``, ``lr``, the threshold, error
+        and ROI options, ``precision``, ``recipe``, ``progress``, ``distributed``), with its
+        defaults. With several processes (``distributed``) each one reads the images and
+        trains its share of every batch (DDP; ``batch_size`` is per process), and only rank
+        0 writes ``out``. See docs/distributed.md.
+
+    Returns
+    -------
+    Path of the model directory: vae.safetensors, cnn.safetensors, config.json.
+
+    Raises
+    ------
+    DatasetError, ImageError, ValueError
+        A missing or empty folder, unreadable or too small images (all named), mixed channel
+        counts without ``channels``, a bad option value or an unusable ``out``; nothing is
+        written. :class:`~spadecam.training.TrainingDivergedError` (a ValueError) when a loss
+        becomes non-finite. TypeError for an unknown option.
+
+    Warns
+    -----
+    SpadecamWarning
+        Skipped files or sub-folders, a quantile threshold set by fewer than 20 normal
+        images, an existing model in ``out`` that is replaced.
+
+    References
+    ----------
+    Narita et al., arXiv 1810.02607, Algorithm 1 (training of the VAE and the classifier).
+    """
+    out = Path(out)
+    # every option is checked before any image is read or any process started
+    det = build_detector(image_size, channels, **options)
+    _check_out_dir(out)
+    data = folder_layout(normal, anomaly)
+    if not (data.labels == 1).any():
+        raise DatasetError("--anomaly: give at least one folder of known-anomaly images")
+    distributed = options.get("distributed") or {}
+    fabric = launch(**distributed)  # once the options and folders are known to be good
+    rank0 = fabric.global_rank == 0
+    say = log if (log is not None and rank0) else (lambda _line: None)
+    progress = bool(options.get("progress", True)) and rank0
+    need = min_input_size(det.vae_config, det.cnn_config)
+    sizes: list[tuple[int, int]] = []
+    x, c = load_images(data.paths, channels, image_size, det.resize, need, progress, sizes=sizes)
+    n_normal, n_anomaly = int((data.labels == 0).sum()), int((data.labels == 1).sum())
+    say(f"read {n_normal} normal and {n_anomaly} known-anomaly images; sizes "
+        f"{_size_range(sizes)}; {c} channel(s) {'(grey)' if c == 1 else '(colour)'}"
+        + (" after conversion" if channels else "")
+        + f"; model input {image_size}x{image_size} ({det.resize})")
+    # the files as the API's input layer takes them: at the model's size with the letterbox
+    # mask of the one function the detectors use (spadecam.inputs.letterbox_mask)
+    det.fit(PreparedImages(x, letterbox_mask(sizes, image_size, det.resize)), data.labels)
+    del x
+    _report_fit(det, n_normal, n_anomaly, say)
+    preprocessing = {"channels": c, "normalisation": "dtype_max",  # 8-bit / 255, 16-bit / 65535
+                     "min_input_size": need}
+    normal_paths = [p for p, lab in zip(data.paths, data.labels) if lab == 0][:_OVERLAY_SAMPLE]
+    extra = {
+        "backbone": options.get("backbone", "small"),
+        "overlay_scale": _overlay_scale(det, preprocessing, normal_paths),
+        "threshold_rule": THRESHOLD_RULE,
+        "training": {
+            "train": det.vae_train.to_dict() if det.vae_train is not None else None,
+            "normal": [str(p) for p in _as_list(normal)],
+            "anomaly": [str(p) for p in _as_list(anomaly)],
+            "n_normal": n_normal,
+            "n_anomaly": n_anomaly,
+            "world_size": fabric.world_size,
+            "global_batch_size": det.vae_train.batch_size * fabric.world_size
+            if det.vae_train is not None else None,
+            "precision": fabric_settings(**distributed)["precision"],
+        },
+        "scoring_precision": resolve_scoring_precision(det.precision, "cpu"),
+    }
+    if rank0:  # every rank holds rank 0's models; one writes them
+        if (out / "config.json").is_file():
+            warn(f"--out {out}: replacing the spadecam model that was there")
+        det.save(out, preprocessing, extra)
+        say(f"model written to {out}")
+    fabric.barrier()
+    return out
+
+
+def _report_fit(det: SPADE, n_normal: int, n_anomaly: int, say: Callable[[str], Any]) -> None:
+    held = det.threshold_n_images_ if det.threshold_holdout > 0 else {"normal": 0, "anomaly": 0}
+    say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
+        f"known-anomaly images; held out {held['normal']} normal and {held['anomaly']} "
+        "known-anomaly images for the threshold")
+    say(f"threshold {det.threshold_:.6g} ({THRESHOLD_RULE}): "
+        + _threshold_story(det.threshold_source_, det.threshold_n_images_,
+                           det.threshold_quantile))
+
+
+def _overlay_scale(det: SPADE, preprocessing: dict[str, Any], paths: Sequence[Path]) -> float:
+    """The 0.99 quantile of the per-image maximum of e' over normal training images, from
+    maps as `spadecam score` makes them (images at their own size)."""
+    inferencer = TorchInferencer(det, preprocessing, {}, Path())
+    maps = inferencer.score(inferencer.read(paths), paths)[1]
+    return float(np.quantile([m.max() for m in maps], 0.99))
+
+
+def _size_range(sizes: Sequence[tuple[int, int]]) -> str:
+    """'32x32' when all images share a size, else the smallest and largest (width x height)."""
+    distinct = sorted(set(sizes), key=lambda hw: (hw[0] * hw[1], hw))
+    if len(distinct) == 1:
+        return f"{distinct[0][1]}x{distinct[0][0]} (all)"
+    lo, hi = distinct[0], distinct[-1]
+    return f"{lo[1]}x{lo[0]} to {hi[1]}x{hi[0]} ({len(distinct)} different)"
+
+
+def _threshold_story(source: str, n: dict[str, int], quantile: float) -> str:
+    if source == "f1_max_held_out":
+        return (f"the F1-max point on {n['normal']} held-out normal and {n['anomaly']} "
+                "held-out known-anomaly images")
+    which = "held-out" if source == "quantile_held_out" else "training"
+    return f"the {quantile:g} quantile of {n['normal']} {which} normal images' scores"
+
+
+def _as_list(x: Any) -> list:
+    return [x] if isinstance(x, (str, os.PathLike)) else list(x)

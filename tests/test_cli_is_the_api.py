@@ -1,0 +1,80 @@
+"""`spadecam train` is a thin layer over SPADE(): the same detector from the same images.
+
+Issue 18: the CLI trained with a 0.1 threshold hold-out and batches of 32 while SPADE() held out
+nothing and trained in batches of 128; both now read recipes.FIT_DEFAULTS. Given only the step
+budget (so the test is quick) and the input side, the CLI's model directory and SPADE() fitted
+on the same images in the same order give the same threshold and the same scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spadecam import SPADE
+from spadecam.cli import _build_parser, main
+from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
+from spadecam.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _images(rng: np.random.Generator, n: int, square: bool) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        x = np.clip(rng.normal(60, 20, (32, 32)), 0, 255).astype(np.uint8)
+        if square:
+            r, c = rng.integers(4, 20, 2)
+            x[r : r + 8, c : c + 8] = 230
+        out.append(x)
+    return out
+
+
+def test_cli_train_and_spade_fit_give_the_same_detector(tmp_path):
+    rng = np.random.default_rng(0)
+    normal, known = _images(rng, 24, False), _images(rng, 8, True)
+    for name, imgs in (("good", normal), ("defect", known)):
+        (tmp_path / name).mkdir()
+        for i, x in enumerate(imgs):  # folder order = sorted names = list order
+            Image.fromarray(x).save(tmp_path / name / f"{i:03d}.png")
+    assert main(["train", "--normal", str(tmp_path / "good"), "--anomaly",
+                 str(tmp_path / "defect"), "--out", str(tmp_path / "model"), "--image-size",
+                 "32", "--steps", "3", "--no-progress"]) == 0
+    cli = SPADE.load(tmp_path / "model")
+
+    budget = TrainConfig(steps=3, progress=False)
+    api = SPADE(image_size=32, vae_train=budget, cnn_train=budget).fit(
+        normal + known, np.r_[np.zeros(24), np.ones(8)].astype(int))
+
+    test = _images(np.random.default_rng(1), 4, False) + _images(np.random.default_rng(2), 4, True)
+    assert cli.threshold_ == api.threshold_
+    assert cli.threshold_source_ == api.threshold_source_ == "f1_max_held_out"
+    np.testing.assert_array_equal(cli.decision_function(test), api.decision_function(test))
+    for k in ("threshold_holdout", "threshold_quantile", "resize", "cam_layer", "precision",
+              "recipe"):
+        assert getattr(cli, k) == getattr(api, k), k
+    for k in ("error_smoothing", "error_norm", "roi_power", "classifier_weight"):
+        assert cli._param(k) == api._param(k), k  # saved resolved; the API's from the recipe
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    sub = _build_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    return sub.choices["train"]
+
+
+def test_every_train_default_is_the_tables():
+    defaults = {a.dest: a.default for a in _train_parser()._actions}
+    for k in ("threshold_holdout", "threshold_quantile", "resize", "cam_layer", "batch_size",
+              "lr", "seed", "image_size"):
+        assert defaults[k] == FIT_DEFAULTS[k], k
+    # None: the recipe's, resolved by the detector exactly as SPADE() resolves it
+    for k in ("latent_dim", "error_smoothing", "error_norm", "roi_power", "classifier_weight",
+              "steps"):
+        assert defaults[k] is None, k
+    assert TrainConfig().steps == FIT_DEFAULTS["steps"]
+    assert TrainConfig().batch_size == FIT_DEFAULTS["batch_size"]
+    assert SPADE().threshold_holdout == FIT_DEFAULTS["threshold_holdout"]
+    assert set(RECIPE_DEFAULTS) == {"spadecam", "paper"}
