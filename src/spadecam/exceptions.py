@@ -7,6 +7,10 @@ from typing import Any
 import numpy as np
 
 
+class ModelFormatError(ValueError):
+    """A model directory is missing, malformed, of another format version, or holds pickle."""
+
+
 class NotFittedError(RuntimeError):
     """A detector was used before ``fit`` (or ``from_models``)."""
 
