@@ -209,28 +209,42 @@ def _add_train(sub) -> None:
                     help="folder of known-anomaly images (repeat for several folders)")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR",
                     help="model directory to write (new, empty, or an older model)")
-    tr.add_argument("--image-size", type=int, default=FIT["image_size"], metavar="N",
+    _add_train_input_options(tr, FIT)
+    _add_train_budget_options(tr, FIT, ours, paper)
+    _add_train_scoring_options(tr, FIT, ours)
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_distributed_options(tr)
+
+
+def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
+    """How images become model inputs, and the classifier backbone."""
+    tr.add_argument("--image-size", type=int, default=fit["image_size"], metavar="N",
                     help="side of the square model input in pixels (default "
-                    f"{FIT['image_size']})")
+                    f"{fit['image_size']})")
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
-    tr.add_argument("--resize", choices=["resize", "letterbox"], default=FIT["resize"],
+    tr.add_argument("--resize", choices=["resize", "letterbox"], default=fit["resize"],
                     help="letterbox: keep the aspect ratio and pad with black (the padding "
                     "never counts in the score); resize: stretch to the square (default "
-                    f"{FIT['resize']})")
+                    f"{fit['resize']})")
     tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
                     help="classifier: small (default), the paper's 3-conv layout with kernels "
                     "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
                     "Grad-CAM grid = size / 8), or resnet18, a ResNet-18 (needs --image-size "
                     ">= 32; Grad-CAM grid = size / 32)")
+
+
+def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
+                              ours: dict, paper: dict) -> None:
+    """Training length, seed, recipe, latent dimension and optimiser."""
     tr.add_argument("--steps", type=int, default=None,
                     help="budget of optimiser steps per model, with early stopping on a "
-                    f"validation split (default {FIT['steps']}, whatever the number of images)")
+                    f"validation split (default {fit['steps']}, whatever the number of images)")
     tr.add_argument("--epochs", type=int, default=None,
                     help="train for this many epochs instead of a step budget")
-    tr.add_argument("--seed", type=int, default=FIT["seed"],
-                    help=f"random seed (default {FIT['seed']})")
+    tr.add_argument("--seed", type=int, default=fit["seed"],
+                    help=f"random seed (default {fit['seed']})")
     tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
                     help="defaults for the options below: spadecam (default; chosen on "
                     "Noisy-MNIST seed-0 numbers and ELPV's validation split, README "
@@ -238,11 +252,16 @@ def _add_train(sub) -> None:
     tr.add_argument("--latent-dim", type=int, default=None,
                     help="VAE latent dimension (default: the recipe's, spadecam "
                     f"{ours['latent_dim']}, paper {paper['latent_dim']})")
-    tr.add_argument("--batch-size", type=int, default=FIT["batch_size"],
-                    help=f"training batch (default {FIT['batch_size']})")
-    tr.add_argument("--lr", type=float, default=FIT["lr"],
-                    help=f"learning rate of both models (AdamW, default {FIT['lr']:g}); lower "
+    tr.add_argument("--batch-size", type=int, default=fit["batch_size"],
+                    help=f"training batch (default {fit['batch_size']})")
+    tr.add_argument("--lr", type=float, default=fit["lr"],
+                    help=f"learning rate of both models (AdamW, default {fit['lr']:g}); lower "
                     "it if training diverges")
+
+
+def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
+                               ours: dict) -> None:
+    """The reconstruction error, the ROI and the threshold."""
     tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
                     "reconstruction error; 0 = the paper's (default: the recipe's, spadecam "
@@ -257,20 +276,18 @@ def _add_train(sub) -> None:
     tr.add_argument("--roi-power", type=float, default=None, metavar="P",
                     help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
                     f"the recipe's, {ours['roi_power']:g})")
-    tr.add_argument("--cam-layer", type=int, default=FIT["cam_layer"], metavar="K",
+    tr.add_argument("--cam-layer", type=int, default=fit["cam_layer"], metavar="K",
                     help="classifier layer whose Grad-CAM gives the ROI (default "
-                    f"{FIT['cam_layer']}, the last; -2 a finer, smaller ROI)")
-    tr.add_argument("--threshold-holdout", type=float, default=FIT["threshold_holdout"],
+                    f"{fit['cam_layer']}, the last; -2 a finer, smaller ROI)")
+    tr.add_argument("--threshold-holdout", type=float, default=fit["threshold_holdout"],
                     metavar="FRACTION",
                     help="share of normal and of known-anomaly images held out of training "
-                    f"to set the threshold (default {FIT['threshold_holdout']:g})")
-    tr.add_argument("--threshold-quantile", type=float, default=FIT["threshold_quantile"],
+                    f"to set the threshold (default {fit['threshold_holdout']:g})")
+    tr.add_argument("--threshold-quantile", type=float, default=fit["threshold_quantile"],
                     metavar="Q",
                     help="with no held-out anomaly: flag scores above this quantile of "
-                    f"held-out normal scores (default {FIT['threshold_quantile']:g}); else the "
+                    f"held-out normal scores (default {fit['threshold_quantile']:g}); else the "
                     "F1-max point is used")
-    tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    _add_distributed_options(tr)
 
 
 def _add_score(sub) -> None:

@@ -213,17 +213,15 @@ def _fit(
         return _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx)
 
 
-def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
+def _loaders(fabric, tensors, cfg: TrainConfig, train_idx, val_idx):
+    """The training sampler and loader, and the validation loader (None without a split)."""
     rank, world = fabric.global_rank, fabric.world_size
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer = fabric.setup(model, optimizer)
-    module = model.module  # the plain model, outside the DDP wrapper
     train_set = TensorDataset(*(t[train_idx] for t in tensors))
     # one permutation per (seed, epoch) on every rank; rank r takes every world-th image
     # from position r, so step i of all ranks together is step i of one process with
     # world * batch_size images (one process runs the same sampler with world = 1)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
+    sampler: DistributedSampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
+                                                     seed=cfg.seed)
     train_loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
@@ -239,46 +237,80 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         mine = val_idx[mine.start : mine.stop]
         val_loader = DataLoader(TensorDataset(*(t[mine] for t in tensors)), batch_size=512)
         val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
-    per_epoch = max(1, len(train_loader))
+    return sampler, train_loader, val_loader
+
+
+def _budget(cfg: TrainConfig, per_epoch: int) -> tuple[int, int]:
+    """(optimiser steps, steps between validations) of an epoch or a step budget."""
     if cfg.epochs is not None:
-        steps, val_every = cfg.epochs * per_epoch, cfg.val_every or per_epoch
-    else:
-        steps, val_every = cfg.steps, cfg.val_every or math.ceil(cfg.steps / 50)
-    scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-        )
-        if cfg.schedule == "cosine"
-        else None
-    )
+        return cfg.epochs * per_epoch, cfg.val_every or per_epoch
+    return cfg.steps, cfg.val_every or math.ceil(cfg.steps / 50)
+
+
+def _scheduler(optimizer, cfg: TrainConfig, steps: int):
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+    if cfg.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def _validation_loss(fabric, model, module, val_loader, loss_fn) -> float:
+    """Mean loss over every rank's held-out images, of rank 0's model (eval mode)."""
+    model.eval()
+    # validate rank 0's model on every rank: its batch-norm running statistics too;
+    # the plain module, as DDP's forward may run collectives that ranks with unequal
+    # numbers of validation batches would not match
+    _sync_from_rank_zero(fabric, module.buffers())
+    total, count = torch.zeros(()), torch.zeros(())
+    with torch.no_grad(), fabric.autocast():
+        for batch in val_loader:
+            k = batch[0].shape[0]
+            total += loss_fn(module, batch).float().cpu() * k
+            count += k
+    total = fabric.all_reduce(total, reduce_op="sum")
+    count = fabric.all_reduce(count, reduce_op="sum")
+    model.train()
+    return float(total / count)
+
+
+def _train_step(fabric, model, optimizer, scheduler, loss_fn, batch, fail) -> float:
+    """One optimiser step; ``fail(value)`` raises when the loss is not finite on any rank."""
+    loss = loss_fn(model, batch)
+    value = loss.item()
+    # stop at the first non-finite loss, on every rank together (no rank may leave the
+    # others waiting in the next collective)
+    bad = torch.tensor(0.0 if math.isfinite(value) else 1.0)
+    if fabric.world_size > 1:
+        bad = fabric.all_reduce(bad, reduce_op="sum")
+    if bad.item() > 0:
+        fail(value)
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return value
+
+
+def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = fabric.setup(model, optimizer)
+    module = model.module  # the plain model, outside the DDP wrapper
+    sampler, train_loader, val_loader = _loaders(fabric, tensors, cfg, train_idx, val_idx)
+    steps, val_every = _budget(cfg, max(1, len(train_loader)))
+    scheduler = _scheduler(optimizer, cfg, steps)
 
     def where() -> str:  # for messages: the epoch of an epoch budget, else the step
         return (f"epoch {epoch + 1}/{cfg.epochs}" if cfg.epochs is not None
                 else f"step {step}/{steps}")
 
-    def validate() -> float:
-        model.eval()
-        # validate rank 0's model on every rank: its batch-norm running statistics too;
-        # the plain module, as DDP's forward may run collectives that ranks with unequal
-        # numbers of validation batches would not match
-        _sync_from_rank_zero(fabric, module.buffers())
-        total, count = torch.zeros(()), torch.zeros(())
-        with torch.no_grad(), fabric.autocast():
-            for batch in val_loader:
-                k = batch[0].shape[0]
-                total += loss_fn(module, batch).float().cpu() * k
-                count += k
-        total = fabric.all_reduce(total, reduce_op="sum")
-        count = fabric.all_reduce(count, reduce_op="sum")
-        val = float(total / count)
-        if not math.isfinite(val):  # the same on every rank (all-reduced)
-            raise _diverged(name, "validation", val, where(), cfg)
-        model.train()
-        return val
+    def fail(kind: str, value: float):
+        raise _diverged(name, kind, value, where(), cfg)
 
-    report = cfg.progress and rank == 0
+    report = cfg.progress and fabric.global_rank == 0
     best, best_state, stale, best_step = math.inf, None, 0, 0
     step, epoch, stop, history = 0, 0, False, []
     while step < steps and not stop:
@@ -289,26 +321,16 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         bar = progress_bar(train_loader, enabled=report, desc=desc)
         loss_sum, loss_count = 0.0, 0
         for batch in bar:
-            loss = loss_fn(model, batch)
-            value = loss.item()
-            # stop at the first non-finite loss, on every rank together (no rank may leave
-            # the others waiting in the next collective)
-            bad = torch.tensor(0.0 if math.isfinite(value) else 1.0)
-            if world > 1:
-                bad = fabric.all_reduce(bad, reduce_op="sum")
-            if bad.item() > 0:
-                raise _diverged(name, "training", value, where(), cfg)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            value = _train_step(fabric, model, optimizer, scheduler, loss_fn, batch,
+                                lambda v: fail("training", v))
             step += 1
             k = batch[0].shape[0]
             loss_sum, loss_count = loss_sum + value * k, loss_count + k
             bar.set_postfix(loss=f"{value:.4g}")
             if val_loader is not None and (step % val_every == 0 or step == steps):
-                val = validate()
+                val = _validation_loss(fabric, model, module, val_loader, loss_fn)
+                if not math.isfinite(val):  # the same on every rank (all-reduced)
+                    fail("validation", val)
                 history.append((step, val))
                 if report:
                     line = f"{name} {where()}: training loss {loss_sum / max(loss_count, 1):.5g}"
@@ -326,15 +348,19 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         if val_loader is None and report and not interactive():
             note(f"{name} {where()}: training loss {loss_sum / max(loss_count, 1):.5g}")
         epoch += 1
+    return _finish(fabric, module, best_state, {
+        "steps": step, "epochs": epoch, "budget_steps": steps, "best_step": best_step,
+        "stopped_early": stop, "validation": history})
+
+
+def _finish(fabric, module, best_state, log: dict):
+    """The best weights, rank 0's on every rank, on the CPU in eval mode, with the log."""
     if best_state is not None:
         module.load_state_dict(best_state)
     # every rank returns rank 0's model (identical weights; batch-norm statistics too)
     _sync_from_rank_zero(fabric, module.state_dict().values())
     module = module.to("cpu", memory_format=torch.contiguous_format).eval()
-    # what happened, for reports (not saved with the weights)
-    module.training_log_ = {"steps": step, "epochs": epoch, "budget_steps": steps,
-                            "best_step": best_step, "stopped_early": stop,
-                            "validation": history}
+    module.training_log_ = log  # what happened, for reports (not saved with the weights)
     return module
 
 

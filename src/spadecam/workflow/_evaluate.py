@@ -138,21 +138,7 @@ def evaluate(
         log(inf.describe_precision(precision is not None))
     if out is not None:
         check_writable(out, "--out")
-    if mvtec is not None:
-        if normal or anomaly or masks:
-            raise ValueError("give either --mvtec or --normal/--anomaly/--masks, not both")
-        data = mvtec_layout(mvtec)[1]
-    else:
-        if not normal:
-            raise DatasetError("evaluation needs normal images: give --normal")
-        if not anomaly:
-            raise DatasetError(
-                "evaluation needs anomalous images too (AUROC of a single class is undefined): "
-                "give --anomaly"
-            )
-        data = folder_layout(normal, anomaly, masks)
-    if np.unique(data.labels).size < 2:
-        raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
+    data = _test_images(normal, anomaly, masks, mvtec)
     has_masks = any(m is not None for m in data.masks)
     fabric = launch(**(distributed or {}))
     if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
@@ -186,29 +172,60 @@ def evaluate(
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
     if mask_arr is not None:
-        m, use = mask_arr
-        missing = [str(data.paths[i]) for i in range(len(data))
-                   if data.labels[i] == 1 and data.masks[i] is None]
-        if missing and rank0:  # the rule: left out of pixel AUROC, and said so (issue 17)
-            warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
-                 f"pixel AUROC: {', '.join(missing[:5])}"
-                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        metrics["pixel_auroc_missing_masks"] = missing
-        idx = np.flatnonzero(use)  # positions in this rank's shard
-        # _mask_arrays gives a mask to every image it marks as used
-        labels = np.concatenate([np.zeros(0, np.uint8)]
-                                + [cast(np.ndarray, m[k]).ravel() for k in idx])
-        values = np.concatenate([np.zeros(0, np.float32)] + [maps[k].ravel() for k in idx])
-        labels, values = _gather_pixels(fabric, labels, values)
-        value: float | None = None
-        with fail_together(fabric):  # rank 0 computes it; an error there stops every rank
-            if rank0:
-                value = pixel_auroc(labels, values)
-        metrics["pixel_auroc"] = fabric.broadcast(value, src=0)
-        n_used = torch.tensor(int(use.sum()))
-        metrics["n_pixel_images"] = int(fabric.all_reduce(n_used, reduce_op="sum"))
+        metrics.update(_pixel_metrics(fabric, data, mine, mask_arr, maps))
     if out is not None and rank0:
         if Path(out).exists():
             warn(f"--out {out}: replacing the existing file")
         atomic_write_text(out, json_text(metrics))
+    return metrics
+
+
+def _test_images(normal: Any, anomaly: Any, masks: Any, mvtec: Any) -> LabelledImages:
+    """The labelled test images (and masks) of the folders or of an MVTec AD category."""
+    if mvtec is not None:
+        if normal or anomaly or masks:
+            raise ValueError("give either --mvtec or --normal/--anomaly/--masks, not both")
+        data = mvtec_layout(mvtec)[1]
+    else:
+        if not normal:
+            raise DatasetError("evaluation needs normal images: give --normal")
+        if not anomaly:
+            raise DatasetError(
+                "evaluation needs anomalous images too (AUROC of a single class is undefined): "
+                "give --anomaly"
+            )
+        data = folder_layout(normal, anomaly, masks)
+    if np.unique(data.labels).size < 2:
+        raise DatasetError("evaluation labels hold a single class; need normal and anomalous")
+    return data
+
+
+def _pixel_metrics(fabric: Any, data: LabelledImages, mine: range,
+                   mask_arr: tuple[list[np.ndarray | None], np.ndarray],
+                   maps: list[np.ndarray]) -> dict[str, Any]:
+    """pixel_auroc over every rank's map pixels (computed on rank 0), n_pixel_images and
+    pixel_auroc_missing_masks (anomalous images without a mask, left out and named)."""
+    rank0 = fabric.global_rank == 0
+    metrics: dict[str, Any] = {}
+    m, use = mask_arr
+    missing = [str(data.paths[i]) for i in range(len(data))
+               if data.labels[i] == 1 and data.masks[i] is None]
+    if missing and rank0:  # the rule: left out of pixel AUROC, and said so (issue 17)
+        warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
+             f"pixel AUROC: {', '.join(missing[:5])}"
+             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    metrics["pixel_auroc_missing_masks"] = missing
+    idx = np.flatnonzero(use)  # positions in this rank's shard
+    # _mask_arrays gives a mask to every image it marks as used
+    labels = np.concatenate([np.zeros(0, np.uint8)]
+                            + [cast(np.ndarray, m[k]).ravel() for k in idx])
+    values = np.concatenate([np.zeros(0, np.float32)] + [maps[k].ravel() for k in idx])
+    labels, values = _gather_pixels(fabric, labels, values)
+    value: float | None = None
+    with fail_together(fabric):  # rank 0 computes it; an error there stops every rank
+        if rank0:
+            value = pixel_auroc(labels, values)
+    metrics["pixel_auroc"] = fabric.broadcast(value, src=0)
+    n_used = torch.tensor(int(use.sum()))
+    metrics["n_pixel_images"] = int(fabric.all_reduce(n_used, reduce_op="sum"))
     return metrics
