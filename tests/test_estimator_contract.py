@@ -93,3 +93,21 @@ def test_the_same_rules_as_a_model_directory():
                                          r'null, got "l3"'):
         SPADE(error_norm="l3")._check_params()
     SPADE(cam_layer=(0, -1), batch_size=np.int64(4))._check_params()  # Python forms accepted
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_every_constructor_parameter_is_documented_once(cls):
+    # the shared ones come from one fragment (detectors._base.COMMON_PARAMETERS_DOC); the
+    # threshold_holdout entry said "0 (default)" after the default became 0.1 (issue 18)
+    import inspect
+
+    doc = (SPADE if cls is NaiveSPADE else cls).__doc__
+    assert "{common_parameters}" not in doc
+    for name in inspect.signature(cls.__init__).parameters:
+        if name == "self":
+            continue
+        entries = [line for line in doc.splitlines()
+                   if line.startswith("    ") and not line.startswith("     ")
+                   and name in [p.strip() for p in line.split(":")[0].split(",")]]
+        assert len(entries) == 1, (name, entries)
+    assert "Default 0.1" in doc and "0 (default)" not in doc

@@ -11,6 +11,7 @@ from spadecam.detectors._base import (
     _BaseDetector,
     _prepare,
     _require,
+    _with_common_parameters,
 )
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
@@ -21,6 +22,7 @@ from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
+@_with_common_parameters
 class VAEDetector(_BaseDetector):
     """VAE-based baseline: score = sum over pixels of |u - u_hat| (paper section III).
 
@@ -37,27 +39,7 @@ class VAEDetector(_BaseDetector):
         |r| (paper) or r ** 2. None: the recipe's (spadecam "l2", paper "l1").
     recipe : {"spadecam", "paper"}
         Defaults for the arguments left at None (:data:`RECIPE_DEFAULTS`).
-    batch_size : int
-        Images per scoring batch.
-    precision : {"auto", "32", "bf16"}
-        Scoring precision (see :class:`SPADE`; "auto" = bf16 where the device has it).
-    threshold_quantile : float
-        Quantile of normal training scores used as ``threshold_``.
-    threshold_holdout : float in [0, 1)
-        Share of the normal (and of the known-anomaly) images split off with the training
-        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
-        F1-max with held-out anomalies, else the quantile of held-out normal scores).
-        0 (default) keeps every image for training and takes the quantile of the normal
-        training scores, which runs low because the models have seen those images.
-    image_size : int, optional
-        Side of the square model input in pixels; images of any size are brought to it.
-        None (default): the VAE config's ``image_size`` if set, else the longest image side
-        seen by ``fit``. Must be at least the networks' minimum
-        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
-    resize : {"letterbox", "resize"}
-        How an image of another size reaches the input: "letterbox" (default) keeps the
-        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
-        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
+    {common_parameters}
     """
 
     _model_attrs = ("vae_",)
@@ -143,6 +125,7 @@ class VAEDetector(_BaseDetector):
         return self._maps(X)
 
 
+@_with_common_parameters
 class CNNDetector(_BaseDetector):
     """CNN-based baseline: the classifier's likelihood of the known-anomaly class.
 
@@ -160,21 +143,7 @@ class CNNDetector(_BaseDetector):
     cnn_train : TrainConfig, optional
     loss : {"eq2", "cross_entropy"}
         Classifier loss (eq. 2 by default).
-    threshold_holdout : float in [0, 1)
-        Share of the normal (and of the known-anomaly) images split off with the training
-        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
-        F1-max with held-out anomalies, else the quantile of held-out normal scores).
-        0 (default) keeps every image for training and takes the quantile of the normal
-        training scores, which runs low because the models have seen those images.
-    image_size : int, optional
-        Side of the square model input in pixels; images of any size are brought to it.
-        None (default): the VAE config's ``image_size`` if set, else the longest image side
-        seen by ``fit``. Must be at least the networks' minimum
-        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
-    resize : {"letterbox", "resize"}
-        How an image of another size reaches the input: "letterbox" (default) keeps the
-        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
-        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
+    {common_parameters}
     """
 
     _model_attrs = ("cnn_",)

@@ -12,6 +12,7 @@ from spadecam.detectors._base import (
     _check_finite,
     _prepare,
     _require,
+    _with_common_parameters,
 )
 from spadecam.inputs import stack_maps
 from spadecam.models.classifier import FeatureClassifier
@@ -23,6 +24,7 @@ from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
+@_with_common_parameters
 class SPADE(_BaseDetector):
     """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607, Algorithm 1).
 
@@ -61,29 +63,7 @@ class SPADE(_BaseDetector):
     error_norm : {"l1", "l2"}, optional
         "l1" is the paper's |r|; "l2" squares the (smoothed) residual. None: the recipe's
         ("l2" spadecam, "l1" paper).
-    batch_size : int
-    precision : {"auto", "32", "bf16"}
-        Scoring precision: "auto" (default) is bf16 autocast where the device computes bf16
-        natively (CPU with AMX or AVX512-BF16, CUDA with bf16), else fp32; "32" is exact fp32
-        (:mod:`spadecam.precision`). bf16 moved SPADE's Noisy-MNIST AUROC by <= 0.005 (README).
-    threshold_quantile : float
-        Quantile of the normal images' scores used as ``threshold_`` (held-out normals when
-        ``threshold_holdout > 0`` and no known anomaly is held out; training normals at 0).
-    threshold_holdout : float in [0, 1)
-        Share of the normal (and of the known-anomaly) images split off with the training
-        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
-        F1-max with held-out anomalies, else the quantile of held-out normal scores).
-        0 (default) keeps every image for training and takes the quantile of the normal
-        training scores, which runs low because the models have seen those images.
-    image_size : int, optional
-        Side of the square model input in pixels; images of any size are brought to it.
-        None (default): ``vae_config.image_size`` if set, else the longest image side seen
-        by ``fit``. Must be at least the networks' minimum
-        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
-    resize : {"letterbox", "resize"}
-        How an image of another size reaches the input: "letterbox" (default) keeps the
-        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
-        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
+    {common_parameters}
     roi_power, classifier_weight : float, optional
         Our ROI options (1 and 0 = the paper): a temperature L ** roi_power on the ROI and a
         factor (1 + classifier_weight * p_known_anomaly) on e' (:func:`spade_error_map`).
@@ -95,7 +75,7 @@ class SPADE(_BaseDetector):
     Attributes
     ----------
     vae_ : ConvVAE
-    cnn_ : ConvClassifier (or its subclass ResNetClassifier)
+    cnn_ : FeatureClassifier (ConvClassifier or ResNetClassifier)
     threshold_ : float
         ``predict`` flags scores above it.
     threshold_source_ : str
