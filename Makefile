@@ -15,12 +15,13 @@ STAMP  := $(VENV)/.installed-stamp
 SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist && pwd)
 DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
 OUT    ?= runs
-# Training and scoring precision of the reproductions: auto (default: bf16 where the CPU has
-# AMX / AVX512-BF16, else fp32) or 32 (exact fp32, as the 0.1 tables); README, Speed.
+# Training and scoring precision of the reproductions: auto (default: bf16-mixed training where
+# the CPU has AMX, bf16 scoring where it has AMX or AVX512-BF16, else fp32) or 32 (exact fp32,
+# as the 0.1 tables); docs/speed.md.
 PRECISION ?= auto
 export SPADECAM_DATA
 
-.PHONY: install demo test test-fast reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables bench lint typecheck clean
+.PHONY: install demo test test-fast reproduce reproduce-3seeds reproduce-elpv reproduce-elpv-quick tables examples bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -62,6 +63,10 @@ reproduce-elpv-quick: $(STAMP)
 # Rewrite the result tables (README.md, docs/*.md: between their markers) from benchmarks/results/*.csv
 tables: $(STAMP)
 	$(BIN)/python benchmarks/make_tables.py
+
+# The own-images walk-through of docs/own-images.md, run on the current code (about 1 min).
+examples: $(STAMP)
+	$(BIN)/python benchmarks/make_examples.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring.py

@@ -11,7 +11,11 @@ Markdown file holds it (README.md or docs/*.md):
   sd over seeds beside the paper's figures), the target check and the ablation table;
 * ``noisy-mnist-headline`` (README.md): the table of the recipe with the most seeds;
 * ``elpv`` (docs/elpv.md), from benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,
-  aupr,recipe): the ELPV table and its goal check; ``elpv-headline`` (README.md): the table.
+  aupr,recipe): the ELPV table and its goal check; ``elpv-headline`` (README.md): the table;
+* ``train-options`` (docs/own-images.md): every ``spadecam train`` option with its default and
+  help, read from the argparse definitions; ``defaults`` (docs/python-api.md): the recipe table
+  (:data:`spadecam.recipes.FIT_DEFAULTS`, :data:`~spadecam.recipes.RECIPE_DEFAULTS`) with the
+  CLI option and API argument of each entry. tests/test_docs.py fails when a block is stale.
 """
 
 from __future__ import annotations
@@ -130,9 +134,59 @@ def headline() -> str:
     return format_table(by_recipe[main])
 
 
+def _train_parser() -> argparse.ArgumentParser:
+    from spadecam.cli import _build_parser
+
+    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def train_options() -> str:
+    """Every `spadecam train` option: its default (as argparse has it) and its help."""
+    from spadecam.recipes import RECIPE_DEFAULTS
+
+    rows = ["| option | default | what it does |", "|---|---|---|"]
+    for a in _train_parser()._actions:
+        if not a.option_strings or a.dest == "help":
+            continue
+        opt = max(a.option_strings, key=len)
+        if a.required:
+            default = "required"
+        elif a.default is None and a.dest in RECIPE_DEFAULTS["spadecam"]:
+            default = ("the recipe's: spadecam `{}`, paper `{}`".format(
+                RECIPE_DEFAULTS["spadecam"][a.dest], RECIPE_DEFAULTS["paper"][a.dest]))
+        elif a.default is None or a.default is False:
+            default = "–"
+        else:
+            default = f"`{a.default}`"
+        text = " ".join((a.help or "").split()).replace("|", "\\|")
+        rows.append(f"| `{opt}` | {default} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+def defaults_table() -> str:
+    """The recipe table: every default the detectors, the CLI and the benchmarks share."""
+    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
+
+    cli = {a.dest: max(a.option_strings, key=len) for a in _train_parser()._actions
+           if a.option_strings}
+    lines = ["| setting | spadecam | paper | `spadecam train` | Python |", "|---|---|---|---|---|"]
+    for k in RECIPE_DEFAULTS["spadecam"]:
+        py = ("`vae_config=VAEConfig(latent_dim=...)`" if k == "latent_dim"
+              else f"`{k}=None`: the recipe's")
+        lines.append(f"| {k} | `{RECIPE_DEFAULTS['spadecam'][k]}` | "
+                     f"`{RECIPE_DEFAULTS['paper'][k]}` | `{cli.get(k, '–')}` | {py} |")
+    for k, v in FIT_DEFAULTS.items():
+        where = "`TrainConfig." + k + "`" if k in ("steps", "batch_size", "lr", "seed") else (
+            "fit sizes it from the data" if k == "image_size" else f"`{k}`")
+        lines.append(f"| {k} | `{v}` | `{v}` | `{cli.get(k, '–')}` | {where} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks() -> dict[str, str]:
     """Every generated block, by marker name."""
-    made = {"tables": tables(), "noisy-mnist-headline": headline()}
+    made = {"tables": tables(), "noisy-mnist-headline": headline(),
+            "train-options": train_options(), "defaults": defaults_table()}
     if (RESULTS / "elpv.csv").exists():
         made.update({"elpv": elpv_tables(), "elpv-headline": elpv_headline()})
     return made

@@ -247,7 +247,7 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
                     help=f"random seed (default {fit['seed']})")
     tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
                     help="defaults for the options below: spadecam (default; chosen on "
-                    "Noisy-MNIST seed-0 numbers and ELPV's validation split, README "
+                    "Noisy-MNIST seed-0 numbers and ELPV's validation split, docs/elpv.md "
                     "'Defaults') or paper (128-d latent, 3x3 CNN, |u - u_hat|)")
     tr.add_argument("--latent-dim", type=int, default=None,
                     help="VAE latent dimension (default: the recipe's, spadecam "

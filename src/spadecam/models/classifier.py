@@ -5,8 +5,9 @@ and the detectors check: ``features`` is an ``nn.ModuleList`` of blocks whose ou
 feature maps A Grad-CAM may read (eq. 3-4), ``fc`` a linear layer, and the logits are
 ``fc(mean over pixels of the last block's output)``. With that head dy^c/dA_k^ij = w_ck / Z,
 so alpha_k (eq. 3) needs no backward pass. Both backbones subclass it:
-:class:`~spadecam.models.cnn.ConvClassifier` (the paper's 3-conv CNN, section III-B) and
-:class:`~spadecam.models.resnet.ResNetClassifier` (ResNet-18, the paper's Table II).
+:class:`~spadecam.models.cnn.ConvClassifier` (three conv layers, the paper's section III-B
+layout; its kernels follow the recipe) and :class:`~spadecam.models.resnet.ResNetClassifier`
+(ResNet-18, the paper's Table II).
 
 Their one name set is :data:`spadecam.models.backbones.BACKBONES`.
 """
