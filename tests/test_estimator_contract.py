@@ -97,7 +97,7 @@ def test_the_same_rules_as_a_model_directory():
 
 @pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
 def test_every_constructor_parameter_is_documented_once(cls):
-    # the shared ones come from one fragment (detectors._base.COMMON_PARAMETERS_DOC); the
+    # the shared ones come from one fragment (detectors._docs.COMMON_PARAMETERS_DOC); the
     # threshold_holdout entry said "0 (default)" after the default became 0.1 (issue 18)
     import inspect
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from spadecam.decision import threshold_between
 
@@ -67,3 +68,34 @@ def fit_threshold(
     f1 = 2 * tp / (2 * tp + fp + (a.size - tp))
     i = int(np.argmax(f1))
     return threshold_between(float(u[i]), float(u[i + 1]))
+
+
+def holdout_split(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor | None:
+    """Which images to hold out for the threshold: ``fraction`` of the normals (y == 0) and of
+    the known anomalies (y == 1), drawn with a generator seeded by ``seed`` (offset).
+
+    Returns a bool mask (N,), or None when ``fraction == 0``. At least 2 normals and 1 known
+    anomaly stay for training; a class too small to spare an image holds none out.
+
+    Raises
+    ------
+    ValueError
+        ``fraction`` outside [0, 1), or fewer than 3 normal images with ``fraction > 0``.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"threshold_holdout must be in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return None
+    g = torch.Generator().manual_seed(seed + 104729)  # the training seed, offset
+    hold = torch.zeros(len(y), dtype=torch.bool)
+    for label, keep in ((0, 2), (1, 1)):
+        idx = torch.nonzero(y == label).flatten()
+        k = min(max(1, round(fraction * len(idx))), len(idx) - keep) if len(idx) else 0
+        if label == 0 and k < 1:
+            raise ValueError(
+                f"threshold_holdout={fraction} needs at least 3 normal images (y == 0) to hold "
+                f"one out and train on 2, got {len(idx)}; add images or set it to 0"
+            )
+        if k > 0:
+            hold[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
+    return hold

@@ -39,7 +39,7 @@ from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
-from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold
+from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold, holdout_split
 from spadecam.training import TrainConfig
 
 _M = TypeVar("_M", bound=nn.Module)
@@ -87,43 +87,6 @@ _SAVED_PARAMS = (
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
     "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
 )
-#: The parameters every detector shares, documented once; each detector's docstring has
-#: ``{common_parameters}`` where they go (:func:`_with_common_parameters`).
-COMMON_PARAMETERS_DOC = """    batch_size : int
-        Images per scoring batch (default 256; training batches are ``*_train``'s).
-    precision : {"auto", "32", "bf16"}
-        Scoring precision: "auto" (default) is bf16 autocast where the device computes bf16
-        natively (CPU with AMX or AVX512-BF16, CUDA with bf16), else fp32; "32" is exact fp32
-        (:mod:`spadecam.precision`). bf16 moved SPADE's Noisy-MNIST AUROC by <= 0.005 (README).
-    threshold_quantile : float in (0, 1]
-        Quantile of normal scores used as ``threshold_`` (default 0.99) when no known anomaly
-        is held out: of the held-out normals, or of the training normals when
-        ``threshold_holdout`` is 0.
-    threshold_holdout : float in [0, 1)
-        Share of the normal (and of the known-anomaly) images split off with the training
-        seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
-        F1-max with held-out anomalies, else the quantile of held-out normal scores).
-        Default 0.1, as ``spadecam train`` (:data:`spadecam.recipes.FIT_DEFAULTS`); 0 keeps
-        every image for training and takes the quantile of the normal training scores, which
-        runs low because the models have seen those images.
-    image_size : int, optional
-        Side of the square model input in pixels; images of any size are brought to it.
-        None (default): the VAE config's ``image_size`` if set, else the longest image side
-        seen by ``fit``. Must be at least the networks' minimum
-        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
-    resize : {"letterbox", "resize"}
-        How an image of another size reaches the input: "letterbox" (default) keeps the
-        aspect ratio and pads, the padding never counting in the score; "resize" stretches.
-        Maps are returned at each image's own size either way (:mod:`spadecam.inputs`).
-"""
-
-
-def _with_common_parameters(cls: type) -> type:
-    """Class decorator: the shared parameter docs in place of ``{common_parameters}``."""
-    cls.__doc__ = (cls.__doc__ or "").replace("    {common_parameters}\n", COMMON_PARAMETERS_DOC)
-    return cls
-
-
 #: Scoring parameters that default (None) to the recipe's value.
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight")
 
@@ -476,35 +439,14 @@ class _BaseDetector(BaseEstimator):
         return det
 
     def _threshold_split(self, y: torch.Tensor) -> torch.Tensor | None:
-        """Which images to hold out for ``threshold_``: ``threshold_holdout`` of the normals
-        and of the known anomalies (bool mask (N,)), or None when ``threshold_holdout == 0``.
-
-        At least 2 normals and 1 known anomaly stay for training; a class too small to spare
-        an image holds none out (normals: error).
-        """
-        frac = self.threshold_holdout
-        if not 0 <= frac < 1:
-            raise ValueError(f"threshold_holdout must be in [0, 1), got {frac!r}")
-        if frac == 0:
-            return None
+        """:func:`spadecam.threshold.holdout_split` with this detector's hold-out share and
+        training seed (the first of vae_train / cnn_train set, else TrainConfig's)."""
         seed = next(
             (t.seed for t in (getattr(self, "vae_train", None), getattr(self, "cnn_train", None))
              if t is not None),
             TrainConfig().seed,
         )
-        g = torch.Generator().manual_seed(seed + 104729)  # the training seed, offset
-        hold = torch.zeros(len(y), dtype=torch.bool)
-        for label, keep in ((0, 2), (1, 1)):
-            idx = torch.nonzero(y == label).flatten()
-            k = min(max(1, round(frac * len(idx))), len(idx) - keep) if len(idx) else 0
-            if label == 0 and k < 1:
-                raise ValueError(
-                    f"threshold_holdout={frac} needs at least 3 normal images (y == 0) to hold "
-                    f"one out and train on 2, got {len(idx)}; add images or set it to 0"
-                )
-            if k > 0:
-                hold[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
-        return hold
+        return holdout_split(y, self.threshold_holdout, seed)
 
     def _fit_with_threshold(self, X: Any, y: Any, vae_config: Any, cnn_config: Any,
                             need_anomalies: bool, train: Any) -> None:

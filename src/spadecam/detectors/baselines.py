@@ -11,8 +11,8 @@ from spadecam.detectors._base import (
     _BaseDetector,
     _prepare,
     _require,
-    _with_common_parameters,
 )
+from spadecam.detectors._docs import with_common_parameters
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
@@ -22,7 +22,7 @@ from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
-@_with_common_parameters
+@with_common_parameters
 class VAEDetector(_BaseDetector):
     """VAE-based baseline: score = sum over pixels of |u - u_hat| (paper section III).
 
@@ -125,7 +125,7 @@ class VAEDetector(_BaseDetector):
         return self._maps(X)
 
 
-@_with_common_parameters
+@with_common_parameters
 class CNNDetector(_BaseDetector):
     """CNN-based baseline: the classifier's likelihood of the known-anomaly class.
 

@@ -12,8 +12,8 @@ from spadecam.detectors._base import (
     _check_finite,
     _prepare,
     _require,
-    _with_common_parameters,
 )
+from spadecam.detectors._docs import with_common_parameters
 from spadecam.inputs import stack_maps
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
@@ -24,7 +24,7 @@ from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
-@_with_common_parameters
+@with_common_parameters
 class SPADE(_BaseDetector):
     """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607, Algorithm 1).
 

@@ -1,0 +1,233 @@
+"""The argument parsers of spadecam train / score / evaluate and the option groups every
+command shares (distributed, precision), for :mod:`spadecam.cli`. No torch import: the
+defaults come from :mod:`spadecam.recipes`' tables."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_distributed_options", "add_image_commands"]
+
+
+#: What --precision auto means, for every command's help (spadecam.precision).
+_AUTO_PRECISION = ("auto = training in bf16-mixed where the CPU has AMX or the GPU bf16 (on "
+                   "AVX512-BF16 without AMX bf16 training measured slower: fp32 there), "
+                   "scoring in bf16 where the CPU has AMX or AVX512-BF16 or the GPU bf16, "
+                   "else fp32; 32 = exact fp32")
+
+
+def add_distributed_options(p: argparse.ArgumentParser, precision: bool = True,
+                             precision_default: str | None = "auto",
+                             precision_note: str = "default auto") -> None:
+    """Lightning Fabric settings; unset ones come from torchrun / `fabric run`, else 1 CPU."""
+    g = p.add_argument_group(
+        "distributed (Lightning Fabric; also under torchrun or `fabric run`, see "
+        "docs/distributed.md)"
+    )
+    g.add_argument("--accelerator", choices=["cpu", "cuda", "auto"], default=None,
+                   help="device type (default cpu, or that of `fabric run`)")
+    g.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="processes (devices) per node (default 1, or as many as torchrun / "
+                   "`fabric run` started); N > 1 without a launcher starts N - 1 more copies "
+                   "of this command")
+    g.add_argument("--strategy", choices=["auto", "ddp"], default=None,
+                   help="auto: DDP when there is more than one process (default)")
+    g.add_argument("--num-nodes", type=int, default=None, metavar="N",
+                   help="machines taking part (default 1, or torchrun's)")
+    if precision:
+        g.add_argument("--precision", choices=["auto", "32", "bf16", "bf16-mixed", "16-mixed"],
+                       default=precision_default,
+                       help=f"training and scoring precision ({precision_note}): "
+                       + _AUTO_PRECISION)
+
+
+def _add_scoring_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default=None,
+                   help="scoring precision: auto = bf16 autocast where the CPU or GPU computes "
+                   "bf16 natively, else fp32; 32 = exact fp32; default: the one stored in the "
+                   "model directory (what `spadecam train --precision` chose)")
+
+
+_TRAIN_EXAMPLE = """\
+example (three folders of PNGs):
+  spadecam train --normal good/ --anomaly scratch/ --out model/
+  spadecam score model/ new_images/ --out scores.csv --maps overlays/
+  spadecam evaluate model/ --normal test/good --anomaly test/bad --masks test/masks \\
+      --out metrics.json
+
+Images: PNG, TIFF, JPEG or BMP; 8- or 16-bit grey (16-bit kept at full precision and
+divided by 65535), RGB, RGBA (alpha dropped) or palette (grey palettes count as grey),
+read as displayed (EXIF orientation applied), of any size. Each is brought to the model's
+--image-size x --image-size input (--resize letterbox, the default, keeps the aspect ratio
+and pads with black that never counts; resize stretches); score and evaluate return maps and
+overlays at each image's own size. The folders of train and evaluate are read without
+recursion (a sub-folder never changes a label unseen); score reads folders recursively. Every
+unreadable file is named in one error, and nothing is written then. A score exactly at
+the threshold is normal: anomalous means score > threshold."""
+
+
+def add_image_commands(sub) -> None:
+    """train / score / evaluate on the user's own image folders (spadecam.workflow)."""
+    _add_train(sub)
+    _add_score(sub)
+    _add_evaluate(sub)
+
+
+def _add_train(sub) -> None:
+    """`spadecam train`: its defaults are the API's, read from spadecam.recipes (torch-free)."""
+    from spadecam.recipes import FIT_DEFAULTS as FIT
+    from spadecam.recipes import RECIPE_DEFAULTS
+
+    ours, paper = RECIPE_DEFAULTS["spadecam"], RECIPE_DEFAULTS["paper"]
+    tr = sub.add_parser(
+        "train",
+        help="train SPADE on folders of normal and known-anomaly images",
+        description=(
+            "Train SPADE on your own images: a VAE learns the normal images, a classifier\n"
+            "separates them from the known anomalies, and a decision threshold is set on\n"
+            "held-out images. Writes MODEL_DIR: safetensors weights and config.json."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("--normal", action="append", required=True, metavar="DIR",
+                    help="folder of normal images (repeat for several folders)")
+    tr.add_argument("--anomaly", action="append", required=True, metavar="DIR",
+                    help="folder of known-anomaly images (repeat for several folders)")
+    tr.add_argument("--out", required=True, metavar="MODEL_DIR",
+                    help="model directory to write (new, empty, or an older model)")
+    _add_train_input_options(tr, FIT)
+    _add_train_budget_options(tr, FIT, ours, paper)
+    _add_train_scoring_options(tr, FIT, ours)
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_distributed_options(tr)
+
+
+def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
+    """How images become model inputs, and the classifier backbone."""
+    tr.add_argument("--image-size", type=int, default=fit["image_size"], metavar="N",
+                    help="side of the square model input in pixels (default "
+                    f"{fit['image_size']})")
+    tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                    help="convert every image to 1 (grey) or 3 (colour) channels; default: "
+                    "the images' own count, which must then be the same for all")
+    tr.add_argument("--resize", choices=["resize", "letterbox"], default=fit["resize"],
+                    help="letterbox: keep the aspect ratio and pad with black (the padding "
+                    "never counts in the score); resize: stretch to the square (default "
+                    f"{fit['resize']})")
+    tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
+                    help="classifier: small (default), the paper's 3-conv layout with kernels "
+                    "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
+                    "Grad-CAM grid = size / 8), or resnet18, a ResNet-18 (needs --image-size "
+                    ">= 32; Grad-CAM grid = size / 32)")
+
+
+def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
+                              ours: dict, paper: dict) -> None:
+    """Training length, seed, recipe, latent dimension and optimiser."""
+    tr.add_argument("--steps", type=int, default=None,
+                    help="budget of optimiser steps per model, with early stopping on a "
+                    f"validation split (default {fit['steps']}, whatever the number of images)")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="train for this many epochs instead of a step budget")
+    tr.add_argument("--seed", type=int, default=fit["seed"],
+                    help=f"random seed (default {fit['seed']})")
+    tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
+                    help="defaults for the options below: spadecam (default; chosen on "
+                    "Noisy-MNIST seed-0 numbers and ELPV's validation split, docs/elpv.md "
+                    "'Defaults') or paper (128-d latent, 3x3 CNN, |u - u_hat|)")
+    tr.add_argument("--latent-dim", type=int, default=None,
+                    help="VAE latent dimension (default: the recipe's, spadecam "
+                    f"{ours['latent_dim']}, paper {paper['latent_dim']})")
+    tr.add_argument("--batch-size", type=int, default=fit["batch_size"],
+                    help=f"training batch (default {fit['batch_size']})")
+    tr.add_argument("--lr", type=float, default=fit["lr"],
+                    help=f"learning rate of both models (AdamW, default {fit['lr']:g}); lower "
+                    "it if training diverges")
+
+
+def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
+                               ours: dict) -> None:
+    """The reconstruction error, the ROI and the threshold."""
+    tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
+                    help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
+                    "reconstruction error; 0 = the paper's (default: the recipe's, spadecam "
+                    f"{ours['error_smoothing']:g})")
+    tr.add_argument("--error-norm", choices=["l1", "l2"], default=None,
+                    help="reconstruction error |r| (l1, the paper's) or r^2 (l2; default: the "
+                    f"recipe's, spadecam {ours['error_norm']})")
+    tr.add_argument("--classifier-weight", type=float, default=None, metavar="W",
+                    help="multiply the weighted error by (1 + W p), p the classifier's "
+                    "probability of the known anomaly, so the known kind counts in the score; "
+                    f"0 = the paper's score (default: the recipe's, {ours['classifier_weight']:g})")
+    tr.add_argument("--roi-power", type=float, default=None, metavar="P",
+                    help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
+                    f"the recipe's, {ours['roi_power']:g})")
+    tr.add_argument("--cam-layer", type=int, default=fit["cam_layer"], metavar="K",
+                    help="classifier layer whose Grad-CAM gives the ROI (default "
+                    f"{fit['cam_layer']}, the last; -2 a finer, smaller ROI)")
+    tr.add_argument("--threshold-holdout", type=float, default=fit["threshold_holdout"],
+                    metavar="FRACTION",
+                    help="share of normal and of known-anomaly images held out of training "
+                    f"to set the threshold (default {fit['threshold_holdout']:g})")
+    tr.add_argument("--threshold-quantile", type=float, default=fit["threshold_quantile"],
+                    metavar="Q",
+                    help="with no held-out anomaly: flag scores above this quantile of "
+                    f"held-out normal scores (default {fit['threshold_quantile']:g}); else the "
+                    "F1-max point is used")
+
+
+def _add_score(sub) -> None:
+    sc = sub.add_parser(
+        "score",
+        help="score images with a trained model (CSV of path,score,label,map; overlays)",
+        description=(
+            "Score images with a model directory from `spadecam train`. Prints or writes a\n"
+            "CSV with columns path,score,label,map: score is SPADE's anomaly score (higher =\n"
+            "more anomalous), label the decision (1 = anomalous: score > the model's\n"
+            "threshold, 0 = normal), map the image's overlay under --maps (else empty).\n"
+            "Folders are read recursively; overlays mirror the input paths under --maps."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sc.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
+    sc.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files and/or folders (read recursively)")
+    sc.add_argument("--out", metavar="CSV", help="write the CSV here (default: print it)")
+    sc.add_argument("--maps", metavar="DIR",
+                    help="write one PNG per image: the weighted reconstruction error over the "
+                    "image (brighter = more anomalous), at DIR/<input path>.png")
+    sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_scoring_precision(sc)
+    add_distributed_options(sc, precision=False)
+
+
+def _add_evaluate(sub) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="image AUROC, average precision, F1-max (and pixel AUROC with masks) on "
+        "labelled folders",
+        description=(
+            "Evaluate a model directory on labelled test folders: image AUROC, average\n"
+            "precision (AP, the step-wise precision-recall summary that some tools call\n"
+            "AUPR; key image_average_precision), F1-max with its threshold, and the\n"
+            "precision/recall of the model's decisions (anomalous when score > threshold);\n"
+            "pixel AUROC when --masks are given.\n"
+            "Masks are matched to anomalous images by file stem (name.png or name_mask.png);\n"
+            "any non-zero mask pixel is anomalous. An anomalous image without a mask is left\n"
+            "out of pixel AUROC and named in a warning (pixel_auroc_missing_masks)."
+        ),
+        epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
+    ev.add_argument("--normal", action="append", metavar="DIR", help="folder of normal test images")
+    ev.add_argument("--anomaly", action="append", metavar="DIR",
+                    help="folder of anomalous test images (repeatable)")
+    ev.add_argument("--masks", action="append", metavar="DIR",
+                    help="ground-truth masks: one folder, or one per --anomaly folder in order")
+    ev.add_argument("--mvtec", metavar="CATEGORY_DIR",
+                    help="an MVTec AD category (uses its test/ and ground_truth/ folders) "
+                    "instead of --normal/--anomaly/--masks")
+    ev.add_argument("--out", metavar="JSON", help="write the metrics here (default: print them)")
+    _add_scoring_precision(ev)
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_distributed_options(ev, precision=False)
