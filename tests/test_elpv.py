@@ -192,3 +192,49 @@ def test_the_split_file_is_package_data():
 
     assert ELPV_SPLIT.is_file()
     assert ELPV_SPLIT.is_relative_to(Path(spadecam.__file__).parent)
+
+
+def test_every_score_of_a_run_is_in_its_one_precision(tmp_path, cpu_bf16):
+    # the fault (issue 18): ELPV's ablation rows (and validate.py's variants) were scored with
+    # SPADE's default precision "auto" -- bf16 on AVX512-BF16 / AMX CPUs -- beside fp32 rows
+    from spadecam.benchmark import run_benchmark, spade_scores
+    from spadecam.detectors import SPADE
+    from spadecam.reproduce import ELPV_ABLATIONS
+
+    cpu_bf16(True, True)  # "auto" resolves to bf16 here, whatever this CPU is
+    root, split = fake_elpv(tmp_path)
+    seen = {}
+
+    def check(res):
+        if res.protocol.name != "unseen_type":
+            return
+        params = ELPV_ABLATIONS["spade_paper_roi"]
+        got = res.spade(**params)
+        kw = {"cam_layer": TINY.cam_layer, "upsample": TINY.upsample,
+              "error_smoothing": TINY.error_smoothing, "error_norm": TINY.error_norm, **params}
+        fp32 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="32", **kw),
+                            res.data.x_test, res.u_hat)
+        bf16 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="bf16", **kw),
+                            res.data.x_test, res.u_hat)
+        seen.update(equal_fp32=np.array_equal(got, fp32), equal_bf16=np.array_equal(got, bf16),
+                    precision=res.execution.score_precision)
+
+    run_benchmark(lambda seed: elpv_data(seed, 16, "test", split, root), TINY, [0],
+                  progress=False, log=lambda *a: None, on_protocol=check)
+    assert seen == {"equal_fp32": True, "equal_bf16": False, "precision": "32"}
+
+
+def test_run_elpv_takes_a_precision(tmp_path):
+    root, split = fake_elpv(tmp_path)
+    rows = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+                    log=lambda *a: None, ablations=False, precision="bf16")
+    assert {(r["train_precision"], r["score_precision"]) for r in rows} == {("bf16-mixed",
+                                                                            "bf16")}
+    default = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+                       log=lambda *a: None, ablations=False)
+    # the recipe's training precision (the ELPV recipes': fp32), fp32 scoring, as the
+    # committed table was measured
+    from spadecam.precision import resolve_training_precision
+
+    assert {(r["train_precision"], r["score_precision"]) for r in default} == {
+        (resolve_training_precision("auto", "cpu"), "32")}

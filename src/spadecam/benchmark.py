@@ -35,6 +35,7 @@ from spadecam.error import reconstruction_error
 from spadecam.evaluation import METHOD_LABELS, auroc, summarise
 from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
+from spadecam.precision import resolve_training_precision
 from spadecam.scoring import scoring_context
 from spadecam.training import train_cnn, train_vae
 
@@ -363,7 +364,9 @@ def run_benchmark(
     if ex.rank != 0:
         log, progress = (lambda *a, **k: None), False  # rank 0 reports
     r = _per_process_batch(recipe, ex.world_size)
-    extra = {} if execution is None else {"train_precision": ex.train_precision,
+    trained_in = ex.train_precision if ex.train else resolve_training_precision(
+        str(r.vae_train.precision), r.vae_train.accelerator or "cpu")  # the recipe's
+    extra = {} if execution is None else {"train_precision": trained_in,
                                           "score_precision": ex.score_precision}
     rows: list[dict] = []
     t0 = time.perf_counter()
