@@ -14,7 +14,6 @@ longer prints. The block records the spadecam version, the CPU kind and the run 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,10 +28,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_tables import PAGES, replace_block  # noqa: E402
+from make_tables import main  # noqa: E402
 
 from spadecam import __version__  # noqa: E402
-from spadecam._fs import atomic_write_text  # noqa: E402
 
 SIZE = 64
 
@@ -133,22 +131,5 @@ def run() -> str:
             + f"    {excerpt},\n    \"at_threshold\": {{{excerpt2}, ...}}\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--print", action="store_true", help="print the block instead of rewriting")
-    args = p.parse_args()
-    block = run()
-    if args.print:
-        print(block)
-        return
-    for page in PAGES:
-        new = replace_block(page.read_text(), "own-images-example", block)
-        if new is not None:
-            atomic_write_text(page, new)
-            print(f"rewrote the example in {page}")
-            return
-    raise SystemExit("marker own-images-example not found in README.md or docs/*.md")
-
-
 if __name__ == "__main__":
-    main()
+    main(lambda: {"own-images-example": run()}, "the example")

@@ -202,15 +202,8 @@ def replace_block(text: str, name: str, content: str) -> str | None:
     return f"{head}{begin}\n{content}\n{end}{tail}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--print", action="store_true", help="print the blocks instead of rewriting")
-    args = p.parse_args()
-    made = blocks()
-    if args.print:
-        for name, text in made.items():
-            print(f"<!-- {name} -->\n{text}")
-        return
+def write_blocks(made: dict[str, str]) -> None:
+    """Put each block into the page that holds its markers; SystemExit naming any not found."""
     found = set()
     for page in PAGES:
         src = new = page.read_text()
@@ -220,10 +213,23 @@ def main() -> None:
                 new, _ = out, found.add(name)
         if new != src:
             atomic_write_text(page, new)
-            print(f"rewrote the tables in {page.relative_to(ROOT)}")
+            print(f"rewrote the generated blocks in {page.relative_to(ROOT)}")
     missing = set(made) - found
     if missing:
         raise SystemExit(f"markers not found in README.md or docs/*.md: {sorted(missing)}")
+
+
+def main(make=blocks, what: str = "the blocks") -> None:
+    """``--print`` prints ``make()``'s blocks, else writes them into the pages."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--print", action="store_true", help=f"print {what} instead of rewriting")
+    args = p.parse_args()
+    made = make()
+    if args.print:
+        for name, text in made.items():
+            print(f"<!-- {name} -->\n{text}")
+        return
+    write_blocks(made)
 
 
 if __name__ == "__main__":
