@@ -201,11 +201,11 @@ def test_fit_with_auto_under_each_cpu_report(cpu_kind, single_thread):
     assert again.threshold_ == det.threshold_
 
 
-def _imports_torch(code: str) -> bool:
+def _imports_torch(code: str, module: str = "torch") -> bool:
     import subprocess
     import sys
 
-    probe = f"import sys\n{code}\nprint('torch' in sys.modules)"
+    probe = f"import sys\n{code}\nprint({module!r} in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1] == "True"
 
@@ -219,6 +219,9 @@ def test_cli_help_and_argument_errors_do_not_import_torch(argv):
     code = ("from spadecam.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
     assert not _imports_torch(code)
+    # nor numpy (issue 18: train's defaults read from spadecam.recipes pulled spadecam.data,
+    # numpy and urllib in: --help went from 0.10 to 0.29 s)
+    assert not _imports_torch(code, "numpy")
 
 
 @pytest.mark.slow
