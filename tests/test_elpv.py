@@ -238,3 +238,96 @@ def test_run_elpv_takes_a_precision(tmp_path):
 
     assert {(r["train_precision"], r["score_precision"]) for r in default} == {
         (resolve_training_precision("auto", "cpu"), "32")}
+
+
+# --------------------------------------------------------------------------- DRA protocol
+
+
+def test_dra_files_follow_the_protocols_rules(tmp_path):
+    import csv as _csv
+
+    from spadecam.data.elpv_dra import (
+        DRA_PROTOCOLS,
+        dra_anomalies,
+        dra_known,
+        dra_normal_split,
+        make_dra_files,
+    )
+
+    root, _ = fake_elpv(tmp_path)
+    cells = read_labels(root / "labels.csv")
+    train, test = dra_normal_split(cells)
+    normal = [c for c in cells if c.probability == 0]
+    assert (len(train), len(test)) == (45, 15)  # train_test_split(test_size=0.25) of 60
+    assert sorted(c.path for c in train + test) == sorted(c.path for c in normal)
+    anomalies = dra_anomalies(cells)
+    assert all(c.probability == 1.0 for c in anomalies) and len(anomalies) == 90  # no 1/3
+    for name, p in DRA_PROTOCOLS.items():
+        known, rest = dra_known(cells, name, 0)
+        assert len(known) == p.n and not {c.path for c in known} & {c.path for c in rest}
+        if p.seen is None:  # general: the n known and the test anomalies are all of them
+            assert sorted(c.path for c in known + rest) == sorted(c.path for c in anomalies)
+        else:  # hard: known of the seen type, every cell of the other type as the test
+            assert {c.type for c in known} == {p.seen}
+            assert sorted(c.path for c in rest) == sorted(
+                c.path for c in anomalies if c.type == p.unseen)
+    # the 1-shot cell is the first of the 10 (one shuffle per seed), seeds draw differently
+    assert dra_known(cells, "dra_general_1", 0)[0] == dra_known(cells, "dra_general_10", 0)[0][:1]
+    assert dra_known(cells, "dra_general_10", 0)[0] != dra_known(cells, "dra_general_10", 1)[0]
+    split, known = make_dra_files(cells)
+    assert split.splitlines()[0] == "path,type,split" and len(split.splitlines()) == 61
+    rows = list(_csv.DictReader(known.splitlines()))
+    assert len(rows) == 3 * (10 + 1 + 10 + 10 + 1 + 1)
+
+
+def test_the_committed_dra_files_are_the_rules_applied_to_labels_csv():
+    # the real data set: 1,508 normals split 1,131 / 377, 715 anomalies (313 mono, 402 poly),
+    # as the protocol's paper and issue 19 state them
+    pytest.importorskip("elpv_dataset")
+    from spadecam.data.elpv_dra import (
+        DRA_KNOWN,
+        DRA_SPLIT,
+        dra_anomalies,
+        dra_normal_split,
+        make_dra_files,
+    )
+
+    cells = read_labels(elpv_dir() / "labels.csv")
+    train, test = dra_normal_split(cells)
+    anomalies = dra_anomalies(cells)
+    assert (len(train), len(test), len(anomalies)) == (1131, 377, 715)
+    assert sum(c.type == "mono" for c in anomalies) == 313
+    split, known = make_dra_files(cells)
+    assert DRA_SPLIT.read_text() == split and DRA_KNOWN.read_text() == known
+
+
+def test_dra_benchmark_runs_on_the_one_runner(tmp_path):
+    from spadecam.benchmark import run_benchmark
+    from spadecam.data.elpv_dra import make_dra_files
+    from spadecam.protocols import DRA_COLUMNS, elpv_dra_data
+    from spadecam.reproduce import dra_table
+
+    root, _ = fake_elpv(tmp_path)
+    split, known = make_dra_files(read_labels(root / "labels.csv"))
+    (tmp_path / "s.csv").write_text(split)
+    (tmp_path / "k.csv").write_text(known)
+    seen = {}
+
+    def check(res):
+        (col, idx), = res.protocol.columns.items()
+        seen[col] = (len(res.protocol.x_known), int(res.data.y_test[idx].sum()),
+                     int((res.data.y_test[idx] == 0).sum()))
+
+    rows = run_benchmark(
+        lambda seed: elpv_dra_data(seed, 16, root, split_file=tmp_path / "s.csv",
+                                   known_file=tmp_path / "k.csv"),
+        TINY, [0], progress=False, log=lambda *a: None, on_protocol=check)
+    # 15 test normals against 90 - n (general) or the 45 cells of the other type (hard)
+    assert seen == {("dra_general_10", "all"): (10, 80, 15), ("dra_general_1", "all"): (1, 89, 15),
+                    ("dra_hard_mono_10", "poly"): (10, 45, 15),
+                    ("dra_hard_poly_10", "mono"): (10, 45, 15),
+                    ("dra_hard_mono_1", "poly"): (1, 45, 15),
+                    ("dra_hard_poly_1", "mono"): (1, 45, 15)}
+    assert set(seen) == set(DRA_COLUMNS)
+    table = dra_table(rows)
+    assert "| SPADE (ours) |" in table and "| AHL (published) | 0.850 | 0.828 |" in table

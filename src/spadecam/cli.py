@@ -95,6 +95,10 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--eval-split", choices=["test", "val"], default=None,
                      help="elpv: score the test split (the table) or the validation split "
                      "(for choosing settings)")
+    rep.add_argument("--protocols", choices=["all", "ours", "dra"], default=None,
+                     help="elpv: our protocols (unseen_type, few_labels), the field's (DRA: "
+                     "general and hard settings with 1 or 10 labelled anomalies), or all "
+                     "(default)")
     rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     rep.add_argument(
         "--ablations", action="store_true",
@@ -229,7 +233,8 @@ _NOT_FOR = {
         "download": "its images come from the elpv-dataset package",
         "no_figures": "it draws no figures",
     },
-    "noisy-mnist": {"eval_split": "it always scores the MNIST test set (Table I)"},
+    "noisy-mnist": {"eval_split": "it always scores the MNIST test set (Table I)",
+                    "protocols": "its protocols are the known digits (--known)"},
 }
 
 
@@ -242,6 +247,7 @@ def _check_reproduce_options(parser: argparse.ArgumentParser, args: argparse.Nam
                          f"{why}")
     args.known = args.known or [1, 3, 5, 7, 9]
     args.eval_split = args.eval_split or "test"
+    args.protocols = args.protocols or "all"
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -274,6 +280,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
             run_elpv(seeds=args.seeds, recipe=args.recipe, quick=args.quick,
                      eval_split=args.eval_split, out_dir=args.out or "runs/elpv",
+                     protocols=args.protocols,
                      progress=not args.no_progress, ablations=args.ablations,
                      precision=args.precision, distributed=_distributed(args))
             return 0

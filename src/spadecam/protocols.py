@@ -11,11 +11,13 @@ one :class:`~spadecam.benchmark.Protocol` per classifier) for the one runner,
   split of the MNIST training set for choosing settings).
 * ELPV (real solar-cell images): protocols ``unseen_type`` (mono defects known, poly
   unknown), ``few_labels_10`` / ``few_labels_50`` and a supervised reference
-  (:func:`elpv_data`).
+  (:func:`elpv_data`); and the field's protocol (DRA, :mod:`spadecam.data.elpv_dra`:
+  general and hard settings with 1 or 10 labelled anomalies, :func:`elpv_dra_data`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,9 @@ from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
 from spadecam.recipes import Recipe
 
 __all__ = [
-    "ELPV_COLUMNS", "ELPV_SPLIT", "MNIST_VAL_START", "NORMAL_DIGIT", "TEST_SEED", "VAL_SEED",
-    "NoisyMNISTSource", "elpv_data", "elpv_dir", "noisy_mnist_data", "noisy_mnist_source",
-    "noisy_mnist_val_data",
+    "DRA_COLUMNS", "ELPV_COLUMNS", "ELPV_SPLIT", "MNIST_VAL_START", "NORMAL_DIGIT", "TEST_SEED",
+    "VAL_SEED", "NoisyMNISTSource", "elpv_data", "elpv_dir", "elpv_dra_data", "noisy_mnist_data",
+    "noisy_mnist_source", "noisy_mnist_val_data",
 ]
 
 NORMAL_DIGIT = 0
@@ -160,6 +162,11 @@ ELPV_COLUMNS = (
     ("unseen_type", "mono"), ("unseen_type", "poly"), ("unseen_type", "all"),
     ("unseen_type", "uncertain"), ("few_labels_10", "all"), ("few_labels_50", "all"),
 )
+#: Test columns of the DRA protocol, in table order: (protocol, subset).
+DRA_COLUMNS = (
+    ("dra_general_10", "all"), ("dra_general_1", "all"), ("dra_hard_mono_10", "poly"),
+    ("dra_hard_poly_10", "mono"), ("dra_hard_mono_1", "poly"), ("dra_hard_poly_1", "mono"),
+)
 #: Seed offset of the random known cells of the few_labels protocols.
 _FEW_LABELS_SEED = 5150
 
@@ -203,17 +210,14 @@ def elpv_data(
     ValueError
         A bad split file or ``eval_split``.
     """
-    from spadecam.data.elpv import load_cells, read_split
+    from spadecam.data.elpv import read_split
 
     if eval_split not in ("val", "test"):
         raise ValueError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
     cells = read_split(split_file or ELPV_SPLIT)
     root = Path(root) if root is not None else elpv_dir()
     cache = images if images is not None else {}
-    missing = [c for c in cells if (c.path, image_size) not in cache]
-    if missing:
-        for c, x in zip(missing, load_cells(missing, root, image_size)):
-            cache[(c.path, image_size)] = x
+    _load(cells, root, image_size, cache)
 
     def stack(sel) -> torch.Tensor:
         return torch.from_numpy(np.stack([cache[(c.path, image_size)] for c in sel]))
@@ -248,3 +252,70 @@ def elpv_data(
                        rename={"cnn": "cnn_all_labels"})
 
     return BenchmarkData(stack(normal), stack(test), y, protocols())
+
+
+def _load(cells: list, root: Path, image_size: int, cache: dict) -> None:
+    from spadecam.data.elpv import load_cells
+
+    missing = [c for c in cells if (c.path, image_size) not in cache]
+    if missing:
+        for c, x in zip(missing, load_cells(missing, root, image_size)):
+            cache[(c.path, image_size)] = x
+
+
+def elpv_dra_data(
+    seed: int, image_size: int, root: str | Path | None = None, images: dict | None = None,
+    protocols: tuple[str, ...] | None = None, split_file: str | Path | None = None,
+    known_file: str | Path | None = None,
+) -> BenchmarkData:
+    """One seed of the field's ELPV protocol (DRA; :mod:`spadecam.data.elpv_dra`) as data.
+
+    Normal training images: DRA's 1,131 training normals; test images: its 377 test normals
+    and all 715 anomalies (p = 1.0). One protocol per setting (``dra_general_10``,
+    ``dra_general_1``, ``dra_hard_mono_10``, ...; default all of
+    :data:`~spadecam.data.elpv_dra.DRA_PROTOCOLS`), whose known anomalies are the committed
+    cells of that protocol and seed, and whose one column is the test normals against its test
+    anomalies: ``(dra_general_<n>, all)`` every anomaly but the n known,
+    ``(dra_hard_<t>_<n>, <other type>)`` every cell of the other type.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        elpv-dataset is missing and no ``root`` is given (the message names the extra).
+    KeyError
+        A seed or protocol the committed lists do not hold.
+    """
+    from spadecam.data.elpv import read_labels
+    from spadecam.data.elpv_dra import DRA_KNOWN, DRA_PROTOCOLS, DRA_SPLIT, read_dra_files
+
+    root = Path(root) if root is not None else elpv_dir()
+    cache = images if images is not None else {}
+    by_path = {c.path: c for c in read_labels(root / "labels.csv")}
+    normals, known = read_dra_files(split_file or DRA_SPLIT, known_file or DRA_KNOWN)
+    train = [by_path[p] for p in normals["train"]]
+    anomalies = sorted((c for c in by_path.values() if c.probability == 1.0),
+                       key=lambda c: (c.type, os.path.basename(c.path)))
+    test = [by_path[p] for p in normals["test"]] + anomalies
+    _load(train + test, root, image_size, cache)
+
+    def stack(sel) -> torch.Tensor:
+        return torch.from_numpy(np.stack([cache[(c.path, image_size)] for c in sel]))
+
+    n_normal = len(normals["test"])
+    y = np.r_[np.zeros(n_normal), np.ones(len(anomalies))].astype(np.int64)
+    position = {c.path: n_normal + i for i, c in enumerate(anomalies)}
+    names = protocols or tuple(DRA_PROTOCOLS)
+
+    def protocol_list() -> Iterator[Protocol]:
+        for name in names:
+            p = DRA_PROTOCOLS[name]
+            seen = known[(name, seed)]
+            if p.seen is None:
+                held = {position[q] for q in seen}
+                anomalous = [i for i in position.values() if i not in held]
+            else:
+                anomalous = [position[c.path] for c in anomalies if c.type == p.unseen]
+            idx = np.r_[np.arange(n_normal), np.array(anomalous, dtype=np.int64)]
+            yield Protocol(name, stack([by_path[q] for q in seen]), {(name, p.unseen): idx})
+
+    return BenchmarkData(stack(train), stack(test), y, protocol_list())

@@ -283,6 +283,21 @@ ELPV_METHODS = ("vae", "cnn", "naive_spade", "spade", "cnn_all_labels")
 ELPV_ABLATIONS: dict[str, dict] = {"spade_paper_roi": {"classifier_weight": 0.0, "roi_power": 1.0}}
 ELPV_LABELS = {"cnn_all_labels": "CNN, all defective cells labelled (reference)",
                "spade_paper_roi": "SPADE without the classifier weight (paper's score)"}
+#: Which ELPV protocol sets ``run_elpv`` runs: ours (unseen_type, few_labels) and the field's.
+ELPV_PROTOCOL_SETS = ("all", "ours", "dra")
+#: Published image AUROC on ELPV under the DRA protocol (mean of 3 runs; ImageNet-pretrained
+#: ResNet-18 at 448 px): KDAD, DevNet, DRA (Ding et al., CVPR 2022, Tables 1-2), AHL (CVPR
+#: 2024). Keys: column -> figure; "hard_10_mean" / "hard_1_mean" where only the mean over the
+#: two seen classes is published.
+DRA_PUBLISHED: dict[str, dict[str, float]] = {
+    "KDAD (one-class)": {"dra_general_10": 0.744, "dra_general_1": 0.744, "hard_1_mean": 0.737},
+    "DevNet": {"dra_general_10": 0.846, "dra_general_1": 0.514, "hard_10_mean": 0.702,
+               "hard_1_mean": 0.648},
+    "DRA": {"dra_general_10": 0.845, "dra_general_1": 0.675, "dra_hard_mono_10": 0.731,
+            "dra_hard_poly_10": 0.800, "hard_1_mean": 0.703},
+    "AHL": {"dra_general_10": 0.850, "dra_general_1": 0.828, "hard_10_mean": 0.788,
+            "hard_1_mean": 0.740},
+}
 
 
 def run_elpv(
@@ -298,8 +313,10 @@ def run_elpv(
     ablations: bool = True,
     precision: str | None = None,
     distributed: dict | None = None,
+    protocols: str = "all",
 ) -> list[dict]:
-    """Run the ELPV benchmark (:func:`spadecam.protocols.elpv_data`); write its results.
+    """Run the ELPV benchmark (:func:`spadecam.protocols.elpv_data`, and the field's protocol,
+    :func:`spadecam.protocols.elpv_dra_data`); write its results.
 
     Parameters
     ----------
@@ -321,6 +338,11 @@ def run_elpv(
         and fp32 scoring, as the committed ELPV tables were measured.
     distributed : dict, optional
         Fabric settings, as in :func:`run_noisy_mnist` (only rank 0 writes).
+    protocols : {"all", "ours", "dra"}
+        Our protocols (unseen_type, few_labels, the supervised reference), the field's (DRA:
+        general and hard settings, 1 and 10 labelled anomalies; their own normal split, so
+        their own VAE per seed), or both (default). ``eval_split="val"`` runs ours only (the
+        DRA protocol has no validation split).
 
     Returns
     -------
@@ -334,6 +356,8 @@ def run_elpv(
         An unknown recipe or one without ``image_size``.
     """
     r = _recipes.get_elpv_recipe(recipe, quick)
+    if protocols not in ELPV_PROTOCOL_SETS:
+        raise ValueError(f"protocols must be one of {ELPV_PROTOCOL_SETS}, got {protocols!r}")
     if root is None:
         _protocols.elpv_dir()  # fail early, naming the extra, before any work
     ex = start(precision, distributed)
@@ -342,13 +366,23 @@ def run_elpv(
     t0 = time.perf_counter()
     cache: dict = {}
     size = int(r.image_size or 0)
-    rows = run_benchmark(
-        lambda seed: _protocols.elpv_data(seed, size, eval_split, split_file, root, cache),
-        r, seeds, progress, log, execution=ex, ablations=ELPV_ABLATIONS if ablations else None,
-    )
+    variants = ELPV_ABLATIONS if ablations else None
+    rows: list[dict] = []
+    if protocols in ("all", "ours"):
+        rows += run_benchmark(
+            lambda seed: _protocols.elpv_data(seed, size, eval_split, split_file, root, cache),
+            r, seeds, progress, log, execution=ex, ablations=variants)
+    dra = protocols in ("all", "dra") and eval_split == "test"
+    if dra:
+        rows += run_benchmark(lambda seed: _protocols.elpv_dra_data(seed, size, root, cache),
+                              r, seeds, progress, log, execution=ex, ablations=variants)
     wall = time.perf_counter() - t0
     methods = ELPV_METHODS + (tuple(ELPV_ABLATIONS) if ablations else ())
-    table = format_columns_table(rows, methods, _protocols.ELPV_COLUMNS, labels=ELPV_LABELS)
+    table = ""
+    if protocols in ("all", "ours"):
+        table = format_columns_table(rows, methods, _protocols.ELPV_COLUMNS, labels=ELPV_LABELS)
+    if dra:
+        table += ("\n" if table else "") + dra_table(rows, methods)
     log("\n" + table + f"\nwall time {wall:.0f} s")
     if out_dir is not None:
         out = Path(out_dir)
@@ -359,3 +393,42 @@ def run_elpv(
             f"{torch.get_num_threads()} threads.\n"))
         log(f"wrote {out / 'results.csv'} and {out / 'table.md'}")
     return rows
+
+
+def dra_table(rows: Sequence[dict], methods: Sequence[str] = ELPV_METHODS) -> str:
+    """Markdown table of the DRA protocol: ours (mean ± sd over seeds) beside the published.
+
+    Columns: general (10, 1 labelled anomalies), hard (seen mono, seen poly, their mean) for 10
+    and 1; published rows from :data:`DRA_PUBLISHED` ("–" where a paper gives no figure).
+    """
+    from spadecam.evaluation import summarise
+
+    cols = [("dra_general_10", "general, 10"), ("dra_general_1", "general, 1"),
+            ("dra_hard_mono_10", "hard 10, seen mono"), ("dra_hard_poly_10", "hard 10, seen poly"),
+            ("hard_10_mean", "hard 10, mean"), ("dra_hard_mono_1", "hard 1, seen mono"),
+            ("dra_hard_poly_1", "hard 1, seen poly"), ("hard_1_mean", "hard 1, mean")]
+    per_seed = summarise([q for q in rows if q["protocol"].startswith("dra_")],
+                         by=("method", "protocol", "seed"))
+    lines = ["| method | " + " | ".join(h for _, h in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    labels = {**METHOD_LABELS, **ELPV_LABELS}
+    for m in methods:
+        cells = []
+        for key, _ in cols:
+            if key.endswith("_mean"):
+                n = key.split("_")[1]
+                pair = (f"dra_hard_mono_{n}", f"dra_hard_poly_{n}")
+                seeds = sorted({s for (mm, p, s) in per_seed if mm == m and p in pair})
+                vals: list[float] = [float(np.mean([per_seed[(m, p, s)][0] for p in pair]))
+                                     for s in seeds if all((m, p, s) in per_seed for p in pair)]
+            else:
+                vals = [v[0] for (mm, p, _s), v in per_seed.items() if mm == m and p == key]
+            cells.append("–" if not vals else f"{np.mean(vals):.3f}" if len(vals) == 1
+                         else f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {labels.get(m, m)} (ours) | " + " | ".join(cells) + " |")
+    for name, figures in DRA_PUBLISHED.items():
+        lines.append(f"| {name} (published) | " + " | ".join(
+            f"{figures[k]:.3f}" if k in figures else "–" for k, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
