@@ -147,7 +147,8 @@ def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_
     ("argv", "option"),
     [(["elpv", "--known", "3"], "--known"), (["elpv", "--data-dir", "d"], "--data-dir"),
      (["elpv", "--download"], "--download"), (["elpv", "--no-figures"], "--no-figures"),
-     (["noisy-mnist", "--eval-split", "val"], "--eval-split")],
+     (["noisy-mnist", "--eval-split", "val"], "--eval-split"),
+     (["noisy-mnist", "--protocols", "dra"], "--protocols")],
 )
 def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
     # reproduce elpv silently ignored all of these, noisy-mnist --eval-split; refused at

@@ -147,7 +147,7 @@ def test_elpv_data_protocols_and_columns(tmp_path):
 @pytest.mark.slow
 def test_run_elpv_writes_the_results_csv(tmp_path):
     root, split = fake_elpv(tmp_path)
-    rows = run_elpv(seeds=[0, 1], recipe=TINY, out_dir=tmp_path / "out", progress=False,
+    rows = run_elpv(seeds=[0, 1], recipe=TINY, protocols="ours", out_dir=tmp_path / "out", progress=False,
                     root=root, split_file=split, log=lambda *a: None)
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         got = list(csv.DictReader(f))
@@ -159,11 +159,11 @@ def test_run_elpv_writes_the_results_csv(tmp_path):
     assert all(0 <= float(r["auroc"]) <= 1 and 0 <= float(r["aupr"]) <= 1 for r in got)
     assert "| SPADE |" in (tmp_path / "out" / "table.md").read_text()
     # the same seed gives the same numbers
-    again = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+    again = run_elpv(seeds=[0], recipe=TINY, protocols="ours", progress=False, root=root, split_file=split,
                      log=lambda *a: None)
     assert [r["auroc"] for r in again] == [r["auroc"] for r in rows if r["seed"] == 0]
     # --ablations is honoured: without it the ablation rows are not computed
-    plain = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+    plain = run_elpv(seeds=[0], recipe=TINY, protocols="ours", progress=False, root=root, split_file=split,
                      log=lambda *a: None, ablations=False)
     assert "spade_paper_roi" not in {r["method"] for r in plain}
     assert [r["auroc"] for r in plain] == [r["auroc"] for r in again
@@ -226,11 +226,11 @@ def test_every_score_of_a_run_is_in_its_one_precision(tmp_path, cpu_bf16):
 
 def test_run_elpv_takes_a_precision(tmp_path):
     root, split = fake_elpv(tmp_path)
-    rows = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+    rows = run_elpv(seeds=[0], recipe=TINY, protocols="ours", progress=False, root=root, split_file=split,
                     log=lambda *a: None, ablations=False, precision="bf16")
     assert {(r["train_precision"], r["score_precision"]) for r in rows} == {("bf16-mixed",
                                                                             "bf16")}
-    default = run_elpv(seeds=[0], recipe=TINY, progress=False, root=root, split_file=split,
+    default = run_elpv(seeds=[0], recipe=TINY, protocols="ours", progress=False, root=root, split_file=split,
                        log=lambda *a: None, ablations=False)
     # the recipe's training precision (the ELPV recipes': fp32), fp32 scoring, as the
     # committed table was measured
@@ -331,3 +331,13 @@ def test_dra_benchmark_runs_on_the_one_runner(tmp_path):
     assert set(seen) == set(DRA_COLUMNS)
     table = dra_table(rows)
     assert "| SPADE (ours) |" in table and "| AHL (published) | 0.850 | 0.828 |" in table
+
+
+def test_dra_lists_that_do_not_fit_the_data_are_one_clear_error(tmp_path):
+    from spadecam.protocols import elpv_dra_data
+
+    root, _ = fake_elpv(tmp_path)  # the committed lists name the real data set's cells
+    with pytest.raises(ValueError, match="make_dra_files"):
+        elpv_dra_data(0, 16, root)
+    with pytest.raises(ValueError, match="protocols must be one of"):
+        run_elpv(recipe=TINY, root=root, protocols="mine", log=lambda *a: None)

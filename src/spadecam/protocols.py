@@ -282,6 +282,8 @@ def elpv_dra_data(
     ------
     ModuleNotFoundError
         elpv-dataset is missing and no ``root`` is given (the message names the extra).
+    ValueError
+        The lists name cells that ``root``'s labels.csv lacks.
     KeyError
         A seed or protocol the committed lists do not hold.
     """
@@ -292,6 +294,13 @@ def elpv_dra_data(
     cache = images if images is not None else {}
     by_path = {c.path: c for c in read_labels(root / "labels.csv")}
     normals, known = read_dra_files(split_file or DRA_SPLIT, known_file or DRA_KNOWN)
+    listed = set(normals["train"] + normals["test"]) | {q for v in known.values() for q in v}
+    absent = sorted(listed - set(by_path))
+    if absent:
+        raise ValueError(
+            f"the DRA lists ({split_file or DRA_SPLIT}) name {len(absent)} cell(s) that "
+            f"{root / 'labels.csv'} lacks, e.g. {absent[0]}; for other data make the lists with "
+            "spadecam.data.elpv_dra.make_dra_files")
     train = [by_path[p] for p in normals["train"]]
     anomalies = sorted((c for c in by_path.values() if c.probability == 1.0),
                        key=lambda c: (c.type, os.path.basename(c.path)))
