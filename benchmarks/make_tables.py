@@ -12,6 +12,8 @@ Markdown file holds it (README.md or docs/*.md):
 * ``noisy-mnist-headline`` (README.md): the table of the recipe with the most seeds;
 * ``elpv`` (docs/elpv.md), from benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,
   aupr,recipe): the ELPV table and its goal check; ``elpv-headline`` (README.md): the table;
+  ``elpv-dra`` (docs/elpv.md), from benchmarks/results/elpv_dra.csv: the field's protocol (DRA)
+  beside the published figures;
 * ``train-options`` (docs/own-images.md): every ``spadecam train`` option with its default and
   help, read from the argparse definitions; ``defaults`` (docs/python-api.md): the recipe table
   (:data:`spadecam.recipes.FIT_DEFAULTS`, :data:`~spadecam.recipes.RECIPE_DEFAULTS`) with the
@@ -183,12 +185,27 @@ def defaults_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def elpv_dra_table() -> str:
+    """The field's ELPV protocol (DRA): ours, mean ± sd over seeds, beside the published."""
+    from spadecam.reproduce import dra_table
+
+    with open(RESULTS / "elpv_dra.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    seeds = sorted({int(r["seed"]) for r in rows})
+    return (f"Image AUROC, recipe `{rows[0]['recipe']}` (48 px, trained from scratch), mean ± sd "
+            f"over seeds {seeds} (`benchmarks/results/elpv_dra.csv`); published rows: "
+            "ImageNet-pretrained ResNet-18 at 448 px, mean of 3 runs.\n\n"
+            + dra_table(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS)))
+
+
 def blocks() -> dict[str, str]:
     """Every generated block, by marker name."""
     made = {"tables": tables(), "noisy-mnist-headline": headline(),
             "train-options": train_options(), "defaults": defaults_table()}
     if (RESULTS / "elpv.csv").exists():
         made.update({"elpv": elpv_tables(), "elpv-headline": elpv_headline()})
+    if (RESULTS / "elpv_dra.csv").exists():
+        made["elpv-dra"] = elpv_dra_table()
     return made
 
 

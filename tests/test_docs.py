@@ -61,7 +61,7 @@ def _text(page: Path) -> str:
 
 
 @pytest.mark.parametrize("name", ["train-options", "defaults", "tables", "noisy-mnist-headline",
-                                  "elpv", "elpv-headline"])
+                                  "elpv", "elpv-headline", "elpv-dra"])
 def test_generated_blocks_are_current(name):
     made = _make_tables().blocks()
     if name not in made:
