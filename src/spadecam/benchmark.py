@@ -380,8 +380,14 @@ def run_benchmark(
         s_vae = vae_scores(data.x_test, u_hat, r.error_smoothing, r.error_norm)
         u_hat_in: dict[str, torch.Tensor] = {}  # reconstructions in other precisions, per seed
         for prot in data.protocols:
-            x = torch.cat([data.x_normal, prot.x_known])
-            y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(prot.x_known))]).long()
+            known = prot.x_known
+            n_syn = round(getattr(r, "synthetic_anomalies", 0.0) * len(data.x_normal))
+            if n_syn:  # the classifier's known class: the labelled cells and synthetic ones
+                from spadecam.synthetic import cutpaste
+
+                known = torch.cat([known, cutpaste(data.x_normal, n_syn, seed)])
+            x = torch.cat([data.x_normal, known])
+            y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(known))]).long()
             cnn = train_cnn(x, y, r.cnn, dataclasses.replace(
                 r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
             # the signed maps of u and u_hat, once: SPADE and the variants that only change

@@ -126,6 +126,9 @@ class Recipe:
     spade_params : dict
         Further SPADE scoring parameters (e.g. ``classifier_weight``), passed to
         :class:`~spadecam.detectors.SPADE` only.
+    synthetic_anomalies : float >= 0
+        Synthetic anomalies (:func:`spadecam.synthetic.cutpaste`) added to the classifier's
+        known-anomaly class, as a multiple of the number of normal training images (0: none).
     """
 
     name: str
@@ -145,6 +148,7 @@ class Recipe:
     noisy: NoisyMNISTConfig = field(default_factory=lambda: _noisy_mnist_config())
     image_size: int | None = None
     spade_params: dict = field(default_factory=dict)
+    synthetic_anomalies: float = 0.0
 
 
 def _noisy_mnist_config() -> NoisyMNISTConfig:
