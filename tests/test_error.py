@@ -142,7 +142,9 @@ def _models(seed: int = 0) -> tuple[ConvVAE, ConvClassifier]:
 def test_spade_score_uses_the_configured_error():
     vae, cnn = _models()
     x = torch.rand(5, 1, 28, 28)
-    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32")
+    # the paper's score (classifier weight 0), so e' / e recovers L / |L| alone
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32",
+                            classifier_weight=0.0)
     with torch.no_grad():
         u_hat = vae.reconstruct(x)
         plain = spade_error_map(cnn, x, u_hat)

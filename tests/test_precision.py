@@ -85,7 +85,9 @@ def _golden_scores(precision: str) -> dict[str, np.ndarray]:
     vae, cnn = load_models(GOLDEN)
     x = np.load(GOLDEN / "scores.npz")["images"]
     kw = dict(error_smoothing=2.0, error_norm="l2", batch_size=16, precision=precision)
-    spade = SPADE.from_models(vae, cnn, **kw)
+    # 0.1 scored without the classifier weight (the recipe's default since issue 19 is 10;
+    # test_default_spade_is_the_golden_score_weighted_by_the_classifier checks it)
+    spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw)
     return {
         "spade": spade.decision_function(x),
         "spade_paper": SPADE.from_models(vae, cnn, batch_size=16, precision=precision, recipe="paper")
@@ -143,6 +145,23 @@ def test_precision_32_is_bit_identical_within_one_machine(tmp_path):
     fresh = np.load(out)
     for name in first:
         np.testing.assert_array_equal(fresh[name], first[name], err_msg=name)
+
+
+def test_default_spade_is_the_golden_score_weighted_by_the_classifier():
+    # the default score since issue 19: e' (1 + 10 p), p the classifier's probability of the
+    # known anomaly; each image's e' is 0.1's (golden), so its score is golden * (1 + 10 p)
+    from spadecam.models.cnn import NORMAL_CLASS
+
+    vae, cnn = load_models(GOLDEN)
+    golden = np.load(GOLDEN / "scores.npz")
+    x = golden["images"]
+    got = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", batch_size=16,
+                            precision="32").decision_function(x)
+    with torch.no_grad():
+        u = torch.from_numpy(x).float().div(255)
+        u = u[:, None] if u.ndim == 3 else u
+        p = cnn.eval()(u).softmax(1)[:, 1 - NORMAL_CLASS].double().numpy()
+    np.testing.assert_allclose(got, golden["spade"] * (1 + 10 * p), rtol=1e-5)
 
 
 def test_auto_is_exact_fp32_where_bf16_is_not_native(cpu_bf16):

@@ -79,8 +79,10 @@ ABLATIONS: dict[str, dict] = {
     "spade_abs_both": {"recon_branch": "abs"},
     "spade_cam_layer_-2": {"cam_layer": -2},
     "spade_paper_error": {"error_smoothing": 0.0, "error_norm": "l1"},
-    # issue 11's ROI option (won on the ELPV and Noisy-MNIST validation splits; off by default)
+    # issue 11's ROI option, the recipe's default since issue 19 (it won on the ELPV and
+    # Noisy-MNIST validation splits): this row is SPADE's own now; the next one is the paper's
     "spade_classifier_weight_10": {"classifier_weight": 10.0},
+    "spade_no_classifier_weight": {"classifier_weight": 0.0},
 }
 ABLATION_LABELS = {
     "spade": "SPADE (eq. 5)",
@@ -90,7 +92,8 @@ ABLATION_LABELS = {
     "spade_abs_both": "Abs on both",
     "spade_cam_layer_-2": "CAM at the penultimate conv layer",
     "spade_paper_error": "the paper's error abs(u - u_hat), unsmoothed",
-    "spade_classifier_weight_10": "e' x (1 + 10 p(known anomaly)) (option, issue 11)",
+    "spade_classifier_weight_10": "e' x (1 + 10 p(known anomaly)) (the default since issue 19)",
+    "spade_no_classifier_weight": "without the classifier weight (the paper's score)",
     "spade_bf16": "SPADE scored in bf16 autocast",
     "spade_fp32": "SPADE scored in fp32",
 }
