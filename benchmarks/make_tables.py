@@ -88,7 +88,7 @@ def tables() -> str:
         parts.append(
             f"**Ablations** (recipe `{recipe}`, seeds {seeds}; every variant scored on the same "
             "trained models)\n\n"
-            + format_table(rs, methods=("spade", *ABLATIONS, "spade_bf16"), paper=None,
+            + format_table(rs, methods=("spade", *ABLATIONS, "spade_bf16", "spade_fp32"), paper=None,
                            labels=ABLATION_LABELS)
         )
     return "\n".join(parts)
