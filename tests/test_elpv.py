@@ -341,3 +341,35 @@ def test_dra_lists_that_do_not_fit_the_data_are_one_clear_error(tmp_path):
         elpv_dra_data(0, 16, root)
     with pytest.raises(ValueError, match="protocols must be one of"):
         run_elpv(recipe=TINY, root=root, protocols="mine", log=lambda *a: None)
+
+
+def test_synthetic_anomalies_join_the_known_class_once_per_seed(tmp_path, monkeypatch):
+    import dataclasses as _dc
+
+    from spadecam import benchmark
+
+    root, split = fake_elpv(tmp_path)
+    seen, made = [], []
+    real_train, real_cutpaste = benchmark.train_cnn, __import__(
+        "spadecam.synthetic", fromlist=["cutpaste"]).cutpaste
+
+    def train_cnn(x, y, *a, **k):
+        seen.append((int((y == 0).sum()), int((y == 1).sum())))
+        return real_train(x, y, *a, **k)
+
+    def cutpaste(x, n, seed=0):
+        made.append(n)
+        return real_cutpaste(x, n, seed)
+
+    monkeypatch.setattr(benchmark, "train_cnn", train_cnn)
+    monkeypatch.setattr("spadecam.synthetic.cutpaste", cutpaste)
+    data = lambda seed: elpv_data(seed, 16, "test", split, root)  # noqa: E731
+    benchmark.run_benchmark(data, _dc.replace(TINY, synthetic_anomalies=0.5), [0],
+                            progress=False, log=lambda *a: None)
+    plain = list(seen)
+    n_normal = plain[0][0]
+    # half as many synthetic anomalies as normal training images, made once for the seed
+    assert made == [round(0.5 * n_normal)]
+    seen.clear()
+    benchmark.run_benchmark(data, TINY, [0], progress=False, log=lambda *a: None)
+    assert [k for _, k in plain] == [k + made[0] for _, k in seen]

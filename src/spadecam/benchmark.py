@@ -198,7 +198,8 @@ def spade_map_batches(
 
 
 def cam_batches(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> list:
-    """The signed maps M(u), M(u_hat) of every batch (a few MB for 10,000 images)."""
+    """The signed maps M(u), M(u_hat) and logits of u of every batch (SignedCams; a few MB
+    for 10,000 images)."""
     return [det.signed_cams(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
             for i in range(0, len(u8), _BATCH)]
 
@@ -275,6 +276,7 @@ class ProtocolResult:
     recipe: Any
     execution: Execution
     _cams: list | None = None
+    _cam_source: SPADE | None = None  # the detector the cached maps were computed with
     _u_hat_in: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def spade(self, **params: Any) -> np.ndarray:
@@ -292,8 +294,9 @@ class ProtocolResult:
                 self._u_hat_in[prec] = reconstruct(self.vae, self.data.x_test, prec)
             return spade_scores(det, self.data.x_test, self._u_hat_in[prec])
         # the maps depend on the classifier, the layer, the method and the precision only
-        base = SPADE.from_models(self.vae, self.cnn, **detector_params(self.recipe))
-        same = (det.cam_layer, det.cam_method) == (base.cam_layer, base.cam_method)
+        src = self._cam_source
+        same = src is not None and (det.cam_layer, det.cam_method) == (src.cam_layer,
+                                                                       src.cam_method)
         return spade_scores(det, self.data.x_test, self.u_hat, self._cams if same else None)
 
     def rows(self, scores: dict[str, np.ndarray]) -> list[dict]:
@@ -379,27 +382,25 @@ def run_benchmark(
         u_hat = reconstruct(vae, data.x_test, ex.score_precision)
         s_vae = vae_scores(data.x_test, u_hat, r.error_smoothing, r.error_norm)
         u_hat_in: dict[str, torch.Tensor] = {}  # reconstructions in other precisions, per seed
+        synthetic = _synthetic_anomalies(r, data.x_normal, seed)  # the same for every protocol
         for prot in data.protocols:
-            known = prot.x_known
-            n_syn = round(getattr(r, "synthetic_anomalies", 0.0) * len(data.x_normal))
-            if n_syn:  # the classifier's known class: the labelled cells and synthetic ones
-                from spadecam.synthetic import cutpaste
-
-                known = torch.cat([known, cutpaste(data.x_normal, n_syn, seed)])
+            # the classifier's known class: the labelled cells (and the synthetic ones)
+            known = prot.x_known if synthetic is None else torch.cat([prot.x_known, synthetic])
             x = torch.cat([data.x_normal, known])
             y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(known))]).long()
             cnn = train_cnn(x, y, r.cnn, dataclasses.replace(
                 r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
             # the signed maps of u and u_hat, once: SPADE and the variants that only change
             # the ROI arithmetic read them without running the classifier again
-            cams = None
+            cams, det = None, None
             if "spade" in prot.methods:
                 det = SPADE.from_models(vae, cnn, **detector_params(r),
                                         precision=ex.score_precision)
                 cams = cam_batches(det, data.x_test, u_hat)
             scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
                                    ex.score_precision, cams)
-            res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, u_hat_in)
+            res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, det,
+                                 u_hat_in)
             new = res.rows(scores)
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known, CNN {_summary(cnn)}): "
                 + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"
@@ -413,6 +414,16 @@ def run_benchmark(
                 on_protocol(res)
         log(f"seed {seed} done: {time.perf_counter() - t0:.0f} s since the start")
     return rows
+
+
+def _synthetic_anomalies(r: Any, x_normal: torch.Tensor, seed: int) -> torch.Tensor | None:
+    """The recipe's synthetic anomalies for the classifier (None without them)."""
+    n = round(getattr(r, "synthetic_anomalies", 0.0) * len(x_normal))
+    if not n:
+        return None
+    from spadecam.synthetic import cutpaste
+
+    return cutpaste(x_normal, n, seed)
 
 
 def _summary(model: Any) -> str:

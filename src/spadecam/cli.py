@@ -134,11 +134,10 @@ def _precision_line(args: argparse.Namespace) -> str:
     from spadecam.distributed import fabric_settings
     from spadecam.precision import describe, from_option, resolve_scoring_precision
 
-    option = args.precision  # train / reproduce; score and evaluate say it once loaded
+    option = args.precision  # train; score and evaluate say it once the model is loaded
     train, scoring = from_option(option)
-    text = f"scoring {resolve_scoring_precision(scoring)}"
-    if args.command in ("train", "reproduce"):
-        text = f"training {fabric_settings(**_distributed(args))['precision']}, " + text
+    text = (f"training {fabric_settings(**_distributed(args))['precision']}, "
+            f"scoring {resolve_scoring_precision(scoring)}")
     why = f" (auto: {describe()}; --precision 32 for exact fp32)" if option in ("auto", None) else ""
     return f"precision: {text}{why}"
 

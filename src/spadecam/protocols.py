@@ -17,7 +17,6 @@ one :class:`~spadecam.benchmark.Protocol` per classifier) for the one runner,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +287,13 @@ def elpv_dra_data(
         A seed or protocol the committed lists do not hold.
     """
     from spadecam.data.elpv import read_labels
-    from spadecam.data.elpv_dra import DRA_KNOWN, DRA_PROTOCOLS, DRA_SPLIT, read_dra_files
+    from spadecam.data.elpv_dra import (
+        DRA_KNOWN,
+        DRA_PROTOCOLS,
+        DRA_SPLIT,
+        dra_anomalies,
+        read_dra_files,
+    )
 
     root = Path(root) if root is not None else elpv_dir()
     cache = images if images is not None else {}
@@ -302,8 +307,7 @@ def elpv_dra_data(
             f"{root / 'labels.csv'} lacks, e.g. {absent[0]}; for other data make the lists with "
             "spadecam.data.elpv_dra.make_dra_files")
     train = [by_path[p] for p in normals["train"]]
-    anomalies = sorted((c for c in by_path.values() if c.probability == 1.0),
-                       key=lambda c: (c.type, os.path.basename(c.path)))
+    anomalies = dra_anomalies(list(by_path.values()))
     test = [by_path[p] for p in normals["test"]] + anomalies
     _load(train + test, root, image_size, cache)
 

@@ -103,6 +103,12 @@ def default_cnn_config(image_size: int | None = None, recipe: str = "spadecam") 
 # --------------------------------------------------------------------------- benchmark recipes
 
 
+def _noisy_mnist_config() -> NoisyMNISTConfig:
+    from spadecam.data.noisy_mnist import NoisyMNISTConfig
+
+    return NoisyMNISTConfig()
+
+
 @dataclass
 class Recipe:
     """Everything that defines one benchmark run besides the seed and the protocols.
@@ -150,16 +156,10 @@ class Recipe:
     n_train_known: int | None = None
     n_test: int | None = None
     train_copies: int = 1
-    noisy: NoisyMNISTConfig = field(default_factory=lambda: _noisy_mnist_config())
+    noisy: NoisyMNISTConfig = field(default_factory=_noisy_mnist_config)
     image_size: int | None = None
     spade_params: dict = field(default_factory=dict)
     synthetic_anomalies: float = 0.0
-
-
-def _noisy_mnist_config() -> NoisyMNISTConfig:
-    from spadecam.data.noisy_mnist import NoisyMNISTConfig
-
-    return NoisyMNISTConfig()
 
 
 def _error(recipe: str) -> dict[str, Any]:

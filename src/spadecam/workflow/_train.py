@@ -246,7 +246,6 @@ def train(
                      "min_input_size": need}
     normal_paths = [p for p, lab in zip(data.paths, data.labels) if lab == 0][:_OVERLAY_SAMPLE]
     extra = {
-        "backbone": options.get("backbone", "small"),
         "overlay_scale": _overlay_scale(det, preprocessing, normal_paths),
         "threshold_rule": THRESHOLD_RULE,
         "training": {
