@@ -159,6 +159,11 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                     help="multiply the weighted error by (1 + W p), p the classifier's "
                     "probability of the known anomaly, so the known kind counts in the score; "
                     f"0 = the paper's score (default: the recipe's, {ours['classifier_weight']:g})")
+    tr.add_argument("--knn-power", type=float, default=None, metavar="G",
+                    help="multiply the weighted error by d ** G, d the distance of the image's "
+                    "classifier features to those of its 5 nearest normal training images (a "
+                    "feature bank saved with the model; 1 = a typical normal); 0 = the paper's "
+                    f"score, no bank (default: the recipe's, {ours['knn_power']:g})")
     tr.add_argument("--roi-power", type=float, default=None, metavar="P",
                     help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
                     f"the recipe's, {ours['roi_power']:g})")

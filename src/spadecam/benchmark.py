@@ -228,15 +228,36 @@ def detector_params(recipe: Any) -> dict[str, Any]:
             **getattr(recipe, "spade_params", {})}
 
 
+def spade_detector(vae: Any, cnn: Any, x_normal: torch.Tensor | None = None,
+                   **params: Any) -> SPADE:
+    """:meth:`SPADE.from_models` with its feature bank built from ``x_normal`` (the normal
+    training images, uint8) when its ``knn_power`` is > 0 (:mod:`spadecam.knn`).
+
+    Raises
+    ------
+    ValueError
+        ``knn_power`` > 0 without ``x_normal``.
+    """
+    det = SPADE.from_models(vae, cnn, **params)
+    if det._param("knn_power"):
+        if x_normal is None:
+            raise ValueError("knn_power > 0 needs the normal training images for its bank")
+        det.build_feature_bank(x_normal)
+    return det
+
+
 def method_scores(
     methods: Sequence[str], recipe: Any, vae: Any, cnn: Any, u8: torch.Tensor,
     u_hat: torch.Tensor, s_vae: np.ndarray, precision: str = "32", cams: list | None = None,
+    x_normal: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Test scores of each method (higher = more anomalous), the VAE's computed once.
 
     ``precision``: scoring precision of the networks ("32" or "bf16"; ``u_hat`` should come
     from :func:`reconstruct` in the same one). ``cams``: SPADE's signed maps from
     :func:`cam_batches` (same classifier, layer and precision), so no extra CNN pass.
+    ``x_normal``: the normal training images (uint8), SPADE's feature bank when the recipe
+    sets ``knn_power``.
     """
     base = {**detector_params(recipe), "precision": precision}
     naive = {k: v for k, v in base.items() if k in ("cam_layer", "upsample", "error_smoothing",
@@ -245,7 +266,8 @@ def method_scores(
         "vae": lambda: s_vae,
         "cnn": lambda: CNNDetector.from_models(cnn, precision=precision).decision_function(u8),
         "naive_spade": lambda: spade_scores(NaiveSPADE.from_models(vae, cnn, **naive), u8, u_hat),
-        "spade": lambda: spade_scores(SPADE.from_models(vae, cnn, **base), u8, u_hat, cams),
+        "spade": lambda: spade_scores(spade_detector(vae, cnn, x_normal, **base), u8, u_hat,
+                                      cams),
     }
     return {m: make[m]() for m in methods}
 
@@ -288,7 +310,7 @@ class ProtocolResult:
         """
         prec = params.pop("precision", self.execution.score_precision)
         kw = {**detector_params(self.recipe), **params, "precision": prec}
-        det = SPADE.from_models(self.vae, self.cnn, **kw)
+        det = spade_detector(self.vae, self.cnn, self.data.x_normal, **kw)
         if prec != self.execution.score_precision:
             if prec not in self._u_hat_in:
                 self._u_hat_in[prec] = reconstruct(self.vae, self.data.x_test, prec)
@@ -398,7 +420,7 @@ def run_benchmark(
                                         precision=ex.score_precision)
                 cams = cam_batches(det, data.x_test, u_hat)
             scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
-                                   ex.score_precision, cams)
+                                   ex.score_precision, cams, data.x_normal)
             res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, det,
                                  u_hat_in)
             new = res.rows(scores)

@@ -161,7 +161,8 @@ def _run_image_command(args: argparse.Namespace) -> int:
         # every train option by its API name, nothing renamed or defaulted here
         names = ("backbone", "epochs", "steps", "seed", "recipe", "resize", "latent_dim",
                  "batch_size", "lr", "threshold_quantile", "threshold_holdout",
-                 "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer")
+                 "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
+                 "knn_power")
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, log=print, progress=progress,

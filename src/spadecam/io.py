@@ -52,6 +52,7 @@ __all__ = [
     "load_model_parts",
     "load_models",
     "read_config",
+    "load_tensors",
     "save_models",
 ]
 
@@ -63,6 +64,7 @@ def save_models(
     vae: ConvVAE | None,
     cnn: FeatureClassifier | None,
     extra: dict[str, Any] | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a model directory (weights as safetensors, configs as JSON).
 
@@ -75,6 +77,9 @@ def save_models(
     extra : dict, optional
         More JSON-serialisable fields for config.json (preprocessing, threshold_, detector
         parameters).
+    tensors : dict name -> {key: Tensor}, optional
+        More safetensors files, ``name.safetensors`` (SPADE's feature bank, "knn"), hashed
+        in config.json like the weights; read back with :func:`load_tensors`.
 
     Returns
     -------
@@ -97,6 +102,10 @@ def save_models(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         weights[f"{name}.safetensors"] = save_bytes(state)
         hashes[f"{name}.safetensors"] = hashlib.sha256(weights[f"{name}.safetensors"]).hexdigest()
+    for name, group in (tensors or {}).items():
+        data = save_bytes({k: v.detach().cpu().contiguous() for k, v in group.items()})
+        weights[f"{name}.safetensors"], hashes[f"{name}.safetensors"] = (
+            data, hashlib.sha256(data).hexdigest())
     config: dict[str, Any] = {"format_version": FORMAT_VERSION, "weights_sha256": hashes}
     if vae is not None:
         config["vae_config"] = vae.config.to_dict()
@@ -183,6 +192,30 @@ def load_models(model_dir: str | os.PathLike) -> tuple[ConvVAE, FeatureClassifie
             raise ModelFormatError(f"{Path(model_dir) / 'config.json'} holds no {name}")
     assert vae is not None and cnn is not None
     return vae, cnn
+
+
+def load_tensors(model_dir: str | os.PathLike, name: str,
+                 config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors :func:`save_models` wrote as ``name.safetensors`` (checked against the
+    sha256 in ``config``, config.json as :func:`read_config` returned it).
+
+    Raises
+    ------
+    ModelFormatError
+        The file is missing, does not match its recorded sha256, or is not safetensors.
+    """
+    path = Path(model_dir) / f"{name}.safetensors"
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is missing")
+    data = path.read_bytes()
+    expected = (config.get("weights_sha256") or {}).get(path.name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ModelFormatError(f"{path} does not match the sha256 recorded in config.json (an "
+                               "interrupted or partial save?); re-save or re-train the model")
+    try:
+        return load_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFormatError(f"{path} is not a safetensors file: {exc}") from None
 
 
 def load_model_parts(

@@ -367,6 +367,14 @@ def _check_params(params: _Section, cnn_layers: int | None) -> None:
     params.choice("resize", RESIZE_POLICIES)
     params.number("roi_power", lambda v: v > 0, "> 0", null=True)
     params.number("classifier_weight", lambda v: v >= 0, ">= 0", null=True)
+    params.number("knn_power", lambda v: v >= 0, ">= 0", null=True)
+    if "knn_layer" in params.data:
+        layer = params.data["knn_layer"]
+        if not is_int(layer) or (cnn_layers is not None and not -cnn_layers <= layer
+                                 < cnn_layers):
+            where = f" of the classifier's {cnn_layers}" if cnn_layers is not None else ""
+            params.fail("knn_layer", f"an index{where} feature layers", layer)
+    params.integer("knn_k")
     params.choice("recipe", tuple(sorted(RECIPE_DEFAULTS)))
 
 

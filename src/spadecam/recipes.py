@@ -35,9 +35,9 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # 0.974 at 10 (30: 0.957 / 0.972); ELPV's, unseen_type/all 0.693 -> 0.766 (48 px) and
     # 0.688 -> 0.780 (64 px), the unknown kind (poly) 0.742 -> 0.730 and 0.762 -> 0.758
     "spadecam": {"latent_dim": 8, "error_smoothing": 2.0, "error_norm": "l2",
-                 "roi_power": 1.0, "classifier_weight": 10.0},
+                 "roi_power": 1.0, "classifier_weight": 10.0, "knn_power": 0.0},
     "paper": {"latent_dim": 128, "error_smoothing": 0.0, "error_norm": "l1",
-              "roi_power": 1.0, "classifier_weight": 0.0},
+              "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0},
 }
 
 
@@ -52,6 +52,8 @@ FIT_DEFAULTS: dict[str, Any] = {
     "threshold_quantile": 0.99,
     "resize": "letterbox",
     "cam_layer": -1,
+    "knn_layer": -2,  # the feature bank's block (spadecam.knn): the middle one of 3
+    "knn_k": 5,
     "steps": 2000,  # per model, with early stopping on a validation split
     "batch_size": 32,
     "lr": 1e-3,

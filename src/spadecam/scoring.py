@@ -25,6 +25,7 @@ from torch import nn
 
 from spadecam.cam import eval_mode, grad_cam_and_logits
 from spadecam.error import reconstruction_error
+from spadecam.knn import FeatureBank
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
 from spadecam.roi import roi_weights, weighted_error
@@ -78,11 +79,17 @@ class SPADEScorer(nn.Module):
         Multiplies e' by (1 + classifier_weight * p), p the classifier's softmax probability
         of the known-anomaly class, read off the Grad-CAM forward of u (no second pass). 0 =
         the paper. Our option (issue 11).
+    knn : FeatureBank, optional
+        The normal training images' pooled classifier features (:mod:`spadecam.knn`).
+    knn_power : float >= 0
+        Multiplies e' by d ** knn_power, d the kNN distance of u's features to the bank
+        (1 = a typical normal image). 0 (default) = the paper; our option (issue 19).
 
     Raises
     ------
     ValueError
-        ``roi_power <= 0`` or ``classifier_weight < 0``.
+        ``roi_power <= 0``, ``classifier_weight < 0``, ``knn_power < 0``, or ``knn_power > 0``
+        without a ``knn`` bank.
 
     References
     ----------
@@ -104,11 +111,17 @@ class SPADEScorer(nn.Module):
         error_norm: str = "l1",
         roi_power: float = 1.0,
         classifier_weight: float = 0.0,
+        knn: FeatureBank | None = None,
+        knn_power: float = 0.0,
     ) -> None:
         super().__init__()
         if not (roi_power > 0 and classifier_weight >= 0):
             raise ValueError(f"roi_power must be > 0 and classifier_weight >= 0, got "
                              f"{roi_power!r}, {classifier_weight!r}")
+        if not knn_power >= 0 or (knn_power > 0 and knn is None):
+            raise ValueError(f"knn_power must be >= 0 and needs a feature bank (fit builds "
+                             f"it), got {knn_power!r} with knn={knn!r}")
+        self.knn, self.knn_power = knn, knn_power
         self.vae, self.cnn = vae, cnn
         self.layers = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else (cam_layer,)
         self.input_branch, self.recon_branch = input_branch, recon_branch
@@ -167,6 +180,9 @@ class SPADEScorer(nn.Module):
                 logits = self.cnn(u)
             p = logits.float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
             m = m * (1 + self.classifier_weight * p)[:, None, None]
+        if self.knn_power:
+            assert self.knn is not None  # __init__ checked
+            m = m * (self.knn(self.cnn, u) ** self.knn_power)[:, None, None]
         return m.float()
 
     def forward(

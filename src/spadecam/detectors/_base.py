@@ -33,7 +33,14 @@ from spadecam.inputs import (
     to_float_images,
     to_model_batch,
 )
-from spadecam.io import ModelFormatError, check_detector_params, load_model_parts, read_config, save_models
+from spadecam.io import (
+    ModelFormatError,
+    check_detector_params,
+    load_model_parts,
+    load_tensors,
+    read_config,
+    save_models,
+)
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
@@ -86,9 +93,11 @@ _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
     "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
+    "knn_power", "knn_layer", "knn_k",
 )
 #: Scoring parameters that default (None) to the recipe's value.
-_RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight")
+_RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight",
+                  "knn_power")
 
 
 class _BaseDetector(BaseEstimator):
@@ -372,8 +381,13 @@ class _BaseDetector(BaseEstimator):
                       "resize": self.resize},
             **(extra or {}),
         }
+        bank = getattr(self, "knn_", None)
+        tensors = None
+        if bank is not None:  # SPADE's feature bank (spadecam.knn)
+            config["knn"] = {"layer": bank.layer, "k": bank.k, "scale": bank.scale}
+            tensors = {"knn": {"features": bank.features}}
         return save_models(path, getattr(self, "vae_", None), getattr(self, "cnn_", None),
-                           extra=config)
+                           extra=config, tensors=tensors)
 
     @classmethod
     def _saved_params(cls) -> list[str]:
@@ -420,6 +434,15 @@ class _BaseDetector(BaseEstimator):
                 params["resize"] = source["resize"]
                 break
         det = cls.from_models(*models, **params)
+        knn = config.get("knn")
+        if knn is not None:
+            from spadecam.knn import FeatureBank
+
+            try:
+                det.knn_ = FeatureBank(load_tensors(path, "knn", config)["features"],
+                                       int(knn["layer"]), int(knn["k"]), float(knn["scale"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
         try:
             det.threshold_ = json_float(config.get("threshold_"), "threshold_")
         except ValueError as exc:

@@ -15,6 +15,7 @@ from spadecam.detectors._base import (
 )
 from spadecam.detectors._docs import with_common_parameters
 from spadecam.inputs import stack_maps
+from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
@@ -68,6 +69,16 @@ class SPADE(_BaseDetector):
         Our ROI options (1 and 0 = the paper): a temperature L ** roi_power on the ROI and a
         factor (1 + classifier_weight * p_known_anomaly) on e' (:func:`spade_error_map`).
         None: the recipe's.
+    knn_power : float >= 0, optional
+        Our option (issue 19, :mod:`spadecam.knn`): e' times d ** knn_power, d the mean
+        distance of the image's pooled classifier features (block ``knn_layer``) to those of
+        its ``knn_k`` nearest normal training images, 1 for a typical normal one. 0 = the
+        paper (no feature bank is built). None: the recipe's.
+    knn_layer : int
+        Classifier block of the feature bank (default -2: the middle block of the default
+        3-block CNN, the best on ELPV's validation split).
+    knn_k : int >= 1
+        Neighbours averaged (default 5).
     recipe : {"spadecam", "paper"}
         Defaults for every argument left at None (:data:`RECIPE_DEFAULTS`); "paper" is the
         paper's architecture and error, one argument away: ``SPADE(recipe="paper")``.
@@ -76,6 +87,8 @@ class SPADE(_BaseDetector):
     ----------
     vae_ : ConvVAE
     cnn_ : FeatureClassifier (ConvClassifier or ResNetClassifier)
+    knn_ : FeatureBank or None
+        The normal training images' features (built by ``fit`` when ``knn_power`` > 0).
     threshold_ : float
         ``predict`` flags scores above it.
     threshold_source_ : str
@@ -90,6 +103,7 @@ class SPADE(_BaseDetector):
     """
 
     _model_attrs = ("vae_", "cnn_")
+    knn_: FeatureBank | None
 
     def __init__(
         self,
@@ -115,6 +129,9 @@ class SPADE(_BaseDetector):
         roi_power: float | None = None,
         classifier_weight: float | None = None,
         recipe: str = "spadecam",
+        knn_power: float | None = None,
+        knn_layer: int = FIT_DEFAULTS["knn_layer"],
+        knn_k: int = FIT_DEFAULTS["knn_k"],
     ) -> None:
         self.vae_config = vae_config
         self.cnn_config = cnn_config
@@ -138,6 +155,9 @@ class SPADE(_BaseDetector):
         self.recipe = recipe
         self.roi_power = roi_power
         self.classifier_weight = classifier_weight
+        self.knn_power = knn_power
+        self.knn_layer = knn_layer
+        self.knn_k = knn_k
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -175,6 +195,9 @@ class SPADE(_BaseDetector):
             self.vae_ = _prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
                                            self.vae_train))
             self.cnn_ = _prepare(train_cnn(x, y, cnn, self.cnn_train, self.loss))
+            self.knn_ = None
+            if self._param("knn_power"):
+                self.build_feature_bank(x[y == 0])
 
         self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
         return self
@@ -192,8 +215,27 @@ class SPADE(_BaseDetector):
         det.vae_ = _prepare(vae)
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
+        det.knn_ = None
         det._set_input_from_models()
         return det
+
+    def build_feature_bank(self, x_normal: Any) -> FeatureBank:
+        """Set ``knn_`` from normal images (the training normals, at the model's input size).
+
+        x_normal: (M, C, S, S) uint8 [0, 255] or float [0, 1], M > ``knn_k``. Features are
+        computed in the detector's precision, in batches of ``batch_size``. Returns the bank.
+        """
+        _require(self, "cnn_")
+        from spadecam.inputs import to_float_images
+
+        x = to_float_images(torch.as_tensor(x_normal))
+        with scoring_context(self.precision, self.cnn_) as device:
+            feats = torch.cat([pooled_features(self.cnn_, x[i : i + self.batch_size].to(device),
+                                               self.knn_layer).cpu()
+                               for i in range(0, len(x), self.batch_size)])
+        bank = FeatureBank(feats, self.knn_layer, self.knn_k)
+        self.knn_ = bank
+        return bank
 
     def scorer(self) -> SPADEScorer:
         """The scoring graph of this detector: ``forward(u, valid) -> (score, e')``.
@@ -216,6 +258,8 @@ class SPADE(_BaseDetector):
             error_norm=self._param("error_norm"),
             roi_power=self._param("roi_power"),
             classifier_weight=self._param("classifier_weight"),
+            knn=getattr(self, "knn_", None),
+            knn_power=self._param("knn_power"),
         )
 
     def error_map_from_reconstruction(
@@ -286,7 +330,7 @@ class NaiveSPADE(SPADE):
 
     def _param(self, name: str) -> Any:
         # the recipe's ROI options are SPADE's; the baseline keeps plain Grad-CAM unless told
-        if name in ("roi_power", "classifier_weight") and getattr(self, name) is None:
+        if name in ("roi_power", "classifier_weight", "knn_power") and getattr(self, name) is None:
             return RECIPE_DEFAULTS["paper"][name]
         return super()._param(name)
 
@@ -314,10 +358,13 @@ class NaiveSPADE(SPADE):
         roi_power: float | None = None,
         classifier_weight: float | None = None,
         recipe: str = "spadecam",
+        knn_power: float | None = None,
+        knn_layer: int = FIT_DEFAULTS["knn_layer"],
+        knn_k: int = FIT_DEFAULTS["knn_k"],
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
             recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
             batch_size, precision, threshold_quantile, threshold_holdout, image_size, resize,
-            roi_power, classifier_weight, recipe,
+            roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k,
         )

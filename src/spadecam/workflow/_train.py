@@ -62,6 +62,7 @@ def build_detector(
     roi_power: float | None = None,
     classifier_weight: float | None = None,
     cam_layer: int = FIT["cam_layer"],
+    knn_power: float | None = None,
 ) -> SPADE:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
 
@@ -93,7 +94,11 @@ def build_detector(
         image size (:func:`spadecam.recipes.default_cnn_config`), or the paper's 3x3.
     roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
         the score and the classifier layer Grad-CAM reads (see :class:`SPADE`); None: the
-        recipe's (1 and 0 in both recipes: the paper's score); cam_layer -1 = the last
+        recipe's (:data:`~spadecam.recipes.RECIPE_DEFAULTS`: roi_power 1 in both, the
+        classifier weight 10 in spadecam and 0, the paper's score, in paper); cam_layer -1 =
+        the last
+    knn_power : the power of the feature-bank distance in the score (see :class:`SPADE`);
+        None: the recipe's (0, no bank, in both)
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
@@ -127,7 +132,7 @@ def build_detector(
     check_detector_params(
         "spadecam train",
         dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
-             classifier_weight=classifier_weight, cam_layer=cam_layer,
+             classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
              threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout),
         len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None, as_options=True,
     )
@@ -147,7 +152,7 @@ def build_detector(
         threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
         error_smoothing=error_smoothing, error_norm=error_norm, precision=precision,
         image_size=image_size, resize=resize, recipe=recipe, roi_power=roi_power,
-        classifier_weight=classifier_weight, cam_layer=cam_layer,
+        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
     )
 
 

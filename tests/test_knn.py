@@ -1,0 +1,126 @@
+"""The feature bank (spadecam.knn) and SPADE's knn_power (issue 19)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spadecam import SPADE
+from spadecam.io import ModelFormatError
+from spadecam.knn import FeatureBank, knn_distance, pooled_features
+from spadecam.models import CNNConfig, VAEConfig
+from spadecam.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SIZE = 16
+BANK = torch.tensor([[0.0], [1.0], [3.0]])
+
+
+def test_knn_distance_by_hand():
+    # 0.5 to its two nearest (0 and 1): 0.5 each
+    assert knn_distance(torch.tensor([[0.5]]), BANK, 2).tolist() == [0.5]
+    # a bank entry itself: its own row is skipped, nearest other is 0 at distance 1
+    assert knn_distance(torch.tensor([[1.0]]), BANK, 1).tolist() == [1.0]
+    # 2-D, Euclidean: (3, 4) to the origin is 5
+    assert knn_distance(torch.tensor([[3.0, 4.0]]), torch.zeros(2, 2), 1).tolist() == [5.0]
+    with pytest.raises(ValueError, match="knn_k"):
+        knn_distance(torch.tensor([[0.0]]), BANK, 3)
+
+
+def test_bank_scale_is_the_median_leave_one_out_distance():
+    # own 1-NN distances: 0 -> 1, 1 -> 1, 3 -> 2; median 1
+    bank = FeatureBank(BANK, layer=-2, k=1)
+    assert bank.scale == 1.0
+    # 2 NN: 0 -> (1+3)/2 = 2, 1 -> (1+2)/2 = 1.5, 3 -> (2+3)/2 = 2.5; median 2
+    assert FeatureBank(BANK, layer=-2, k=2).scale == 2.0
+    with pytest.raises(ValueError, match="knn_k"):
+        FeatureBank(BANK, layer=-2, k=3)
+    with pytest.raises(ValueError, match="scale"):
+        FeatureBank(torch.zeros(4, 2), layer=-2, k=1)
+
+
+def _images(seed: int, n: int, squares: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(20, 60, size=(n, SIZE, SIZE)).astype(np.uint8)
+    if squares:
+        for i in range(n):
+            r, c = rng.integers(1, SIZE - 6, size=2)
+            x[i, r : r + 5, c : c + 5] = 230
+    return x
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x = np.concatenate([_images(0, 24, False), _images(1, 8, True)])
+    y = np.r_[np.zeros(24), np.ones(8)].astype(np.int64)
+    train = TrainConfig(steps=20, batch_size=8, progress=False, seed=0, precision="32-true")
+    det = SPADE(vae_config=VAEConfig(latent_dim=4, channels=(8, 8)),
+                cnn_config=CNNConfig(channels=(8, 8, 8), kernel_sizes=(3, 3, 3),
+                                     strides=(2, 1, 1)),
+                vae_train=train, cnn_train=train, knn_power=2.0, precision="32",
+                threshold_holdout=0.0)
+    return det.fit(x, y), x, y
+
+
+def test_fit_builds_the_bank_from_the_training_normals(fitted):
+    det, x, y = fitted
+    assert det.knn_ is not None and det.knn_.features.shape[0] == 24
+    assert det.knn_.layer == -2 and det.knn_.k == 5
+    feats = pooled_features(det.cnn_, torch.as_tensor(x[y == 0][:, None]).float() / 255, -2)
+    torch.testing.assert_close(det.knn_.features, feats, rtol=1e-5, atol=1e-6)
+
+
+def test_score_is_the_weighted_error_times_the_distance_to_the_power(fitted):
+    det, _, _ = fitted
+    u = _images(2, 6, True)
+    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0)
+    d = det.knn_(det.cnn_.eval(), torch.as_tensor(u[:, None]).float() / 255)
+    want = plain.decision_function(u) * d.double().numpy() ** 2
+    np.testing.assert_allclose(det.decision_function(u), want, rtol=1e-5)
+    # a training normal is measured against the others, not against itself (distance 0)
+    assert float(det.knn_(det.cnn_, torch.as_tensor(_images(0, 1, False)[:, None]) / 255.0)) > 0
+
+
+def test_save_and_load_keep_the_bank(fitted, tmp_path):
+    det, _, _ = fitted
+    det.save(tmp_path / "m")
+    assert (tmp_path / "m" / "knn.safetensors").is_file()
+    back = SPADE.load(tmp_path / "m")
+    assert back.knn_.scale == det.knn_.scale and back.knn_power == 2.0
+    u = _images(3, 4, True)
+    np.testing.assert_array_equal(back.decision_function(u), det.decision_function(u))
+    (tmp_path / "m" / "knn.safetensors").write_bytes(b"broken")
+    with pytest.raises(ModelFormatError, match="knn.safetensors"):
+        SPADE.load(tmp_path / "m")
+
+
+def test_knn_power_needs_a_bank_and_a_valid_value(fitted):
+    det, _, _ = fitted
+    no_bank = SPADE.from_models(det.vae_, det.cnn_, knn_power=1.0)
+    with pytest.raises(ValueError, match="knn_power"):
+        no_bank.decision_function(_images(4, 2, True))
+    with pytest.raises(ValueError, match="knn_power"):
+        SPADE(knn_power=-1.0).fit(np.zeros((4, SIZE, SIZE), np.uint8), np.r_[0, 0, 1, 1])
+    with pytest.raises(ValueError, match="knn_layer"):
+        SPADE(knn_layer=7, cnn_config=CNNConfig()).fit(np.zeros((4, SIZE, SIZE), np.uint8),
+                                                       np.r_[0, 0, 1, 1])
+
+
+def test_cli_train_with_knn_power_saves_a_bank_that_scoring_uses(tmp_path):
+    from _own_images import make_folders
+    from spadecam import workflow
+    from spadecam.cli import main
+
+    folders = make_folders(tmp_path / "data", n_normal=16, n_anomaly=6, n_test=3)
+    main(["train", "--normal", str(folders["train/good"]), "--anomaly",
+          str(folders["train/defect"]), "--out", str(tmp_path / "m"), "--image-size", "16",
+          "--latent-dim", "4", "--batch-size", "8", "--epochs", "2", "--knn-power", "1",
+          "--no-progress"])
+    det = SPADE.load(tmp_path / "m")
+    assert det.knn_ is not None and det.knn_power == 1.0
+    assert det.knn_.features.shape[0] == 16 - round(16 * 0.1)  # the held-out normals apart
+    rows = workflow.score(tmp_path / "m", [folders["test/good"], folders["test/defect"]],
+                          tmp_path / "scores.csv", progress=False)
+    assert len(rows) == 6 and all(np.isfinite(float(r["score"])) for r in rows)
