@@ -316,11 +316,11 @@ def test_from_models_scores_like_fitted_and_needs_threshold_for_predict():
 
 def test_bf16_scoring_keeps_the_obvious_order():
     det = fitted("spade")
-    s = SPADE.from_models(det.vae_, det.cnn_, precision="bf16").decision_function(X_TEST)
+    s = SPADE.from_models(det.vae_, det.cnn_, precision="bf16", knn_power=0.0).decision_function(X_TEST)
     assert s.dtype == np.float64 and np.isfinite(s).all()
     assert s[Y_TEST == 1].min() > s[Y_TEST == 0].max()
     with pytest.raises(ValueError, match="precision"):
-        SPADE.from_models(det.vae_, det.cnn_, precision="16").decision_function(X_TEST)
+        SPADE.from_models(det.vae_, det.cnn_, precision="16", knn_power=0.0).decision_function(X_TEST)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -398,7 +398,7 @@ def test_decision_function_rejects_bad_images(name):
 
 def test_spade_with_intermediate_cam_layer():
     det = fitted("spade")
-    wrapped = SPADE.from_models(det.vae_, det.cnn_, cam_layer=0)
+    wrapped = SPADE.from_models(det.vae_, det.cnn_, cam_layer=0, knn_power=0.0)
     maps = wrapped.anomaly_map(X_TEST)
     assert maps.shape == (len(X_TEST), SIZE, SIZE) and np.isfinite(maps).all()
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), wrapped.decision_function(X_TEST), rtol=1e-5)
@@ -457,7 +457,7 @@ def test_non_finite_weights_give_an_error_naming_the_images_not_nan_scores():
     vae.load_state_dict(det.vae_.state_dict())
     with torch.no_grad():
         next(vae.parameters()).fill_(float("nan"))
-    broken = SPADE.from_models(vae, det.cnn_)
+    broken = SPADE.from_models(vae, det.cnn_, knn_power=0.0)
     broken.threshold_ = det.threshold_
     for call in (broken.decision_function, broken.anomaly_map, broken.predict):
         with pytest.raises(NonFiniteScoreError, match=r"non-finite scores for 16 image\(s\)"):

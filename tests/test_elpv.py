@@ -153,9 +153,10 @@ def test_run_elpv_writes_the_results_csv(tmp_path):
         got = list(csv.DictReader(f))
     assert list(got[0]) == ["method", "protocol", "subset", "seed", "auroc", "aupr", "recipe"]
     methods = {r["method"] for r in got}
-    assert methods == {"vae", "cnn", "naive_spade", "spade", "cnn_all_labels", "spade_paper_roi"}
-    # 4 methods x 6 columns + the reference and the ablation in each column, for 2 seeds
-    assert len(got) == len(rows) == 2 * (4 * 6 + 6 + 6)
+    assert methods == {"vae", "cnn", "naive_spade", "spade", "cnn_all_labels", "spade_paper_roi",
+                       "spade_no_knn"}
+    # 4 methods x 6 columns + the reference and the 2 ablations in each column, for 2 seeds
+    assert len(got) == len(rows) == 2 * (4 * 6 + 6 + 2 * 6)
     assert all(0 <= float(r["auroc"]) <= 1 and 0 <= float(r["aupr"]) <= 1 for r in got)
     assert "| SPADE |" in (tmp_path / "out" / "table.md").read_text()
     # the same seed gives the same numbers
@@ -165,9 +166,9 @@ def test_run_elpv_writes_the_results_csv(tmp_path):
     # --ablations is honoured: without it the ablation rows are not computed
     plain = run_elpv(seeds=[0], recipe=TINY, protocols="ours", progress=False, root=root, split_file=split,
                      log=lambda *a: None, ablations=False)
-    assert "spade_paper_roi" not in {r["method"] for r in plain}
+    assert not {"spade_paper_roi", "spade_no_knn"} & {r["method"] for r in plain}
     assert [r["auroc"] for r in plain] == [r["auroc"] for r in again
-                                           if r["method"] != "spade_paper_roi"]
+                                           if r["method"] not in ("spade_paper_roi", "spade_no_knn")]
 
 
 def test_cli_reproduce_elpv_without_the_package(without_elpv_package, capsys):

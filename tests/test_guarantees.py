@@ -233,7 +233,7 @@ def test_outputs_files_get_the_mode_a_plain_open_gives(model, tiny_model, tmp_pa
                       out=tmp_path / "m.json", progress=False)
     files = [*saved.iterdir(), tmp_path / "s.csv", tmp_path / "m.json",
              *(tmp_path / "ov").rglob("*.png")]
-    assert len(files) == 8
+    assert len(files) == 9  # vae, cnn, knn (the feature bank), config, csv, json, 3 overlays
     assert {p.name: mode(p) for p in files} == {p.name: want for p in files}
 
 

@@ -42,7 +42,10 @@ def models(backbone: str = "small", seed: int = 0):
 
 
 def detector(backbone: str = "small", cls=SPADE, **params):
-    # resize as PRE says: a model directory records one policy (issue 18)
+    # resize as PRE says: a model directory records one policy (issue 18); no feature bank
+    # (random models; tests/test_knn.py saves and loads one)
+    if cls is SPADE:
+        params.setdefault("knn_power", 0.0)
     det = cls.from_models(*models(backbone), **{"resize": PRE["resize"], **params})
     det.threshold_ = 0.125
     return det

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +37,10 @@ def test_bank_scale_is_the_median_leave_one_out_distance():
     assert bank.scale == 1.0
     # 2 NN: 0 -> (1+3)/2 = 2, 1 -> (1+2)/2 = 1.5, 3 -> (2+3)/2 = 2.5; median 2
     assert FeatureBank(BANK, layer=-2, k=2).scale == 2.0
-    with pytest.raises(ValueError, match="knn_k"):
-        FeatureBank(BANK, layer=-2, k=3)
+    # fewer normal images than knn_k + 1: every other one is a neighbour
+    assert FeatureBank(BANK, layer=-2, k=5).k == 2
+    with pytest.raises(ValueError, match="at least 2 normal images"):
+        FeatureBank(BANK[:1], layer=-2, k=1)
     with pytest.raises(ValueError, match="scale"):
         FeatureBank(torch.zeros(4, 2), layer=-2, k=1)
 
@@ -67,8 +71,8 @@ def fitted():
 def test_fit_builds_the_bank_from_the_training_normals(fitted):
     det, x, y = fitted
     assert det.knn_ is not None and det.knn_.features.shape[0] == 24
-    assert det.knn_.layer == -2 and det.knn_.k == 5
-    feats = pooled_features(det.cnn_, torch.as_tensor(x[y == 0][:, None]).float() / 255, -2)
+    assert det.knn_.layer == -1 and det.knn_.k == 5
+    feats = pooled_features(det.cnn_, torch.as_tensor(x[y == 0][:, None]).float() / 255, -1)
     torch.testing.assert_close(det.knn_.features, feats, rtol=1e-5, atol=1e-6)
 
 
@@ -89,6 +93,17 @@ def test_save_and_load_keep_the_bank(fitted, tmp_path):
     assert (tmp_path / "m" / "knn.safetensors").is_file()
     back = SPADE.load(tmp_path / "m")
     assert back.knn_.scale == det.knn_.scale and back.knn_power == 2.0
+    # a directory saved before the feature bank (no knn_power, no bank) scores without it
+    cfg = (tmp_path / "m" / "config.json")
+    old = json.loads(cfg.read_text())
+    del old["detector"]["params"]["knn_power"], old["knn"]
+    old["weights_sha256"].pop("knn.safetensors")
+    (tmp_path / "old").mkdir()
+    for f in ("vae.safetensors", "cnn.safetensors"):
+        (tmp_path / "old" / f).write_bytes((tmp_path / "m" / f).read_bytes())
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    legacy = SPADE.load(tmp_path / "old")
+    assert legacy.knn_ is None and legacy.knn_power == 0.0
     u = _images(3, 4, True)
     np.testing.assert_array_equal(back.decision_function(u), det.decision_function(u))
     (tmp_path / "m" / "knn.safetensors").write_bytes(b"broken")
@@ -98,9 +113,11 @@ def test_save_and_load_keep_the_bank(fitted, tmp_path):
 
 def test_knn_power_needs_a_bank_and_a_valid_value(fitted):
     det, _, _ = fitted
-    no_bank = SPADE.from_models(det.vae_, det.cnn_, knn_power=1.0)
-    with pytest.raises(ValueError, match="knn_power"):
-        no_bank.decision_function(_images(4, 2, True))
+    # the default (knn_power 1) around trained models needs the normal images for its bank
+    with pytest.raises(ValueError, match="x_normal"):
+        SPADE.from_models(det.vae_, det.cnn_)
+    made = SPADE.from_models(det.vae_, det.cnn_, x_normal=_images(0, 24, False)[:, None])
+    assert made.knn_ is not None and made.knn_power is None and made._param("knn_power") == 1.0
     with pytest.raises(ValueError, match="knn_power"):
         SPADE(knn_power=-1.0).fit(np.zeros((4, SIZE, SIZE), np.uint8), np.r_[0, 0, 1, 1])
     with pytest.raises(ValueError, match="knn_layer"):

@@ -87,7 +87,7 @@ def _golden_scores(precision: str) -> dict[str, np.ndarray]:
     kw = dict(error_smoothing=2.0, error_norm="l2", batch_size=16, precision=precision)
     # 0.1 scored without the classifier weight (the recipe's default since issue 19 is 10;
     # test_default_spade_is_the_golden_score_weighted_by_the_classifier checks it)
-    spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw)
+    spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw, knn_power=0.0)
     return {
         "spade": spade.decision_function(x),
         "spade_paper": SPADE.from_models(vae, cnn, batch_size=16, precision=precision, recipe="paper")
@@ -156,7 +156,7 @@ def test_default_spade_is_the_golden_score_weighted_by_the_classifier():
     golden = np.load(GOLDEN / "scores.npz")
     x = golden["images"]
     got = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", batch_size=16,
-                            precision="32").decision_function(x)
+                            precision="32", knn_power=0.0).decision_function(x)
     with torch.no_grad():
         u = torch.from_numpy(x).float().div(255)
         u = u[:, None] if u.ndim == 3 else u

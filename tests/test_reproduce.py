@@ -97,7 +97,8 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_th
     vae, cnn = ConvVAE(r.vae.sized(1, 84)).eval(), ConvClassifier(r.cnn).eval()
     u8 = torch.randint(0, 256, (2100, 1, 84, 84), dtype=torch.uint8)
     digits = torch.arange(2100).remainder(10).numpy()
-    _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3)
+    _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3,
+                       x_normal=u8[:64])
     assert (tmp_path / "gallery.png").stat().st_size > 1000
     assert seen == {"images": 2000, "maps": 2000, "scores": 2000, "digits": 2000}
 

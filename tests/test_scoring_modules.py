@@ -39,8 +39,9 @@ def test_each_detector_scores_through_its_module(models, cls, scorer_cls, has_ma
     vae, cnn = models
     args = {SPADE: (vae, cnn), NaiveSPADE: (vae, cnn), VAEDetector: (vae,),
             CNNDetector: (cnn,)}[cls]
-    det = cls.from_models(*args, precision="32", error_smoothing=1.0) if cls is not CNNDetector \
-        else cls.from_models(*args, precision="32")
+    extra = {"knn_power": 0.0} if cls is SPADE else {}  # no bank: random models
+    det = cls.from_models(*args, precision="32", error_smoothing=1.0, **extra) \
+        if cls is not CNNDetector else cls.from_models(*args, precision="32")
     scorer = det.scorer()
     assert isinstance(scorer, nn.Module) and type(scorer) is scorer_cls
     u = _u()
@@ -79,7 +80,7 @@ def test_classifier_weight_costs_no_second_classifier_pass(models):
     cnn.load_state_dict(models[1].state_dict())
     cnn.eval()
     calls = _count_classifier_passes(cnn)
-    det = SPADE.from_models(vae, cnn, precision="32", classifier_weight=10.0)
+    det = SPADE.from_models(vae, cnn, precision="32", classifier_weight=10.0, knn_power=0.0)
     det.decision_function(_u(3).numpy())
     assert calls == [6]  # one pass of the 2N images u and u_hat
 

@@ -149,7 +149,7 @@ def test_predict_counts_a_score_equal_to_the_threshold_as_normal():
     from spadecam.models import ConvClassifier, ConvVAE
 
     torch.manual_seed(0)
-    det = SPADE.from_models(ConvVAE(VAE).eval(), ConvClassifier(CNN).eval())
+    det = SPADE.from_models(ConvVAE(VAE).eval(), ConvClassifier(CNN).eval(), knn_power=0.0)
     x, _ = data(4, 0)
     s = det.decision_function(x)
     det.threshold_ = float(s[0])  # exactly the first image's score

@@ -51,7 +51,7 @@ def read_csv(path) -> list[dict]:
 
 def test_train_writes_a_loadable_model_directory(model8):
     assert sorted(p.name for p in model8.iterdir()) == [
-        "cnn.safetensors", "config.json", "vae.safetensors"
+        "cnn.safetensors", "config.json", "knn.safetensors", "vae.safetensors"
     ]
     config = json.loads((model8 / "config.json").read_text())
     # the input side and policy are recorded once, in "input" (issue 18); preprocessing_

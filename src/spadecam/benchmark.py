@@ -238,12 +238,7 @@ def spade_detector(vae: Any, cnn: Any, x_normal: torch.Tensor | None = None,
     ValueError
         ``knn_power`` > 0 without ``x_normal``.
     """
-    det = SPADE.from_models(vae, cnn, **params)
-    if det._param("knn_power"):
-        if x_normal is None:
-            raise ValueError("knn_power > 0 needs the normal training images for its bank")
-        det.build_feature_bank(x_normal)
-    return det
+    return SPADE.from_models(vae, cnn, x_normal, **params)
 
 
 def method_scores(
@@ -416,7 +411,8 @@ def run_benchmark(
             # the ROI arithmetic read them without running the classifier again
             cams, det = None, None
             if "spade" in prot.methods:
-                det = SPADE.from_models(vae, cnn, **detector_params(r),
+                # the maps only (the feature bank is the scoring detector's)
+                det = SPADE.from_models(vae, cnn, **{**detector_params(r), "knn_power": 0.0},
                                         precision=ex.score_precision)
                 cams = cam_batches(det, data.x_test, u_hat)
             scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,

@@ -29,6 +29,7 @@ from spadecam._progress import warn
 from spadecam.benchmark import (
     COLUMNS,
     ProtocolResult,
+    detector_params,
     format_columns_table,
     run_benchmark,
     spade_map_batches,
@@ -82,7 +83,9 @@ ABLATIONS: dict[str, dict] = {
     # issue 11's ROI option, the recipe's default since issue 19 (it won on the ELPV and
     # Noisy-MNIST validation splits): this row is SPADE's own now; the next one is the paper's
     "spade_classifier_weight_10": {"classifier_weight": 10.0},
-    "spade_no_classifier_weight": {"classifier_weight": 0.0},
+    "spade_no_classifier_weight": {"classifier_weight": 0.0, "knn_power": 0.0},
+    # issue 19's feature bank (the default's e' x d); without it
+    "spade_no_knn": {"knn_power": 0.0},
 }
 ABLATION_LABELS = {
     "spade": "SPADE (eq. 5)",
@@ -93,7 +96,9 @@ ABLATION_LABELS = {
     "spade_cam_layer_-2": "CAM at the penultimate conv layer",
     "spade_paper_error": "the paper's error abs(u - u_hat), unsmoothed",
     "spade_classifier_weight_10": "e' x (1 + 10 p(known anomaly)) (the default since issue 19)",
-    "spade_no_classifier_weight": "without the classifier weight (the paper's score)",
+    "spade_no_classifier_weight": "without the classifier weight and the feature bank (the "
+                                  "paper's score)",
+    "spade_no_knn": "without the feature bank (e' x d, the default since issue 19)",
     "spade_bf16": "SPADE scored in bf16 autocast",
     "spade_fp32": "SPADE scored in fp32",
 }
@@ -101,7 +106,8 @@ ABLATION_LABELS = {
 
 
 def _figures_for_model(
-    out: Path, vae, cnn, r: _recipes.Recipe, u8, u_hat, digits, k: int, precision: str = "auto"
+    out: Path, vae, cnn, r: _recipes.Recipe, u8, u_hat, digits, k: int, precision: str = "auto",
+    x_normal=None,
 ) -> None:
     """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery."""
     # one normal, the known class and unknown digits, in a fixed order
@@ -144,9 +150,7 @@ def _figures_for_model(
         },
         titles, out / "roi_small_vs_large.png", image_keys=("input u",),
     )
-    det = SPADE.from_models(vae, cnn, cam_layer=r.cam_layer, upsample=r.upsample,
-                            error_smoothing=r.error_smoothing, error_norm=r.error_norm,
-                            precision=precision)
+    det = SPADE.from_models(vae, cnn, x_normal, **detector_params(r), precision=precision)
     n = min(len(u8), 2000)
     maps = torch.cat(list(spade_map_batches(det, u8[:n], u_hat[:n])))
     plot_gallery(
@@ -242,7 +246,8 @@ def run_noisy_mnist(
             roc_scores[k] = res.scores
             if out_dir is not None and figures and k == known[0]:
                 _figures_for_model(Path(out_dir), res.vae, res.cnn, r, res.data.x_test,
-                                   res.u_hat, source.digits, k, ex.score_precision)
+                                   res.u_hat, source.digits, k, ex.score_precision,
+                                   res.data.x_normal)
 
     out = run_benchmark(lambda seed: _protocols.noisy_mnist_data(seed, r, known, source), r,
                         seeds, progress, log, on_protocol, ex, variants if ablations else None)
@@ -283,9 +288,14 @@ def _write_noisy_mnist(out: Path, rows: list[dict], ablation_rows: list[dict], t
 
 ELPV_METHODS = ("vae", "cnn", "naive_spade", "spade", "cnn_all_labels")
 #: SPADE variants scored on the same models as ablation rows of the ELPV table.
-ELPV_ABLATIONS: dict[str, dict] = {"spade_paper_roi": {"classifier_weight": 0.0, "roi_power": 1.0}}
+ELPV_ABLATIONS: dict[str, dict] = {
+    "spade_paper_roi": {"classifier_weight": 0.0, "roi_power": 1.0, "knn_power": 0.0},
+    "spade_no_knn": {"knn_power": 0.0},
+}
 ELPV_LABELS = {"cnn_all_labels": "CNN, all defective cells labelled (reference)",
-               "spade_paper_roi": "SPADE without the classifier weight (paper's score)"}
+               "spade_paper_roi": "SPADE without the classifier weight and the feature bank "
+                                  "(paper's score)",
+               "spade_no_knn": "SPADE without the feature bank (issue 19)"}
 #: Which ELPV protocol sets ``run_elpv`` runs: ours (unseen_type, few_labels) and the field's.
 ELPV_PROTOCOL_SETS = ("all", "ours", "dra")
 #: Published image AUROC on ELPV under the DRA protocol (mean of 3 runs; ImageNet-pretrained

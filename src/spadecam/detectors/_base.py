@@ -433,16 +433,23 @@ class _BaseDetector(BaseEstimator):
             if source.get("resize") in RESIZE_POLICIES:
                 params["resize"] = source["resize"]
                 break
-        det = cls.from_models(*models, **params)
         knn = config.get("knn")
+        extra: dict[str, Any] = {}
         if knn is not None:
             from spadecam.knn import FeatureBank
 
             try:
-                det.knn_ = FeatureBank(load_tensors(path, "knn", config)["features"],
-                                       int(knn["layer"]), int(knn["k"]), float(knn["scale"]))
+                extra["knn_bank"] = FeatureBank(
+                    load_tensors(path, "knn", config)["features"], int(knn["layer"]),
+                    int(knn["k"]), float(knn["scale"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
+        elif "knn_power" in allowed and "knn_power" not in params:
+            params["knn_power"] = 0.0  # saved before the feature bank (issue 19): scored without
+        try:
+            det = cls.from_models(*models, **extra, **params)
+        except ValueError as exc:  # knn_power > 0 saved without its bank
+            raise ModelFormatError(f"{path}: {exc}") from None
         try:
             det.threshold_ = json_float(config.get("threshold_"), "threshold_")
         except ValueError as exc:

@@ -73,10 +73,10 @@ class SPADE(_BaseDetector):
         Our option (issue 19, :mod:`spadecam.knn`): e' times d ** knn_power, d the mean
         distance of the image's pooled classifier features (block ``knn_layer``) to those of
         its ``knn_k`` nearest normal training images, 1 for a typical normal one. 0 = the
-        paper (no feature bank is built). None: the recipe's.
+        paper (no feature bank is built). None: the recipe's (spadecam 1, paper 0).
     knn_layer : int
-        Classifier block of the feature bank (default -2: the middle block of the default
-        3-block CNN, the best on ELPV's validation split).
+        Classifier block of the feature bank (default -1, the last, the one Grad-CAM reads;
+        the middle block -2 is the ELPV recipe's).
     knn_k : int >= 1
         Neighbours averaged (default 5).
     recipe : {"spadecam", "paper"}
@@ -203,20 +203,39 @@ class SPADE(_BaseDetector):
         return self
 
     @classmethod
-    def from_models(cls, vae: ConvVAE, cnn: FeatureClassifier, **params: Any):
+    def from_models(cls, vae: ConvVAE, cnn: FeatureClassifier, x_normal: Any = None,
+                    knn_bank: FeatureBank | None = None, **params: Any):
         """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
 
         Used by the reproduction, which trains the VAE once and a classifier per known class.
         The models are used, not copied; their train/eval modes are left as they are
-        (scoring runs in eval mode and restores them).
+        (scoring runs in eval mode and restores them). ``x_normal``: the normal training
+        images (M, C, S, S), uint8 or float [0, 1] at the model's input size, from which the
+        feature bank is built (:meth:`build_feature_bank`) when ``knn_power`` > 0;
+        ``knn_bank``: a bank already built (a saved model's), used as it is.
+
+        Raises
+        ------
+        ValueError
+            ``knn_power`` > 0 (the spadecam recipe's default is 1) without ``x_normal``: the
+            message says to pass it or ``knn_power=0``.
         """
         det = cls(**params)
         det._check_params()
         det.vae_ = _prepare(vae)
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
-        det.knn_ = None
+        det.knn_ = knn_bank
         det._set_input_from_models()
+        if det._param("knn_power") and knn_bank is None:
+            if x_normal is None:
+                raise ValueError(
+                    f"{cls.__name__}.from_models: knn_power is {det._param('knn_power'):g} "
+                    "(the recipe's default unless given), which needs the normal training "
+                    "images for its feature bank: pass x_normal=..., or knn_power=0 for the "
+                    "score without it"
+                )
+            det.build_feature_bank(x_normal)
         return det
 
     def build_feature_bank(self, x_normal: Any) -> FeatureBank:

@@ -98,7 +98,7 @@ def build_detector(
         classifier weight 10 in spadecam and 0, the paper's score, in paper); cam_layer -1 =
         the last
     knn_power : the power of the feature-bank distance in the score (see :class:`SPADE`);
-        None: the recipe's (0, no bank, in both)
+        None: the recipe's (spadecam 1, paper 0: no bank)
     distributed : dict, optional
         Lightning Fabric settings for both training loops: any of ``accelerator``,
         ``devices``, ``strategy``, ``num_nodes``, ``precision`` (see :class:`TrainConfig`;
