@@ -228,19 +228,6 @@ def detector_params(recipe: Any) -> dict[str, Any]:
             **getattr(recipe, "spade_params", {})}
 
 
-def spade_detector(vae: Any, cnn: Any, x_normal: torch.Tensor | None = None,
-                   **params: Any) -> SPADE:
-    """:meth:`SPADE.from_models` with its feature bank built from ``x_normal`` (the normal
-    training images, uint8) when its ``knn_power`` is > 0 (:mod:`spadecam.knn`).
-
-    Raises
-    ------
-    ValueError
-        ``knn_power`` > 0 without ``x_normal``.
-    """
-    return SPADE.from_models(vae, cnn, x_normal, **params)
-
-
 def method_scores(
     methods: Sequence[str], recipe: Any, vae: Any, cnn: Any, u8: torch.Tensor,
     u_hat: torch.Tensor, s_vae: np.ndarray, precision: str = "32", cams: list | None = None,
@@ -261,7 +248,7 @@ def method_scores(
         "vae": lambda: s_vae,
         "cnn": lambda: CNNDetector.from_models(cnn, precision=precision).decision_function(u8),
         "naive_spade": lambda: spade_scores(NaiveSPADE.from_models(vae, cnn, **naive), u8, u_hat),
-        "spade": lambda: spade_scores(spade_detector(vae, cnn, x_normal, **base), u8, u_hat,
+        "spade": lambda: spade_scores(SPADE.from_models(vae, cnn, x_normal, **base), u8, u_hat,
                                       cams),
     }
     return {m: make[m]() for m in methods}
@@ -305,7 +292,7 @@ class ProtocolResult:
         """
         prec = params.pop("precision", self.execution.score_precision)
         kw = {**detector_params(self.recipe), **params, "precision": prec}
-        det = spade_detector(self.vae, self.cnn, self.data.x_normal, **kw)
+        det = SPADE.from_models(self.vae, self.cnn, self.data.x_normal, **kw)
         if prec != self.execution.score_precision:
             if prec not in self._u_hat_in:
                 self._u_hat_in[prec] = reconstruct(self.vae, self.data.x_test, prec)

@@ -96,16 +96,12 @@ def save_models(
         raise ValueError("save_models needs a VAE, a classifier or both; got neither")
     d = Path(model_dir)
     weights, hashes = {}, {}
-    for name, model in (("vae", vae), ("cnn", cnn)):
-        if model is None:
-            continue
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights[f"{name}.safetensors"] = save_bytes(state)
-        hashes[f"{name}.safetensors"] = hashlib.sha256(weights[f"{name}.safetensors"]).hexdigest()
-    for name, group in (tensors or {}).items():
+    groups = {name: model.state_dict() for name, model in (("vae", vae), ("cnn", cnn))
+              if model is not None}
+    for name, group in {**groups, **(tensors or {})}.items():
         data = save_bytes({k: v.detach().cpu().contiguous() for k, v in group.items()})
-        weights[f"{name}.safetensors"], hashes[f"{name}.safetensors"] = (
-            data, hashlib.sha256(data).hexdigest())
+        weights[f"{name}.safetensors"] = data
+        hashes[f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
     config: dict[str, Any] = {"format_version": FORMAT_VERSION, "weights_sha256": hashes}
     if vae is not None:
         config["vae_config"] = vae.config.to_dict()
@@ -253,27 +249,16 @@ def load_model_parts(
                 cnn = cnn_cls(cnn_cfg(**config["cnn_config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{d / 'config.json'}: bad model config ({exc})") from None
-    hashes = config.get("weights_sha256") or {}
     for name, model in (("vae", vae), ("cnn", cnn)):
         if model is None:
             continue
-        path = d / f"{name}.safetensors"
-        if not path.is_file():
-            raise ModelFormatError(f"{path} is missing")
-        data = path.read_bytes()
-        expected = hashes.get(path.name)
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise ModelFormatError(
-                f"{path} does not match the sha256 recorded in config.json (an interrupted or "
-                "partial save?); re-save or re-train the model"
-            )
+        state = load_tensors(d, name, config)  # present, its sha256, safetensors
         try:
-            state = load_bytes(data)
             model.load_state_dict(state)
-        except Exception as exc:  # safetensors raises its own error types
+        except Exception as exc:
             raise ModelFormatError(
-                f"{path} cannot be loaded into the configured model: {exc}"
-            ) from None
+                f"{d / (name + '.safetensors')} cannot be loaded into the configured model: "
+                f"{exc}") from None
     return (vae.eval() if vae is not None else None), (cnn.eval() if cnn is not None else None)
 
 
