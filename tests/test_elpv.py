@@ -374,3 +374,46 @@ def test_synthetic_anomalies_join_the_known_class_once_per_seed(tmp_path, monkey
     seen.clear()
     benchmark.run_benchmark(data, TINY, [0], progress=False, log=lambda *a: None)
     assert [k for _, k in plain] == [k + made[0] for _, k in seen]
+
+
+def test_the_feature_bank_is_built_once_per_block_and_reused_by_the_variants(tmp_path,
+                                                                              monkeypatch):
+    # issue 19's hot path: every ablation variant rebuilt the bank (a classifier pass over
+    # all training normals)
+    from spadecam.benchmark import run_benchmark, spade_scores
+    from spadecam.detectors import SPADE
+
+    root, split = fake_elpv(tmp_path)
+    built, per_protocol, same = [], [], {}
+    real = SPADE.build_feature_bank
+
+    def build(self, x):
+        built.append(self.knn_layer)
+        return real(self, x)
+
+    monkeypatch.setattr(SPADE, "build_feature_bank", build)
+    kw = {"cam_layer": TINY.cam_layer, "upsample": TINY.upsample,
+          "error_smoothing": TINY.error_smoothing, "error_norm": TINY.error_norm}
+
+    def check(res):
+        per_protocol.append((list(built), "spade" in res.protocol.methods))
+        built.clear()
+        if res.protocol.name != "unseen_type":
+            return
+        for params in ({}, {"roi_power": 2.0}, {"knn_layer": 0}, {"knn_power": 3.0}):
+            got = res.spade(**params)
+            assert not built  # every variant's bank was built before: reused
+            bare = SPADE.from_models(res.vae, res.cnn, precision="32",
+                                     **{**kw, **params, "knn_power": 0.0})
+            fresh = SPADE.from_models(res.vae, res.cnn, precision="32", **kw, **params,
+                                      knn_bank=real(bare, res.data.x_normal))
+            same[str(params)] = np.array_equal(
+                got, spade_scores(fresh, res.data.x_test, res.u_hat))
+
+    ablations = {"roi2": {"roi_power": 2.0}, "block0": {"knn_layer": 0}}
+    run_benchmark(lambda seed: elpv_data(seed, 16, "test", split, root), TINY, [0],
+                  progress=False, log=lambda *a: None, on_protocol=check, ablations=ablations)
+    # per protocol: the recipe's bank (last block) and the block-0 variant's, once each
+    # (none for the protocol that only scores the CNN)
+    assert per_protocol and all(b == ([-1, 0] if spade else []) for b, spade in per_protocol)
+    assert same and all(same.values()), same

@@ -87,6 +87,43 @@ def test_score_is_the_weighted_error_times_the_distance_to_the_power(fitted):
     assert float(det.knn_(det.cnn_, torch.as_tensor(_images(0, 1, False)[:, None]) / 255.0)) > 0
 
 
+@pytest.mark.parametrize("method", ["closed_form", "autograd"])
+@pytest.mark.parametrize("layer", [-1, -2, 0])
+def test_grad_cam_pass_reads_the_bank_features_of_the_same_forward(fitted, method, layer):
+    from spadecam.cam import grad_cam_and_logits, grad_cam_logits_features
+
+    det, _, _ = fitted
+    u = torch.as_tensor(_images(4, 5, True)[:, None]).float() / 255
+    cnn = det.cnn_.eval()
+    m, logits, pooled = grad_cam_logits_features(cnn, u, -1, method=method, feature_layer=layer)
+    m0, logits0 = grad_cam_and_logits(cnn, u, -1, method=method)
+    torch.testing.assert_close(m, m0, rtol=0, atol=0)
+    torch.testing.assert_close(logits, logits0, rtol=0, atol=0)
+    assert pooled is not None and pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, pooled_features(cnn, u, layer), rtol=1e-6, atol=1e-7)
+    assert grad_cam_logits_features(cnn, u, -1, method=method)[2] is None
+
+
+def test_scoring_with_the_bank_runs_each_classifier_block_once_per_image(fitted):
+    det, _, _ = fitted
+    u = _images(5, 6, True)
+    seen: list[int] = []
+    hooks = [b.register_forward_hook(lambda _m, i, _o: seen.append(i[0].shape[0]))
+             for b in det.cnn_.features]
+    try:
+        scores = det.decision_function(u)
+    finally:
+        for h in hooks:
+            h.remove()
+    # one forward of u and u_hat together (2N images) through each block; no second pass of u
+    # for the bank's features
+    assert seen == [2 * len(u)] * len(det.cnn_.features)
+    d = det.knn_(det.cnn_.eval(), torch.as_tensor(u[:, None]).float() / 255)
+    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0)
+    np.testing.assert_allclose(scores, plain.decision_function(u) * d.double().numpy() ** 2,
+                               rtol=1e-5)
+
+
 def test_save_and_load_keep_the_bank(fitted, tmp_path):
     det, _, _ = fitted
     det.save(tmp_path / "m")

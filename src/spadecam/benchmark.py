@@ -231,7 +231,7 @@ def detector_params(recipe: Any) -> dict[str, Any]:
 def method_scores(
     methods: Sequence[str], recipe: Any, vae: Any, cnn: Any, u8: torch.Tensor,
     u_hat: torch.Tensor, s_vae: np.ndarray, precision: str = "32", cams: list | None = None,
-    x_normal: torch.Tensor | None = None,
+    x_normal: torch.Tensor | None = None, knn_bank: Any = None,
 ) -> dict[str, np.ndarray]:
     """Test scores of each method (higher = more anomalous), the VAE's computed once.
 
@@ -239,7 +239,7 @@ def method_scores(
     from :func:`reconstruct` in the same one). ``cams``: SPADE's signed maps from
     :func:`cam_batches` (same classifier, layer and precision), so no extra CNN pass.
     ``x_normal``: the normal training images (uint8), SPADE's feature bank when the recipe
-    sets ``knn_power``.
+    sets ``knn_power``; ``knn_bank``: that bank already built (then ``x_normal`` is unused).
     """
     base = {**detector_params(recipe), "precision": precision}
     naive = {k: v for k, v in base.items() if k in ("cam_layer", "upsample", "error_smoothing",
@@ -248,8 +248,8 @@ def method_scores(
         "vae": lambda: s_vae,
         "cnn": lambda: CNNDetector.from_models(cnn, precision=precision).decision_function(u8),
         "naive_spade": lambda: spade_scores(NaiveSPADE.from_models(vae, cnn, **naive), u8, u_hat),
-        "spade": lambda: spade_scores(SPADE.from_models(vae, cnn, x_normal, **base), u8, u_hat,
-                                      cams),
+        "spade": lambda: spade_scores(SPADE.from_models(vae, cnn, x_normal, knn_bank, **base),
+                                      u8, u_hat, cams),
     }
     return {m: make[m]() for m in methods}
 
@@ -282,6 +282,8 @@ class ProtocolResult:
     _cams: list | None = None
     _cam_source: SPADE | None = None  # the detector the cached maps were computed with
     _u_hat_in: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: feature banks built so far, by (knn_layer, knn_k, precision): built once per run
+    _banks: dict[tuple, Any] = field(default_factory=dict)
 
     def spade(self, **params: Any) -> np.ndarray:
         """Test scores of a SPADE variant on the same models (e.g. ``roi_power=2``).
@@ -292,7 +294,12 @@ class ProtocolResult:
         """
         prec = params.pop("precision", self.execution.score_precision)
         kw = {**detector_params(self.recipe), **params, "precision": prec}
-        det = SPADE.from_models(self.vae, self.cnn, self.data.x_normal, **kw)
+        spec = SPADE(**kw)
+        key = (spec.knn_layer, spec.knn_k, prec)
+        det = SPADE.from_models(self.vae, self.cnn, self.data.x_normal, self._banks.get(key),
+                                **kw)
+        if det.knn_ is not None:
+            self._banks[key] = det.knn_
         if prec != self.execution.score_precision:
             if prec not in self._u_hat_in:
                 self._u_hat_in[prec] = reconstruct(self.vae, self.data.x_test, prec)
@@ -396,16 +403,19 @@ def run_benchmark(
                 r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
             # the signed maps of u and u_hat, once: SPADE and the variants that only change
             # the ROI arithmetic read them without running the classifier again
-            cams, det = None, None
+            # (and the feature bank's query, read in the same forward)
+            cams, det, banks = None, None, {}
             if "spade" in prot.methods:
-                # the maps only (the feature bank is the scoring detector's)
-                det = SPADE.from_models(vae, cnn, **{**detector_params(r), "knn_power": 0.0},
+                det = SPADE.from_models(vae, cnn, data.x_normal, **detector_params(r),
                                         precision=ex.score_precision)
                 cams = cam_batches(det, data.x_test, u_hat)
+                if det.knn_ is not None:
+                    banks[(det.knn_layer, det.knn_k, ex.score_precision)] = det.knn_
             scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
-                                   ex.score_precision, cams, data.x_normal)
+                                   ex.score_precision, cams, data.x_normal,
+                                   det.knn_ if det is not None else None)
             res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, det,
-                                 u_hat_in)
+                                 u_hat_in, banks)
             new = res.rows(scores)
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known, CNN {_summary(cnn)}): "
                 + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"

@@ -35,6 +35,7 @@ __all__ = [
     "eval_mode",
     "grad_cam",
     "grad_cam_and_logits",
+    "grad_cam_logits_features",
     "spade_roi",
 ]
 
@@ -163,8 +164,32 @@ def grad_cam_and_logits(
     classifier's probability (SPADE's ``classifier_weight``) costs no second forward.
     Parameters, errors and notes as :func:`grad_cam`.
     """
+    cam, logits, _ = grad_cam_logits_features(model, x, layer, class_idx, method)
+    return cam, logits
+
+
+def grad_cam_logits_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: int | nn.Module = -1,
+    class_idx: int = NORMAL_CLASS,
+    method: str = "auto",
+    feature_layer: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`grad_cam_and_logits` and the globally average-pooled output (N, K) float32 of
+    block ``feature_layer`` of a :class:`~spadecam.models.classifier.FeatureClassifier`, all
+    from the same forward pass (None when ``feature_layer`` is None).
+
+    The feature bank's query (:func:`spadecam.knn.pooled_features`, issue 19) then costs no
+    second classifier pass: block ``feature_layer`` runs once, on the way to the CAM layer
+    (or past it, on the autograd path). Parameters, errors and notes as :func:`grad_cam`;
+    ValueError also for an int ``feature_layer`` on a model that is not a FeatureClassifier.
+    """
     if method not in ("auto", "closed_form", "autograd"):
         raise ValueError(f"method must be 'auto', 'closed_form' or 'autograd', got {method!r}")
+    if feature_layer is not None and not isinstance(model, FeatureClassifier):
+        raise ValueError("feature_layer needs a FeatureClassifier (a list of blocks), got "
+                         f"a {type(model).__name__}")
     if isinstance(layer, int) and not isinstance(model, FeatureClassifier):
         raise ValueError(
             "layer must be an nn.Module for models other than a FeatureClassifier (features + "
@@ -181,23 +206,33 @@ def grad_cam_and_logits(
     with _eval_frozen(model):
         if use_closed:
             assert isinstance(model, FeatureClassifier)
-            return _closed_form_cam(model, x, class_idx)
-        return _autograd_cam(model, x, layer, class_idx)
+            return _closed_form_cam(model, x, class_idx, feature_layer)
+        return _autograd_cam(model, x, layer, class_idx, feature_layer)
+
+
+def _pooled(a: torch.Tensor) -> torch.Tensor:
+    return a.float().mean(dim=(2, 3))
 
 
 def _closed_form_cam(
-    model: FeatureClassifier, x: torch.Tensor, class_idx: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: FeatureClassifier, x: torch.Tensor, class_idx: int, feature_layer: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     with torch.no_grad():
-        a = model.forward_features(x, -1)
+        keep = None if feature_layer is None else feature_layer % len(model.features)
+        a, pooled = x, None
+        for i, block in enumerate(model.features):  # forward_features(x, -1), keeping one block
+            a = block(a)
+            if i == keep:
+                pooled = _pooled(a)
         z = a.shape[2] * a.shape[3]
         alpha = model.fc.weight[class_idx].to(a.dtype) / z  # eq. 3 in closed form
-        return torch.einsum("nkhw,k->nhw", a, alpha), model.head(a)
+        return torch.einsum("nkhw,k->nhw", a, alpha), model.head(a), pooled
 
 
 def _autograd_cam(
-    model: nn.Module, x: torch.Tensor, layer: int | nn.Module, class_idx: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: nn.Module, x: torch.Tensor, layer: int | nn.Module, class_idx: int,
+    feature_layer: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if isinstance(layer, int):
         features = model.get_submodule("features")
         if not isinstance(features, nn.ModuleList | nn.Sequential):
@@ -219,7 +254,12 @@ def _autograd_cam(
         # would otherwise overwrite A itself, and the map would use ReLU(A) in eq. 4
         return out.clone()
 
-    handle = module.register_forward_hook(hook)
+    pooled: list[torch.Tensor] = []
+    handles = [module.register_forward_hook(hook)]
+    if feature_layer is not None:
+        assert isinstance(model, FeatureClassifier)  # grad_cam_logits_features checked
+        handles.append(model.features[feature_layer].register_forward_hook(
+            lambda _m, _i, out: pooled.append(_pooled(out.detach()))))
     try:
         # inference tensors cannot enter autograd; leave inference mode and copy the input
         with torch.inference_mode(False), torch.enable_grad():
@@ -234,9 +274,12 @@ def _autograd_cam(
             # images are independent in eval mode, so d(sum y)/dA gives per-image gradients
             (grads,) = torch.autograd.grad(logits[:, class_idx].sum(), a)
             alpha = grads.mean(dim=(2, 3), keepdim=True)  # eq. 3
-            return (alpha * a).sum(dim=1).detach(), logits.detach()  # eq. 4, signed
+            # eq. 4, signed
+            return ((alpha * a).sum(dim=1).detach(), logits.detach(),
+                    pooled[-1] if pooled else None)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def spade_roi(

@@ -105,8 +105,14 @@ class FeatureBank(nn.Module):
                              "normal image's features identical?)")
         self.scale = float(scale)
 
-    def forward(self, cnn: Any, u: torch.Tensor) -> torch.Tensor:
-        """kNN distance (N,) float32 >= 0 of u (N, C, H, W) in [0, 1]; 1 = a typical normal."""
+    def forward(self, cnn: Any, u: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """kNN distance (N,) float32 >= 0 of u (N, C, H, W) in [0, 1]; 1 = a typical normal.
+
+        ``features``: u's :func:`pooled_features` at block ``layer`` when already computed
+        (:func:`spadecam.cam.grad_cam_logits_features` reads them in the Grad-CAM's forward);
+        then ``cnn`` is not run.
+        """
         with torch.no_grad():  # a per-image factor: no gradient flows through it
-            q = pooled_features(cnn, u, self.layer)
+            q = pooled_features(cnn, u, self.layer) if features is None else features
             return knn_distance(q, self.features, self.k, SAME_IMAGE * self.scale) / self.scale

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from spadecam.cam import eval_mode, grad_cam_and_logits
+from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
 from spadecam.knn import FeatureBank
 from spadecam.models.cnn import NORMAL_CLASS
@@ -42,11 +42,18 @@ __all__ = [
 
 
 class SignedCams(NamedTuple):
-    """The signed maps M(u), M(u_hat) (N, h, w) of one layer and the logits (N, 2) of u."""
+    """The signed maps M(u), M(u_hat) (N, h, w) of one layer and the logits (N, 2) of u.
+
+    ``pooled_u``: u's pooled classifier features (N, K) float32 at block ``pooled_layer``
+    (>= 0) of the classifier, the feature bank's, read in the same forward (None when the
+    scorer has no bank). A scorer whose bank reads another block computes its own.
+    """
 
     m_u: torch.Tensor
     m_u_hat: torch.Tensor | None
     logits_u: torch.Tensor
+    pooled_u: torch.Tensor | None = None
+    pooled_layer: int | None = None
 
 
 class SPADEScorer(nn.Module):
@@ -138,8 +145,19 @@ class SPADEScorer(nn.Module):
         layer = self.layers[0] if layer is None else layer
         n = u.shape[0]
         x = u if self.recon_branch == "none" else torch.cat([u, u_hat])
-        m, logits = grad_cam_and_logits(self.cnn, x, layer, method=self.cam_method)
-        return SignedCams(m[:n], None if self.recon_branch == "none" else m[n:], logits[:n])
+        bank_layer = self._bank_layer()
+        m, logits, pooled = grad_cam_logits_features(self.cnn, x, layer, method=self.cam_method,
+                                                     feature_layer=bank_layer)
+        return SignedCams(m[:n], None if self.recon_branch == "none" else m[n:], logits[:n],
+                          None if pooled is None else pooled[:n], bank_layer)
+
+    def _bank_layer(self) -> int | None:
+        """The classifier block (>= 0) the feature bank reads; None without a bank in use."""
+        if not self.knn_power or self.knn is None:
+            return None
+        features = self.cnn.get_submodule("features")
+        assert isinstance(features, nn.ModuleList | nn.Sequential)  # a FeatureClassifier's
+        return self.knn.layer % len(features)
 
     def error_map(
         self,
@@ -159,12 +177,14 @@ class SPADEScorer(nn.Module):
         if cams is not None and len(self.layers) > 1:
             raise ValueError("cams holds the maps of one cam_layer; a multi-layer ROI reads its "
                              "own")
-        rois, logits = [], None
+        rois, logits, pooled = [], None, None
         for layer in self.layers:
             c = cams if cams is not None else self.cams(u, u_hat, layer)
             m_u, m_u_hat = c[0], c[1]
             if logits is None and len(c) > 2:
                 logits = c[2]
+            if pooled is None and len(c) > 4 and c[4] == self._bank_layer():
+                pooled = c[3]  # the bank's block, read in the CAM's forward
             rois.append(roi_weights(m_u, m_u_hat, u.shape[-2:], input_branch=self.input_branch,
                                     recon_branch=self.recon_branch, upsample=self.upsample,
                                     valid=valid, power=self.roi_power, normalise=self.normalise))
@@ -182,7 +202,8 @@ class SPADEScorer(nn.Module):
             m = m * (1 + self.classifier_weight * p)[:, None, None]
         if self.knn_power:
             assert self.knn is not None  # __init__ checked
-            m = m * (self.knn(self.cnn, u) ** self.knn_power)[:, None, None]
+            d = self.knn(self.cnn, u, features=pooled)  # pooled: read in the CAM's forward
+            m = m * (d ** self.knn_power)[:, None, None]
         return m.float()
 
     def forward(
