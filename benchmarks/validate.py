@@ -15,7 +15,6 @@ Appends one row per (configuration, variant, protocol, subset, seed) to ``--out`
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from spadecam.benchmark import ProtocolResult, run_benchmark, vae_scores
 from spadecam.data import load_mnist
-from spadecam.evaluation import auroc
+from spadecam.evaluation import auroc, write_rows_csv
 from spadecam.metrics import average_precision
 from spadecam.models import CNNConfig, VAEConfig
 from spadecam.protocols import ELPV_COLUMNS, elpv_data, noisy_mnist_val_data
@@ -105,13 +104,7 @@ def main() -> None:
     run_benchmark(load, r, seeds, progress=False, on_protocol=variants)
     wall = time.perf_counter() - t0
     out = Path(a.out or f"benchmarks/results/{a.benchmark.replace('-', '_')}_validation.csv")
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(extra[0]), lineterminator="\n")
-        if new:
-            w.writeheader()
-        for row in extra:
-            w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    write_rows_csv(out, extra, list(extra[0]), digits=4, append=True)
     cols = [("known_3", "all"), ("known_9", "all")] if mnist else list(ELPV_COLUMNS)
     print(f"\n{config}: validation AUROC, seeds {seeds}, {wall:.0f} s")
     print("variant".ljust(30) + " ".join(f"{p[:6]}/{s[:5]}".rjust(13) for p, s in cols))

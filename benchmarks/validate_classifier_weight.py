@@ -13,12 +13,12 @@ appends the rows to benchmarks/results/noisy_mnist_validation_classifier_weight.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 from spadecam.benchmark import run_benchmark
 from spadecam.data import load_mnist
+from spadecam.evaluation import write_rows_csv
 from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
 from spadecam.recipes import get_recipe
 
@@ -43,14 +43,8 @@ def main() -> None:
     print(f"wall {time.perf_counter() - t0:.0f} s")
     for q in rows:
         print(f"{q['method']:14s} known {q['known_class']} seed {q['seed']}: {q['auroc']:.4f}")
-    new = not OUT.exists()
-    with open(OUT, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "known_class", "seed", "auroc", "aupr"],
-                           lineterminator="\n", extrasaction="ignore")
-        if new:
-            w.writeheader()
-        for q in rows:
-            w.writerow({**q, "auroc": f"{q['auroc']:.4f}", "aupr": f"{q['aupr']:.4f}"})
+    write_rows_csv(OUT, rows, ["method", "known_class", "seed", "auroc", "aupr"], digits=4,
+                   append=True, fixed=("auroc", "aupr"))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ benchmarks/results/elpv_validation_<field>.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
+from spadecam.evaluation import write_rows_csv
 from spadecam.protocols import ELPV_COLUMNS
 from spadecam.recipes import Recipe, get_elpv_recipe
 from spadecam.reproduce import run_elpv
@@ -85,13 +85,7 @@ def main() -> None:
         rows += [{field: value, "base": " ".join(a.base), **{k: q[k] for k in keep}}
                  for q in got]
     out = RESULTS / f"elpv_validation_{field.replace('.', '_')}.csv"
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        if new:
-            w.writeheader()
-        for row in rows:
-            w.writerow({k: f"{v:.4f}" if k in ("auroc", "aupr") else v for k, v in row.items()})
+    write_rows_csv(out, rows, list(rows[0]), digits=4, append=True, fixed=("auroc", "aupr"))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ benchmarks/results/<data>_validation_scores.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 
 from spadecam.benchmark import ProtocolResult, _float, reconstruct, run_benchmark
 from spadecam.error import gaussian_blur, reconstruction_error
+from spadecam.evaluation import write_rows_csv
 from spadecam.metrics import auroc
 from spadecam.roi import roi_weights
 
@@ -165,11 +165,7 @@ def main() -> None:
                  for c in cols]
         print(f"{name:28s} " + " ".join(f"{v:.3f}" for v in cells), flush=True)
     out = RESULTS / f"{a.data}_validation_scores.csv"
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        for q in rows:
-            w.writerow({**q, "auroc": f"{q['auroc']:.4f}"})
+    write_rows_csv(out, rows, list(rows[0]), digits=4, fixed=("auroc",))
     print(f"wrote {out}")
 
 

@@ -175,3 +175,22 @@ def test_read_results_csv_missing_column(tmp_path):
     path.write_text("method,seed,auroc\ncnn,0,0.5\n")
     with pytest.raises(ValueError, match="known_class"):
         read_results_csv(path)
+
+
+def test_write_rows_csv_appends_under_one_header_and_formats_the_named_floats(tmp_path):
+    from spadecam.evaluation import write_rows_csv
+
+    out = tmp_path / "log.csv"
+    cols = ["variant", "lr", "auroc"]
+    write_rows_csv(out, [{"variant": "a", "lr": 1e-5, "auroc": 0.81234}], cols, digits=4,
+                   append=True, fixed=("auroc",))
+    write_rows_csv(out, [{"variant": "b", "lr": 0.5, "auroc": 0.7}], cols, digits=4,
+                   append=True, fixed=("auroc",))
+    # one header; AUROC to 4 decimals, the learning rate as str gives it
+    assert out.read_text() == "variant,lr,auroc\na,1e-05,0.8123\nb,0.5,0.7000\n"
+    with pytest.raises(ValueError, match=r"log\.csv.*columns"):
+        write_rows_csv(out, [{"variant": "c"}], ["variant"], append=True)
+    assert out.read_text().count("\n") == 3  # the refused append left the file as it was
+    write_rows_csv(out, [{"variant": "c", "lr": 0.25, "auroc": 0.5}], cols)  # no append: anew
+    assert out.read_text() == "variant,lr,auroc\nc,0.250000,0.500000\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temp file left

@@ -7,6 +7,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -148,15 +149,39 @@ def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_rows_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str]) -> None:
-    """Write rows with exactly ``columns`` (floats with 6 decimals), atomically."""
+def write_rows_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str],
+                   digits: int = 6, append: bool = False,
+                   fixed: Sequence[str] | None = None) -> None:
+    """Write rows with exactly ``columns``, atomically (a temp file, then a rename).
+
+    Floats get ``digits`` decimals: every float column, or only those named in ``fixed``
+    (the others as ``str`` gives them: a learning rate of 1e-5 stays 1e-05).
+    ``append``: the rows go after those already in ``path`` (the benchmarks' validation
+    logs, one run after another); a new file gets the header.
+
+    Raises
+    ------
+    ValueError
+        ``append`` to a file whose header is not ``columns`` (the message names the file and
+        both column lists).
+    """
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
+    cols = list(columns)
+    old = Path(path).read_text() if append and Path(path).is_file() else ""
+    if old:
+        header = next(csv.reader([old.splitlines()[0]]))
+        if header != cols:
+            raise ValueError(f"{path}: its columns {header} are not this run's {cols}; "
+                             "write to another file")
+        buf.write(old if old.endswith("\n") else old + "\n")
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
+    if not old:
+        w.writeheader()
     for r in rows:
-        w.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()})
+        w.writerow({k: f"{v:.{digits}f}" if isinstance(v, float) and (fixed is None or k in fixed)
+                    else v for k, v in r.items()})
     atomic_write_text(path, buf.getvalue())
 
 
