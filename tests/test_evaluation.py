@@ -188,9 +188,11 @@ def test_write_rows_csv_appends_under_one_header_and_formats_the_named_floats(tm
                    append=True, fixed=("auroc",))
     # one header; AUROC to 4 decimals, the learning rate as str gives it
     assert out.read_text() == "variant,lr,auroc\na,1e-05,0.8123\nb,0.5,0.7000\n"
-    with pytest.raises(ValueError, match=r"log\.csv.*columns"):
-        write_rows_csv(out, [{"variant": "c"}], ["variant"], append=True)
-    assert out.read_text().count("\n") == 3  # the refused append left the file as it was
+    # other columns: the rows are kept, in a new file beside it, and the log is left as it was
+    with pytest.warns(UserWarning, match=r"log\.csv: its columns.*log_2\.csv"):
+        written = write_rows_csv(out, [{"variant": "c"}], ["variant"], append=True)
+    assert written == tmp_path / "log_2.csv" and written.read_text() == "variant\nc\n"
+    assert out.read_text().count("\n") == 3
     write_rows_csv(out, [{"variant": "c", "lr": 0.25, "auroc": 0.5}], cols)  # no append: anew
     assert out.read_text() == "variant,lr,auroc\nc,0.250000,0.500000\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "log_2.csv"]  # no temp

@@ -151,30 +151,37 @@ def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def write_rows_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str],
                    digits: int = 6, append: bool = False,
-                   fixed: Sequence[str] | None = None) -> None:
+                   fixed: Sequence[str] | None = None) -> Path:
     """Write rows with exactly ``columns``, atomically (a temp file, then a rename).
 
     Floats get ``digits`` decimals: every float column, or only those named in ``fixed``
     (the others as ``str`` gives them: a learning rate of 1e-5 stays 1e-05).
     ``append``: the rows go after those already in ``path`` (the benchmarks' validation
-    logs, one run after another); a new file gets the header.
+    logs, one run after another); a new file gets the header. Appending to a file whose
+    header is not ``columns`` would mix two tables: the rows go to a new file beside it
+    instead (``<stem>_2.csv``, ``_3``, ...), with a warning naming both, so that a long
+    run's results are never lost at the end.
 
-    Raises
-    ------
-    ValueError
-        ``append`` to a file whose header is not ``columns`` (the message names the file and
-        both column lists).
+    Returns
+    -------
+    pathlib.Path of the file written.
     """
     import io
 
+    from spadecam._progress import warn
+
     buf = io.StringIO()
     cols = list(columns)
-    old = Path(path).read_text() if append and Path(path).is_file() else ""
+    path = Path(path)
+    old = path.read_text() if append and path.is_file() else ""
+    if old and next(csv.reader([old.splitlines()[0]])) != cols:
+        other, k = path, 1
+        while other.exists():
+            k += 1
+            other = path.with_name(f"{path.stem}_{k}{path.suffix}")
+        warn(f"{path}: its columns are not this run's {cols}; wrote the rows to {other}")
+        path, old = other, ""
     if old:
-        header = next(csv.reader([old.splitlines()[0]]))
-        if header != cols:
-            raise ValueError(f"{path}: its columns {header} are not this run's {cols}; "
-                             "write to another file")
         buf.write(old if old.endswith("\n") else old + "\n")
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     if not old:
@@ -182,7 +189,7 @@ def write_rows_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Seque
     for r in rows:
         w.writerow({k: f"{v:.{digits}f}" if isinstance(v, float) and (fixed is None or k in fixed)
                     else v for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 def read_results_csv(path: str | os.PathLike) -> list[dict]:
