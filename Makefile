@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/spadecam reproduce noisy-mnist --quick $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/demo
+	$(BIN)/spadecam reproduce noisy-mnist --quick $(DATA_ARGS) --precision $(PRECISION) --out $(OUT)/demo --report $(OUT)/demo/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,6 +103,7 @@ def _captum_scores(det: SPADE, u8: np.ndarray, r) -> np.ndarray:
     """
     from captum.attr import LayerGradCam
 
+    assert det.precision == "32", "the captum reference is fp32: pass the fp32 detector"
     vae, cnn = det.vae_, det.cnn_.eval()
     weight, power, bank = det._param("classifier_weight"), det._param("knn_power"), det.knn_
     gc = LayerGradCam(cnn, cnn.features[-1])
@@ -239,6 +241,27 @@ def _own_images(peak: float) -> None:
               f"fraction_of_peak {frac:.2f}")
 
 
+def _onnx_line(det32: SPADE, u8: np.ndarray) -> None:
+    """The exported graph (issue 20) on onnxruntime beside torch fp32, same images: img/s of
+    each (timed in turn), the file's size and the largest relative score difference. A
+    report, no target."""
+    from spadecam.deploy.onnx_export import export_onnx
+    from spadecam.deploy.onnx_inferencer import OnnxSPADE
+
+    det32.threshold_ = 0.0  # export needs one; the scores do not depend on it
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(det32, Path(d) / "spade.onnx")
+        size = path.stat().st_size
+        onnx = OnnxSPADE(path, threads=torch.get_num_threads())
+        diff = np.max(np.abs(onnx.decision_function(u8) - det32.decision_function(u8))
+                      / np.abs(det32.decision_function(u8)))
+        rates = _interleaved_rates({"onnx": lambda: onnx.decision_function(u8),
+                                    "torch": lambda: det32.decision_function(u8)}, len(u8))
+    print(f"onnx: file {size / 2**20:.1f} MiB; img/s onnxruntime fp32 {rates['onnx']:.0f}, "
+          f"torch fp32 {rates['torch']:.0f} (ratio {rates['onnx'] / rates['torch']:.2f}); max "
+          f"relative score difference {diff:.1e}")
+
+
 def _startup_seconds() -> float:
     exe = os.path.join(os.path.dirname(sys.executable), "spadecam")
     cmd = [exe, "--help"] if os.path.exists(exe) else [sys.executable, "-m", "spadecam", "--help"]
@@ -313,6 +336,7 @@ def main() -> None:
           f"SPADE {flops / 1e9:.3f} GFLOP/image; fp32 path fraction_of_fp32_peak "
           f"{rate_a32 * flops / peak32:.2f}")
     _own_images(peak)
+    _onnx_line(det32, u8)
     rss_ratio = _rss_ratio(vae, cnn, args.data_dir, n_img)
     print(f"startup_help_s: {_startup_seconds():.2f}")
 

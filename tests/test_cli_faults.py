@@ -9,8 +9,7 @@ import pytest
 
 from spadecam import workflow
 from spadecam.cli import main
-from spadecam.deploy import torch_inferencer
-from spadecam.workflow import _score as workflow_score
+from spadecam.deploy import outputs
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
                                                                monkeypatch, capsys):
     model, folders = tiny_model
     written: list[Path] = []
-    real = torch_inferencer.write_png
+    real = outputs.write_png
 
     def interrupt_on_the_second(path, rgb):
         if written:
@@ -44,7 +43,7 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
         real(path, rgb)
         written.append(path)
 
-    monkeypatch.setattr(torch_inferencer, "write_png", interrupt_on_the_second)
+    monkeypatch.setattr(outputs, "write_png", interrupt_on_the_second)
     csv = tmp_path / "s.csv"
     code = main(["score", str(model), str(folders["test/good"]), "--out", str(csv),
                  "--maps", str(tmp_path / "ov"), "--no-progress"])
@@ -58,10 +57,10 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
 def test_score_writes_the_csv_after_all_overlays(tiny_model, tmp_path, monkeypatch):
     model, folders = tiny_model
     order: list[str] = []
-    real_png, real_text = torch_inferencer.write_png, workflow_score.atomic_write_text
-    monkeypatch.setattr(torch_inferencer, "write_png",
+    real_png, real_text = outputs.write_png, outputs.atomic_write_text
+    monkeypatch.setattr(outputs, "write_png",
                         lambda p, rgb: (order.append("png"), real_png(p, rgb)))
-    monkeypatch.setattr(workflow_score, "atomic_write_text",
+    monkeypatch.setattr(outputs, "atomic_write_text",
                         lambda p, t: (order.append("csv"), real_text(p, t)))
     rows = workflow.score(model, [folders["test/good"]], tmp_path / "s.csv", tmp_path / "ov",
                           progress=False)

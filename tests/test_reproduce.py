@@ -41,8 +41,15 @@ def tiny_recipe():
 @pytest.mark.slow
 def test_run_writes_results_table_ablations_and_figures(tmp_path, single_thread):
     rows = run_noisy_mnist(known=(3,), seeds=(0,), recipe=tiny_recipe(), data_dir=DATA,
-                           out_dir=tmp_path, progress=False, ablations=True, log=lambda *_: None)
+                           out_dir=tmp_path, progress=False, ablations=True, log=lambda *_: None,
+                           report=tmp_path / "report" / "r.html")
     assert [r["method"] for r in rows] == list(METHODS)
+    page = (tmp_path / "report" / "r.html").read_text()
+    spade = next(r["auroc"] for r in rows if r["method"] == "spade")
+    assert f"| {spade:.3f} |" in (tmp_path / "table.md").read_text()
+    assert f"<td class=num>{spade:.3f}</td>" in page  # the run's table, in the report
+    assert "digit 3 (known)" in page and "digit 2 (unknown)" in page  # AUROC by digit
+    assert page.count("<div class=card>") >= 8
     assert all(0.0 <= r["auroc"] <= 1.0 for r in rows)
     with open(tmp_path / "results.csv") as f:
         reader = csv.DictReader(f)

@@ -71,6 +71,7 @@ def add_image_commands(sub) -> None:
     _add_train(sub)
     _add_score(sub)
     _add_evaluate(sub)
+    _add_export(sub)
 
 
 def _add_train(sub) -> None:
@@ -95,6 +96,12 @@ def _add_train(sub) -> None:
                     help="folder of known-anomaly images (repeat for several folders)")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR",
                     help="model directory to write (new, empty, or an older model)")
+    tr.add_argument("--detector", choices=["spade", "naive-spade", "vae", "cnn"],
+                    default="spade",
+                    help="spade (default), or a baseline of the paper from the same options, "
+                    "to compare against on your images: naive-spade (e x ReLU Grad-CAM of the "
+                    "input), vae (the reconstruction error alone) or cnn (the classifier's "
+                    "likelihood; no per-pixel map)")
     _add_train_input_options(tr, FIT)
     _add_train_budget_options(tr, FIT, ours, paper)
     _add_train_scoring_options(tr, FIT, ours)
@@ -194,9 +201,12 @@ def _add_score(sub) -> None:
         ),
         epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sc.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
-    sc.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="image files and/or folders (read recursively)")
+    sc.add_argument("paths", nargs="+", metavar="[MODEL_DIR] INPUT",
+                    help="the model directory from `spadecam train` (not with --onnx), then "
+                    "image files and/or folders (read recursively)")
+    sc.add_argument("--onnx", metavar="MODEL.onnx",
+                    help="score with this file from `spadecam export` on onnxruntime, without "
+                    "torch (fp32), instead of a model directory")
     sc.add_argument("--out", metavar="CSV", help="write the CSV here (default: print it)")
     sc.add_argument("--maps", metavar="DIR",
                     help="write one PNG per image: the weighted reconstruction error over the "
@@ -204,6 +214,24 @@ def _add_score(sub) -> None:
     sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_scoring_precision(sc)
     add_distributed_options(sc, precision=False)
+
+
+def _add_export(sub) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="write a model directory as one ONNX graph, to score without torch",
+        description=(
+            "Write the whole detector of a model directory (VAE, classifier, Grad-CAM ROI,\n"
+            "weighted error, score) as one ONNX graph: inputs images (N, C, S, S) float in\n"
+            "[0, 1] and valid (N, 1, S, S), the letterbox mask; outputs score (N,) and\n"
+            "anomaly_map (N, S, S); threshold and preprocessing in its metadata. Score it\n"
+            "with `spadecam score --onnx MODEL.onnx INPUT...` or spadecam.deploy.OnnxSPADE\n"
+            "(onnxruntime, no torch). Exporter: torch.onnx.export(dynamo=True), opset 20."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from `spadecam train`")
+    ex.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
 
 
 def _add_evaluate(sub) -> None:
@@ -233,6 +261,10 @@ def _add_evaluate(sub) -> None:
                     help="an MVTec AD category (uses its test/ and ground_truth/ folders) "
                     "instead of --normal/--anomaly/--masks")
     ev.add_argument("--out", metavar="JSON", help="write the metrics here (default: print them)")
+    ev.add_argument("--report", metavar="HTML",
+                    help="also write a self-contained HTML report: metrics, ROC and PR curves, "
+                    "score histograms, the most anomalous images, false positives and "
+                    "negatives with input | reconstruction | ROI | weighted error")
     _add_scoring_precision(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_distributed_options(ev, precision=False)

@@ -6,6 +6,8 @@
     spadecam download [--cache-dir D]
     spadecam train --normal DIR --anomaly DIR [--anomaly DIR ...] --out MODEL_DIR [options]
     spadecam score MODEL_DIR INPUT... [--out scores.csv] [--maps DIR]
+    spadecam score --onnx MODEL.onnx INPUT... [--out scores.csv] [--maps DIR]   (no torch)
+    spadecam export MODEL_DIR --out MODEL.onnx
     spadecam evaluate MODEL_DIR --normal DIR --anomaly DIR [--masks DIR] [--out metrics.json]
 
 train and reproduce also take --accelerator, --devices, --strategy, --num-nodes and
@@ -105,6 +107,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also score SPADE without each of the paper's modifications (ablations.csv)",
     )
     rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    rep.add_argument("--report", metavar="HTML",
+                     help="noisy-mnist: also write a self-contained HTML report of SPADE for the "
+                     "first known digit and seed (results table, AUROC by digit, curves, "
+                     "galleries with input | reconstruction | ROI | weighted error)")
     add_distributed_options(rep, precision_default=None, precision_note=(
         "default: noisy-mnist auto, elpv 32, as its table was measured"))
 
@@ -143,13 +149,13 @@ def _precision_line(args: argparse.Namespace) -> str:
 
 
 def _run_image_command(args: argparse.Namespace) -> int:
-    """Run train / score / evaluate; errors are printed by main (exit code 2)."""
+    """Run train / score / evaluate / export; errors are printed by main (exit code 2)."""
     from spadecam import workflow
     from spadecam._fs import json_text
     from spadecam.distributed import global_rank
     from spadecam.precision import from_option
 
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)
     rank0 = global_rank() == 0
 
     def stderr(line: str) -> None:
@@ -162,32 +168,29 @@ def _run_image_command(args: argparse.Namespace) -> int:
         names = ("backbone", "epochs", "steps", "seed", "recipe", "resize", "latent_dim",
                  "batch_size", "lr", "threshold_quantile", "threshold_holdout",
                  "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
-                 "knn_power")
+                 "knn_power", "detector")
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, log=print, progress=progress,
             distributed=_distributed(args), precision=from_option(args.precision)[1],
             **{k: getattr(args, k) for k in names},
         )
+    elif args.command == "export":
+        from spadecam.deploy.onnx_export import export_onnx
+
+        print(f"wrote {export_onnx(args.model_dir, args.out)}")
     elif args.command == "score":
-        rows = workflow.score(args.model_dir, args.inputs, args.out, args.maps, progress,
+        rows = workflow.score(args.paths[0], args.paths[1:], args.out, args.maps, progress,
                               distributed=_distributed(args), precision=args.precision,
                               log=stderr if rank0 else None)
         if global_rank() != 0:
             return 0  # rank 0 prints for every process
-        flagged = sum(r["label"] for r in rows)
-        if args.out is None:
-            print(workflow.rows_to_csv(rows), end="")
-        else:
-            print(f"scored {len(rows)} images, {flagged} flagged anomalous (score > the "
-                  f"model's threshold); wrote {args.out}")
-        if args.maps is not None:
-            print(f"overlays in {args.maps}")
+        _print_scored(args, rows)
     else:
         metrics = workflow.evaluate(
             args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
             progress, precision=args.precision, distributed=_distributed(args),
-            log=stderr if rank0 else None,
+            log=stderr if rank0 else None, report=args.report,
         )
         if global_rank() != 0:
             return 0  # rank 0 prints for every process
@@ -195,6 +198,8 @@ def _run_image_command(args: argparse.Namespace) -> int:
             print(json_text(metrics), end="")
         else:
             print(f"image AUROC {metrics['image_auroc']:.4f}; wrote {args.out}")
+        if args.report is not None:
+            print(f"report in {args.report}")
     return 0
 
 
@@ -232,6 +237,8 @@ _NOT_FOR = {
         "data_dir": "its images come from the elpv-dataset package",
         "download": "its images come from the elpv-dataset package",
         "no_figures": "it draws no figures",
+        "report": "its report is not written yet; use `spadecam evaluate --report` on a "
+                  "model directory",
     },
     "noisy-mnist": {"eval_split": "it always scores the MNIST test set (Table I)",
                     "protocols": "its protocols are the known digits (--known)"},
@@ -250,11 +257,57 @@ def _check_reproduce_options(parser: argparse.ArgumentParser, args: argparse.Nam
     args.protocols = args.protocols or "all"
 
 
+def _check_score_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """score takes MODEL_DIR INPUT..., or --onnx MODEL.onnx INPUT... without torch's options."""
+    if args.onnx is None and len(args.paths) < 2:
+        parser.error("score needs MODEL_DIR and at least one INPUT (or --onnx MODEL.onnx "
+                     "INPUT...)")
+    if args.onnx is not None:
+        torch_only = [f"--{k.replace('_', '-')}" for k in
+                      ("precision", "accelerator", "devices", "strategy", "num_nodes")
+                      if getattr(args, k, None) is not None]
+        if torch_only:
+            parser.error(f"score --onnx runs the graph on onnxruntime in fp32, one process; it "
+                         f"does not take {', '.join(torch_only)}")
+
+
+def _score_onnx(args: argparse.Namespace) -> int:
+    """`spadecam score --onnx`: onnxruntime, numpy and Pillow; torch is never imported."""
+    from spadecam.deploy.onnx_inferencer import score_onnx
+
+    try:
+        rows = score_onnx(args.onnx, args.paths, args.out, args.maps,
+                          log=lambda line: print(line, file=sys.stderr))
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"spadecam: error: {exc}", file=sys.stderr)
+        return 2
+    _print_scored(args, rows)
+    return 0
+
+
+def _print_scored(args: argparse.Namespace, rows: list) -> None:
+    """The CSV (without --out) or a summary line, and where the overlays went."""
+    from spadecam.deploy.outputs import rows_to_csv
+
+    if args.out is None:
+        print(rows_to_csv(rows), end="")
+    else:
+        flagged = sum(r["label"] for r in rows)
+        print(f"scored {len(rows)} images, {flagged} flagged anomalous (score > the "
+              f"model's threshold); wrote {args.out}")
+    if args.maps is not None:
+        print(f"overlays in {args.maps}")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "reproduce":
         _check_reproduce_options(parser, args)
+    if args.command == "score":
+        _check_score_options(parser, args)
+        if args.onnx is not None:  # before anything imports torch
+            return _score_onnx(args)
     from spadecam._runtime import tune_malloc
 
     tune_malloc()
@@ -263,7 +316,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from spadecam.data import MNISTDownloadError, MNISTFormatError, MNISTNotFoundError
 
     try:
-        if args.command in ("train", "score", "evaluate"):
+        if args.command in ("train", "score", "evaluate", "export"):
             return _run_image_command(args)
         if args.command == "download":
             from spadecam.data import download_mnist
@@ -275,6 +328,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from spadecam._fs import check_writable
 
             check_writable(args.out or f"runs/{args.benchmark}", "--out", folder=True)
+            if args.report is not None:
+                check_writable(args.report, "--report")
         if args.command == "reproduce" and args.benchmark == "elpv":
             from spadecam.reproduce import run_elpv
 
@@ -300,6 +355,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 figures=not args.no_figures,
                 distributed=_distributed(args),
                 precision=args.precision or "auto",
+                report=args.report,
             )
             return 0
     except (

@@ -141,7 +141,10 @@ def reconstruction_error(
             # normalised convolution: the blur's weights renormalised over image pixels, so
             # the padding's residual never leaks into the image's border (issue 17)
             full = v.flatten(1).amin(1).view(-1, 1, 1, 1) > 0  # no padding at all
-            if bool(full.all()):  # no image padded: the plain blur (w = 1), one blur fewer
+            # no image padded: the plain blur (w = 1), one blur fewer; an exported graph
+            # (ONNX, spadecam.deploy) cannot branch on data and takes the general path,
+            # which gives the same values (w = 1 there)
+            if not torch.compiler.is_exporting() and bool(full.all()):
                 return reconstruction_error(u, u_hat, smoothing, norm)
             w = torch.where(full, torch.ones_like(v), gaussian_blur(v, smoothing))
             r = torch.where(v > 0, gaussian_blur(r, smoothing) / w.clamp_min(1e-12), 0.0)

@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from spadecam.data.images import RESIZE_POLICIES, content_box, resize_image
+from spadecam.data.images import RESIZE_POLICIES
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
+from spadecam.preprocess import CHANNEL_COUNTS, letterbox_mask, maps_to_sizes, to_model_input  # noqa: F401 (re-exported)
+from spadecam.preprocess import is_channels_last as _is_channels_last
 
 __all__ = [
     "ModelBatch",
@@ -63,7 +64,7 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
         (reversed or flipped numpy views such as ``X[::-1]`` or ``np.flip(X, 2)`` are
         copied). Channels-last batches (N, H, W, C), the layout ``np.asarray(PIL.Image)``
         gives, are recognised when the last axis is 1, 3 or 4 and the second is not
-        (:data:`CHANNEL_COUNTS`), and moved to (N, C, H, W); an array whose second axis is
+        (:data:`spadecam.preprocess.CHANNEL_COUNTS`), and moved to (N, C, H, W); an array whose second axis is
         1, 3 or 4 is read as channels-first.
     name : str
         Argument name used in error messages.
@@ -98,15 +99,6 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (pass uint8 for 0-255 images)"
         )
     return t
-
-
-#: Channel counts an image layout is recognised by: grey, RGB, RGBA.
-CHANNEL_COUNTS = (1, 3, 4)
-
-
-def _is_channels_last(second: int, last: int) -> bool:
-    """(..., H, W, C) rather than (..., C, H, W): the last axis a channel count, the first not."""
-    return last in CHANNEL_COUNTS and second not in CHANNEL_COUNTS
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -276,36 +268,10 @@ def to_model_batch(
             )
         u = torch.cat([to_float_images(t) for t in parts])
         return ModelBatch(_channels_last(u), None, sizes, None)
-    out = [torch.from_numpy(resize_image(to_float_images(t[0]).cpu().numpy(), size, policy))
-           for t in parts]
-    boxes = [content_box(h, w, size, policy) for h, w in sizes]
-    valid = letterbox_mask(sizes, size, policy)
-    return ModelBatch(_channels_last(torch.stack(out)),
-                      None if valid is None else torch.from_numpy(valid), sizes, boxes)
-
-
-def letterbox_mask(
-    sizes: Sequence[tuple[int, int]], size: int, policy: str = "letterbox"
-) -> np.ndarray | None:
-    """Which pixels of the ``size`` x ``size`` model inputs are image, not letterbox padding.
-
-    Parameters
-    ----------
-    sizes : sequence of (H, W), each image's own size in pixels
-    size : int, the model's input side
-    policy : {"letterbox", "resize"}
-
-    Returns
-    -------
-    ndarray (N, 1, size, size) float32 in {0, 1} (1 on the image,
-    :func:`spadecam.data.images.content_box`), or None when no pixel is padding ("resize",
-    or every image already square). The one mask the detectors and ``spadecam train`` use.
-    """
-    valid = np.zeros((len(sizes), 1, size, size), dtype=np.float32)
-    for i, (h, w) in enumerate(sizes):
-        top, left, bh, bw = content_box(h, w, size, policy)
-        valid[i, 0, top : top + bh, left : left + bw] = 1.0
-    return valid if policy == "letterbox" and bool((valid == 0).any()) else None
+    # the numpy implementation the ONNX runner uses too (spadecam.preprocess)
+    mi = to_model_input([t[0].cpu().numpy() for t in parts], size, policy)
+    return ModelBatch(_channels_last(torch.from_numpy(mi.u)),
+                      None if mi.valid is None else torch.from_numpy(mi.valid), sizes, mi.boxes)
 
 
 def iter_model_batches(
@@ -341,13 +307,6 @@ def iter_model_batches(
             yield to_model_batch(t[i : i + batch_size], size, policy, channels, f"{name} batch {j}")
 
 
-def _resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if m.shape == hw:
-        return m
-    out = Image.fromarray(m.astype(np.float32)).resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    return np.maximum(np.asarray(out, dtype=np.float32), 0.0)
-
-
 def maps_to_images(maps: torch.Tensor, batch: ModelBatch) -> list[np.ndarray]:
     """Per-pixel maps at each image's own size.
 
@@ -361,13 +320,7 @@ def maps_to_images(maps: torch.Tensor, batch: ModelBatch) -> list[np.ndarray]:
     list of B ndarrays (H_i, W_i), float32, >= 0: the image's region of the map, resized
     bilinearly to the image's size (unchanged when the image was not resized).
     """
-    m = maps.detach().float().cpu().numpy()
-    if batch.boxes is None:
-        return list(m)
-    out = []
-    for mi, (top, left, h, w), hw in zip(m, batch.boxes, batch.sizes):
-        out.append(_resize_map(np.ascontiguousarray(mi[top : top + h, left : left + w]), hw))
-    return out
+    return maps_to_sizes(maps.detach().float().cpu().numpy(), batch.sizes, batch.boxes)
 
 
 def stack_maps(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:

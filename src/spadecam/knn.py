@@ -60,7 +60,12 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int,
     if not 1 <= k < len(bank):
         raise ValueError(f"knn_k must be between 1 and the bank size - 1 ({len(bank) - 1}), "
                          f"got {k}")
-    d = torch.cdist(query.float(), bank.float(), compute_mode="donot_use_mm_for_euclid_dist")
+    if torch.compiler.is_exporting():
+        # an exported graph (ONNX, spadecam.deploy) has no cdist: the same exact distances
+        # from the differences, (N, M, K) in memory (the ONNX runner sizes its batches so)
+        d = (query.float()[:, None, :] - bank.float()[None]).square().sum(-1).sqrt()
+    else:
+        d = torch.cdist(query.float(), bank.float(), compute_mode="donot_use_mm_for_euclid_dist")
     near = d.topk(k + 1, dim=1, largest=False).values
     own = near[:, :1] <= same_below
     return torch.where(own, near[:, 1:], near[:, :k]).mean(dim=1)

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from spadecam.decision import flag_anomalous, threshold_flagging
 from spadecam.evaluation import auroc
 
-__all__ = ["average_precision", "f1_max", "image_metrics", "pixel_auroc"]
+__all__ = ["auroc_by_kind", "average_precision", "f1_max", "image_metrics", "pixel_auroc"]
 
 
 def _check(labels: Any, scores: Any, what: str = "labels") -> tuple[np.ndarray, np.ndarray]:
@@ -157,4 +157,26 @@ def image_metrics(labels: Any, scores: Any, threshold: float | None = None) -> d
             "accuracy": (tp + tn) / y.size,
             "n_flagged": int(pred.sum()),
         }
+    return out
+
+
+def auroc_by_kind(labels: Any, scores: Any, kinds: Any) -> dict[str, float]:
+    """Image AUROC of each anomaly kind against every normal image.
+
+    Parameters
+    ----------
+    labels : (N,) {0, 1}; scores : (N,) float
+    kinds : (N,) the kind of each anomalous image (an anomaly folder, a digit), any value
+        for normal ones (ignored)
+
+    Returns
+    -------
+    dict kind (str) -> AUROC, in the order the kinds first appear among the anomalies.
+    """
+    y, s = _check(labels, scores)
+    kinds = [str(k) for k in kinds]
+    out: dict[str, float] = {}
+    for kind in dict.fromkeys(k for k, lab in zip(kinds, y) if lab == 1):
+        use = (y == 0) | np.array([lab == 1 and k == kind for k, lab in zip(kinds, y)])
+        out[kind] = auroc(y[use], s[use])
     return out

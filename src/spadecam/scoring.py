@@ -137,7 +137,9 @@ class SPADEScorer(nn.Module):
         self.roi_power, self.classifier_weight = roi_power, classifier_weight
 
     def cams(self, u: torch.Tensor, u_hat: torch.Tensor, layer: int | None = None) -> SignedCams:
-        """M(u), M(u_hat) (eq. 4; None when ``recon_branch="none"``) and the logits of u.
+        """M(u), M(u_hat) (eq. 4; None when ``recon_branch="none"``), the logits of u and,
+        with a feature bank in use, u's pooled features at the bank's block (a
+        :class:`SignedCams`).
 
         With u_hat, u and u_hat go through the classifier as one batch of 2N images (one
         forward, and one backward if the autograd path is needed).
@@ -172,8 +174,38 @@ class SPADEScorer(nn.Module):
         ROI and the error are zeroed on the padding before L / |L|, so padding never counts.
         ``cams``: the :meth:`cams` of the same classifier, layer and precision (a
         :class:`SignedCams`, or the (M(u), M(u_hat)) pair of :func:`signed_cams`); given,
-        the classifier is not run again. One layer only.
+        the classifier is not run again for the maps. One layer only. The classifier weight
+        and the feature bank take the logits and features ``cams`` carries; when it carries
+        none (a bare pair, or features of another block) they run the classifier on u.
         """
+        roi, logits, pooled = self._roi(u, u_hat, valid, cams)
+        # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
+        # are fp32 (a blurred, squared residual would lose its small values in bf16)
+        with torch.autocast(u.device.type, enabled=False):
+            error = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
+                                         self.error_norm, valid)
+            m = weighted_error(error, roi)
+        if self.classifier_weight:
+            if logits is None:  # maps given without logits: one classifier pass for them
+                logits = self.cnn(u)
+            p = logits.float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
+            m = m * (1 + self.classifier_weight * p)[:, None, None]
+        if self.knn_power:
+            assert self.knn is not None  # __init__ checked
+            d = self.knn(self.cnn, u, features=pooled)  # pooled: read in the CAM's forward
+            m = m * (d ** self.knn_power)[:, None, None]
+        return m.float()
+
+    def roi(self, u: torch.Tensor, u_hat: torch.Tensor,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The ROI weights (N, H, W) float32 >= 0 that multiply e (eq. 5, L / |L| when
+        ``normalise``; each image sums to 1), as :meth:`error_map` uses them (figures and
+        reports show them)."""
+        return self._roi(u, u_hat, valid, None)[0]
+
+    def _roi(self, u: torch.Tensor, u_hat: torch.Tensor, valid: torch.Tensor | None,
+             cams: tuple | None) -> tuple[torch.Tensor, Any, Any]:
+        """(ROI (N, H, W) fp32, logits of u or None, u's pooled bank features or None)."""
         if cams is not None and len(self.layers) > 1:
             raise ValueError("cams holds the maps of one cam_layer; a multi-layer ROI reads its "
                              "own")
@@ -188,23 +220,8 @@ class SPADEScorer(nn.Module):
             rois.append(roi_weights(m_u, m_u_hat, u.shape[-2:], input_branch=self.input_branch,
                                     recon_branch=self.recon_branch, upsample=self.upsample,
                                     valid=valid, power=self.roi_power, normalise=self.normalise))
-        # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
-        # are fp32 (a blurred, squared residual would lose its small values in bf16)
         with torch.autocast(u.device.type, enabled=False):
-            roi = rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)
-            error = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
-                                         self.error_norm, valid)
-            m = weighted_error(error, roi)
-        if self.classifier_weight:
-            if logits is None:  # maps given without logits: one classifier pass for them
-                logits = self.cnn(u)
-            p = logits.float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
-            m = m * (1 + self.classifier_weight * p)[:, None, None]
-        if self.knn_power:
-            assert self.knn is not None  # __init__ checked
-            d = self.knn(self.cnn, u, features=pooled)  # pooled: read in the CAM's forward
-            m = m * (d ** self.knn_power)[:, None, None]
-        return m.float()
+            return (rois[0] if len(rois) == 1 else torch.stack(rois).mean(0)), logits, pooled
 
     def forward(
         self, u: torch.Tensor, valid: torch.Tensor | None = None

@@ -14,25 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from spadecam._fs import atomic_write, json_float
+from spadecam._fs import json_float
 from spadecam._progress import bar
 from spadecam.data.images import ImageError, load_image
-from spadecam.detectors import SPADE, NonFiniteScoreError
+from spadecam.deploy.outputs import map_names, overlay, write_png  # noqa: F401
+from spadecam.detectors import NonFiniteScoreError, load_detector
+from spadecam.detectors._base import _BaseDetector
 from spadecam.io import ModelFormatError, read_config
 from spadecam.precision import resolve_scoring_precision
 
-__all__ = ["TorchInferencer", "map_names", "overlay", "write_png"]
+__all__ = ["TorchInferencer", "map_names", "overlay", "write_png"]  # the last three: re-exported
 
 
 @dataclass
 class TorchInferencer:
-    """A SPADE model directory, loaded once (config.json parsed once), ready to score files.
+    """A model directory, loaded once (config.json parsed once), ready to score files.
 
     Attributes
     ----------
-    detector : SPADE, fitted, with ``threshold_`` set
+    detector : SPADE, or one of the baselines (NaiveSPADE, VAEDetector, CNNDetector; the
+        class config.json names, :func:`spadecam.detectors.load_detector`), fitted, with
+        ``threshold_`` set
     preprocessing : dict, how files become images: ``channels`` (1 or 3), ``min_input_size``
         and (model directories of 0.1) ``image_size`` / ``resize``; the model's input is
         the detector's (``image_size_``, ``resize``)
@@ -40,7 +43,7 @@ class TorchInferencer:
     model_dir : Path
     """
 
-    detector: SPADE
+    detector: _BaseDetector
     preprocessing: dict[str, Any]
     config: dict[str, Any]
     model_dir: Path
@@ -58,7 +61,7 @@ class TorchInferencer:
         """
         d = Path(model_dir)
         config = read_config(d)
-        det = SPADE.load(d, config=config)
+        det = load_detector(d, config=config)
         if precision is not None:
             resolve_scoring_precision(precision)  # a clear error for a bad value
             det.precision = precision
@@ -103,7 +106,8 @@ class TorchInferencer:
     def to(self, device: Any) -> TorchInferencer:
         """Move the models to ``device`` (a GPU under ``--accelerator cuda``); returns self."""
         det = self.detector
-        det.vae_, det.cnn_ = det.vae_.to(device), det.cnn_.to(device)
+        for attr in det._model_attrs:  # vae_ and / or cnn_
+            setattr(det, attr, getattr(det, attr).to(device))
         return self
 
     def read(self, paths: Sequence[Path], progress: bool = False) -> list[np.ndarray]:
@@ -126,8 +130,9 @@ class TorchInferencer:
 
     def score(
         self, x: list[np.ndarray], paths: Sequence[Path], progress: bool = False
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Scores and maps (each at its image's size) of ``x``, the images of ``paths``.
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Scores and maps (each at its image's size; None for a detector without maps, the
+        CNN-based one) of ``x``, the images of ``paths``.
 
         The detector brings each image to the model's input with the recorded policy
         (:mod:`spadecam.inputs`), so the CLI and the Python API score alike. Non-finite scores
@@ -149,69 +154,6 @@ class TorchInferencer:
                         [i + j for j in exc.indices],
                     ) from None
                 scores.append(s)
-                maps += list(m)
+                maps += [] if m is None else list(m)
                 shown.update(len(s))
-        return np.concatenate(scores), maps
-
-
-def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
-    """Blend a weighted-error map over its image as an RGB picture.
-
-    Parameters
-    ----------
-    image : ndarray (C, H, W), float in [0, 1], C = 1 or 3
-    error_map : ndarray (H, W), float >= 0 (SPADE's e')
-    scale : float > 0
-        Map value shown at full colour; values are ``clip(map / scale, 0, 1)``. The
-        ``spadecam train`` scale is the 99th percentile of the per-image maximum over normal
-        training images, so colour means "above what normal images show" and is comparable
-        across images.
-
-    Returns
-    -------
-    ndarray (H, W, 3), uint8; the "inferno" colormap with opacity 0.6 x value.
-    """
-    from matplotlib import colormaps
-
-    v = np.clip(error_map / max(scale, 1e-12), 0.0, 1.0)
-    base = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
-    base = np.moveaxis(base, 0, -1)
-    colour = colormaps["inferno"](v)[..., :3]
-    alpha = 0.6 * v[..., None]
-    return np.round(255 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
-
-
-def _mirrored(path: Path) -> Path:
-    """``path`` as a relative path that stays inside a folder: no root, ``..`` spelled out."""
-    parts = path.parts[1:] if path.anchor else path.parts
-    return Path(*["_up_" if part == ".." else part for part in parts])
-
-
-def map_names(paths: Sequence[Path]) -> list[Path]:
-    """Overlay file of each input, relative to ``--maps``: the input path mirrored.
-
-    ``test/good/a.jpg`` -> ``test/good/a.png``; an absolute ``/data/x/a.png`` ->
-    ``data/x/a.png``; ``..`` becomes ``_up_``. So inputs with the same name in different
-    folders (``a/000.png``, ``b/000.png``) never share an overlay, within a run or across
-    runs. Two inputs of one folder that differ only by suffix (``a.jpg``, ``a.png``) keep
-    their suffix (``a.jpg.png``); any remaining clash gets ``~2``, ``~3``, ... appended.
-    """
-    mirrored = [_mirrored(p) for p in paths]
-    names = [m.with_suffix(".png") for m in mirrored]
-    counts: dict[Path, int] = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
-    names = [m.with_name(m.name + ".png") if counts[n] > 1 else n
-             for m, n in zip(mirrored, names)]
-    seen: dict[Path, int] = {}
-    out = []
-    for n in names:
-        k = seen.get(n, 0) + 1
-        seen[n] = k
-        out.append(n if k == 1 else n.with_name(f"{n.stem}~{k}.png"))
-    return out
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 picture as a PNG (temp file, then renamed)."""
-    atomic_write(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"), suffix=".png")
+        return np.concatenate(scores), (maps if self.detector.has_anomaly_map else None)

@@ -290,6 +290,27 @@ class _BaseDetector(BaseEstimator):
         _check_finite(self, scores)
         return scores
 
+    #: Whether the detector gives a per-pixel map (SPADE's e', the VAE's e); the CNN-based
+    #: baseline scores a whole image.
+    has_anomaly_map: bool = True
+
+    def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, Any]:
+        """:meth:`decision_function` and the per-pixel maps from one scoring pass.
+
+        Returns
+        -------
+        scores : ndarray (N,), float64, higher = more anomalous
+        maps : ndarray (N, H, W) float32 >= 0 (or a list of (H_i, W_i) arrays for mixed
+            sizes) at each image's size: SPADE's weighted error e' (Algorithm 1), the
+            VAE-based detector's e; None when :attr:`has_anomaly_map` is False.
+        """
+        out = list(self._iter_scores(X, self.has_anomaly_map))
+        scores = torch.cat([s for s, _ in out]).double().numpy()
+        _check_finite(self, scores)
+        if not self.has_anomaly_map:
+            return scores, None
+        return scores, stack_maps([m for _, ms in out for m in ms])
+
     def predict(self, X: Any) -> np.ndarray:
         """0 = normal, 1 = anomalous: ``decision_function(X) > threshold_``. (N,) int64.
 

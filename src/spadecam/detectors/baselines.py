@@ -147,6 +147,7 @@ class CNNDetector(_BaseDetector):
     """
 
     _model_attrs = ("cnn_",)
+    has_anomaly_map = False
 
     def __init__(
         self,

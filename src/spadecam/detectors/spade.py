@@ -9,12 +9,10 @@ import torch
 
 from spadecam.detectors._base import (
     _BaseDetector,
-    _check_finite,
     _prepare,
     _require,
 )
 from spadecam.detectors._docs import with_common_parameters
-from spadecam.inputs import stack_maps
 from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
@@ -287,14 +285,17 @@ class SPADE(_BaseDetector):
         """Weighted error e' (N, H, W) given precomputed reconstructions (float [0, 1]).
 
         ``cams``: the signed maps from :meth:`signed_cams` of a detector with the same
-        classifier, ``cam_layer``, ``cam_method`` and precision (then no CNN pass is run).
+        classifier, ``cam_layer``, ``cam_method`` and precision (then no CNN pass is run for the
+        maps; the classifier weight and the feature bank run one on u if ``cams`` carries
+        no logits or features of the bank's block).
         """
         scorer = self.scorer()
         with scoring_context(self.precision, self.cnn_) as device:
             return scorer.error_map(u.to(device), u_hat.to(device), cams=cams).cpu()
 
     def signed_cams(self, u: torch.Tensor, u_hat: torch.Tensor) -> SignedCams:
-        """M(u), M(u_hat) (eq. 4) and the logits of u in this detector's precision.
+        """M(u), M(u_hat) (eq. 4), the logits of u and the bank's query (a SignedCams) in this
+        detector's precision.
 
         For :meth:`error_map_from_reconstruction`; the map of u_hat is None when
         ``recon_branch == "none"`` (it would not be used).
@@ -324,20 +325,6 @@ class SPADE(_BaseDetector):
         model grid. Raises NonFiniteScoreError as :meth:`decision_function` does.
         """
         return self._maps(X)
-
-    def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, Any]:
-        """:meth:`decision_function` and :meth:`anomaly_map` from one scoring pass.
-
-        Returns
-        -------
-        scores : ndarray (N,), float64, higher = more anomalous
-        maps : ndarray (N, H, W) float32 >= 0 (or a list of (H_i, W_i) arrays for mixed
-            sizes), the weighted error e' (Algorithm 1) at each image's size
-        """
-        out = list(self._iter_scores(X, True))
-        scores = torch.cat([s for s, _ in out]).double().numpy()
-        _check_finite(self, scores)
-        return scores, stack_maps([m for _, ms in out for m in ms])
 
 
 class NaiveSPADE(SPADE):

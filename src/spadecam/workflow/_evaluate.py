@@ -18,7 +18,7 @@ from spadecam.data.images import ImageError, image_hw, load_mask
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.distributed import fail_together, gather_in_order, launch, shard
 from spadecam.evaluation import atomic_write_text
-from spadecam.metrics import image_metrics, pixel_auroc
+from spadecam.metrics import auroc_by_kind, image_metrics, pixel_auroc
 from spadecam.precision import resolve_scoring_precision
 
 __all__ = ["evaluate"]
@@ -86,6 +86,7 @@ def evaluate(
     precision: str | None = None,
     distributed: dict[str, Any] | None = None,
     log: Callable[[str], Any] | None = None,
+    report: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Image AUROC, average precision, F1-max (and pixel AUROC with masks) on labelled folders.
 
@@ -109,6 +110,10 @@ def evaluate(
         Scoring precision (see :class:`SPADE`); None keeps the model directory's.
     log : callable, optional
         Receives one line: the scoring precision as resolved and where it came from.
+    report : path, optional
+        Also write a self-contained HTML report there (:mod:`spadecam.report`): the
+        metrics, curves, score histograms, the most anomalous images and the false positives
+        and negatives at the threshold with their panels, and the model's settings.
     distributed : dict, optional
         Fabric settings, as in :func:`score`. With W processes each reads and scores a
         contiguous 1/W of the test images (and their masks); the scores are gathered in
@@ -122,7 +127,8 @@ def evaluate(
     -------
     dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
     ``n_pixel_images`` (None / 0 without masks), ``model_dir`` and ``precision`` (the
-    scoring precision used); the same on every rank.
+    scoring precision used), and with several anomaly folders ``image_auroc_by_folder``
+    (each folder's anomalies against every normal image); the same on every rank.
 
     Raises
     ------
@@ -138,15 +144,20 @@ def evaluate(
         log(inf.describe_precision(precision is not None))
     if out is not None:
         check_writable(out, "--out")
+    if report is not None:
+        check_writable(report, "--report")
     data = _test_images(normal, anomaly, masks, mvtec)
     has_masks = any(m is not None for m in data.masks)
+    if has_masks and not det.has_anomaly_map:
+        raise ValueError("--masks: this model gives no per-pixel map (the CNN-based baseline "
+                         "scores whole images), so it has no pixel AUROC; leave out --masks")
     fabric = launch(**(distributed or {}))
     if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
         inf.to(fabric.device)
     rank0 = fabric.global_rank == 0
     mine = shard(len(data), fabric.global_rank, fabric.world_size)
     progress = progress and rank0
-    local, maps = np.zeros(0), cast(list[np.ndarray], [])
+    local, maps = np.zeros(0), cast(list[np.ndarray] | None, [])
     mask_arr: tuple[list[np.ndarray | None], np.ndarray] | None = None
     with fail_together(fabric):  # every rank's masks and images are read before any write
         errors: list[ImageError] = []
@@ -170,14 +181,51 @@ def evaluate(
         "precision": resolve_scoring_precision(det.precision, fabric.device.type),
     }
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
+    by_folder = auroc_by_kind(data.labels, scores, _kinds(data))
+    if len(by_folder) > 1:
+        metrics["image_auroc_by_folder"] = by_folder
     metrics["pixel_auroc"], metrics["n_pixel_images"] = None, 0
     if mask_arr is not None:
+        assert maps is not None  # masks are refused above for a model without maps
         metrics.update(_pixel_metrics(fabric, data, mine, mask_arr, maps))
+    if report is not None and rank0:
+        write_evaluation_report(report, inf, data, scores, metrics)
     if out is not None and rank0:
         if Path(out).exists():
             warn(f"--out {out}: replacing the existing file")
         atomic_write_text(out, json_text(metrics))
     return metrics
+
+
+def write_evaluation_report(path: str | os.PathLike, inf: TorchInferencer, data: LabelledImages,
+                            scores: np.ndarray, metrics: dict[str, Any]) -> None:
+    """The HTML report of an evaluation (:func:`spadecam.report.write_detector_report`): the
+    galleries' images are read again from their files and their panels computed."""
+    from spadecam.report import write_detector_report
+    from spadecam.workflow._train import _threshold_story
+
+    det, config = inf.detector, inf.config
+    source = config.get("threshold_source")
+    note = (_threshold_story(source, config.get("threshold_n_images") or {},
+                             det.threshold_quantile) if source else "as stored in the model")
+    settings = {"model directory": str(inf.model_dir), "detector": type(det).__name__,
+                "scoring precision": metrics.get("precision")}
+    settings.update({f"input {k}": v for k, v in (config.get("input") or {}).items()})
+    settings.update((config.get("detector") or {}).get("params") or {})
+    training = config.get("training") or {}
+    settings.update({f"trained on {k}": training[k] for k in ("n_normal", "n_anomaly")
+                     if k in training})
+    write_detector_report(
+        path, det, names=[str(p) for p in data.paths], labels=data.labels, scores=scores,
+        threshold=inf.threshold, threshold_note=note, metrics=metrics,
+        read=lambda idx: inf.read([data.paths[i] for i in idx]), kinds=_kinds(data),
+        settings=settings, title=f"spadecam evaluation: {Path(inf.model_dir).name}",
+        subtitle=f"{type(det).__name__} on {len(data)} images; anomalous when score > threshold")
+
+
+def _kinds(data: LabelledImages) -> list[str]:
+    """Each image's anomaly kind for the AUROC by kind: its folder."""
+    return [str(p.parent) for p in data.paths]
 
 
 def _test_images(normal: Any, anomaly: Any, masks: Any, mvtec: Any) -> LabelledImages:

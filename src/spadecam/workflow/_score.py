@@ -3,24 +3,18 @@ overlays (through :class:`~spadecam.deploy.TorchInferencer`)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-from spadecam._fs import check_writable
-from spadecam._progress import bar, warn
 from spadecam.data.folders import collect_inputs
-from spadecam.decision import flag_anomalous
-from spadecam.deploy import torch_inferencer as _deploy
-from spadecam.deploy.torch_inferencer import TorchInferencer, map_names, overlay
+from spadecam.deploy import outputs as _outputs
+from spadecam.deploy.outputs import map_names, rows_to_csv  # noqa: F401 (re-exported)
+from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.distributed import fail_together, gather_in_order, launch, shard
-from spadecam.evaluation import atomic_write_text
 
 __all__ = ["rows_to_csv", "score"]
 
@@ -85,12 +79,7 @@ def score(
     inf = TorchInferencer.load(model_dir, precision)
     if log is not None:  # the scoring precision as resolved, once the model is loaded
         log(inf.describe_precision(precision is not None))
-    # every output checked before any work (issue 17: a read-only --maps used to fail after
-    # scoring, leaving a CSV that named overlays never written)
-    if maps is not None:
-        check_writable(maps, "--maps", folder=True)
-    if out is not None:
-        check_writable(out, "--out")
+    _outputs.check_outputs(out, maps, inf.detector.has_anomaly_map)
     paths = collect_inputs(inputs)
     names = map_names(paths) if maps is not None else None  # from the full list: all ranks
     fabric = launch(**(distributed or {}))
@@ -99,51 +88,23 @@ def score(
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
     progress = progress and fabric.global_rank == 0
     x: list[np.ndarray] = []
-    local, error_maps = np.zeros(0), cast(list[np.ndarray], [])
+    local, error_maps = np.zeros(0), cast(list[np.ndarray] | None, [])
     with fail_together(fabric):  # every image of every shard is read before any write
         if len(mine):
             mine_paths = paths[mine.start : mine.stop]
             x = inf.read(mine_paths, progress)
             local, error_maps = inf.score(x, mine_paths, progress)
     scores = gather_in_order(fabric, local, len(paths))
-    labels = flag_anomalous(scores, inf.threshold)
-    map_column = [""] * len(paths)
-    if maps is not None and names is not None:
-        map_column = [str(Path(maps) / n) for n in names]
-    rows = [
-        {"path": str(p), "score": float(s), "label": int(lab), "map": m}
-        for p, s, lab, m in zip(paths, scores, labels, map_column)
-    ]
+    rows = _outputs.score_rows(paths, scores, inf.threshold, maps, names)
     if maps is not None:
-        assert names is not None
-        d = Path(maps)
+        assert names is not None and error_maps is not None  # check_outputs: a map model
         scale = inf.overlay_scale
         if not scale:  # a model without one: the largest value over all images
             top = torch.tensor(max((float(m.max()) for m in error_maps), default=0.0))
             scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
-        replaced = [d / names[i] for i in mine if (d / names[i]).exists()]
-        if replaced:
-            warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. "
-                 f"{replaced[0]}")
-        for i in bar(range(len(mine)), desc="writing overlays", enabled=progress):
-            _deploy.write_png(d / names[mine[i]], overlay(x[i], error_maps[i], float(scale)))
+        _outputs.write_overlays(maps, [names[i] for i in mine], x, error_maps, scale, progress)
     fabric.barrier()  # every rank's overlays are there before the CSV that names them
     # the CSV last: an interrupted or failed run never leaves one describing missing overlays
     if out is not None and fabric.global_rank == 0:
-        if Path(out).exists():
-            warn(f"--out {out}: replacing the existing file")
-        atomic_write_text(out, rows_to_csv(rows))
+        _outputs.write_csv(out, rows)
     return rows
-
-
-def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text with the columns path,score,label,map (score with 9 significant digits).
-
-    ``map`` is the overlay PNG of the row's image, empty when no overlays were written.
-    """
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "score", "label", "map"])
-    for r in rows:
-        w.writerow([r["path"], f"{r['score']:.9g}", r["label"], r.get("map", "")])
-    return buf.getvalue()

@@ -17,7 +17,8 @@ from spadecam.data.folders import DatasetError, folder_layout
 from spadecam.data.images import RESIZE_POLICIES, load_images
 from spadecam.decision import THRESHOLD_RULE
 from spadecam.deploy.torch_inferencer import TorchInferencer
-from spadecam.detectors import SPADE
+from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
+from spadecam.detectors._base import _BaseDetector
 from spadecam.distributed import fabric_settings, launch
 from spadecam.inputs import PreparedImages, letterbox_mask, min_input_size
 from spadecam.io import check_detector_params
@@ -30,7 +31,13 @@ from spadecam.recipes import FIT_DEFAULTS as FIT
 from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config
 from spadecam.training import TrainConfig
 
-__all__ = ["BACKBONES", "build_detector", "train"]
+__all__ = ["BACKBONES", "DETECTOR_KINDS", "build_detector", "train"]
+
+#: ``spadecam train --detector``: SPADE, or one of the paper's baselines (section III).
+DETECTOR_KINDS = {"spade": SPADE, "naive-spade": NaiveSPADE, "vae": VAEDetector,
+                  "cnn": CNNDetector}
+#: Options only some detectors take (the others refuse them when given).
+_SPADE_ONLY = ("roi_power", "classifier_weight", "knn_power")
 
 #: Classifier backbones (:data:`spadecam.models.backbones.BACKBONES`): the 3-conv CNN
 #: ("small") and a ResNet-18 ("resnet18", the paper's Table II).
@@ -63,8 +70,14 @@ def build_detector(
     classifier_weight: float | None = None,
     cam_layer: int = FIT["cam_layer"],
     knn_power: float | None = None,
-) -> SPADE:
+    detector: str = "spade",
+) -> _BaseDetector:
     """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
+
+    ``detector`` (:data:`DETECTOR_KINDS`): "spade" (default), or a baseline of the paper
+    ("naive-spade", "vae": the VAE-based score, "cnn": the CNN-based score) built from the
+    same options, for comparing against SPADE on one's own images; an option the baseline
+    does not take (the ROI's and the score's, or the VAE's for "cnn") is refused when given.
 
     Every default is the API's (:data:`spadecam.recipes.FIT_DEFAULTS`, the recipe table), so
     ``build_detector(S)`` fits the same models as ``SPADE(image_size=S)`` on the same images.
@@ -111,6 +124,17 @@ def build_detector(
         ``steps`` / ``latent_dim`` below 1, a bad scoring or threshold option, or an
         ``image_size`` below the networks' minimum (:func:`min_input_size`).
     """
+    if detector not in DETECTOR_KINDS:
+        raise ValueError(f"--detector must be one of {sorted(DETECTOR_KINDS)}, got {detector!r}")
+    given = {"roi_power": roi_power, "classifier_weight": classifier_weight,
+             "knn_power": knn_power, "latent_dim": latent_dim, "error_smoothing": error_smoothing,
+             "error_norm": error_norm}
+    refused = {"naive-spade": _SPADE_ONLY, "vae": _SPADE_ONLY,
+               "cnn": (*_SPADE_ONLY, "latent_dim", "error_smoothing", "error_norm")}
+    bad = [k for k in refused.get(detector, ()) if given[k] is not None]
+    if bad:
+        raise ValueError(f"--detector {detector} does not take "
+                         f"{', '.join('--' + k.replace('_', '-') for k in bad)} (SPADE's options)")
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if resize not in RESIZE_POLICIES:
@@ -147,12 +171,22 @@ def build_detector(
         **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
         **cast(dict[str, Any], distributed or {}),
     )
+    common: dict[str, Any] = dict(
+        threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
+        precision=precision, image_size=image_size, resize=resize, recipe=recipe)
+    if detector == "vae":
+        return VAEDetector(vae_config=vae_cfg, vae_train=train_cfg,
+                           error_smoothing=error_smoothing, error_norm=error_norm, **common)
+    if detector == "cnn":
+        return CNNDetector(cnn_config=cnn_cfg, cnn_train=train_cfg, **common)
+    if detector == "naive-spade":
+        return NaiveSPADE(vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg,
+                          cnn_train=train_cfg, error_smoothing=error_smoothing,
+                          error_norm=error_norm, cam_layer=cam_layer, **common)
     return SPADE(
         vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=train_cfg,
-        threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
-        error_smoothing=error_smoothing, error_norm=error_norm, precision=precision,
-        image_size=image_size, resize=resize, recipe=recipe, roi_power=roi_power,
-        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
+        error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
+        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power, **common,
     )
 
 
@@ -234,7 +268,7 @@ def train(
     rank0 = fabric.global_rank == 0
     say = log if (log is not None and rank0) else (lambda _line: None)
     progress = bool(options.get("progress", True)) and rank0
-    need = min_input_size(det.vae_config, det.cnn_config)
+    need = min_input_size(getattr(det, "vae_config", None), getattr(det, "cnn_config", None))
     sizes: list[tuple[int, int]] = []
     x, c = load_images(data.paths, channels, image_size, det.resize, need, progress, sizes=sizes)
     n_normal, n_anomaly = int((data.labels == 0).sum()), int((data.labels == 1).sum())
@@ -250,18 +284,19 @@ def train(
     preprocessing = {"channels": c, "normalisation": "dtype_max",  # 8-bit / 255, 16-bit / 65535
                      "min_input_size": need}
     normal_paths = [p for p, lab in zip(data.paths, data.labels) if lab == 0][:_OVERLAY_SAMPLE]
+    train_cfg = getattr(det, "vae_train", None) or getattr(det, "cnn_train", None)
     extra = {
         "overlay_scale": _overlay_scale(det, preprocessing, normal_paths),
         "threshold_rule": THRESHOLD_RULE,
         "training": {
-            "train": det.vae_train.to_dict() if det.vae_train is not None else None,
+            "train": train_cfg.to_dict() if train_cfg is not None else None,
             "normal": [str(p) for p in _as_list(normal)],
             "anomaly": [str(p) for p in _as_list(anomaly)],
             "n_normal": n_normal,
             "n_anomaly": n_anomaly,
             "world_size": fabric.world_size,
-            "global_batch_size": det.vae_train.batch_size * fabric.world_size
-            if det.vae_train is not None else None,
+            "global_batch_size": train_cfg.batch_size * fabric.world_size
+            if train_cfg is not None else None,
             "precision": fabric_settings(**distributed)["precision"],
         },
         "scoring_precision": resolve_scoring_precision(det.precision, "cpu"),
@@ -275,7 +310,7 @@ def train(
     return out
 
 
-def _report_fit(det: SPADE, n_normal: int, n_anomaly: int, say: Callable[[str], Any]) -> None:
+def _report_fit(det: _BaseDetector, n_normal: int, n_anomaly: int, say: Callable[[str], Any]) -> None:
     held = det.threshold_n_images_ if det.threshold_holdout > 0 else {"normal": 0, "anomaly": 0}
     say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
         f"known-anomaly images; held out {held['normal']} normal and {held['anomaly']} "
@@ -285,12 +320,14 @@ def _report_fit(det: SPADE, n_normal: int, n_anomaly: int, say: Callable[[str], 
                            det.threshold_quantile))
 
 
-def _overlay_scale(det: SPADE, preprocessing: dict[str, Any], paths: Sequence[Path]) -> float:
-    """The 0.99 quantile of the per-image maximum of e' over normal training images, from
-    maps as `spadecam score` makes them (images at their own size)."""
+def _overlay_scale(det: _BaseDetector, preprocessing: dict[str, Any],
+                   paths: Sequence[Path]) -> float | None:
+    """The 0.99 quantile of the per-image maximum of the map (SPADE's e') over normal
+    training images, from maps as `spadecam score` makes them (images at their own size);
+    None for a detector without a map (the CNN-based one)."""
     inferencer = TorchInferencer(det, preprocessing, {}, Path())
     maps = inferencer.score(inferencer.read(paths), paths)[1]
-    return float(np.quantile([m.max() for m in maps], 0.99))
+    return None if maps is None else float(np.quantile([m.max() for m in maps], 0.99))
 
 
 def _size_range(sizes: Sequence[tuple[int, int]]) -> str:

@@ -1,0 +1,235 @@
+"""An exported detector run with onnxruntime, without torch (``spadecam score --onnx``).
+
+:class:`OnnxSPADE` reads the ONNX file that :func:`spadecam.deploy.export_onnx` (``spadecam
+export``) wrote and scores images as the torch detector does: the same letterbox / resize
+in numpy and Pillow (:mod:`spadecam.preprocess`), the graph for the networks and the score,
+the maps brought back to each image's size, and the one decision rule (anomalous when score
+> threshold, :mod:`spadecam.decision`). :func:`score_onnx` is ``spadecam score --onnx``: the
+same CSV and overlay PNGs as the torch path (:mod:`spadecam.deploy.outputs`).
+
+Nothing here imports torch (a test checks ``sys.modules``); it needs ``onnxruntime``
+(``pip install 'spadecam[onnx]'``), numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spadecam.data.folders import collect_inputs
+from spadecam.data.images import ImageError, load_image
+from spadecam.decision import flag_anomalous
+from spadecam.deploy import outputs as _outputs
+from spadecam.exceptions import ModelFormatError, NonFiniteScoreError, _check_finite
+from spadecam.preprocess import check_images, maps_to_sizes, to_model_input
+
+__all__ = ["OnnxSPADE", "score_onnx"]
+
+#: Metadata every exported graph must carry (:data:`spadecam.deploy.onnx_export.METADATA_KEYS`).
+_REQUIRED = ("detector", "threshold", "image_size", "channels", "resize", "outputs")
+#: Bytes of the feature bank's (N, M, K) distance tensor one batch may hold.
+_BANK_BYTES = 256 << 20
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("scoring an ONNX file needs onnxruntime: pip install "
+                          "'spadecam[onnx]' (or onnxruntime)") from None
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelFormatError(f"{path}: not an ONNX model onnxruntime can load ({exc})") from None
+
+
+class OnnxSPADE:
+    """A detector exported by ``spadecam export``, scored with onnxruntime (no torch).
+
+    The API of the torch detectors for scoring: :meth:`decision_function`,
+    :meth:`anomaly_map`, :meth:`decision_function_and_map`, :meth:`predict`,
+    ``threshold_``. It runs any of the four exported detectors (SPADE, NaiveSPADE,
+    VAEDetector, CNNDetector; ``detector`` names which).
+
+    Parameters
+    ----------
+    path : str or PathLike, the .onnx file
+    batch_size : int, optional
+        Images per graph run; default 64, fewer when the feature bank's (N, M, K) distance
+        tensor would pass 256 MiB.
+    threads : int, optional
+        onnxruntime's intra-op threads (default: its own choice).
+
+    Attributes
+    ----------
+    threshold_ : float, anomalous when score > threshold_
+    image_size, channels, resize : the model's input (S, C, "letterbox" / "resize")
+    detector : str, the exported detector's class name
+    overlay_scale : float or None, map value shown at full colour in overlays
+    has_anomaly_map : bool, False for the CNN-based baseline
+    metadata : dict, the graph's metadata as parsed
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ModelFormatError
+        Not an ONNX file onnxruntime loads, or one without spadecam's metadata (naming the
+        missing keys).
+    ImportError
+        onnxruntime is not installed.
+    """
+
+    def __init__(self, path: str | os.PathLike, batch_size: int | None = None,
+                 threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"--onnx {self.path}: no such file")
+        self.session = _session(self.path, threads)
+        raw = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ModelFormatError(f"{self.path}: not exported by `spadecam export` (its "
+                                   f"metadata lacks {', '.join(missing)})")
+        meta: dict[str, Any] = {}
+        for k, v in raw.items():
+            try:
+                meta[k] = json.loads(v)
+            except ValueError:
+                meta[k] = v
+        self.metadata = meta
+        self.detector = str(meta["detector"])
+        self.threshold_ = float(meta["threshold"])
+        self.image_size, self.channels = int(meta["image_size"]), int(meta["channels"])
+        self.resize = str(meta["resize"])
+        self.overlay_scale = meta.get("overlay_scale")
+        self.has_anomaly_map = "anomaly_map" in meta["outputs"]
+        self.min_input_size = int(meta.get("min_input_size") or 1)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        bank = meta.get("knn_bank_shape")
+        per_image = 4 * int(np.prod(bank)) if bank else 0
+        self.batch_size = int(batch_size or max(1, min(64, _BANK_BYTES // max(per_image, 1))))
+
+    def __repr__(self) -> str:
+        return (f"OnnxSPADE({str(self.path)!r}: {self.detector}, {self.channels}x"
+                f"{self.image_size}x{self.image_size} {self.resize}, threshold {self.threshold_:.6g})")
+
+    # ------------------------------------------------------------------ scoring
+
+    def _batches(self, X: Any) -> Any:
+        images = check_images(X)
+        if images[0].shape[0] != self.channels:
+            raise ValueError(f"X has {images[0].shape[0]} channel(s) but the model was fitted "
+                             f"on {self.channels}; convert the images to {self.channels} "
+                             "channel(s)")
+        for i in range(0, len(images), self.batch_size):
+            mi = to_model_input(images[i : i + self.batch_size], self.image_size, self.resize)
+            valid = mi.valid if mi.valid is not None else np.ones(
+                (len(mi.u), 1, self.image_size, self.image_size), np.float32)
+            feed = {"images": np.ascontiguousarray(mi.u, dtype=np.float32), "valid": valid}
+            out = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
+            yield mi, out
+
+    def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, Any]:
+        """Scores (N,) float64 and maps at each image's size from one pass.
+
+        X: an array (N, H, W) / (N, C, H, W) (channels-last recognised) or a list of images
+        (H, W) / (C, H, W) of any sizes; uint8 [0, 255] or float [0, 1]
+        (:func:`spadecam.preprocess.check_images`). Maps: (N, H, W) float32 >= 0 when all
+        images share a size, else a list; None for a detector without maps.
+
+        Raises
+        ------
+        ValueError
+            Bad images or a channel count the model does not take; NonFiniteScoreError for
+            non-finite scores (naming the images' indices).
+        """
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for mi, out in self._batches(X):
+            scores.append(np.asarray(out[0], dtype=np.float64))
+            if self.has_anomaly_map:
+                maps += maps_to_sizes(out[1], mi.sizes, mi.boxes)
+        s = np.concatenate(scores)
+        _check_finite(self, s)
+        if not self.has_anomaly_map:
+            return s, None
+        same = len({m.shape for m in maps}) == 1
+        return s, (np.stack(maps) if same else maps)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Anomaly score per image, (N,) float64, higher = more anomalous (see
+        :meth:`decision_function_and_map`)."""
+        return self.decision_function_and_map(X)[0]
+
+    def anomaly_map(self, X: Any) -> Any:
+        """Per-pixel maps at each image's size (see :meth:`decision_function_and_map`).
+
+        Raises ValueError for the CNN-based baseline, which has none."""
+        if not self.has_anomaly_map:
+            raise ValueError(f"{self.detector} gives no per-pixel map")
+        return self.decision_function_and_map(X)[1]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """0 = normal, 1 = anomalous (score > ``threshold_``), (N,) int64."""
+        return flag_anomalous(self.decision_function(X), self.threshold_)
+
+    # ------------------------------------------------------------------ files
+
+    def read(self, paths: Sequence[Path]) -> list[np.ndarray]:
+        """Each file at its own size in the model's channels, (C, H_i, W_i) float32 [0, 1];
+        one ImageError names every unusable file (as ``spadecam score`` with torch)."""
+        out, errors = [], []
+        for p in paths:
+            try:
+                out.append(load_image(p, self.channels, None, min_size=self.min_input_size))
+            except ImageError as exc:
+                errors.append(exc)
+        if errors:
+            raise ImageError.combine(errors, len(paths))
+        return out
+
+
+def score_onnx(
+    onnx: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    maps: str | os.PathLike | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """``spadecam score --onnx``: score image files with an exported graph, no torch.
+
+    Parameters, outputs and errors as :func:`spadecam.workflow.score` (one process): a CSV of
+    path,score,label,map (``out``) and overlay PNGs (``maps``), both written after every image
+    was read and scored; returns the rows.
+    """
+    det = OnnxSPADE(onnx)
+    if log is not None:
+        log(f"scoring with {det!r} (onnxruntime, fp32)")
+    _outputs.check_outputs(out, maps, det.has_anomaly_map)
+    paths = collect_inputs(inputs)
+    names = _outputs.map_names(paths) if maps is not None else None
+    x = det.read(paths)
+    try:
+        scores, error_maps = det.decision_function_and_map(x)
+    except NonFiniteScoreError as exc:
+        files = [str(paths[j]) for j in exc.indices]
+        raise NonFiniteScoreError(f"the model gives non-finite scores for "
+                                  f"{', '.join(files[:5])}", exc.indices) from None
+    rows = _outputs.score_rows(paths, scores, det.threshold_, maps, names)
+    if maps is not None:
+        assert names is not None and error_maps is not None  # check_outputs: a map model
+        ms = list(error_maps)
+        scale = det.overlay_scale or max((float(m.max()) for m in ms), default=0.0) or 1.0
+        _outputs.write_overlays(maps, names, x, ms, float(scale))
+    if out is not None:
+        _outputs.write_csv(out, rows)
+    return rows

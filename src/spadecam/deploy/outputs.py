@@ -1,0 +1,151 @@
+"""What scoring writes, without torch: the CSV of ``spadecam score`` and the overlay PNGs.
+
+Shared by the torch path (:mod:`spadecam.deploy.torch_inferencer`, ``spadecam score``) and the
+ONNX runner (:mod:`spadecam.deploy.onnx_inferencer`, ``spadecam score --onnx``), so that both
+write the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from spadecam._fs import atomic_write, atomic_write_text, check_writable
+from spadecam._progress import bar, warn
+from spadecam.decision import flag_anomalous
+
+__all__ = ["check_outputs", "map_names", "overlay", "rows_to_csv", "score_rows", "write_csv",
+           "write_overlays", "write_png"]
+
+
+def check_outputs(out: str | os.PathLike | None, maps: str | os.PathLike | None,
+                  has_map: bool) -> None:
+    """Every output of ``spadecam score`` checked before any work (issue 17: a read-only
+    --maps used to fail after scoring, leaving a CSV that named overlays never written).
+
+    Raises
+    ------
+    ValueError
+        ``--maps`` for a model without a per-pixel map (the CNN-based baseline), or an
+        output that cannot be written (naming the option).
+    """
+    if maps is not None:
+        if not has_map:
+            raise ValueError("--maps: this model gives no per-pixel map (the CNN-based "
+                             "baseline scores whole images); leave out --maps")
+        check_writable(maps, "--maps", folder=True)
+    if out is not None:
+        check_writable(out, "--out")
+
+
+def score_rows(paths: Sequence[Path], scores: np.ndarray, threshold: float,
+               maps: str | os.PathLike | None, names: Sequence[Path] | None) -> list[dict]:
+    """The rows of ``spadecam score``: path, score, label (1 when score > threshold) and map
+    (the overlay ``maps / names[i]``, "" without ``maps``), in input order."""
+    labels = flag_anomalous(scores, threshold)
+    column = ([str(Path(maps) / n) for n in names] if maps is not None and names is not None
+              else [""] * len(paths))
+    return [{"path": str(p), "score": float(s), "label": int(lab), "map": m}
+            for p, s, lab, m in zip(paths, scores, labels, column)]
+
+
+def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Sequence[np.ndarray],
+                   maps: Sequence[np.ndarray], scale: float, progress: bool = False) -> None:
+    """One overlay PNG per image (:func:`overlay` at ``scale``) at ``folder / names[i]``;
+    warns once when some replace existing files."""
+    d = Path(folder)
+    replaced = [d / n for n in names if (d / n).exists()]
+    if replaced:
+        warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. {replaced[0]}")
+    for i in bar(range(len(names)), desc="writing overlays", enabled=progress):
+        write_png(d / names[i], overlay(images[i], maps[i], float(scale)))
+
+
+def write_csv(out: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
+    """:func:`rows_to_csv` to ``out`` (temp file, then renamed); warns when replacing."""
+    if Path(out).exists():
+        warn(f"--out {out}: replacing the existing file")
+    atomic_write_text(out, rows_to_csv(rows))
+
+
+def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarray:
+    """Blend a weighted-error map over its image as an RGB picture.
+
+    Parameters
+    ----------
+    image : ndarray (C, H, W), float in [0, 1], C = 1 or 3
+    error_map : ndarray (H, W), float >= 0 (SPADE's e')
+    scale : float > 0
+        Map value shown at full colour; values are ``clip(map / scale, 0, 1)``. The
+        ``spadecam train`` scale is the 99th percentile of the per-image maximum over normal
+        training images, so colour means "above what normal images show" and is comparable
+        across images.
+
+    Returns
+    -------
+    ndarray (H, W, 3), uint8; the "inferno" colormap with opacity 0.6 x value.
+    """
+    from matplotlib import colormaps
+
+    v = np.clip(error_map / max(scale, 1e-12), 0.0, 1.0)
+    base = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+    base = np.moveaxis(base, 0, -1)
+    colour = colormaps["inferno"](v)[..., :3]
+    alpha = 0.6 * v[..., None]
+    return np.round(255 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
+
+
+def _mirrored(path: Path) -> Path:
+    """``path`` as a relative path that stays inside a folder: no root, ``..`` spelled out."""
+    parts = path.parts[1:] if path.anchor else path.parts
+    return Path(*["_up_" if part == ".." else part for part in parts])
+
+
+def map_names(paths: Sequence[Path]) -> list[Path]:
+    """Overlay file of each input, relative to ``--maps``: the input path mirrored.
+
+    ``test/good/a.jpg`` -> ``test/good/a.png``; an absolute ``/data/x/a.png`` ->
+    ``data/x/a.png``; ``..`` becomes ``_up_``. So inputs with the same name in different
+    folders (``a/000.png``, ``b/000.png``) never share an overlay, within a run or across
+    runs. Two inputs of one folder that differ only by suffix (``a.jpg``, ``a.png``) keep
+    their suffix (``a.jpg.png``); any remaining clash gets ``~2``, ``~3``, ... appended.
+    """
+    mirrored = [_mirrored(p) for p in paths]
+    names = [m.with_suffix(".png") for m in mirrored]
+    counts: dict[Path, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    names = [m.with_name(m.name + ".png") if counts[n] > 1 else n
+             for m, n in zip(mirrored, names)]
+    seen: dict[Path, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0) + 1
+        seen[n] = k
+        out.append(n if k == 1 else n.with_name(f"{n.stem}~{k}.png"))
+    return out
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 picture as a PNG (temp file, then renamed)."""
+    atomic_write(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"), suffix=".png")
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV text with the columns path,score,label,map (score with 9 significant digits).
+
+    ``map`` is the overlay PNG of the row's image, empty when no overlays were written.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "score", "label", "map"])
+    for r in rows:
+        w.writerow([r["path"], f"{r['score']:.9g}", r["label"], r.get("map", "")])
+    return buf.getvalue()
