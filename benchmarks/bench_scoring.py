@@ -248,13 +248,17 @@ def _onnx_line(det32: SPADE, u8: np.ndarray) -> None:
     from spadecam.deploy.onnx_export import export_onnx
     from spadecam.deploy.onnx_inferencer import OnnxSPADE
 
+    before = getattr(det32, "threshold_", None)
     det32.threshold_ = 0.0  # export needs one; the scores do not depend on it
     with tempfile.TemporaryDirectory() as d:
-        path = export_onnx(det32, Path(d) / "spade.onnx")
+        try:
+            path = export_onnx(det32, Path(d) / "spade.onnx")
+        finally:
+            det32.threshold_ = before
         size = path.stat().st_size
         onnx = OnnxSPADE(path, threads=torch.get_num_threads())
-        diff = np.max(np.abs(onnx.decision_function(u8) - det32.decision_function(u8))
-                      / np.abs(det32.decision_function(u8)))
+        ref = det32.decision_function(u8)
+        diff = np.max(np.abs(onnx.decision_function(u8) - ref) / np.abs(ref))
         rates = _interleaved_rates({"onnx": lambda: onnx.decision_function(u8),
                                     "torch": lambda: det32.decision_function(u8)}, len(u8))
     print(f"onnx: file {size / 2**20:.1f} MiB; img/s onnxruntime fp32 {rates['onnx']:.0f}, "

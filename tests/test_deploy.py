@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from spadecam import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.deploy import OnnxSPADE, export_onnx
@@ -128,33 +127,56 @@ def test_the_score_actually_depends_on_the_letterbox_mask(cell_like, tmp_path):
     np.testing.assert_allclose(masked, onnx.decision_function(test[:4]), rtol=1e-6)
 
 
-def test_numpy_letterbox_is_the_torch_one(cell_like):
-    from spadecam.inputs import to_model_batch
+def test_numpy_letterbox_by_hand():
+    """The torch-free letterbox (what the ONNX runner feeds the graph), values by hand: a
+    2 x 4 uint8 image into a 4-px input keeps its size (scale 1), lands in rows 1-2, /255;
+    a channels-last RGB image 5 x 2 becomes 4 x 2 (round(1.6)) in columns 1-2; a 4 x 4 one
+    is not resized."""
     from spadecam.preprocess import check_images, to_model_input
 
-    _, test = cell_like
-    mi = to_model_input(check_images(test), 24, "letterbox")
-    mb = to_model_batch([torch.from_numpy(t)[None, None] for t in test], 24, "letterbox")
-    np.testing.assert_array_equal(mi.u, mb.u.numpy())
-    np.testing.assert_array_equal(mi.valid, mb.valid.numpy())
-    assert mi.boxes == mb.boxes and mi.sizes == mb.sizes
+    grey = np.array([[0, 51, 102, 255], [255, 204, 153, 0]], np.uint8)
+    rgb = np.zeros((5, 2, 3), np.uint8)
+    rgb[..., 1] = 255  # green
+    with pytest.raises(ValueError, match=r"X: images have different channel counts \[1, 3\]"):
+        check_images([grey, rgb], "X")
+    imgs = check_images([grey], "X") + check_images([rgb], "X")
+    assert [a.shape for a in imgs] == [(1, 2, 4), (3, 5, 2)]
+    mi = to_model_input([imgs[0]], 4, "letterbox")
+    want = np.zeros((1, 1, 4, 4), np.float32)
+    want[0, 0, 1:3] = np.float32([[0, 51, 102, 255], [255, 204, 153, 0]]) / np.float32(255)
+    np.testing.assert_array_equal(mi.u, want)
+    np.testing.assert_array_equal(mi.valid[0, 0], [[0] * 4, [1] * 4, [1] * 4, [0] * 4])
+    assert mi.boxes == [(1, 0, 2, 4)] and mi.sizes == [(2, 4)]
+    mi = to_model_input([imgs[1]], 4, "letterbox")
+    assert mi.boxes == [(0, 1, 4, 2)] and mi.sizes == [(5, 2)]
+    np.testing.assert_allclose(mi.u[0, 1, :, 1:3], 1.0, atol=1e-6)  # green stays green
+    assert mi.u[0, 0].max() == 0 and mi.u[0, 1, :, [0, 3]].max() == 0  # red 0; padding 0
+    mi = to_model_input([np.full((1, 4, 4), 0.25, np.float32)], 4, "letterbox")
+    assert mi.valid is None and mi.boxes is None and (mi.u == 0.25).all()
 
 
-def test_metadata_says_how_to_use_the_graph(mnist_like, tmp_path):
+@pytest.mark.parametrize("name", ["SPADE", "NaiveSPADE", "VAEDetector", "CNNDetector"])
+def test_metadata_says_how_to_use_the_graph(mnist_like, tmp_path, name):
+    import json
+
     import onnx
 
-    dets, _ = mnist_like
-    path = export_onnx(dets["SPADE"], tmp_path / "m.onnx", overlay_scale=0.5)
-    model = onnx.load(str(path))
-    meta = {p.key: p.value for p in model.metadata_props}
     import spadecam
 
-    assert meta["spadecam_version"] == spadecam.__version__
-    assert float(meta["threshold"]) == dets["SPADE"].threshold_
-    assert (meta["image_size"], meta["channels"], meta["resize"]) == ("24", "1", "letterbox")
-    assert meta["outputs"] == '["score", "anomaly_map"]' and meta["overlay_scale"] == "0.5"
-    assert meta["knn_bank_shape"] != "null"  # the default score's feature bank is in the graph
-    assert [o.name for o in model.graph.output] == ["score", "anomaly_map"]
+    dets, _ = mnist_like
+    path = export_onnx(dets[name], tmp_path / "m.onnx", overlay_scale=0.5)
+    model = onnx.load(str(path))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}  # all JSON
+    outputs = ["score"] if name == "CNNDetector" else ["score", "anomaly_map"]
+    assert meta["spadecam_version"] == spadecam.__version__ and meta["detector"] == name
+    assert meta["threshold"] == dets[name].threshold_
+    assert (meta["image_size"], meta["channels"], meta["resize"]) == (24, 1, "letterbox")
+    assert meta["outputs"] == outputs and meta["overlay_scale"] == 0.5
+    # the networks' minimum side (the VAE's four stride-2 convolutions, the CNN's stride 8)
+    assert meta["min_input_size"] == (8 if name == "CNNDetector" else 16)
+    # the default score's feature bank is in SPADE's graph, not in the baselines'
+    assert (meta["knn_bank_shape"] is not None) == (name == "SPADE")
+    assert [o.name for o in model.graph.output] == outputs
     assert [i.name for i in model.graph.input] == ["images", "valid"]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 24, 24]
@@ -235,8 +257,13 @@ def test_cli_export_and_score_onnx_reproduce_the_torch_csv(tiny_model, tmp_path,
     np.testing.assert_allclose(so, st, rtol=1e-4, atol=1e-4 * np.abs(st).max())
     assert [Path(r["map"]).relative_to(tmp_path / "ov_onnx") for r in o if r["map"]] == [
         Path(r["map"]).relative_to(tmp_path / "ov_torch") for r in t if r["map"]]
-    assert all(Path(r["map"]).is_file() for r in o if r["map"])
     assert (detector == "cnn") == (o[0]["map"] == "")
+    from PIL import Image
+
+    for rt, ro in zip(t, o):  # the same overlays, up to a rounding step of the colour
+        if ro["map"]:
+            a, b = (np.asarray(Image.open(r["map"])).astype(int) for r in (rt, ro))
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1
 
 
 def test_cli_score_onnx_refuses_torch_options_and_cnn_maps(tiny_model, tmp_path, capsys):

@@ -193,11 +193,12 @@ def _add_score(sub) -> None:
         "score",
         help="score images with a trained model (CSV of path,score,label,map; overlays)",
         description=(
-            "Score images with a model directory from `spadecam train`. Prints or writes a\n"
-            "CSV with columns path,score,label,map: score is SPADE's anomaly score (higher =\n"
-            "more anomalous), label the decision (1 = anomalous: score > the model's\n"
-            "threshold, 0 = normal), map the image's overlay under --maps (else empty).\n"
-            "Folders are read recursively; overlays mirror the input paths under --maps."
+            "Score images with a model directory from `spadecam train` (or, with --onnx, a\n"
+            "file from `spadecam export`, without torch). Prints or writes a CSV with columns\n"
+            "path,score,label,map: score is the anomaly score (higher = more anomalous),\n"
+            "label the decision (1 = anomalous: score > the model's threshold, 0 = normal),\n"
+            "map the image's overlay under --maps (else empty). Folders are read\n"
+            "recursively; overlays mirror the input paths under --maps."
         ),
         epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -209,8 +210,9 @@ def _add_score(sub) -> None:
                     "torch (fp32), instead of a model directory")
     sc.add_argument("--out", metavar="CSV", help="write the CSV here (default: print it)")
     sc.add_argument("--maps", metavar="DIR",
-                    help="write one PNG per image: the weighted reconstruction error over the "
-                    "image (brighter = more anomalous), at DIR/<input path>.png")
+                    help="write one PNG per image: the model's map over the image (SPADE's "
+                    "weighted reconstruction error e', the VAE-based e; brighter = more "
+                    "anomalous), at DIR/<input path>.png")
     sc.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_scoring_precision(sc)
     add_distributed_options(sc, precision=False)

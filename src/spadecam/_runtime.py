@@ -6,7 +6,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["tune_malloc"]
+__all__ = ["is_exporting", "tune_malloc"]
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -38,3 +38,13 @@ def tune_malloc(trim_threshold: int = 1 << 30) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(_M_MMAP_MAX, 0) == 1
     return mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+
+
+def is_exporting() -> bool:
+    """True while torch.export traces the code (``spadecam export``): code that branches on
+    data, or uses ops ONNX lacks, takes its export path then. False on torch builds without
+    ``torch.compiler.is_exporting`` (before 2.7), which cannot run the export anyway."""
+    import torch
+
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return bool(probe()) if probe is not None else False

@@ -176,8 +176,15 @@ def _run_image_command(args: argparse.Namespace) -> int:
             **{k: getattr(args, k) for k in names},
         )
     elif args.command == "export":
+        from pathlib import Path
+
+        from spadecam._fs import check_writable
+        from spadecam._progress import warn
         from spadecam.deploy.onnx_export import export_onnx
 
+        check_writable(args.out, "--out")  # before the export, not after it
+        if Path(args.out).exists():
+            warn(f"--out {args.out}: replacing the existing file")
         print(f"wrote {export_onnx(args.model_dir, args.out)}")
     elif args.command == "score":
         rows = workflow.score(args.paths[0], args.paths[1:], args.out, args.maps, progress,

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spadecam._runtime import is_exporting
+
 ERROR_NORMS = ("l1", "l2")
 
 
@@ -144,7 +146,7 @@ def reconstruction_error(
             # no image padded: the plain blur (w = 1), one blur fewer; an exported graph
             # (ONNX, spadecam.deploy) cannot branch on data and takes the general path,
             # which gives the same values (w = 1 there)
-            if not torch.compiler.is_exporting() and bool(full.all()):
+            if not is_exporting() and bool(full.all()):
                 return reconstruction_error(u, u_hat, smoothing, norm)
             w = torch.where(full, torch.ones_like(v), gaussian_blur(v, smoothing))
             r = torch.where(v > 0, gaussian_blur(r, smoothing) / w.clamp_min(1e-12), 0.0)

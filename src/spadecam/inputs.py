@@ -38,7 +38,13 @@ from spadecam.data.images import RESIZE_POLICIES
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
-from spadecam.preprocess import CHANNEL_COUNTS, letterbox_mask, maps_to_sizes, to_model_input  # noqa: F401 (re-exported)
+from spadecam.preprocess import (  # noqa: F401 (re-exported)
+    CHANNEL_COUNTS,
+    letterbox_mask,
+    maps_to_sizes,
+    stack_maps,
+    to_model_input,
+)
 from spadecam.preprocess import is_channels_last as _is_channels_last
 
 __all__ = [
@@ -321,10 +327,3 @@ def maps_to_images(maps: torch.Tensor, batch: ModelBatch) -> list[np.ndarray]:
     bilinearly to the image's size (unchanged when the image was not resized).
     """
     return maps_to_sizes(maps.detach().float().cpu().numpy(), batch.sizes, batch.boxes)
-
-
-def stack_maps(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    """One (N, H, W) float32 array when every map has the same size, else the list."""
-    if len({m.shape for m in maps}) == 1:
-        return np.stack(maps).astype(np.float32, copy=False)
-    return maps

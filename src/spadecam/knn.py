@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from spadecam._runtime import is_exporting
+
 __all__ = ["SAME_IMAGE", "FeatureBank", "knn_distance", "pooled_features"]
 
 #: A bank entry closer than this share of the bank's scale is the query itself (a training
@@ -60,7 +62,7 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int,
     if not 1 <= k < len(bank):
         raise ValueError(f"knn_k must be between 1 and the bank size - 1 ({len(bank) - 1}), "
                          f"got {k}")
-    if torch.compiler.is_exporting():
+    if is_exporting():
         # an exported graph (ONNX, spadecam.deploy) has no cdist: the same exact distances
         # from the differences, (N, M, K) in memory (the ONNX runner sizes its batches so)
         d = (query.float()[:, None, :] - bank.float()[None]).square().sum(-1).sqrt()

@@ -31,7 +31,9 @@ __all__ = [
     "is_channels_last",
     "letterbox_mask",
     "maps_to_sizes",
+    "read_files",
     "resize_map",
+    "stack_maps",
     "to_float",
     "to_model_input",
 ]
@@ -116,6 +118,29 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
     return list(a)
 
 
+def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
+               progress: bool = False) -> list[np.ndarray]:
+    """Each image file at its own size in ``channels``, (C, H_i, W_i) float32 in [0, 1]
+    (:func:`spadecam.data.images.load_image`), for ``spadecam score`` and ``evaluate``.
+
+    Every file is tried before an error: one ImageError lists all unusable files
+    (unreadable, or a side below ``min_size``, the networks' minimum).
+    """
+    from spadecam._progress import bar
+    from spadecam.data.images import ImageError, load_image
+
+    out: list[np.ndarray] = []
+    errors: list[ImageError] = []
+    for p in bar(paths, enabled=progress, desc="reading images"):
+        try:
+            out.append(load_image(p, channels, None, min_size=min_size))
+        except ImageError as exc:
+            errors.append(exc)
+    if errors:
+        raise ImageError.combine(errors, len(paths))
+    return out
+
+
 def letterbox_mask(
     sizes: Sequence[tuple[int, int]], size: int, policy: str = "letterbox"
 ) -> np.ndarray | None:
@@ -181,7 +206,8 @@ def to_model_input(images: Sequence[np.ndarray], size: int, policy: str = "lette
 
 
 def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A map (h, w) resized bilinearly (Pillow, float) to ``hw``, clipped at 0; float32."""
+    """A map (h, w) resized bilinearly (Pillow, float) to ``hw``, clipped at 0, float32; the
+    map itself when it already has that size."""
     if m.shape == hw:
         return m
     out = Image.fromarray(m.astype(np.float32)).resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
@@ -199,3 +225,10 @@ def maps_to_sizes(maps: np.ndarray, sizes: Sequence[tuple[int, int]],
         return list(np.asarray(maps, dtype=np.float32))
     return [resize_map(np.ascontiguousarray(mi[top : top + h, left : left + w]), hw)
             for mi, (top, left, h, w), hw in zip(maps, boxes, sizes)]
+
+
+def stack_maps(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One (N, H, W) float32 array when every map has the same size, else the list."""
+    if len({m.shape for m in maps}) == 1:
+        return np.stack(maps).astype(np.float32, copy=False)
+    return maps

@@ -20,7 +20,9 @@ from typing import Any
 _WHERE = {
     "TorchInferencer": "torch_inferencer",
     "export_onnx": "onnx_export",
+    "ExportError": "onnx_export",
     "OnnxSPADE": "onnx_inferencer",
+    "score_onnx": "onnx_inferencer",
     "map_names": "outputs",
     "overlay": "outputs",
     "rows_to_csv": "outputs",

@@ -26,7 +26,7 @@ need (:data:`METADATA_KEYS`).
 Exporter and opset: ``torch.onnx.export(..., dynamo=True)`` (torch.export, then the ONNX
 translation), opset :data:`ONNX_OPSET`, in fp32. The TorchScript exporter
 (``dynamo=False``) is not used: it failed on the blur's matrices built at trace time.
-Two code paths differ when exporting (``torch.compiler.is_exporting()``), each giving the
+Two code paths differ when exporting (:func:`spadecam._runtime.is_exporting`), each giving the
 same values: the reconstruction error takes its general letterbox branch (no branch on
 data), and the feature bank's distances are computed from differences (ONNX has no cdist),
 which holds (N, M, K) floats at once; :class:`~spadecam.deploy.onnx_inferencer.OnnxSPADE`
@@ -48,6 +48,7 @@ from spadecam._fs import atomic_write_bytes, json_text
 from spadecam.cam import closed_form_applies
 from spadecam.detectors import SPADE, load_detector
 from spadecam.detectors._base import _BaseDetector, _require
+from spadecam.inputs import min_input_size
 from spadecam.io import read_config
 
 __all__ = ["METADATA_KEYS", "ONNX_OPSET", "ExportError", "ScoringGraph", "export_onnx"]
@@ -55,7 +56,7 @@ __all__ = ["METADATA_KEYS", "ONNX_OPSET", "ExportError", "ScoringGraph", "export
 #: The ONNX opset the graph is written in (the dynamo exporter's default in torch 2.13).
 ONNX_OPSET = 20
 
-#: Keys of the graph's metadata (``metadata_props``, all strings; numbers as JSON):
+#: Keys of the graph's metadata (``metadata_props``; every value JSON text):
 #: ``spadecam_version``, ``detector`` (class name), ``threshold`` (anomalous when score >
 #: threshold), ``threshold_source``, ``image_size`` (S), ``channels`` (C), ``resize``
 #: ("letterbox" or "resize"), ``normalisation`` (how files become [0, 1]: "dtype_max" =
@@ -121,15 +122,16 @@ def _metadata(det: _BaseDetector, config: dict[str, Any]) -> dict[str, str]:
         "channels": channels,
         "resize": det.resize,
         "normalisation": pre.get("normalisation", "dtype_max"),
-        "min_input_size": pre.get("min_input_size", 1),
+        "min_input_size": pre.get("min_input_size") or min_input_size(
+            getattr(getattr(det, "vae_", None), "config", None),
+            getattr(getattr(det, "cnn_", None), "config", None)),
         "overlay_scale": config.get("overlay_scale"),
         "outputs": ["score", "anomaly_map"] if det.has_anomaly_map else ["score"],
         "knn_bank_shape": list(bank.features.shape) if uses_bank and bank is not None else None,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "opset": ONNX_OPSET,
     }
-    return {k: v if isinstance(v, str) else json_text(v, indent=None).strip()
-            for k, v in values.items()}
+    return {k: json_text(v, indent=None).strip() for k, v in values.items()}
 
 
 def export_onnx(

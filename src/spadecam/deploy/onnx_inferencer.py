@@ -14,6 +14,7 @@ Nothing here imports torch (a test checks ``sys.modules``); it needs ``onnxrunti
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from spadecam.data.folders import collect_inputs
-from spadecam.data.images import ImageError, load_image
+from spadecam.data.images import RESIZE_POLICIES
 from spadecam.decision import flag_anomalous
 from spadecam.deploy import outputs as _outputs
 from spadecam.exceptions import ModelFormatError, NonFiniteScoreError, _check_finite
-from spadecam.preprocess import check_images, maps_to_sizes, to_model_input
+from spadecam.preprocess import check_images, maps_to_sizes, read_files, stack_maps, to_model_input
 
 __all__ = ["OnnxSPADE", "score_onnx"]
 
@@ -49,6 +50,34 @@ def _session(path: Path, threads: int | None) -> Any:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelFormatError(f"{path}: not an ONNX model onnxruntime can load ({exc})") from None
+
+
+def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    """The graph's metadata, each value JSON text, checked; ModelFormatError naming the file
+    and the key otherwise."""
+    meta: dict[str, Any] = {}
+    for key, text in raw.items():
+        try:
+            meta[key] = json.loads(text)
+        except ValueError:
+            raise ModelFormatError(f"{path}: metadata {key!r} is not JSON: {text[:40]!r}") from None
+    rules = {
+        "detector": (lambda v: isinstance(v, str), "a detector class name"),
+        "threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v), "a finite number"),
+        "image_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "channels": (lambda v: v in (1, 3, 4), "1, 3 or 4"),
+        "resize": (lambda v: v in RESIZE_POLICIES, f"one of {RESIZE_POLICIES}"),
+        "outputs": (lambda v: isinstance(v, list) and "score" in v, "a list naming score"),
+        "overlay_scale": (lambda v: v is None or (isinstance(v, (int, float)) and v >= 0),
+                          "null or a number >= 0"),
+        "min_input_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    }
+    for key, (ok, expected) in rules.items():
+        if key in meta and not ok(meta[key]):
+            raise ModelFormatError(f"{path}: metadata {key!r} must be {expected}, got "
+                                   f"{meta[key]!r}")
+    return meta
 
 
 class OnnxSPADE:
@@ -99,17 +128,11 @@ class OnnxSPADE:
         if missing:
             raise ModelFormatError(f"{self.path}: not exported by `spadecam export` (its "
                                    f"metadata lacks {', '.join(missing)})")
-        meta: dict[str, Any] = {}
-        for k, v in raw.items():
-            try:
-                meta[k] = json.loads(v)
-            except ValueError:
-                meta[k] = v
-        self.metadata = meta
-        self.detector = str(meta["detector"])
-        self.threshold_ = float(meta["threshold"])
-        self.image_size, self.channels = int(meta["image_size"]), int(meta["channels"])
-        self.resize = str(meta["resize"])
+        self.metadata = meta = _parse_metadata(self.path, raw)
+        self.detector = meta["detector"]
+        self.threshold_ = meta["threshold"]
+        self.image_size, self.channels = meta["image_size"], meta["channels"]
+        self.resize = meta["resize"]
         self.overlay_scale = meta.get("overlay_scale")
         self.has_anomaly_map = "anomaly_map" in meta["outputs"]
         self.min_input_size = int(meta.get("min_input_size") or 1)
@@ -160,10 +183,7 @@ class OnnxSPADE:
                 maps += maps_to_sizes(out[1], mi.sizes, mi.boxes)
         s = np.concatenate(scores)
         _check_finite(self, s)
-        if not self.has_anomaly_map:
-            return s, None
-        same = len({m.shape for m in maps}) == 1
-        return s, (np.stack(maps) if same else maps)
+        return s, (stack_maps(maps) if self.has_anomaly_map else None)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Anomaly score per image, (N,) float64, higher = more anomalous (see
@@ -187,15 +207,7 @@ class OnnxSPADE:
     def read(self, paths: Sequence[Path]) -> list[np.ndarray]:
         """Each file at its own size in the model's channels, (C, H_i, W_i) float32 [0, 1];
         one ImageError names every unusable file (as ``spadecam score`` with torch)."""
-        out, errors = [], []
-        for p in paths:
-            try:
-                out.append(load_image(p, self.channels, None, min_size=self.min_input_size))
-            except ImageError as exc:
-                errors.append(exc)
-        if errors:
-            raise ImageError.combine(errors, len(paths))
-        return out
+        return read_files(paths, self.channels, self.min_input_size)
 
 
 def score_onnx(
@@ -221,9 +233,7 @@ def score_onnx(
     try:
         scores, error_maps = det.decision_function_and_map(x)
     except NonFiniteScoreError as exc:
-        files = [str(paths[j]) for j in exc.indices]
-        raise NonFiniteScoreError(f"the model gives non-finite scores for "
-                                  f"{', '.join(files[:5])}", exc.indices) from None
+        raise _outputs.non_finite_error(exc, paths) from None
     rows = _outputs.score_rows(paths, scores, det.threshold_, maps, names)
     if maps is not None:
         assert names is not None and error_maps is not None  # check_outputs: a map model

@@ -21,8 +21,8 @@ from spadecam._fs import atomic_write, atomic_write_text, check_writable
 from spadecam._progress import bar, warn
 from spadecam.decision import flag_anomalous
 
-__all__ = ["check_outputs", "map_names", "overlay", "rows_to_csv", "score_rows", "write_csv",
-           "write_overlays", "write_png"]
+__all__ = ["check_outputs", "map_names", "non_finite_error", "overlay", "rows_to_csv",
+           "score_rows", "write_csv", "write_overlays", "write_png"]
 
 
 def check_outputs(out: str | os.PathLike | None, maps: str | os.PathLike | None,
@@ -66,6 +66,20 @@ def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Seq
         warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. {replaced[0]}")
     for i in bar(range(len(names)), desc="writing overlays", enabled=progress):
         write_png(d / names[i], overlay(images[i], maps[i], float(scale)))
+
+
+def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Exception:
+    """The NonFiniteScoreError of ``exc`` (indices into a batch starting at ``offset`` of
+    ``paths``) re-told with the files' names, for ``spadecam score`` on torch or ONNX."""
+    from spadecam.exceptions import NonFiniteScoreError
+
+    idx = [offset + j for j in exc.indices]
+    files = [str(paths[i]) for i in idx]
+    return NonFiniteScoreError(
+        f"the model gives non-finite scores for {', '.join(files[:5])}"
+        + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        + "; its weights are probably not finite (a diverged training?): re-train it with a "
+        "lower --lr", idx)
 
 
 def write_csv(out: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:

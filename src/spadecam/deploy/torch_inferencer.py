@@ -1,8 +1,8 @@
 """The torch inferencer: a model directory loaded once, images read and scored as
-``spadecam score`` and ``spadecam evaluate`` do, overlays drawn (:class:`TorchInferencer`).
+``spadecam score`` and ``spadecam evaluate`` do (:class:`TorchInferencer`).
 
-The ONNX exporter (issue 20) is to sit beside it, running the same scoring graph
-(:mod:`spadecam.scoring`) without torch.
+Beside it, :mod:`.onnx_export` writes the same scoring graph (:mod:`spadecam.scoring`) as
+ONNX and :mod:`.onnx_inferencer` runs that without torch.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 
 from spadecam._fs import json_float
 from spadecam._progress import bar
-from spadecam.data.images import ImageError, load_image
-from spadecam.deploy.outputs import map_names, overlay, write_png  # noqa: F401
+from spadecam.deploy.outputs import map_names, non_finite_error, overlay, write_png  # noqa: F401
 from spadecam.detectors import NonFiniteScoreError, load_detector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.io import ModelFormatError, read_config
 from spadecam.precision import resolve_scoring_precision
+from spadecam.preprocess import read_files
 
 __all__ = ["TorchInferencer", "map_names", "overlay", "write_png"]  # the last three: re-exported
 
@@ -116,17 +116,8 @@ class TorchInferencer:
         Every file is tried before an error: one ImageError lists all unusable files
         (unreadable, or a side below the networks' minimum, ``preprocessing["min_input_size"]``).
         """
-        out: list[np.ndarray] = []
-        errors: list[ImageError] = []
-        for p in bar(paths, enabled=progress, desc="reading images"):
-            try:
-                out.append(load_image(p, self.preprocessing["channels"], None,
-                                      min_size=self.preprocessing.get("min_input_size", 1)))
-            except ImageError as exc:
-                errors.append(exc)
-        if errors:
-            raise ImageError.combine(errors, len(paths))
-        return out
+        return read_files(paths, self.preprocessing["channels"],
+                          self.preprocessing.get("min_input_size", 1), progress)
 
     def score(
         self, x: list[np.ndarray], paths: Sequence[Path], progress: bool = False
@@ -145,14 +136,7 @@ class TorchInferencer:
                 try:
                     s, m = self.detector.decision_function_and_map(x[i : i + step])
                 except NonFiniteScoreError as exc:
-                    files = [str(paths[i + j]) for j in exc.indices]
-                    raise NonFiniteScoreError(
-                        f"the model gives non-finite scores for {', '.join(files[:5])}"
-                        + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-                        + "; its weights are probably not finite (a diverged training?): "
-                        "re-train it with a lower --lr",
-                        [i + j for j in exc.indices],
-                    ) from None
+                    raise non_finite_error(exc, paths, i) from None
                 scores.append(s)
                 maps += [] if m is None else list(m)
                 shown.update(len(s))

@@ -43,7 +43,7 @@ class ReportImage:
     flagged : int, the decision, 1 when score > threshold
     panels : dict name -> ndarray, shown left to right: (C, H, W) float [0, 1] pictures
         (C = 1 or 3; keys "input", "reconstruction") or (H, W) float >= 0 maps (coloured
-        with "inferno", each scaled to its own maximum)
+        with "inferno", one scale per panel name over the whole report)
     """
 
     path: str
@@ -57,15 +57,15 @@ def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _panel_png(a: np.ndarray) -> str:
-    """A picture (C, H, W) in [0, 1] or a map (H, W) >= 0 as a PNG data URI, enlarged."""
+def _panel_png(a: np.ndarray, top: float = 0.0) -> str:
+    """A picture (C, H, W) in [0, 1] or a map (H, W) >= 0 (coloured, ``top`` at full
+    colour) as a PNG data URI, enlarged."""
     if a.ndim == 3:
         rgb = np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a[:3]
         rgb = np.moveaxis(np.clip(rgb, 0, 1), 0, -1)
     else:
         from matplotlib import colormaps
 
-        top = float(np.nanmax(a)) if a.size else 0.0
         rgb = colormaps["inferno"](np.clip(a / top, 0, 1) if top > 0 else np.zeros_like(a))[..., :3]
     img = Image.fromarray(np.round(255 * rgb).astype(np.uint8))
     scale = PANEL_SIDE / max(img.size)
@@ -118,11 +118,15 @@ def _histogram(labels: np.ndarray, scores: np.ndarray, threshold: float | None) 
     bins = list(np.geomspace(lo, hi, n + 1) if log else np.histogram_bin_edges(scores, bins=n))
     if log:
         ax.set_xscale("log")
-    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, color="#2980b9", label="normal")
-    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, color="#c0392b", label="anomalous")
+    # each class as a share of its own images: a small normal class stays visible
+    for cls, colour, name in ((0, "#2980b9", "normal"), (1, "#c0392b", "anomalous")):
+        s = scores[labels == cls]
+        ax.hist(s, bins=bins, weights=np.full(len(s), 1 / max(len(s), 1)), alpha=0.6,
+                color=colour, label=f"{name} ({len(s)})")
     if threshold is not None:
         ax.axvline(threshold, color="black", lw=1.5, ls="--", label=f"threshold {threshold:.4g}")
-    ax.set(xlabel="anomaly score" + (" (log scale)" if log else ""), ylabel="images")
+    ax.set(xlabel="anomaly score" + (" (log scale)" if log else ""),
+           ylabel="share of the class's images")
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     return _figure_uri(fig)
@@ -189,7 +193,18 @@ def _numeric(text: str) -> bool:
     return True
 
 
-def _gallery(images: Sequence[ReportImage], empty: str) -> str:
+def _map_scales(*galleries: Sequence[ReportImage]) -> dict[str, float]:
+    """One colour scale per map panel (its largest value over every gallery), so that maps
+    compare across images: a normal image's e' is not drawn as hot as an anomaly's."""
+    top: dict[str, float] = {}
+    for im in (im for g in galleries for im in g):
+        for name, a in im.panels.items():
+            if a.ndim == 2 and a.size:
+                top[name] = max(top.get(name, 0.0), float(np.nanmax(a)))
+    return top
+
+
+def _gallery(images: Sequence[ReportImage], empty: str, scales: Mapping[str, float]) -> str:
     if not images:
         return f"<p class=none>{_esc(empty)}</p>"
     out = []
@@ -198,7 +213,8 @@ def _gallery(images: Sequence[ReportImage], empty: str) -> str:
                  else "<span class='tag n'>normal</span>")
         decision = "flagged" if im.flagged else "passed"
         panels = "".join(
-            f"<div class=panel><img src='{_panel_png(a)}' alt='{_esc(name)} of {_esc(im.path)}'>"
+            f"<div class=panel><img src='{_panel_png(a, scales.get(name, 0.0))}' "
+            f"alt='{_esc(name)} of {_esc(im.path)}'>"
             f"{_esc(name)}</div>" for name, a in im.panels.items())
         out.append(f"<div class=card><div class=cap>{truth} score <b>{im.score:.5g}</b> "
                    f"({decision}) &nbsp; <code>{_esc(im.path)}</code></div>"
@@ -268,6 +284,7 @@ def render_report(
             ("at the threshold: false positive rate", at.get("false_positive_rate")),
             ("at the threshold: flagged", at.get("n_flagged")),
         ]
+    scales = _map_scales(most_anomalous, false_positives, false_negatives)
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
@@ -287,11 +304,13 @@ def render_report(
         "<h2>Scores of normal and anomalous images</h2>",
         f"<img class=plot src='{_histogram(y, s, threshold)}' alt='score histograms'>",
         "<h2>Most anomalous images</h2>",
-        _gallery(most_anomalous, "no images"),
+        "<p class=sub>Maps share one colour scale per column across the report (black 0, "
+        "yellow the largest value shown), so they compare between images.</p>",
+        _gallery(most_anomalous, "no images", scales),
         "<h2>False positives at the threshold (normal images flagged)</h2>",
-        _gallery(false_positives, "none: no normal image is above the threshold"),
+        _gallery(false_positives, "none: no normal image is above the threshold", scales),
         "<h2>False negatives at the threshold (anomalous images passed)</h2>",
-        _gallery(false_negatives, "none: every anomalous image is above the threshold"),
+        _gallery(false_negatives, "none: every anomalous image is above the threshold", scales),
     ]
     if settings:
         parts += ["<h2>Model settings</h2>", _table(list(settings.items()))]

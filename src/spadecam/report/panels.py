@@ -83,6 +83,7 @@ def write_detector_report(
     title: str = "spadecam evaluation",
     subtitle: str = "",
     tables: dict[str, str] | None = None,
+    by_kind: dict[str, float] | None = None,
 ) -> Path:
     """The HTML report of a detector's scores (:func:`spadecam.report.write_report`).
 
@@ -92,7 +93,8 @@ def write_detector_report(
     panels with ``det`` (:func:`detector_panels`). ``kinds``: each image's anomaly kind (a
     folder, a digit) for the AUROC by kind; ``metrics`` default
     :func:`spadecam.metrics.image_metrics` at ``threshold``; ``tables``: heading -> a
-    Markdown table, shown as is (e.g. a benchmark's results). Returns the path.
+    Markdown table, shown as is (e.g. a benchmark's results); ``by_kind``: that AUROC by
+    kind when already computed (then ``kinds`` is not needed). Returns the path.
     """
     from spadecam.decision import flag_anomalous
     from spadecam.metrics import auroc_by_kind, image_metrics
@@ -117,5 +119,5 @@ def write_detector_report(
         threshold=threshold, threshold_note=threshold_note,
         most_anomalous=[card(i) for i in top], false_positives=[card(i) for i in fp],
         false_negatives=[card(i) for i in fn],
-        auroc_by_folder=auroc_by_kind(y, s, kinds) if kinds is not None else None,
+        auroc_by_folder=by_kind if kinds is None else auroc_by_kind(y, s, kinds),
         settings=settings, tables=tables)

@@ -128,7 +128,8 @@ def evaluate(
     dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
     ``n_pixel_images`` (None / 0 without masks), ``model_dir`` and ``precision`` (the
     scoring precision used), and with several anomaly folders ``image_auroc_by_folder``
-    (each folder's anomalies against every normal image); the same on every rank.
+    (the anomalies of each folder, an --anomaly folder or an MVTec defect type, against every
+    normal image); the same on every rank.
 
     Raises
     ------
@@ -218,13 +219,15 @@ def write_evaluation_report(path: str | os.PathLike, inf: TorchInferencer, data:
     write_detector_report(
         path, det, names=[str(p) for p in data.paths], labels=data.labels, scores=scores,
         threshold=inf.threshold, threshold_note=note, metrics=metrics,
-        read=lambda idx: inf.read([data.paths[i] for i in idx]), kinds=_kinds(data),
+        read=lambda idx: inf.read([data.paths[i] for i in idx]),
+        by_kind=metrics.get("image_auroc_by_folder"),
         settings=settings, title=f"spadecam evaluation: {Path(inf.model_dir).name}",
         subtitle=f"{type(det).__name__} on {len(data)} images; anomalous when score > threshold")
 
 
 def _kinds(data: LabelledImages) -> list[str]:
-    """Each image's anomaly kind for the AUROC by kind: its folder."""
+    """Each image's anomaly kind for the AUROC by kind: the folder holding it (an --anomaly
+    folder, read without recursion, or an MVTec AD defect type)."""
     return [str(p.parent) for p in data.paths]
 
 

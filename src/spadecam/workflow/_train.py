@@ -72,7 +72,8 @@ def build_detector(
     knn_power: float | None = None,
     detector: str = "spade",
 ) -> _BaseDetector:
-    """An unfitted :class:`SPADE` configured for own images (what ``spadecam train`` fits).
+    """An unfitted detector configured for own images (what ``spadecam train`` fits): SPADE,
+    or a baseline with ``detector``.
 
     ``detector`` (:data:`DETECTOR_KINDS`): "spade" (default), or a baseline of the paper
     ("naive-spade", "vae": the VAE-based score, "cnn": the CNN-based score) built from the
@@ -325,6 +326,8 @@ def _overlay_scale(det: _BaseDetector, preprocessing: dict[str, Any],
     """The 0.99 quantile of the per-image maximum of the map (SPADE's e') over normal
     training images, from maps as `spadecam score` makes them (images at their own size);
     None for a detector without a map (the CNN-based one)."""
+    if not det.has_anomaly_map:
+        return None
     inferencer = TorchInferencer(det, preprocessing, {}, Path())
     maps = inferencer.score(inferencer.read(paths), paths)[1]
     return None if maps is None else float(np.quantile([m.max() for m in maps], 0.99))
