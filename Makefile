@@ -68,8 +68,9 @@ tables: $(STAMP)
 examples: $(STAMP)
 	$(BIN)/python benchmarks/make_examples.py
 
-bench: $(STAMP)
+bench: $(STAMP)  # Noisy-MNIST 84 px (bench_scoring.py), then real sizes (bench_sizes.py, issue 21)
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_sizes.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

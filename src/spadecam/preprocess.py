@@ -126,19 +126,26 @@ def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
     Every file is tried before an error: one ImageError lists all unusable files
     (unreadable, or a side below ``min_size``, the networks' minimum).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from spadecam._progress import bar
     from spadecam.data.images import ImageError, load_image
+    from spadecam.deploy.outputs import io_threads
 
-    out: list[np.ndarray] = []
-    errors: list[ImageError] = []
-    for p in bar(paths, enabled=progress, desc="reading images"):
+    def load(p: Any) -> np.ndarray | ImageError:
         try:
-            out.append(load_image(p, channels, None, min_size=min_size))
+            return load_image(p, channels, None, min_size=min_size)
         except ImageError as exc:
-            errors.append(exc)
+            return exc
+
+    # decoding runs on every core (Pillow releases the GIL); results in input order
+    with ThreadPoolExecutor(io_threads()) as pool:
+        done = list(bar(pool.map(load, paths), total=len(paths), enabled=progress,
+                        desc="reading images"))
+    errors = [r for r in done if isinstance(r, ImageError)]
     if errors:
         raise ImageError.combine(errors, len(paths))
-    return out
+    return [r for r in done if not isinstance(r, ImageError)]
 
 
 def letterbox_mask(

@@ -11,6 +11,7 @@ import csv
 import io
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,23 @@ def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Seq
     replaced = [d / n for n in names if (d / n).exists()]
     if replaced:
         warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. {replaced[0]}")
-    for i in bar(range(len(names)), desc="writing overlays", enabled=progress):
-        write_png(d / names[i], overlay(images[i], maps[i], float(scale)))
+
+    def encode(i: int) -> bytes:
+        return png_bytes(overlay(images[i], maps[i], float(scale)))
+
+    # the colour map and the PNG encoding (Pillow releases the GIL) run on every core; the
+    # files are written here, in input order, so an interruption leaves a prefix of them
+    with bar(total=len(names), desc="writing overlays", enabled=progress) as shown, \
+            ThreadPoolExecutor(io_threads()) as pool:
+        try:
+            for start in range(0, len(names), _WINDOW):
+                idx = range(start, min(start + _WINDOW, len(names)))
+                for i, data in zip(idx, pool.map(encode, idx)):
+                    write_png(d / names[i], data)
+                    shown.update(1)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Exception:
@@ -147,9 +163,26 @@ def map_names(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 picture as a PNG (temp file, then renamed)."""
-    atomic_write(path, lambda p: Image.fromarray(rgb).save(p, format="PNG"), suffix=".png")
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 picture as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: Path, rgb: np.ndarray | bytes) -> None:
+    """Write an (H, W, 3) uint8 picture, or its PNG bytes, as a PNG (temp file, renamed)."""
+    data = rgb if isinstance(rgb, bytes) else png_bytes(rgb)
+    atomic_write(path, lambda p: Path(p).write_bytes(data), suffix=".png")
+
+
+#: Overlays encoded at once (bounds the memory of encoded PNGs waiting to be written).
+_WINDOW = 64
+
+
+def io_threads() -> int:
+    """Threads for decoding and encoding images (Pillow releases the GIL): the cores, <= 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
