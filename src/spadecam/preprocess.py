@@ -119,12 +119,13 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
 
 
 def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
-               progress: bool = False) -> list[np.ndarray]:
+               progress: bool = False, keep: bool = True) -> list[np.ndarray]:
     """Each image file at its own size in ``channels``, (C, H_i, W_i) float32 in [0, 1]
     (:func:`spadecam.data.images.load_image`), for ``spadecam score`` and ``evaluate``.
 
     Every file is tried before an error: one ImageError lists all unusable files
-    (unreadable, or a side below ``min_size``, the networks' minimum).
+    (unreadable, or a side below ``min_size``, the networks' minimum). ``keep=False`` only
+    checks them (each decoded, nothing kept: memory stays flat) and returns [].
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -132,11 +133,12 @@ def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
     from spadecam.data.images import ImageError, load_image
     from spadecam.deploy.outputs import io_threads
 
-    def load(p: Any) -> np.ndarray | ImageError:
+    def load(p: Any) -> np.ndarray | ImageError | None:
         try:
-            return load_image(p, channels, None, min_size=min_size)
+            x = load_image(p, channels, None, min_size=min_size)
         except ImageError as exc:
             return exc
+        return x if keep else None
 
     # decoding runs on every core (Pillow releases the GIL); results in input order
     with ThreadPoolExecutor(io_threads()) as pool:
@@ -145,7 +147,7 @@ def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
     errors = [r for r in done if isinstance(r, ImageError)]
     if errors:
         raise ImageError.combine(errors, len(paths))
-    return [r for r in done if not isinstance(r, ImageError)]
+    return [r for r in done if isinstance(r, np.ndarray)]
 
 
 def letterbox_mask(

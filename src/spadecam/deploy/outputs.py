@@ -22,8 +22,9 @@ from spadecam._fs import atomic_write, atomic_write_text, check_writable
 from spadecam._progress import bar, warn
 from spadecam.decision import flag_anomalous
 
-__all__ = ["check_outputs", "map_names", "non_finite_error", "overlay", "rows_to_csv",
-           "score_rows", "write_csv", "write_overlays", "write_png"]
+__all__ = ["StagedOverlays", "check_outputs", "map_names", "non_finite_error", "overlay",
+           "rows_to_csv", "score_rows", "warn_replaced", "write_csv", "write_overlays",
+           "write_png"]
 
 
 def check_outputs(out: str | os.PathLike | None, maps: str | os.PathLike | None,
@@ -58,13 +59,13 @@ def score_rows(paths: Sequence[Path], scores: np.ndarray, threshold: float,
 
 
 def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Sequence[np.ndarray],
-                   maps: Sequence[np.ndarray], scale: float, progress: bool = False) -> None:
+                   maps: Sequence[np.ndarray], scale: float, progress: bool = False,
+                   check_replaced: bool = True) -> None:
     """One overlay PNG per image (:func:`overlay` at ``scale``) at ``folder / names[i]``;
-    warns once when some replace existing files."""
+    warns once when some replace existing files (``check_replaced``)."""
     d = Path(folder)
-    replaced = [d / n for n in names if (d / n).exists()]
-    if replaced:
-        warn(f"--maps {d}: replacing {len(replaced)} existing overlay(s), e.g. {replaced[0]}")
+    if check_replaced:
+        warn_replaced(d, names)
 
     def encode(i: int) -> bytes:
         return png_bytes(overlay(images[i], maps[i], float(scale)))
@@ -82,6 +83,57 @@ def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Seq
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+
+
+class StagedOverlays:
+    """Overlays written under a hidden folder of ``--maps`` and moved into place at once.
+
+    ``spadecam score`` scores and draws a chunk of images at a time (memory stays that of one
+    chunk, whatever the number of images) yet writes nothing visible before every image was
+    scored: an unreadable file or a non-finite score found late leaves no overlay behind, and
+    an interruption neither. :meth:`commit` renames each staged file into place (the same
+    file system, so each rename is atomic; a replaced overlay keeps its mode, as ``open``
+    would); :meth:`discard` removes the staging folder.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        import tempfile
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=".spadecam-staging-", dir=self.folder))
+        self.names: list[Path] = []
+
+    def write(self, names: Sequence[Path], images: Sequence[np.ndarray],
+              maps: Sequence[np.ndarray], scale: float, progress: bool = False) -> None:
+        """Stage the overlays of these images (see :func:`write_overlays`)."""
+        write_overlays(self.stage, names, images, maps, scale, progress, check_replaced=False)
+        self.names += list(names)
+
+    def commit(self) -> None:
+        import shutil
+        import stat
+
+        for n in self.names:
+            src, dst = self.stage / n, self.folder / n
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_file():  # as open() would: a replaced file keeps its mode
+                os.chmod(src, stat.S_IMODE(dst.stat().st_mode))
+            os.replace(src, dst)
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def warn_replaced(folder: Path, names: Sequence[Path]) -> None:
+    """One warning when overlays ``folder / names`` already exist (they will be replaced)."""
+    replaced = [folder / n for n in names if (folder / n).exists()]
+    if replaced:
+        warn(f"--maps {folder}: replacing {len(replaced)} existing overlay(s), e.g. "
+             f"{replaced[0]}")
 
 
 def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Exception:

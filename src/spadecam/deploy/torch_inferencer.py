@@ -119,6 +119,12 @@ class TorchInferencer:
         return read_files(paths, self.preprocessing["channels"],
                           self.preprocessing.get("min_input_size", 1), progress)
 
+    def check(self, paths: Sequence[Path], progress: bool = False) -> None:
+        """:meth:`read` without keeping the images: every file decoded once, one ImageError
+        naming all unusable ones (for scoring in chunks with flat memory)."""
+        read_files(paths, self.preprocessing["channels"],
+                   self.preprocessing.get("min_input_size", 1), progress, keep=False)
+
     def score(
         self, x: list[np.ndarray], paths: Sequence[Path], progress: bool = False
     ) -> tuple[np.ndarray, list[np.ndarray] | None]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from spadecam.deploy import outputs as _outputs
 from spadecam.deploy.outputs import map_names, rows_to_csv  # noqa: F401 (re-exported)
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.exceptions import NonFiniteScoreError
 
 __all__ = ["rows_to_csv", "score"]
 
@@ -87,24 +89,61 @@ def score(
         inf.to(fabric.device)
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
     progress = progress and fabric.global_rank == 0
-    x: list[np.ndarray] = []
-    local, error_maps = np.zeros(0), cast(list[np.ndarray] | None, [])
+    mine_paths = paths[mine.start : mine.stop]
+    mine_names = [names[i] for i in mine] if names is not None else []
     with fail_together(fabric):  # every image of every shard is read before any write
-        if len(mine):
-            mine_paths = paths[mine.start : mine.stop]
-            x = inf.read(mine_paths, progress)
-            local, error_maps = inf.score(x, mine_paths, progress)
-    scores = gather_in_order(fabric, local, len(paths))
-    rows = _outputs.score_rows(paths, scores, inf.threshold, maps, names)
+        inf.check(mine_paths, progress)
     if maps is not None:
-        assert names is not None and error_maps is not None  # check_outputs: a map model
-        scale = inf.overlay_scale
-        if not scale:  # a model without one: the largest value over all images
-            top = torch.tensor(max((float(m.max()) for m in error_maps), default=0.0))
+        _outputs.warn_replaced(Path(maps), mine_names)
+    staged = _outputs.StagedOverlays(maps) if maps is not None else None
+    try:
+        with fail_together(fabric):  # every shard scored (and drawn, staged) before any write
+            local, kept = _score_in_chunks(inf, mine_paths, mine_names, staged, progress)
+        scores = gather_in_order(fabric, local, len(paths))
+        if staged is not None and kept is not None:  # a model without an overlay scale
+            top = torch.tensor(max((float(m.max()) for m in kept[1]), default=0.0))
             scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
-        _outputs.write_overlays(maps, [names[i] for i in mine], x, error_maps, scale, progress)
+            staged.write(mine_names, kept[0], kept[1], scale, progress)
+        if staged is not None:
+            staged.commit()
+    finally:
+        if staged is not None:
+            staged.discard()
+    rows = _outputs.score_rows(paths, scores, inf.threshold, maps, names)
     fabric.barrier()  # every rank's overlays are there before the CSV that names them
     # the CSV last: an interrupted or failed run never leaves one describing missing overlays
     if out is not None and fabric.global_rank == 0:
         _outputs.write_csv(out, rows)
     return rows
+
+
+#: Images read, scored and drawn at once by ``spadecam score``: its memory is that of one
+#: chunk, whatever the number of images (``make bench``'s rss_ratio_folder_10k_over_1k).
+SCORE_CHUNK = 256
+
+
+def _score_in_chunks(inf: TorchInferencer, paths: Sequence[Path], names: Sequence[Path],
+                     staged: Any, progress: bool) -> tuple[np.ndarray, Any]:
+    """Scores of ``paths``, read and scored :data:`SCORE_CHUNK` at a time; with ``staged``
+    each chunk's overlays are staged at once, at the model's overlay scale. A model without
+    one (saved by the API) keeps every image and map for a scale over all of them: returns
+    them as ``kept`` then (else None)."""
+    scores = [np.zeros(0)]
+    scale = inf.overlay_scale
+    kept: tuple[list, list] | None = ([], []) if staged is not None and not scale else None
+    for start in range(0, len(paths), SCORE_CHUNK):
+        chunk = paths[start : start + SCORE_CHUNK]
+        x = inf.read(chunk)
+        try:
+            s, m = inf.score(x, chunk, progress)
+        except NonFiniteScoreError as exc:  # indices into the whole list, not the chunk
+            raise NonFiniteScoreError(str(exc), [start + i for i in exc.indices]) from None
+        scores.append(s)
+        if staged is not None and m is not None:
+            if kept is not None:
+                kept[0].extend(x)
+                kept[1].extend(m)
+            else:
+                assert scale  # kept is None only with a scale
+                staged.write(names[start : start + SCORE_CHUNK], x, m, float(scale), progress)
+    return np.concatenate(scores), kept
