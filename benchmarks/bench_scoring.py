@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_sizes import flops_per_image, peak_flops  # the same measures for both
 
 from spadecam import SPADE
 from spadecam._runtime import tune_malloc
@@ -175,20 +176,6 @@ def _interleaved_rates(fns: dict, n: int, repeats: int = 2 * REPEATS) -> dict[st
     return {name: n / t for name, t in best.items()}
 
 
-def _peak_flops(dtype: torch.dtype, n: int = 2048) -> float:
-    """Best FLOP/s of an n x n x n matmul in ``dtype`` (the machine's practical peak)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return _best_rate(lambda: [a @ b for _ in range(4)], 4) * 2 * n**3
-
-
-def _flops_per_image(det: SPADE, u8: np.ndarray) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        det.decision_function(u8)
-    return counter.get_total_flops() / len(u8)
-
-
 def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
     """Score n images streamed in batches from a generator; return peak RSS in KiB."""
     import resource
@@ -236,7 +223,7 @@ def _own_images(peak: float) -> None:
                       ("resnet18", ResNetClassifier(ResNetConfig(in_channels=3)))):
         det = SPADE.from_models(vae, cnn.eval(), x, batch_size=32)  # x as the bank: speed only
         rate = _best_rate(lambda d=det: d.decision_function(x), len(x))
-        frac = rate * _flops_per_image(det, x[:32]) / peak
+        frac = rate * flops_per_image(det, x[:32]) / peak
         print(f"own images 256x256 RGB, {name} backbone: {rate:.1f} img/s, "
               f"fraction_of_peak {frac:.2f}")
 
@@ -331,9 +318,9 @@ def main() -> None:
     rate_a32 = _best_rate(lambda: det32.decision_function(u8), n_img)
     rate_b = _best_rate(lambda: _captum_scores(det32, u8, r), n_img)
     dtype = torch.bfloat16 if default == "bf16" else torch.float32
-    peak = _peak_flops(dtype)
-    peak32 = _peak_flops(torch.float32) if dtype != torch.float32 else peak
-    flops = _flops_per_image(det, u8[:BATCH])
+    peak = peak_flops(dtype)
+    peak32 = peak_flops(torch.float32) if dtype != torch.float32 else peak
+    flops = flops_per_image(det, u8[:BATCH])
     print(f"img/s: default {rate_a:.0f}, fp32 {rate_a32:.0f}, captum reference {rate_b:.0f}, "
           f"forward bound {rate_c:.0f}")
     print(f"peak matmul GFLOP/s: {dtype} {peak / 1e9:.0f}, fp32 {peak32 / 1e9:.0f}; "

@@ -63,7 +63,7 @@ def peak_flops(dtype: torch.dtype, n: int = 2048) -> float:
     return 4 * 2 * n**3 / _best_seconds(lambda: [a @ b for _ in range(4)])
 
 
-def _flops_per_image(det: SPADE, x: np.ndarray) -> float:
+def flops_per_image(det: SPADE, x: np.ndarray) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -106,7 +106,7 @@ def scoring_table(peak: float) -> dict[str, float]:
             for backbone in ("small", "resnet18"):
                 det = detector(size, channels, backbone)
                 rate = len(x) / _best_seconds(lambda d=det, x=x: d.decision_function(x))
-                frac = rate * _flops_per_image(det, x[: min(8, len(x))]) / peak
+                frac = rate * flops_per_image(det, x[: min(8, len(x))]) / peak
                 out[f"{size}_{colour}_{backbone}"] = frac
                 print(f"  {size} px {colour} {backbone}: {rate:.1f} img/s, fraction_of_peak "
                       f"{frac:.2f}")
