@@ -10,7 +10,6 @@ import pytest
 from spadecam import workflow
 from spadecam.cli import main
 from spadecam.deploy import outputs
-from spadecam.workflow import _score as workflow_score
 
 
 @pytest.fixture
@@ -236,7 +235,7 @@ def test_score_in_chunks_gives_the_same_csv_and_writes_nothing_on_a_late_fault(
     model, folders = tiny_model
     inputs = [folders["test/good"], folders["test/defect"]]
     whole = workflow.score(model, inputs, tmp_path / "a.csv", tmp_path / "ov_a", progress=False)
-    monkeypatch.setattr(workflow_score, "SCORE_CHUNK", 2)
+    monkeypatch.setattr(outputs, "SCORE_CHUNK", 2)
     chunked = workflow.score(model, inputs, tmp_path / "b.csv", tmp_path / "ov_b", progress=False)
     # the same to fp32 rounding (the networks' kernels add in another order for other batch
     # sizes), the same decisions and overlays (up to a rounding step of the colour)

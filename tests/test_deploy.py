@@ -302,3 +302,22 @@ def test_cnn_model_refuses_maps_before_any_work(tiny_model, tmp_path):
         workflow.score(model, [folders["test/good"], folders["test/defect"]],
                        maps=tmp_path / "ov", progress=False)
     assert not (tmp_path / "ov").exists()
+
+
+def test_score_onnx_in_chunks_gives_the_one_chunk_rows(tiny_model, tmp_path, monkeypatch):
+    """score --onnx reads and scores SCORE_CHUNK files at a time (flat memory): chunks of 2
+    give the rows and overlays of one chunk."""
+    from spadecam.deploy import outputs
+    from spadecam.deploy.onnx_inferencer import score_onnx
+
+    model, folders = tiny_model
+    path = export_onnx(model, tmp_path / "m.onnx")
+    inputs = [folders["test/good"], folders["test/defect"]]
+    whole = score_onnx(path, inputs, tmp_path / "a.csv", tmp_path / "ov_a")
+    monkeypatch.setattr(outputs, "SCORE_CHUNK", 2)
+    chunked = score_onnx(path, inputs, tmp_path / "b.csv", tmp_path / "ov_b")
+    assert [r["label"] for r in chunked] == [r["label"] for r in whole]
+    np.testing.assert_allclose([r["score"] for r in chunked], [r["score"] for r in whole],
+                               rtol=1e-5)
+    assert len(list((tmp_path / "ov_b").rglob("*.png"))) == len(whole)
+    assert not [p for p in (tmp_path / "ov_b").iterdir() if p.name.startswith(".")]  # staged

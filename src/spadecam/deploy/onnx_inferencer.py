@@ -221,25 +221,39 @@ def score_onnx(
 
     Parameters, outputs and errors as :func:`spadecam.workflow.score` (one process): a CSV of
     path,score,label,map (``out``) and overlay PNGs (``maps``), both written after every image
-    was read and scored; returns the rows.
+    was read and scored (in chunks of :data:`spadecam.deploy.outputs.SCORE_CHUNK`, memory
+    flat in the number of images); returns the rows.
     """
     det = OnnxSPADE(onnx)
     if log is not None:
         log(f"scoring with {det!r} (onnxruntime, fp32)")
     _outputs.check_outputs(out, maps, det.has_anomaly_map)
     paths = collect_inputs(inputs)
-    names = _outputs.map_names(paths) if maps is not None else None
-    x = det.read(paths)
-    try:
-        scores, error_maps = det.decision_function_and_map(x)
-    except NonFiniteScoreError as exc:
-        raise _outputs.non_finite_error(exc, paths) from None
-    rows = _outputs.score_rows(paths, scores, det.threshold_, maps, names)
+    names = _outputs.map_names(paths) if maps is not None else []
+    read_files(paths, det.channels, det.min_input_size, keep=False)  # every file, before writes
     if maps is not None:
-        assert names is not None and error_maps is not None  # check_outputs: a map model
-        ms = list(error_maps)
-        scale = det.overlay_scale or max((float(m.max()) for m in ms), default=0.0) or 1.0
-        _outputs.write_overlays(maps, names, x, ms, float(scale))
+        _outputs.warn_replaced(Path(maps), names)
+
+    def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
+        try:
+            return det.decision_function_and_map(x)
+        except NonFiniteScoreError as exc:  # as spadecam score with torch (names the files)
+            raise _outputs.non_finite_error(exc, chunk) from None
+
+    staged = _outputs.StagedOverlays(maps) if maps is not None else None
+    try:  # in chunks with flat memory; overlays staged, moved into place once all is scored
+        scores, kept = _outputs.score_in_chunks(det.read, score, paths, names, staged,
+                                                det.overlay_scale)
+        if staged is not None and kept is not None:  # no overlay scale: the largest value
+            scale = max((float(m.max()) for m in kept[1]), default=0.0) or 1.0
+            staged.write(names, kept[0], kept[1], scale)
+        if staged is not None:
+            staged.commit()
+    finally:
+        if staged is not None:
+            staged.discard()
+    rows = _outputs.score_rows(paths, scores, det.threshold_, maps,
+                               names if maps is not None else None)
     if out is not None:
         _outputs.write_csv(out, rows)
     return rows

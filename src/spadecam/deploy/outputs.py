@@ -23,9 +23,9 @@ from spadecam._fs import atomic_write, atomic_write_text, check_writable
 from spadecam._progress import bar, warn
 from spadecam.decision import flag_anomalous
 
-__all__ = ["StagedOverlays", "check_outputs", "map_names", "non_finite_error", "overlay",
-           "rows_to_csv", "score_rows", "warn_replaced", "write_csv", "write_overlays",
-           "write_png"]
+__all__ = ["SCORE_CHUNK", "StagedOverlays", "check_outputs", "map_names", "non_finite_error",
+           "overlay", "rows_to_csv", "score_in_chunks", "score_rows", "warn_replaced",
+           "write_csv", "write_overlays", "write_png"]
 
 
 def check_outputs(out: str | os.PathLike | None, maps: str | os.PathLike | None,
@@ -135,6 +135,43 @@ def warn_replaced(folder: Path, names: Sequence[Path]) -> None:
     if replaced:
         warn(f"--maps {folder}: replacing {len(replaced)} existing overlay(s), e.g. "
              f"{replaced[0]}")
+
+
+#: Images read, scored and drawn at once by ``spadecam score`` (torch or ONNX): its memory is
+#: that of one chunk, whatever the number of images (make bench: rss_ratio_folder_10k_over_1k).
+SCORE_CHUNK = 256
+
+
+def score_in_chunks(read: Any, score: Any, paths: Sequence[Path], names: Sequence[Path],
+                    staged: StagedOverlays | None, scale: float | None,
+                    progress: bool = False) -> tuple[np.ndarray, Any]:
+    """Scores of ``paths``, read (``read(chunk) -> images``) and scored (``score(images,
+    chunk) -> (scores, maps)``) :data:`SCORE_CHUNK` at a time; with ``staged`` each chunk's
+    overlays are staged at once at ``scale``. Without a scale (a model saved by the API)
+    every image and map is kept for a scale over all of them: returned as ``kept`` (else
+    None). A NonFiniteScoreError's indices are into ``paths``.
+    """
+    from spadecam.exceptions import NonFiniteScoreError
+
+    scores = [np.zeros(0)]
+    kept: tuple[list, list] | None = ([], []) if staged is not None and not scale else None
+    for start in range(0, len(paths), SCORE_CHUNK):
+        chunk = paths[start : start + SCORE_CHUNK]
+        x = read(chunk)
+        try:
+            s, m = score(x, chunk)
+        except NonFiniteScoreError as exc:  # indices into the whole list, not the chunk
+            raise NonFiniteScoreError(str(exc), [start + i for i in exc.indices]) from None
+        scores.append(np.asarray(s))
+        if staged is not None and m is not None:
+            if kept is not None:
+                kept[0].extend(x)
+                kept[1].extend(m)
+            else:
+                assert scale  # kept is None only with a scale
+                staged.write(names[start : start + SCORE_CHUNK], x, list(m), float(scale),
+                             progress)
+    return np.concatenate(scores), kept
 
 
 def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Exception:

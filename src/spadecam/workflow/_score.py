@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spadecam.data.folders import collect_inputs
@@ -16,7 +15,6 @@ from spadecam.deploy import outputs as _outputs
 from spadecam.deploy.outputs import map_names, rows_to_csv  # noqa: F401 (re-exported)
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.distributed import fail_together, gather_in_order, launch, shard
-from spadecam.exceptions import NonFiniteScoreError
 
 __all__ = ["rows_to_csv", "score"]
 
@@ -98,7 +96,9 @@ def score(
     staged = _outputs.StagedOverlays(maps) if maps is not None else None
     try:
         with fail_together(fabric):  # every shard scored (and drawn, staged) before any write
-            local, kept = _score_in_chunks(inf, mine_paths, mine_names, staged, progress)
+            local, kept = _outputs.score_in_chunks(
+                inf.read, lambda x, chunk: inf.score(x, chunk, progress), mine_paths,
+                mine_names, staged, inf.overlay_scale, progress)
         scores = gather_in_order(fabric, local, len(paths))
         if staged is not None and kept is not None:  # a model without an overlay scale
             top = torch.tensor(max((float(m.max()) for m in kept[1]), default=0.0))
@@ -115,35 +115,3 @@ def score(
     if out is not None and fabric.global_rank == 0:
         _outputs.write_csv(out, rows)
     return rows
-
-
-#: Images read, scored and drawn at once by ``spadecam score``: its memory is that of one
-#: chunk, whatever the number of images (``make bench``'s rss_ratio_folder_10k_over_1k).
-SCORE_CHUNK = 256
-
-
-def _score_in_chunks(inf: TorchInferencer, paths: Sequence[Path], names: Sequence[Path],
-                     staged: Any, progress: bool) -> tuple[np.ndarray, Any]:
-    """Scores of ``paths``, read and scored :data:`SCORE_CHUNK` at a time; with ``staged``
-    each chunk's overlays are staged at once, at the model's overlay scale. A model without
-    one (saved by the API) keeps every image and map for a scale over all of them: returns
-    them as ``kept`` then (else None)."""
-    scores = [np.zeros(0)]
-    scale = inf.overlay_scale
-    kept: tuple[list, list] | None = ([], []) if staged is not None and not scale else None
-    for start in range(0, len(paths), SCORE_CHUNK):
-        chunk = paths[start : start + SCORE_CHUNK]
-        x = inf.read(chunk)
-        try:
-            s, m = inf.score(x, chunk, progress)
-        except NonFiniteScoreError as exc:  # indices into the whole list, not the chunk
-            raise NonFiniteScoreError(str(exc), [start + i for i in exc.indices]) from None
-        scores.append(s)
-        if staged is not None and m is not None:
-            if kept is not None:
-                kept[0].extend(x)
-                kept[1].extend(m)
-            else:
-                assert scale  # kept is None only with a scale
-                staged.write(names[start : start + SCORE_CHUNK], x, m, float(scale), progress)
-    return np.concatenate(scores), kept
