@@ -231,8 +231,6 @@ def score_onnx(
     paths = collect_inputs(inputs)
     names = _outputs.map_names(paths) if maps is not None else []
     read_files(paths, det.channels, det.min_input_size, keep=False)  # every file, before writes
-    if maps is not None:
-        _outputs.warn_replaced(Path(maps), names)
 
     def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
         try:
@@ -240,18 +238,9 @@ def score_onnx(
         except NonFiniteScoreError as exc:  # as spadecam score with torch (names the files)
             raise _outputs.non_finite_error(exc, chunk) from None
 
-    staged = _outputs.StagedOverlays(maps) if maps is not None else None
-    try:  # in chunks with flat memory; overlays staged, moved into place once all is scored
-        scores, kept = _outputs.score_in_chunks(det.read, score, paths, names, staged,
-                                                det.overlay_scale)
-        if staged is not None and kept is not None:  # no overlay scale: the largest value
-            scale = max((float(m.max()) for m in kept[1]), default=0.0) or 1.0
-            staged.write(names, kept[0], kept[1], scale)
-        if staged is not None:
-            staged.commit()
-    finally:
-        if staged is not None:
-            staged.discard()
+    # in chunks with flat memory; overlays staged, moved into place once all is scored
+    scores = _outputs.score_with_overlays(det.read, score, paths, names, maps,
+                                          det.overlay_scale)
     rows = _outputs.score_rows(paths, scores, det.threshold_, maps,
                                names if maps is not None else None)
     if out is not None:

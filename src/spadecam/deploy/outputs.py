@@ -7,6 +7,7 @@ write the same files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -172,6 +173,38 @@ def score_in_chunks(read: Any, score: Any, paths: Sequence[Path], names: Sequenc
                 staged.write(names[start : start + SCORE_CHUNK], x, list(m), float(scale),
                              progress)
     return np.concatenate(scores), kept
+
+
+def score_with_overlays(read: Any, score: Any, paths: Sequence[Path], names: Sequence[Path],
+                        maps: str | os.PathLike | None, scale: float | None,
+                        progress: bool = False, guard: Any = contextlib.nullcontext,
+                        reduce_max: Any = None) -> np.ndarray:
+    """Scores of ``paths`` (:func:`score_in_chunks`) and, with ``maps``, their overlays at
+    ``maps / names``: staged while scoring and moved into place only once every image is
+    scored, so a failure or an interruption leaves none (the one outer step of ``spadecam
+    score`` with torch and with ``--onnx``).
+
+    ``guard()``: a context around the scoring (``fail_together`` across processes); without
+    a ``scale`` (a model saved by the API) the overlays share the largest map value,
+    ``reduce_max(value)`` over processes (None: this process's own). Warns before replacing
+    existing overlays. Returns the scores, float (N,), in ``paths`` order.
+    """
+    if maps is not None:
+        warn_replaced(Path(maps), names)
+    staged = StagedOverlays(maps) if maps is not None else None
+    try:
+        with guard():  # every image scored (and drawn, staged) before anything is written
+            scores, kept = score_in_chunks(read, score, paths, names, staged, scale, progress)
+        if staged is not None and kept is not None:  # no overlay scale: the largest value
+            top = max((float(m.max()) for m in kept[1]), default=0.0)
+            top = reduce_max(top) if reduce_max is not None else top
+            staged.write(names, kept[0], kept[1], float(top) or 1.0, progress)
+        if staged is not None:
+            staged.commit()
+    finally:
+        if staged is not None:
+            staged.discard()
+    return scores
 
 
 def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Exception:

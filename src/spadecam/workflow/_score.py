@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,24 +90,11 @@ def score(
     mine_names = [names[i] for i in mine] if names is not None else []
     with fail_together(fabric):  # every image of every shard is read before any write
         inf.check(mine_paths, progress)
-    if maps is not None:
-        _outputs.warn_replaced(Path(maps), mine_names)
-    staged = _outputs.StagedOverlays(maps) if maps is not None else None
-    try:
-        with fail_together(fabric):  # every shard scored (and drawn, staged) before any write
-            local, kept = _outputs.score_in_chunks(
-                inf.read, lambda x, chunk: inf.score(x, chunk, progress), mine_paths,
-                mine_names, staged, inf.overlay_scale, progress)
-        scores = gather_in_order(fabric, local, len(paths))
-        if staged is not None and kept is not None:  # a model without an overlay scale
-            top = torch.tensor(max((float(m.max()) for m in kept[1]), default=0.0))
-            scale = float(fabric.all_reduce(top, reduce_op="max")) or 1.0
-            staged.write(mine_names, kept[0], kept[1], scale, progress)
-        if staged is not None:
-            staged.commit()
-    finally:
-        if staged is not None:
-            staged.discard()
+    local = _outputs.score_with_overlays(
+        inf.read, lambda x, chunk: inf.score(x, chunk, progress), mine_paths, mine_names, maps,
+        inf.overlay_scale, progress, guard=lambda: fail_together(fabric),
+        reduce_max=lambda v: float(fabric.all_reduce(torch.tensor(v), reduce_op="max")))
+    scores = gather_in_order(fabric, local, len(paths))
     rows = _outputs.score_rows(paths, scores, inf.threshold, maps, names)
     fabric.barrier()  # every rank's overlays are there before the CSV that names them
     # the CSV last: an interrupted or failed run never leaves one describing missing overlays
