@@ -96,11 +96,11 @@ def detector(size: int, channels: int, backbone: str, precision: str = "auto") -
     return SPADE.from_models(vae, cnn, bank, precision=precision, batch_size=32)
 
 
-def scoring_table(peak: float) -> dict[str, float]:
+def scoring_table(peak: float, sizes: tuple[int, ...] = SIZES) -> dict[str, float]:
     """img/s and fraction of peak for every size, channel count and backbone; printed."""
     out = {}
     print("scoring, default precision: side, channels, backbone: img/s, fraction_of_peak")
-    for size in SIZES:
+    for size in sizes:
         for channels, colour in ((1, "grey"), (3, "rgb")):
             x = _images(N_SCORE[size], channels, size)
             for backbone in ("small", "resnet18"):
@@ -208,40 +208,62 @@ def folder_lines(size: int = 256) -> dict[str, float]:
     return {"share": share, "rss_ratio": ten["rss_kib"] / one["rss_kib"]}
 
 
-def run() -> dict[str, float]:
-    """Every line of this benchmark; returns the summary values."""
+#: The parts of this benchmark, in the order they run (``--parts`` picks some).
+PARTS = ("training", "scoring", "folder")
+
+
+def run(parts: tuple[str, ...] = PARTS, sizes: tuple[int, ...] = SIZES) -> dict[str, float]:
+    """The benchmark's ``parts`` (all by default: every line); returns the summary values of
+    those that ran. ``sizes``: the scoring table's sides (256 gives the summary lines)."""
     default = resolve_scoring_precision("auto")
     dtype = torch.bfloat16 if default == "bf16" else torch.float32
     peak = peak_flops(dtype)
     print(f"real sizes: scoring {default}, training {resolve_training_precision('auto')}; "
           f"peak matmul {dtype} {peak / 1e9:.0f} GFLOP/s")
-    table = scoring_table(peak)
-    train = {s: training_rates(s) for s in (128, 256)}
-    for s, r in train.items():
-        print(f"training img/s (VAE + CNN) at {s} px: default {r['default']:.1f}, "
-              f"fp32 {r['fp32']:.1f}")
-    folder = folder_lines()
-    return {
-        "fraction_of_peak_256_grey_small": table["256_grey_small"],
-        "fraction_of_peak_256_rgb_small": table["256_rgb_small"],
-        "fraction_of_peak_256_rgb_resnet18": table["256_rgb_resnet18"],
-        "score_folder_network_share": folder["share"],
-        "train_speedup_128": train[128]["default"] / train[128]["fp32"],
-        "rss_ratio_folder_10k_over_1k": folder["rss_ratio"],
-    }
+    out = {}
+    if "training" in parts:
+        train = {s: training_rates(s) for s in (128, 256)}
+        for s, r in train.items():
+            print(f"training img/s (VAE + CNN) at {s} px: default {r['default']:.1f}, "
+                  f"fp32 {r['fp32']:.1f}")
+        out["train_speedup_128"] = train[128]["default"] / train[128]["fp32"]
+    if "scoring" in parts:
+        table = scoring_table(peak, sizes)
+        for key in ("256_grey_small", "256_rgb_small", "256_rgb_resnet18"):
+            if key in table:
+                out[f"fraction_of_peak_{key}"] = table[key]
+    if "folder" in parts:
+        folder = folder_lines()
+        out["score_folder_network_share"] = folder["share"]
+        out["rss_ratio_folder_10k_over_1k"] = folder["rss_ratio"]
+    order = ("fraction_of_peak_256_grey_small", "fraction_of_peak_256_rgb_small",
+             "fraction_of_peak_256_rgb_resnet18", "score_folder_network_share",
+             "train_speedup_128", "rss_ratio_folder_10k_over_1k")
+    return {k: out[k] for k in order if k in out}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--score-child", nargs=3, metavar=("MODEL", "FOLDER", "MAPS"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                   help="comma-separated sides of the scoring table (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2: the machines this project runs on)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.score_child:
         model, folder, maps = args.score_child
         print(json.dumps(_score_child(model, folder, maps or None)))
         return
-    for name, value in run().items():
+    parts = tuple(x for x in args.parts.split(",") if x)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"--parts: unknown {unknown}; choose from {list(PARTS)}")
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    for name, value in run(parts, sizes).items():
         print(f"{name}: {value:.2f}")
 
 
