@@ -6,6 +6,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def _precision_cache(tmp_path_factory, monkeypatch):
+    """Training precisions measured by ``precision="auto"`` (CPUs with native bf16) are kept
+    in a fresh cache folder per test, never the user's, and forgotten in memory."""
+    monkeypatch.setenv("SPADECAM_CACHE_DIR", str(tmp_path_factory.mktemp("spadecam-cache")))
+    from spadecam import precision
+
+    precision._MEASURED.clear()
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One intra-op thread for the module, restored afterwards.

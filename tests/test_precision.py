@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,162 @@ def test_bf16_decoder_crop_equals_output_padding():
     with torch.no_grad():
         full = torch.nn.functional.conv_transpose2d(h.double(), l64.weight, l64.bias, stride=2)
         torch.testing.assert_close(full[..., 1:22, 1:22], l64(h.double(), output_size=(21, 21)))
+
+
+# ------------------------------------------------ training precision chosen by measurement
+
+
+def _fake_steps(monkeypatch, fp32_s: float, bf16_s: float, calls: list | None = None):
+    """Make the measurement see steps of fp32_s / bf16_s seconds (no training runs)."""
+    from spadecam import precision
+
+    def fake(model, loss_fn, batch, bf16):
+        if calls is not None:
+            calls.append(bf16)
+        return lambda: bf16_s if bf16 else fp32_s
+
+    monkeypatch.setattr(precision, "_step_seconds", fake)
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "expected"), [
+    (1.0, 0.5, "bf16-mixed"),   # 2x faster
+    (1.0, 0.9, "bf16-mixed"),   # 1.11x: just above the 1.1 margin
+    (1.0, 0.95, "32-true"),     # 1.05x: a tie on a noisy machine keeps exact fp32
+    (0.5, 1.0, "32-true"),      # emulated bf16, slower
+])
+def test_measured_training_precision_takes_the_faster_by_the_margin(monkeypatch, fp32_s,
+                                                                    bf16_s, expected):
+    from spadecam.precision import BF16_TRAINING_MARGIN, measure_training_precision
+
+    assert BF16_TRAINING_MARGIN == 1.1
+    _fake_steps(monkeypatch, fp32_s, bf16_s)
+    m = measure_training_precision(torch.nn.Linear(2, 1), lambda m, b: m(b[0]).sum(),
+                                   (torch.zeros(4, 2),), use_cache=False)
+    assert m.precision == expected
+    assert (m.fp32_seconds, m.bf16_seconds) == (fp32_s, bf16_s)
+    assert m.speedup == pytest.approx(fp32_s / bf16_s)
+    assert not m.cached
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        measure_training_precision(torch.nn.Linear(2, 1), lambda m, b: m(b[0]).sum(),
+                                   (torch.zeros(4, 2),), steps=0)
+
+
+def _vae_problem(size: int = 16, width: int = 8, n: int = 8):
+    from spadecam.models import VAEConfig
+    from spadecam.models.vae import ConvVAE, negative_elbo
+
+    cfg = VAEConfig(image_size=size, latent_dim=4, channels=(width, width)).sized(1, size)
+    torch.manual_seed(0)
+    model = ConvVAE(cfg)
+
+    def loss_fn(m, batch):
+        u = batch[0].float().div(255).contiguous(memory_format=torch.channels_last)
+        logits, mu, logvar = m(u, sample=True)
+        return negative_elbo(logits.float(), u, mu.float(), logvar.float(), cfg.likelihood,
+                             cfg.gaussian_var, cfg.beta)
+
+    batch = (torch.randint(0, 255, (n, 1, size, size), dtype=torch.uint8),)
+    return model, loss_fn, batch
+
+
+def test_measured_training_precision_really_times_both(single_thread):
+    """On this machine, for real: the choice follows the measured seconds, the model and the
+    caller's RNG are left as they were."""
+    from spadecam.precision import BF16_TRAINING_MARGIN, measure_training_precision
+
+    # large enough that convolutions, not Python, take the time (a 16-px VAE's step is 4 ms
+    # in either precision)
+    model, loss_fn, batch = _vae_problem(64, 32, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    m = measure_training_precision(model, loss_fn, batch, steps=2, use_cache=False)
+    assert m.fp32_seconds > 0 and m.bf16_seconds > 0
+    assert m.precision == ("bf16-mixed" if m.speedup >= BF16_TRAINING_MARGIN else "32-true")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    if not bf16_is_fast("cpu"):  # emulated bf16 (measured 0.08x fp32 on an AVX2 EPYC)
+        assert m.precision == "32-true"
+
+
+def test_measured_training_precision_is_kept_per_machine(monkeypatch, tmp_path, cpu_bf16):
+    """A machine decides once: the choice is written to the cache folder and read back by a
+    later process (same CPU, torch, threads, model and batch), so the same seed trains in the
+    same precision; a different batch shape measures again; a broken file is ignored."""
+    from spadecam import precision
+
+    cpu_bf16(False, True)
+    monkeypatch.setenv("SPADECAM_CACHE_DIR", str(tmp_path / "cache"))
+    model, loss_fn, batch = _vae_problem()
+    calls: list = []
+    _fake_steps(monkeypatch, 1.0, 0.4, calls)
+    first = precision.measure_training_precision(model, loss_fn, batch)
+    assert first.precision == "bf16-mixed" and not first.cached and calls
+    saved = json.loads((tmp_path / "cache" / "training_precision.json").read_text())
+    assert [v["precision"] for v in saved.values()] == ["bf16-mixed"]
+    precision._MEASURED.clear()  # as a new process
+    calls.clear()
+    _fake_steps(monkeypatch, 0.4, 1.0, calls)  # the machine would now measure otherwise
+    again = precision.measure_training_precision(model, loss_fn, batch)
+    assert again.cached and again.precision == "bf16-mixed" and not calls
+    assert (again.fp32_seconds, again.bf16_seconds) == (1.0, 0.4)
+    other = precision.measure_training_precision(model, loss_fn, (batch[0][:4],))
+    assert other.precision == "32-true" and calls
+    (tmp_path / "cache" / "training_precision.json").write_text("{not json")
+    precision._MEASURED.clear()
+    assert precision.measure_training_precision(model, loss_fn, batch).precision == "32-true"
+
+
+def test_fit_measures_auto_only_where_it_should(monkeypatch, cpu_bf16, single_thread):
+    """train_vae with precision "auto": measured on a CPU with native bf16 when the training
+    has >= MEASURE_MIN_STEPS steps (the model's log says the precision that trained); the
+    rule for shorter ones, for explicit precisions and where bf16 is not native."""
+    from spadecam import precision
+    from spadecam.distributed import measures_auto_precision, training_precision_label
+    from spadecam.models import VAEConfig
+    from spadecam.training import TrainConfig, train_vae, trained_precision
+
+    calls: list = []
+    _fake_steps(monkeypatch, 1.0, 0.25, calls)
+    x = torch.randint(0, 255, (16, 1, 16, 16), dtype=torch.uint8)
+    cfg = VAEConfig(image_size=16, latent_dim=4, channels=(8, 8))
+
+    def fit(steps: int, prec: str = "auto") -> str:
+        precision._MEASURED.clear()
+        tc = TrainConfig(steps=steps, batch_size=8, val_fraction=0.0, progress=False,
+                         precision=prec)
+        return train_vae(x, cfg, tc).training_log_["precision"]
+
+    cpu_bf16(False, True)  # AVX512-BF16 without AMX: rule fp32, measurement bf16 (faked)
+    assert measures_auto_precision(env={})
+    assert training_precision_label(env={}) == (
+        f"auto (measured per model; 32-true below {precision.MEASURE_MIN_STEPS} steps)")
+    assert fit(precision.MEASURE_MIN_STEPS) == "bf16-mixed" and calls
+    calls.clear()
+    assert fit(precision.MEASURE_MIN_STEPS - 1) == "32-true" and not calls  # the rule
+    assert fit(precision.MEASURE_MIN_STEPS, "32-true") == "32-true" and not calls
+    cpu_bf16(True, True)  # AMX: the rule is bf16-mixed; measured fp32 wins (faked)
+    _fake_steps(monkeypatch, 0.25, 1.0, calls)
+    assert fit(precision.MEASURE_MIN_STEPS) == "32-true" and calls
+    cpu_bf16(False, False)  # no native bf16: never measured
+    calls.clear()
+    assert not measures_auto_precision(env={})
+    assert training_precision_label(env={}) == "32-true"
+    assert fit(precision.MEASURE_MIN_STEPS) == "32-true" and not calls
+    cpu_bf16(False, True)  # several processes or fabric run: the rule, no timing
+    assert not measures_auto_precision(devices=2, env={})
+    assert not measures_auto_precision(env={"LT_CLI_USED": "1"})
+    assert not measures_auto_precision(precision="bf16-mixed", env={})
+
+    class Log(torch.nn.Module):
+        def __init__(self, p):
+            super().__init__()
+            self.training_log_ = {"precision": p}
+
+    from spadecam.models.vae import ConvVAE
+
+    vae = ConvVAE(cfg.sized(1, 16))
+    vae.training_log_ = {"precision": "bf16-mixed"}
+    assert trained_precision(vae, Log("bf16-mixed")) == "bf16-mixed"
+    assert trained_precision(vae, Log("32-true")) == "VAE bf16-mixed, classifier 32-true"
+    assert trained_precision(torch.nn.Linear(1, 1)) is None

@@ -10,8 +10,10 @@ __all__ = ["add_distributed_options", "add_image_commands"]
 
 
 #: What --precision auto means, for every command's help (spadecam.precision).
-_AUTO_PRECISION = ("auto = training in bf16-mixed where the CPU has AMX or the GPU bf16 (on "
-                   "AVX512-BF16 without AMX bf16 training measured slower: fp32 there), "
+_AUTO_PRECISION = ("auto = training in the faster of bf16-mixed and fp32 as timed on the model "
+                   "where the CPU has AMX or AVX512-BF16 (kept per machine; trainings under "
+                   "100 steps and several processes: bf16-mixed with AMX, else fp32), "
+                   "bf16-mixed where the GPU has bf16, fp32 elsewhere; "
                    "scoring in bf16 where the CPU has AMX or AVX512-BF16 or the GPU bf16, "
                    "else fp32; 32 = exact fp32")
 

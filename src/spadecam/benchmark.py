@@ -37,7 +37,7 @@ from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
 from spadecam.precision import resolve_training_precision
 from spadecam.scoring import scoring_context
-from spadecam.training import train_cnn, train_vae
+from spadecam.training import train_cnn, train_vae, trained_precision
 
 __all__ = [
     "BenchmarkData",
@@ -148,7 +148,7 @@ def start(precision: str | None = None, distributed: dict | None = None) -> Exec
     ValueError
         An unknown precision or bad Fabric settings.
     """
-    from spadecam.distributed import fabric_settings, launch
+    from spadecam.distributed import launch, training_precision_label
     from spadecam.precision import from_option, resolve_scoring_precision
 
     given = {k: v for k, v in (distributed or {}).items() if v is not None}
@@ -161,7 +161,7 @@ def start(precision: str | None = None, distributed: dict | None = None) -> Exec
     return Execution(
         train=fab,
         score_precision=resolve_scoring_precision(score_prec, "cpu"),  # scoring on the CPU
-        train_precision=fabric_settings(**fab)["precision"] or "fabric run",
+        train_precision=training_precision_label(**fab),
         rank=fabric.global_rank, world_size=fabric.world_size, device=fabric.device.type,
     )
 
@@ -424,6 +424,8 @@ def run_benchmark(
                 more = res.rows({name: res.spade(**params) for name, params in ablations.items()})
                 log("  variants: " + ", ".join(f"{q['method']} {q['auroc']:.3f}" for q in more))
                 new += more
+            if extra:  # the precision that trained these models (auto may measure)
+                extra["train_precision"] = trained_precision(vae, cnn) or trained_in
             rows += [q | extra for q in new]
             if on_protocol is not None:
                 on_protocol(res)
@@ -446,7 +448,9 @@ def _summary(model: Any) -> str:
     if not t:
         return ""
     stop = "early stop" if t["stopped_early"] else "budget spent"
-    return f"{t['steps']} steps ({stop}, best at step {t['best_step']})"
+    prec = f", {t['precision']}" if t.get("precision") else ""
+    return f"{t['steps']} steps ({stop}, best at step {t['best_step']}{prec})"
+
 
 
 def format_columns_table(

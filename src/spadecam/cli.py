@@ -137,12 +137,12 @@ def _data_dir(args: argparse.Namespace) -> str | None:
 
 def _precision_line(args: argparse.Namespace) -> str:
     """What --precision resolves to here, e.g. "precision: training bf16-mixed, scoring bf16"."""
-    from spadecam.distributed import fabric_settings
+    from spadecam.distributed import training_precision_label
     from spadecam.precision import describe, from_option, resolve_scoring_precision
 
     option = args.precision  # train; score and evaluate say it once the model is loaded
     train, scoring = from_option(option)
-    text = (f"training {fabric_settings(**_distributed(args))['precision']}, "
+    text = (f"training {training_precision_label(**_distributed(args))}, "
             f"scoring {resolve_scoring_precision(scoring)}")
     why = f" (auto: {describe()}; --precision 32 for exact fp32)" if option in ("auto", None) else ""
     return f"precision: {text}{why}"

@@ -121,6 +121,41 @@ def fabric_settings(
     return out
 
 
+def measures_auto_precision(
+    accelerator: str | None = None,
+    devices: int | None = None,
+    strategy: str | None = None,
+    num_nodes: int | None = None,
+    precision: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> bool:
+    """True where a training precision of "auto" (or None) is chosen by timing both at the
+    start of each training rather than by rule: one process on a CPU with native bf16, not
+    under ``fabric run`` (:func:`spadecam.precision.measure_training_precision`; trainings
+    shorter than ``MEASURE_MIN_STEPS`` steps keep the rule). Arguments as
+    :func:`fabric_settings`."""
+    from spadecam.precision import training_precision_is_measured
+
+    env = os.environ if env is None else env
+    if precision not in (None, "auto") or env.get("LT_CLI_USED") == "1":
+        return False
+    fab = fabric_settings(accelerator, devices, strategy, num_nodes, "32-true", env)
+    return (fab["devices"] == 1 and fab["num_nodes"] == 1
+            and training_precision_is_measured(str(fab["accelerator"])))
+
+
+def training_precision_label(**fabric: Any) -> str:
+    """The training precision for logs and records before training: the Fabric precision,
+    "fabric run", or where :func:`measures_auto_precision` "auto (measured per model, RULE
+    for short trainings)"."""
+    rule = fabric_settings(**fabric)["precision"] or "fabric run"
+    if measures_auto_precision(**fabric):
+        from spadecam.precision import MEASURE_MIN_STEPS
+
+        return f"auto (measured per model; {rule} below {MEASURE_MIN_STEPS} steps)"
+    return str(rule)
+
+
 def launch(
     accelerator: str | None = None,
     devices: int | None = None,

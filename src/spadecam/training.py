@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -43,7 +44,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from spadecam import inputs as _inputs
 from spadecam._progress import bar as progress_bar
 from spadecam._progress import interactive, note
-from spadecam.distributed import launch, rank_seed, shard
+from spadecam.distributed import (
+    fabric_settings,
+    launch,
+    measures_auto_precision,
+    rank_seed,
+    shard,
+)
 from spadecam.models.backbones import BACKBONES, backbone_name
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig, classifier_loss
@@ -100,10 +107,14 @@ class TrainConfig:
         Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 2, 1, "32-true" or "bf16-mixed",
         "ddp"); ``devices`` is processes per node. ``None`` takes the launcher's value under
         torchrun or ``fabric run``, else one process on the CPU
-        (:func:`spadecam.distributed.fabric_settings`). ``precision="auto"`` (default) is
-        "bf16-mixed" on CPUs with AMX and on CUDA with bf16, else "32-true" (on AVX512-BF16
-        without AMX bf16 training measured slower than fp32:
-        :func:`spadecam.precision.resolve_training_precision`); "32-true" gives exact fp32
+        (:func:`spadecam.distributed.fabric_settings`). ``precision="auto"`` (default): on
+        a CPU with native bf16 (AMX or AVX512-BF16), one process and at least
+        ``MEASURE_MIN_STEPS`` (100) steps, the faster of "bf16-mixed" and "32-true" as
+        timed on this model and batch before training
+        (:func:`spadecam.precision.measure_training_precision`, kept per machine); else
+        "bf16-mixed" on CPUs with AMX and on CUDA with bf16, "32-true" elsewhere
+        (:func:`spadecam.precision.resolve_training_precision`). The precision that trained
+        is in the model's ``training_log_["precision"]``. "32-true" gives exact fp32
         training.
     progress : bool
         Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
@@ -207,10 +218,31 @@ def _fit(
     if n < 2:
         raise ValueError(f"{name}: need at least 2 training images, got {n}")
     train_idx, val_idx = _split(n, cfg)  # seeded by cfg.seed alone: the same on every rank
+    cfg = _measured_precision(model, tensors, loss_fn, cfg, name, train_idx)
     fabric = _fabric(cfg)
     # the VAE's sampling noise differs per rank; seeded and restored: the caller's RNG is kept
     with _local_rng(rank_seed(cfg.seed, fabric.global_rank), fabric.device):
         return _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx)
+
+
+def _measured_precision(model, tensors, loss_fn, cfg: TrainConfig, name: str, train_idx):
+    """``cfg`` with "auto" replaced by the measured choice where auto is measured: a CPU with
+    native bf16, one process, at least MEASURE_MIN_STEPS steps
+    (:func:`spadecam.precision.measure_training_precision`); else ``cfg`` unchanged."""
+    from spadecam.precision import MEASURE_MIN_STEPS, measure_training_precision
+
+    if not measures_auto_precision(cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes,
+                                   cfg.precision):
+        return cfg
+    per_epoch = max(1, len(train_idx) // cfg.batch_size)
+    steps = cfg.epochs * per_epoch if cfg.epochs is not None else cfg.steps
+    if steps < MEASURE_MIN_STEPS:
+        return cfg
+    batch = tuple(t[train_idx[: cfg.batch_size]] for t in tensors)
+    m = measure_training_precision(model, loss_fn, batch)
+    if cfg.progress:
+        note(f"{name} training precision: {m.describe()}")
+    return dataclasses.replace(cfg, precision=m.precision)
 
 
 def _loaders(fabric, tensors, cfg: TrainConfig, train_idx, val_idx):
@@ -348,9 +380,11 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
         if val_loader is None and report and not interactive():
             note(f"{name} {where()}: training loss {loss_sum / max(loss_count, 1):.5g}")
         epoch += 1
+    precision = fabric_settings(cfg.accelerator, cfg.devices, cfg.strategy, cfg.num_nodes,
+                                cfg.precision)["precision"] or "fabric run"
     return _finish(fabric, module, best_state, {
         "steps": step, "epochs": epoch, "budget_steps": steps, "best_step": best_step,
-        "stopped_early": stop, "validation": history})
+        "stopped_early": stop, "validation": history, "precision": precision})
 
 
 def _finish(fabric, module, best_state, log: dict):
@@ -363,6 +397,20 @@ def _finish(fabric, module, best_state, log: dict):
     module.training_log_ = log  # what happened, for reports (not saved with the weights)
     return module
 
+
+def trained_precision(*models: torch.nn.Module) -> str | None:
+    """The Fabric precision the models trained in (``training_log_["precision"]``): one
+    value when they agree, else "VAE x, classifier y"; None for models without a log."""
+    names = {"ConvVAE": "VAE"}
+    logs = [(m, getattr(m, "training_log_", None)) for m in models]
+    got = [(names.get(type(m).__name__, "classifier"), log.get("precision"))
+           for m, log in logs if isinstance(log, dict)]
+    got = [(n, p) for n, p in got if p]
+    if not got:
+        return None
+    if len({p for _, p in got}) == 1:
+        return str(got[0][1])
+    return ", ".join(f"{n} {p}" for n, p in got)
 
 def train_vae(
     x_normal: torch.Tensor, config: VAEConfig | None = None, train: TrainConfig | None = None

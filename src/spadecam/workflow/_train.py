@@ -29,7 +29,7 @@ from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
 from spadecam.recipes import FIT_DEFAULTS as FIT
 from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config
-from spadecam.training import TrainConfig
+from spadecam.training import TrainConfig, trained_precision
 
 __all__ = ["BACKBONES", "DETECTOR_KINDS", "build_detector", "train"]
 
@@ -298,7 +298,9 @@ def train(
             "world_size": fabric.world_size,
             "global_batch_size": train_cfg.batch_size * fabric.world_size
             if train_cfg is not None else None,
-            "precision": fabric_settings(**distributed)["precision"],
+            "precision": trained_precision(*(m for m in (getattr(det, "vae_", None),
+                                                           getattr(det, "cnn_", None)) if m))
+            or fabric_settings(**distributed)["precision"],
         },
         "scoring_precision": resolve_scoring_precision(det.precision, "cpu"),
     }
