@@ -321,3 +321,29 @@ def test_score_onnx_in_chunks_gives_the_one_chunk_rows(tiny_model, tmp_path, mon
                                rtol=1e-5)
     assert len(list((tmp_path / "ov_b").rglob("*.png"))) == len(whole)
     assert not [p for p in (tmp_path / "ov_b").iterdir() if p.name.startswith(".")]  # staged
+
+
+def test_overlay_is_matplotlibs_inferno_blend():
+    """The overlay colours are matplotlib's "inferno" at v = clip(map / scale, 0, 1), blended
+    at opacity 0.6 v over the image (written here in float64 from matplotlib's colormap);
+    the fast path (cached table, float32 blend) is within one colour step of it."""
+    from matplotlib import colormaps
+
+    from spadecam.deploy.outputs import overlay
+
+    rng = np.random.default_rng(0)
+    for channels in (1, 3):
+        image = rng.random((channels, 40, 48))
+        error_map = rng.random((40, 48)) * 2
+        error_map[0, :4] = [0.0, 1.5, 3.0, 1.5 * 255 / 256]  # 0, full colour, clipped, an edge
+        v = np.clip(error_map / 1.5, 0, 1)
+        base = np.moveaxis(np.repeat(image, 3 // channels, axis=0), 0, -1)
+        alpha = 0.6 * v[..., None]
+        want = np.round(255 * ((1 - alpha) * base + alpha * colormaps["inferno"](v)[..., :3]))
+        got = overlay(image, error_map, 1.5)
+        assert got.shape == (40, 48, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # a zero map leaves the image as it was (to the nearest 8-bit step)
+    grey = rng.random((1, 8, 8))
+    np.testing.assert_array_equal(overlay(grey, np.zeros((8, 8)), 1.0),
+                                  np.repeat(np.round(255 * grey[0])[..., None], 3, axis=-1))

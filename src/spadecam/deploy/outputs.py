@@ -245,22 +245,29 @@ def overlay(image: np.ndarray, error_map: np.ndarray, scale: float) -> np.ndarra
     -------
     ndarray (H, W, 3), uint8; the "inferno" colormap with opacity 0.6 x value.
     """
-    v = np.clip(error_map / max(scale, 1e-12), 0.0, 1.0)
-    base = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
-    base = np.moveaxis(base, 0, -1)
+    v = np.clip(np.asarray(error_map, np.float64) / max(scale, 1e-12), 0.0, 1.0)
     # matplotlib's own lookup (a float v picks entry min(floor(256 v), 255)) from a cached
-    # table: the same colours, without building an (H, W, 4) float RGBA first
-    colour = _inferno()[np.minimum((v * 256).astype(np.intp), 255)]
-    alpha = 0.6 * v[..., None]
-    return np.round(255 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
+    # table: the same colours, without building an (H, W, 4) float RGBA first; the index
+    # from float64 v as matplotlib takes it, the blend in float32 with the grey image
+    # broadcast rather than repeated (6.2 -> 1.9 ms at 256 px; within one colour step of
+    # the float64 blend: tests/test_deploy.py)
+    colour = _inferno()[np.minimum((v * 256).astype(np.intp), 255)]  # (H, W, 3) float32
+    alpha = (0.6 * v).astype(np.float32)[..., None]
+    base = np.moveaxis(np.asarray(image, np.float32), 0, -1)  # (H, W, 1 or 3)
+    colour -= base
+    colour *= alpha
+    colour += base  # (1 - a) base + a colour
+    colour *= 255
+    colour += 0.5
+    return colour.astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=1)
 def _inferno() -> np.ndarray:
-    """The 256 RGB entries (float64 in [0, 1]) of matplotlib's "inferno" colormap."""
+    """The 256 RGB entries (float32 in [0, 1]) of matplotlib's "inferno" colormap."""
     from matplotlib import colormaps
 
-    return colormaps["inferno"](np.arange(256))[:, :3]
+    return colormaps["inferno"](np.arange(256))[:, :3].astype(np.float32)
 
 
 def _mirrored(path: Path) -> Path:
