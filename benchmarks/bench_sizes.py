@@ -164,9 +164,26 @@ def _score_child(model: str, folder: str, maps: str | None) -> dict:
             "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
+def _setup_child(model: str, folder: str) -> dict:
+    """Seconds of a freshly loaded model's first batch beyond the same batch again (oneDNN
+    primitive creation and the like), in this (fresh) process."""
+    from spadecam.deploy import TorchInferencer
+
+    inf = TorchInferencer.load(model)
+    first = sorted(Path(folder).iterdir())[: inf.detector.batch_size]
+    x = inf.read(first)
+    t = time.perf_counter()
+    inf.score(x, first)
+    cold = time.perf_counter() - t
+    return {"setup_s": cold - _best_seconds(lambda: inf.score(x, first), repeats=2)}
+
+
 def _run_child(*args: str) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--score-child", *args], capture_output=True,
-                         text=True, check=True)
+    """`--score-child MODEL FOLDER MAPS`, or with "--setup" first `--setup-child MODEL
+    FOLDER`, in a fresh process; its JSON line."""
+    flag = ["--setup-child", *args[1:]] if args[0] == "--setup" else ["--score-child", *args]
+    res = subprocess.run([sys.executable, __file__, *flag], capture_output=True, text=True,
+                         check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -188,6 +205,46 @@ def _network_seconds(model: Path, folder: Path) -> float:
     return _best_seconds(forward, repeats=1)
 
 
+def share_breakdown(model: Path, folder: Path) -> dict[str, float]:
+    """Where `spadecam score`'s time outside the networks goes: each stage of its path timed
+    alone, in this process, in ms per image (the same functions: the checking pass, reading
+    (decode + channels), SPADE whole against its networks alone, the overlay colours and PNG
+    encoding on one core, and write_overlays as run, on every core), plus the one-off set-up
+    of a freshly loaded model's first batch (oneDNN primitives) in seconds. Printed."""
+    from spadecam.deploy import TorchInferencer
+    from spadecam.deploy.outputs import overlay, png_bytes, write_overlays
+
+    paths = sorted(folder.iterdir())
+    n = len(paths)
+    out = {"first_batch_setup_s": _run_child("--setup", str(model), str(folder))["setup_s"]}
+    inf = TorchInferencer.load(model)
+    out["check"] = _best_seconds(lambda: inf.check(paths), repeats=1)
+    out["read"] = _best_seconds(lambda: inf.read(paths), repeats=1)
+    x = inf.read(paths)
+    out["spade"] = _best_seconds(lambda: inf.score(x, paths), repeats=1)
+    out["networks"] = _network_seconds(model, folder)
+    _, maps = inf.score(x, paths)
+    scale = float(inf.overlay_scale or 1.0)
+    out["overlay_colour_1core"] = _best_seconds(
+        lambda: [overlay(a, m, scale) for a, m in zip(x, maps)], repeats=1)
+    rgb = [overlay(a, m, scale) for a, m in zip(x, maps)]
+    out["png_encode_1core"] = _best_seconds(lambda: [png_bytes(c) for c in rgb], repeats=1)
+    with tempfile.TemporaryDirectory() as d:
+        names = [Path(p.name) for p in paths]
+        out["write_overlays"] = _best_seconds(
+            lambda: write_overlays(Path(d), names, x, maps, scale, False,
+                                   check_replaced=False), repeats=1)
+    print(f"where spadecam score's time goes ({n} PNGs, ms per image; stages timed alone):")
+    for k, v in out.items():
+        if k == "first_batch_setup_s":
+            print(f"  first batch of a freshly loaded model, set-up: {v:.2f} s")
+        else:
+            print(f"  {k}: {1e3 * v / n:.2f} ms")
+    print(f"  SPADE outside its networks (Grad-CAM, ROI, blur, error, bank): "
+          f"{1e3 * (out['spade'] - out['networks']) / n:.2f} ms")
+    return out
+
+
 def folder_lines(size: int = 256, rss: bool = True) -> dict[str, float]:
     """`spadecam score` on 1,000 PNGs end to end (with overlays) and the network share; with
     ``rss``, peak RSS on 1,000 and 10,000 PNGs."""
@@ -198,6 +255,7 @@ def folder_lines(size: int = 256, rss: bool = True) -> dict[str, float]:
         _write_pngs(small, 1000, size)
         one = _run_child(str(model), str(small), str(tmp / "overlays"))
         net = _network_seconds(model, small)
+        share_breakdown(model, small)
         if rss:
             _write_pngs(large, 10000, size)
             ten = _run_child(str(model), str(large), "")
@@ -251,6 +309,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--score-child", nargs=3, metavar=("MODEL", "FOLDER", "MAPS"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--setup-child", nargs=2, metavar=("MODEL", "FOLDER"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--parts", default=",".join(PARTS[:3]),
                    help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)),
@@ -259,6 +319,9 @@ def main() -> None:
                    help="torch threads (default 2: the machines this project runs on)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.setup_child:
+        print(json.dumps(_setup_child(*args.setup_child)))
+        return
     if args.score_child:
         model, folder, maps = args.score_child
         print(json.dumps(_score_child(model, folder, maps or None)))
