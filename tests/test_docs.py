@@ -96,7 +96,9 @@ NOT_SPADECAM = {"--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir"
                 "--standalone", "--nproc_per_node", "--extra-index-url", "--index-url",
                 "--durations", "--accelerator=cuda", "--no-build-isolation", "--upgrade",
                 "--main-address", "--main-port", "--node_rank", "--nnodes=2", "--change",
-                "--base", "--print", "--editable", "--no-deps"}
+                "--base", "--print", "--editable", "--no-deps",
+                # benchmark scripts (benchmarks/bench_sizes.py, profile_training.py)
+                "--parts", "--sizes", "--threads"}
 
 
 def _claims(text: str):
