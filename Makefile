@@ -15,9 +15,9 @@ STAMP  := $(VENV)/.installed-stamp
 SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist && pwd)
 DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
 OUT    ?= runs
-# Training and scoring precision of the reproductions: auto (default: bf16-mixed training where
-# the CPU has AMX, bf16 scoring where it has AMX or AVX512-BF16, else fp32) or 32 (exact fp32,
-# as the 0.1 tables); docs/speed.md.
+# Training and scoring precision of the reproductions: auto (default: on CPUs with AMX or
+# AVX512-BF16 the faster of bf16-mixed and fp32 training as measured on the model, and bf16
+# scoring; else fp32) or 32 (exact fp32, as the 0.1 tables); docs/speed.md.
 PRECISION ?= auto
 export SPADECAM_DATA
 
