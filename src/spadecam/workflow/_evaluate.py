@@ -16,7 +16,7 @@ from spadecam._progress import bar, warn
 from spadecam.data.folders import DatasetError, LabelledImages, folder_layout, mvtec_layout
 from spadecam.data.images import ImageError, image_hw, load_mask
 from spadecam.deploy.torch_inferencer import TorchInferencer
-from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.distributed import fail_together, gather_in_order, launch_scoring, shard
 from spadecam.evaluation import atomic_write_text
 from spadecam.metrics import auroc_by_kind, image_metrics, pixel_auroc
 from spadecam.precision import resolve_scoring_precision
@@ -152,7 +152,7 @@ def evaluate(
     if has_masks and not det.has_anomaly_map:
         raise ValueError("--masks: this model gives no per-pixel map (the CNN-based baseline "
                          "scores whole images), so it has no pixel AUROC; leave out --masks")
-    fabric = launch(**(distributed or {}))
+    fabric = launch_scoring(**(distributed or {}))  # Lightning only for several processes
     if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
         inf.to(fabric.device)
     rank0 = fabric.global_rank == 0

@@ -13,7 +13,7 @@ from spadecam.data.folders import collect_inputs
 from spadecam.deploy import outputs as _outputs
 from spadecam.deploy.outputs import map_names, rows_to_csv  # noqa: F401 (re-exported)
 from spadecam.deploy.torch_inferencer import TorchInferencer
-from spadecam.distributed import fail_together, gather_in_order, launch, shard
+from spadecam.distributed import fail_together, gather_in_order, launch_scoring, shard
 
 __all__ = ["rows_to_csv", "score"]
 
@@ -81,7 +81,7 @@ def score(
     _outputs.check_outputs(out, maps, inf.detector.has_anomaly_map)
     paths = collect_inputs(inputs)
     names = map_names(paths) if maps is not None else None  # from the full list: all ranks
-    fabric = launch(**(distributed or {}))
+    fabric = launch_scoring(**(distributed or {}))  # Lightning only for several processes
     if fabric.device.type != "cpu":  # score on this process's GPU (accelerator "cuda")
         inf.to(fabric.device)
     mine = shard(len(paths), fabric.global_rank, fabric.world_size)
