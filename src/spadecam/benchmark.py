@@ -452,7 +452,6 @@ def _summary(model: Any) -> str:
     return f"{t['steps']} steps ({stop}, best at step {t['best_step']}{prec})"
 
 
-
 def format_columns_table(
     rows: Sequence[dict], methods: Sequence[str], columns: Sequence[tuple[str, str]],
     key: str = "auroc", labels: dict[str, str] | None = None,

@@ -136,12 +136,19 @@ def measures_auto_precision(
     :func:`fabric_settings`."""
     from spadecam.precision import training_precision_is_measured
 
+    return (precision in (None, "auto")
+            and _one_cpu_process(accelerator, devices, strategy, num_nodes, env)
+            and training_precision_is_measured("cpu"))
+
+
+def _one_cpu_process(accelerator: str | None, devices: int | None, strategy: str | None,
+                     num_nodes: int | None, env: Mapping[str, str] | None = None) -> bool:
+    """The settings give one process on the CPU, not under ``fabric run``."""
     env = os.environ if env is None else env
-    if precision not in (None, "auto") or env.get("LT_CLI_USED") == "1":
+    if env.get("LT_CLI_USED") == "1":
         return False
     fab = fabric_settings(accelerator, devices, strategy, num_nodes, "32-true", env)
-    return (fab["devices"] == 1 and fab["num_nodes"] == 1
-            and training_precision_is_measured(str(fab["accelerator"])))
+    return fab["accelerator"] == "cpu" and fab["devices"] == 1 and fab["num_nodes"] == 1
 
 
 def training_precision_label(**fabric: Any) -> str:
@@ -230,9 +237,7 @@ def launch_scoring(
     settings give one process on the CPU (not under ``fabric run``, no process group
     already), else a ``Fabric`` as :func:`launch` starts it. Arguments as
     :func:`fabric_settings`."""
-    fab = fabric_settings(accelerator, devices, strategy, num_nodes, "32-true")
-    if (os.environ.get("LT_CLI_USED") != "1" and fab["accelerator"] == "cpu"
-            and fab["devices"] == 1 and fab["num_nodes"] == 1 and not _initialised()):
+    if _one_cpu_process(accelerator, devices, strategy, num_nodes) and not _initialised():
         return OneProcess()
     return launch(accelerator, devices, strategy, num_nodes)
 

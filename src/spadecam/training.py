@@ -412,6 +412,7 @@ def trained_precision(*models: torch.nn.Module) -> str | None:
         return str(got[0][1])
     return ", ".join(f"{n} {p}" for n, p in got)
 
+
 def train_vae(
     x_normal: torch.Tensor, config: VAEConfig | None = None, train: TrainConfig | None = None
 ) -> ConvVAE:
