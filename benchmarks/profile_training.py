@@ -19,20 +19,14 @@ import torch
 from bench_sizes import _images
 from torch.profiler import ProfilerActivity, profile
 
+from spadecam.precision import _cpu_name
 from spadecam.training import TrainConfig, train_cnn, train_vae
 from spadecam.workflow import build_detector
 
 
 def cpu_kind() -> str:
     """AMX / AVX512-BF16 as torch sees them, and the CPU's model name."""
-    name = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = _cpu_name()
     amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     return f"{name}; AMX tiles {amx}, AVX512-BF16 {bf16}; torch {torch.__version__}"

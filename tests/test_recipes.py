@@ -1,0 +1,37 @@
+"""The Noisy-MNIST recipes: the demo's (``--quick``) training lengths (issue 21)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spadecam.recipes import get_recipe
+from spadecam.training import _split
+
+#: Digits 0 in the MNIST training set (the demo trains its VAE on all of them).
+MNIST_TRAIN_ZEROS = 5923
+
+
+@pytest.mark.parametrize("name", ["spadecam", "paper"])
+def test_quick_recipe_trains_short_in_small_batches(name):
+    full, quick = get_recipe(name), get_recipe(name, quick=True)
+    v, c = quick.vae_train, quick.cnn_train
+    # chosen on the Noisy-MNIST validation split (recipes._quick's docstring)
+    assert (v.epochs, v.batch_size, v.lr) == (4, 32, 2 * full.vae_train.lr)
+    assert (c.epochs, c.batch_size, c.lr) == (2, 32, full.cnn_train.lr)
+    assert v.schedule == full.vae_train.schedule and c.schedule == full.cnn_train.schedule
+    assert (quick.n_train_normal, quick.n_train_known, quick.n_test) == (None, 2000, 2000)
+    assert quick.name == name + "-quick"
+
+
+def test_quick_recipe_step_counts_by_hand():
+    """The demo's optimiser steps, as its log says them: VAE 664, each classifier 444.
+
+    VAE: 5,923 zeros, 592 held out (10 %), 5,331 train: 5,331 // 32 = 166 steps per epoch,
+    x 4 epochs = 664. Classifier: 5,923 zeros + 2,000 known = 7,923, 792 held out, 7,131
+    train: 222 per epoch x 2 = 444.
+    """
+    q = get_recipe("spadecam", quick=True)
+    for cfg, n, steps in ((q.vae_train, MNIST_TRAIN_ZEROS, 664),
+                          (q.cnn_train, MNIST_TRAIN_ZEROS + 2000, 444)):
+        train, _ = _split(n, cfg)
+        assert cfg.epochs * (len(train) // cfg.batch_size) == steps
