@@ -67,7 +67,7 @@ def _with(recipe: Recipe, field: str, text: str) -> Recipe:
             kind = type(cur) if cur is not None else int
             value = dataclasses.replace(old, **{tail: kind(text)})
     else:
-        value = type(old)(text)
+        value = (type(old) if old is not None else int)(text)
     return dataclasses.replace(recipe, **{head: value})
 
 

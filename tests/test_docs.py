@@ -97,8 +97,9 @@ NOT_SPADECAM = {"--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir"
                 "--durations", "--accelerator=cuda", "--no-build-isolation", "--upgrade",
                 "--main-address", "--main-port", "--node_rank", "--nnodes=2", "--change",
                 "--base", "--print", "--editable", "--no-deps",
-                # benchmark scripts (benchmarks/bench_sizes.py, profile_training.py)
-                "--parts", "--sizes", "--threads"}
+                # benchmark scripts (benchmarks/bench_sizes.py, profile_training.py,
+                # validate_recipe.py)
+                "--parts", "--sizes", "--threads", "--benchmark"}
 
 
 def _claims(text: str):

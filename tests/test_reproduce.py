@@ -131,3 +131,55 @@ def test_a_seeds_rows_do_not_depend_on_what_runs_beside_it(tmp_path, single_thre
     beside = run_noisy_mnist(known=(1, 3), seeds=(0, 1), ablations=True, out_dir=tmp_path, **kw)
     assert seed1_known3(alone) == seed1_known3(beside)
     assert len(seed1_known3(alone)) == len(METHODS)
+
+
+def _tiny_with_bank():
+    # the spadecam recipe's scoring terms (feature bank, classifier weight) on the tiny models
+    return dataclasses.replace(tiny_recipe(),
+                               spade_params={"knn_power": 1.0, "classifier_weight": 10.0})
+
+
+@pytest.mark.slow
+def test_figures_and_report_reuse_the_runs_detector(tmp_path, single_thread, monkeypatch):
+    # issue 21: the figures and the report each built the first classifier's feature bank
+    # again (a classifier pass over every normal image) and the gallery ran Grad-CAM on the
+    # test images again; one bank per classifier is what the scores need
+    from spadecam.detectors import SPADE
+
+    built = []
+    real = SPADE.build_feature_bank
+
+    def counting(self, x):
+        built.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(SPADE, "build_feature_bank", counting)
+    run_noisy_mnist(known=(3, 5), seeds=(0,), recipe=_tiny_with_bank(), data_dir=DATA,
+                    out_dir=tmp_path, progress=False, log=lambda *_: None,
+                    report=tmp_path / "r.html")
+    assert built == [64, 64]  # known 3 and known 5, the 64 normal training images each
+    assert (tmp_path / "gallery.png").stat().st_size > 1000 and (tmp_path / "r.html").exists()
+
+
+@pytest.mark.slow
+def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread):
+    from spadecam.benchmark import detector_params, run_benchmark, spade_map_batches
+    from spadecam.detectors import SPADE
+    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
+
+    r = _tiny_with_bank()
+    source = noisy_mnist_source(r, "test", DATA)
+    got = []
+    run_benchmark(lambda seed: noisy_mnist_data(seed, r, (3,), source), r, [0],
+                  progress=False, log=lambda *_: None, on_protocol=got.append)
+    res, = got
+    det = SPADE.from_models(res.vae, res.cnn, res.data.x_normal, **detector_params(r),
+                            precision=res.execution.score_precision)
+    want = torch.cat(list(spade_map_batches(det, res.data.x_test, res.u_hat)))
+    maps = res.spade_maps(50)  # part of a batch
+    assert maps.shape == (50, 84, 84) and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, want[:50])
+    assert torch.equal(res.spade_maps(10**6), res.spade_maps(len(res.data.x_test)))
+    assert len(res.spade_maps(10**6)) == 120
+    with pytest.raises(ValueError, match="scores no SPADE"):
+        dataclasses.replace(res, _cam_source=None).spade_maps(5)

@@ -310,6 +310,31 @@ class ProtocolResult:
                                                                        src.cam_method)
         return spade_scores(det, self.data.x_test, self.u_hat, self._cams if same else None)
 
+    @property
+    def detector(self) -> SPADE | None:
+        """The run's SPADE on these models (the recipe's parameters, the run's scoring
+        precision, its feature bank built); None when this protocol scores no SPADE."""
+        return self._cam_source
+
+    def spade_maps(self, n: int) -> torch.Tensor:
+        """Weighted error maps e' (eq. 5 and Algorithm 1) of the first ``n`` test images,
+        (min(n, T), S, S) float32, from :attr:`detector` and the Grad-CAM maps the run already
+        computed (the classifier and the feature bank are not run again).
+
+        Raises
+        ------
+        ValueError
+            This protocol scores no SPADE.
+        """
+        det = self._cam_source
+        if det is None:
+            raise ValueError(f"protocol {self.protocol.name} scores no SPADE")
+        x, n = self.data.x_test, min(int(n), len(self.data.x_test))
+        batches = -(-n // _BATCH)  # the cached maps come in whole batches of _BATCH
+        end = min(len(x), batches * _BATCH)
+        cams = None if self._cams is None else self._cams[:batches]
+        return torch.cat(list(spade_map_batches(det, x[:end], self.u_hat[:end], cams)))[:n]
+
     def rows(self, scores: dict[str, np.ndarray]) -> list[dict]:
         """One row per (method, column) for ``scores`` on this protocol's columns."""
         out = []

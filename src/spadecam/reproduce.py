@@ -107,9 +107,13 @@ ABLATION_LABELS = {
 
 def _figures_for_model(
     out: Path, vae, cnn, r: _recipes.Recipe, u8, u_hat, digits, k: int, precision: str = "auto",
-    x_normal=None,
+    x_normal=None, res: ProtocolResult | None = None,
 ) -> None:
-    """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery."""
+    """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery.
+
+    ``res``: the run's result for these models; the gallery's maps then come from its SPADE
+    and Grad-CAM maps (no second feature bank, no second Grad-CAM pass).
+    """
     # one normal, the known class and unknown digits, in a fixed order
     picks = [int(np.flatnonzero(digits == d)[0]) for d in (0, k, 2, 4, 6, 8) if d in digits]
     u = to_float_images(u8[picks])
@@ -150,9 +154,12 @@ def _figures_for_model(
         },
         titles, out / "roi_small_vs_large.png", image_keys=("input u",),
     )
-    det = SPADE.from_models(vae, cnn, x_normal, **detector_params(r), precision=precision)
     n = min(len(u8), 2000)
-    maps = torch.cat(list(spade_map_batches(det, u8[:n], u_hat[:n])))
+    if res is not None and res.detector is not None:
+        maps = res.spade_maps(n)
+    else:
+        det = SPADE.from_models(vae, cnn, x_normal, **detector_params(r), precision=precision)
+        maps = torch.cat(list(spade_map_batches(det, u8[:n], u_hat[:n])))
     plot_gallery(
         u8[:n, 0].float().div(255).numpy(), maps.numpy(), maps.sum((1, 2)).numpy(),
         digits[:n], out / "gallery.png",
@@ -255,7 +262,7 @@ def run_noisy_mnist(
             if out_dir is not None and figures and k == known[0]:
                 _figures_for_model(Path(out_dir), res.vae, res.cnn, r, res.data.x_test,
                                    res.u_hat, source.digits, k, ex.score_precision,
-                                   res.data.x_normal)
+                                   res.data.x_normal, res)
 
     out = run_benchmark(lambda seed: _protocols.noisy_mnist_data(seed, r, known, source), r,
                         seeds, progress, log, on_protocol, ex, variants if ablations else None)
@@ -291,8 +298,8 @@ def _noisy_mnist_report(path: str | Path, res: ProtocolResult, r: _recipes.Recip
     from spadecam.report import write_detector_report
 
     k = res.protocol.meta["known_class"]
-    det = SPADE.from_models(res.vae, res.cnn, res.data.x_normal, **detector_params(r),
-                            precision=precision)
+    det = res.detector or SPADE.from_models(res.vae, res.cnn, res.data.x_normal,
+                                            **detector_params(r), precision=precision)
     y, s = res.data.y_test, res.scores["spade"]
     threshold = f1_max(y, s)[1]
     kinds = [f"digit {d} ({'known' if d == k else 'unknown'})" for d in digits]
