@@ -71,6 +71,15 @@ def _with(recipe: Recipe, field: str, text: str) -> Recipe:
     return dataclasses.replace(recipe, **{head: value})
 
 
+def _training(recipe: Recipe) -> str:
+    """Both models' training lengths as run, e.g. "vae 4 epochs x 32 lr 0.002; cnn ..."."""
+    parts = []
+    for name, t in (("vae", recipe.vae_train), ("cnn", recipe.cnn_train)):
+        length = f"{t.epochs} epochs" if t.epochs is not None else f"{t.steps} steps"
+        parts.append(f"{name} {length} x {t.batch_size} lr {t.lr:g}")
+    return "; ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,7 +123,7 @@ def main() -> None:
                 cells.append(f"{sum(v) / len(v):.3f}")
             print(f"  {m:16s} " + " ".join(cells), flush=True)
         keep = ("method", "protocol", "subset", "seed", "auroc", "aupr")
-        timing = {"wall_s": round(wall), "cpu": cpu_kind(),
+        timing = {"wall_s": round(wall), "cpu": cpu_kind(), "training": _training(recipe),
                   "train_precision": got[0].get("train_precision")} if demo else {}
         rows += [{field: value, "base": " ".join(a.base), **{k: q[k] for k in keep}, **timing}
                  for q in got]

@@ -32,6 +32,6 @@ def test_quick_recipe_step_counts_by_hand():
     """
     q = get_recipe("spadecam", quick=True)
     for cfg, n, steps in ((q.vae_train, MNIST_TRAIN_ZEROS, 664),
-                          (q.cnn_train, MNIST_TRAIN_ZEROS + 2000, 444)):
+                          (q.cnn_train, MNIST_TRAIN_ZEROS + q.n_train_known, 444)):
         train, _ = _split(n, cfg)
         assert cfg.epochs * (len(train) // cfg.batch_size) == steps

@@ -162,11 +162,13 @@ def test_figures_and_report_reuse_the_runs_detector(tmp_path, single_thread, mon
 
 
 @pytest.mark.slow
-def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread):
+def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkeypatch):
+    from spadecam import benchmark
     from spadecam.benchmark import detector_params, run_benchmark, spade_map_batches
     from spadecam.detectors import SPADE
     from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
 
+    monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
     source = noisy_mnist_source(r, "test", DATA)
     got = []
@@ -176,10 +178,12 @@ def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread):
     det = SPADE.from_models(res.vae, res.cnn, res.data.x_normal, **detector_params(r),
                             precision=res.execution.score_precision)
     want = torch.cat(list(spade_map_batches(det, res.data.x_test, res.u_hat)))
-    maps = res.spade_maps(50)  # part of a batch
-    assert maps.shape == (50, 84, 84) and maps.dtype == torch.float32
-    torch.testing.assert_close(maps, want[:50])
+    for n in (1, 50, 64, 120):  # inside a batch, across batches, whole batches, all
+        maps = res.spade_maps(n)
+        assert maps.shape == (n, 84, 84) and maps.dtype == torch.float32
+        torch.testing.assert_close(maps, want[:n])
     assert torch.equal(res.spade_maps(10**6), res.spade_maps(len(res.data.x_test)))
     assert len(res.spade_maps(10**6)) == 120
+    assert res.spade_maps(0).shape == (0, 84, 84)
     with pytest.raises(ValueError, match="scores no SPADE"):
         dataclasses.replace(res, _cam_source=None).spade_maps(5)

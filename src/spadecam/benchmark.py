@@ -318,7 +318,7 @@ class ProtocolResult:
 
     def spade_maps(self, n: int) -> torch.Tensor:
         """Weighted error maps e' (eq. 5 and Algorithm 1) of the first ``n`` test images,
-        (min(n, T), S, S) float32, from :attr:`detector` and the Grad-CAM maps the run already
+        (min(max(n, 0), T), S, S) float32, from :attr:`detector` and the Grad-CAM maps the run already
         computed (the classifier and the feature bank are not run again).
 
         Raises
@@ -329,7 +329,9 @@ class ProtocolResult:
         det = self._cam_source
         if det is None:
             raise ValueError(f"protocol {self.protocol.name} scores no SPADE")
-        x, n = self.data.x_test, min(int(n), len(self.data.x_test))
+        x, n = self.data.x_test, max(0, min(int(n), len(self.data.x_test)))
+        if n == 0:
+            return torch.zeros((0, *x.shape[-2:]), dtype=torch.float32)
         batches = -(-n // _BATCH)  # the cached maps come in whole batches of _BATCH
         end = min(len(x), batches * _BATCH)
         cams = None if self._cams is None else self._cams[:batches]

@@ -239,7 +239,8 @@ def _quick(r: Recipe) -> Recipe:
       0.873 / 0.856, 310 s; fewer VAE epochs alone lost AUROC (10: 0.813 / 0.792, 6: 0.740 /
       0.715), and before that 6 epochs on 2,000 zeros had scored below chance;
     - more optimiser steps per epoch converge in fewer epochs: VAE batches of 32 for 8 epochs
-      0.903 / 0.888 (189 s; 64: 0.867 / 0.849; lr 2e-3 or 4e-3 at 128: 0.873 / 0.855);
+      0.903 / 0.888 (189 s; 64: 0.867 / 0.849; lr 2e-3 / 4e-3 at 128: 0.873 / 0.855 and
+      0.873 / 0.854);
       batches of 32 at lr 2e-3 for **4 epochs 0.900 / 0.887** (133 s; 3 epochs 0.878 / 0.861);
     - then the classifier in batches of 32 for **2 epochs**: CNN-based 0.860 / 0.900 (was 0.778 /
       0.828), SPADE **0.917 / 0.967**, 114 s (1 epoch: 0.875 / 0.838).

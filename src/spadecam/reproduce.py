@@ -298,8 +298,10 @@ def _noisy_mnist_report(path: str | Path, res: ProtocolResult, r: _recipes.Recip
     from spadecam.report import write_detector_report
 
     k = res.protocol.meta["known_class"]
-    det = res.detector or SPADE.from_models(res.vae, res.cnn, res.data.x_normal,
-                                            **detector_params(r), precision=precision)
+    det = res.detector
+    if det is None:
+        det = SPADE.from_models(res.vae, res.cnn, res.data.x_normal, **detector_params(r),
+                                precision=precision)
     y, s = res.data.y_test, res.scores["spade"]
     threshold = f1_max(y, s)[1]
     kinds = [f"digit {d} ({'known' if d == k else 'unknown'})" for d in digits]
