@@ -178,12 +178,11 @@ def _setup_child(model: str, folder: str) -> dict:
     return {"setup_s": cold - _best_seconds(lambda: inf.score(x, first), repeats=2)}
 
 
-def _run_child(*args: str) -> dict:
-    """`--score-child MODEL FOLDER MAPS`, or with "--setup" first `--setup-child MODEL
-    FOLDER`, in a fresh process; its JSON line."""
-    flag = ["--setup-child", *args[1:]] if args[0] == "--setup" else ["--score-child", *args]
-    res = subprocess.run([sys.executable, __file__, *flag], capture_output=True, text=True,
-                         check=True)
+def _run_child(flag: str, *args: str) -> dict:
+    """This script with ``flag`` (`--score-child MODEL FOLDER MAPS` or `--setup-child MODEL
+    FOLDER`) in a fresh process; its JSON line."""
+    res = subprocess.run([sys.executable, __file__, flag, *args], capture_output=True,
+                         text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -216,7 +215,7 @@ def share_breakdown(model: Path, folder: Path) -> dict[str, float]:
 
     paths = sorted(folder.iterdir())
     n = len(paths)
-    out = {"first_batch_setup_s": _run_child("--setup", str(model), str(folder))["setup_s"]}
+    out = {"first_batch_setup_s": _run_child("--setup-child", str(model), str(folder))["setup_s"]}
     inf = TorchInferencer.load(model)
     out["check"] = _best_seconds(lambda: inf.check(paths), repeats=1)
     out["read"] = _best_seconds(lambda: inf.read(paths), repeats=1)
@@ -253,12 +252,12 @@ def folder_lines(size: int = 256, rss: bool = True) -> dict[str, float]:
         model = _model_dir(tmp, size)
         small, large = tmp / "png1k" / "in", tmp / "png10k" / "in"
         _write_pngs(small, 1000, size)
-        one = _run_child(str(model), str(small), str(tmp / "overlays"))
+        one = _run_child("--score-child", str(model), str(small), str(tmp / "overlays"))
         net = _network_seconds(model, small)
         share_breakdown(model, small)
         if rss:
             _write_pngs(large, 10000, size)
-            ten = _run_child(str(model), str(large), "")
+            ten = _run_child("--score-child", str(model), str(large), "")
     share = net / one["seconds"]
     print(f"spadecam score, 1,000 {size}-px PNGs with overlays: {1000 / one['seconds']:.1f} img/s "
           f"end to end, networks alone {1000 / net:.1f} img/s (share {share:.2f})")

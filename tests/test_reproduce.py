@@ -85,9 +85,8 @@ def test_bad_known_class_is_rejected():
 def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
     from spadecam import reproduce
-    from spadecam.benchmark import reconstruct as _reconstruct
-    from spadecam.models.cnn import ConvClassifier
-    from spadecam.models.vae import ConvVAE
+    from spadecam.benchmark import run_benchmark
+    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
     from spadecam.reproduce import _figures_for_model
 
     seen = {}
@@ -99,13 +98,12 @@ def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_th
 
     monkeypatch.setattr(reproduce, "plot_gallery", spy)
 
-    r = tiny_recipe()
-    torch.manual_seed(0)
-    vae, cnn = ConvVAE(r.vae.sized(1, 84)).eval(), ConvClassifier(r.cnn).eval()
-    u8 = torch.randint(0, 256, (2100, 1, 84, 84), dtype=torch.uint8)
-    digits = torch.arange(2100).remainder(10).numpy()
-    _figures_for_model(tmp_path, vae, cnn, r, u8, _reconstruct(vae, u8), digits, 3,
-                       x_normal=u8[:64])
+    r = dataclasses.replace(tiny_recipe(), n_test=2100)
+    source = noisy_mnist_source(r, "test", DATA)
+    got = []
+    run_benchmark(lambda seed: noisy_mnist_data(seed, r, (3,), source), r, [0],
+                  progress=False, log=lambda *_: None, on_protocol=got.append)
+    _figures_for_model(tmp_path, got[0], source.digits)
     assert (tmp_path / "gallery.png").stat().st_size > 1000
     assert seen == {"images": 2000, "maps": 2000, "scores": 2000, "digits": 2000}
 

@@ -318,15 +318,15 @@ class ProtocolResult:
 
     def spade_maps(self, n: int) -> torch.Tensor:
         """Weighted error maps e' (eq. 5 and Algorithm 1) of the first ``n`` test images,
-        (min(max(n, 0), T), S, S) float32, from :attr:`detector` and the Grad-CAM maps the run already
-        computed (the classifier and the feature bank are not run again).
+        (min(max(n, 0), T), S, S) float32, from :attr:`detector` and the Grad-CAM maps the
+        run already computed (the classifier and the feature bank are not run again).
 
         Raises
         ------
         ValueError
             This protocol scores no SPADE.
         """
-        det = self._cam_source
+        det = self.detector
         if det is None:
             raise ValueError(f"protocol {self.protocol.name} scores no SPADE")
         x, n = self.data.x_test, max(0, min(int(n), len(self.data.x_test)))

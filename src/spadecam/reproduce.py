@@ -32,11 +32,9 @@ from spadecam.benchmark import (
     detector_params,
     format_columns_table,
     run_benchmark,
-    spade_map_batches,
     start,
 )
 from spadecam.cam import grad_cam
-from spadecam.detectors import SPADE
 from spadecam.error import reconstruction_error
 from spadecam.evaluation import (
     METHOD_LABELS,
@@ -105,15 +103,15 @@ ABLATION_LABELS = {
 
 
 
-def _figures_for_model(
-    out: Path, vae, cnn, r: _recipes.Recipe, u8, u_hat, digits, k: int, precision: str = "auto",
-    x_normal=None, res: ProtocolResult | None = None,
-) -> None:
+def _figures_for_model(out: Path, res: ProtocolResult, digits: np.ndarray) -> None:
     """Samples (Fig. 5), ReLU vs Abs ROI (Fig. 3), small vs large ROI (Fig. 4), gallery.
 
-    ``res``: the run's result for these models; the gallery's maps then come from its SPADE
-    and Grad-CAM maps (no second feature bank, no second Grad-CAM pass).
+    ``res``: the run's result for one known class (its models, test images, reconstructions,
+    and its SPADE and Grad-CAM maps, which the gallery reuses: no second feature bank, no
+    second Grad-CAM pass); ``digits``: the test images' digits.
     """
+    r, cnn, u8, u_hat = res.recipe, res.cnn, res.data.x_test, res.u_hat
+    k = res.protocol.meta["known_class"]
     # one normal, the known class and unknown digits, in a fixed order
     picks = [int(np.flatnonzero(digits == d)[0]) for d in (0, k, 2, 4, 6, 8) if d in digits]
     u = to_float_images(u8[picks])
@@ -155,11 +153,7 @@ def _figures_for_model(
         titles, out / "roi_small_vs_large.png", image_keys=("input u",),
     )
     n = min(len(u8), 2000)
-    if res is not None and res.detector is not None:
-        maps = res.spade_maps(n)
-    else:
-        det = SPADE.from_models(vae, cnn, x_normal, **detector_params(r), precision=precision)
-        maps = torch.cat(list(spade_map_batches(det, u8[:n], u_hat[:n])))
+    maps = res.spade_maps(n)
     plot_gallery(
         u8[:n, 0].float().div(255).numpy(), maps.numpy(), maps.sum((1, 2)).numpy(),
         digits[:n], out / "gallery.png",
@@ -260,9 +254,7 @@ def run_noisy_mnist(
             if report is not None and ex.rank == 0 and k == known[0]:
                 reported.append(res)
             if out_dir is not None and figures and k == known[0]:
-                _figures_for_model(Path(out_dir), res.vae, res.cnn, r, res.data.x_test,
-                                   res.u_hat, source.digits, k, ex.score_precision,
-                                   res.data.x_normal, res)
+                _figures_for_model(Path(out_dir), res, source.digits)
 
     out = run_benchmark(lambda seed: _protocols.noisy_mnist_data(seed, r, known, source), r,
                         seeds, progress, log, on_protocol, ex, variants if ablations else None)
@@ -300,8 +292,7 @@ def _noisy_mnist_report(path: str | Path, res: ProtocolResult, r: _recipes.Recip
     k = res.protocol.meta["known_class"]
     det = res.detector
     if det is None:
-        det = SPADE.from_models(res.vae, res.cnn, res.data.x_normal, **detector_params(r),
-                                precision=precision)
+        raise ValueError(f"protocol {res.protocol.name} scores no SPADE: nothing to report")
     y, s = res.data.y_test, res.scores["spade"]
     threshold = f1_max(y, s)[1]
     kinds = [f"digit {d} ({'known' if d == k else 'unknown'})" for d in digits]
