@@ -185,3 +185,50 @@ def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkey
     assert res.spade_maps(0).shape == (0, 84, 84)
     with pytest.raises(ValueError, match="scores no SPADE"):
         dataclasses.replace(res, _cam_source=None).spade_maps(5)
+
+
+@pytest.mark.slow
+def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch):
+    # issue 21: the CNN-based baseline ran the classifier over the test images again and Naive
+    # SPADE ran Grad-CAM on them again, after SPADE's Grad-CAM forward had both the logits of
+    # u and the maps M(u); the scores must be those of the baselines' own passes
+    import numpy as np
+
+    from spadecam import benchmark, scoring
+    from spadecam.benchmark import detector_params, run_benchmark, spade_scores
+    from spadecam.detectors import CNNDetector, NaiveSPADE
+    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
+
+    monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
+    r = _tiny_with_bank()
+    source = noisy_mnist_source(r, "test", DATA)
+    passes: list[int] = []
+    real = scoring.grad_cam_logits_features
+
+    def counting(cnn, x, *args, **kwargs):
+        passes.append(len(x))
+        return real(cnn, x, *args, **kwargs)
+
+    def no_second_pass(self, X):
+        raise AssertionError("the CNN-based baseline ran the classifier again")
+
+    got = []
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "grad_cam_logits_features", counting)
+        m.setattr(CNNDetector, "decision_function", no_second_pass)
+        run_benchmark(lambda seed: noisy_mnist_data(seed, r, (3,), source), r, [0],
+                      progress=False, log=lambda *_: None, on_protocol=got.append)
+    # SPADE's maps of u and u_hat, one batch of 2 x 32 (2 x 24 the last) each: nothing else
+    assert passes == [64, 64, 64, 48]
+    res, = got
+    assert set(res.scores) == {"vae", "cnn", "naive_spade", "spade"}
+    p = res.execution.score_precision
+    cnn_own = CNNDetector.from_models(res.cnn, precision=p).decision_function(res.data.x_test)
+    naive = {k: v for k, v in detector_params(r).items()
+             if k in ("cam_layer", "upsample", "error_smoothing", "error_norm")}
+    naive_own = spade_scores(NaiveSPADE.from_models(res.vae, res.cnn, **naive, precision=p),
+                             res.data.x_test, res.u_hat)
+    assert res.scores["cnn"].shape == (120,) and res.scores["cnn"].dtype == np.float64
+    np.testing.assert_allclose(res.scores["cnn"], cnn_own, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.scores["naive_spade"], naive_own, rtol=1e-5, atol=1e-9)
+    assert np.ptp(res.scores["cnn"]) > 0 and np.ptp(res.scores["naive_spade"]) > 0

@@ -33,10 +33,11 @@ import torch
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE
 from spadecam.error import reconstruction_error
 from spadecam.evaluation import METHOD_LABELS, auroc, summarise
+from spadecam.exceptions import _check_finite
 from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
 from spadecam.precision import resolve_training_precision
-from spadecam.scoring import scoring_context
+from spadecam.scoring import cnn_score, scoring_context
 from spadecam.training import train_cnn, train_vae, trained_precision
 
 __all__ = [
@@ -237,17 +238,31 @@ def method_scores(
 
     ``precision``: scoring precision of the networks ("32" or "bf16"; ``u_hat`` should come
     from :func:`reconstruct` in the same one). ``cams``: SPADE's signed maps from
-    :func:`cam_batches` (same classifier, layer and precision), so no extra CNN pass.
+    :func:`cam_batches` (same classifier, layer and precision), so no extra CNN pass: SPADE
+    and Naive SPADE read the maps of u (and u_hat) from them, the CNN-based baseline the
+    logits of u (the same forward as its own pass; equal scores, tests/test_benchmark.py).
     ``x_normal``: the normal training images (uint8), SPADE's feature bank when the recipe
     sets ``knn_power``; ``knn_bank``: that bank already built (then ``x_normal`` is unused).
     """
     base = {**detector_params(recipe), "precision": precision}
-    naive = {k: v for k, v in base.items() if k in ("cam_layer", "upsample", "error_smoothing",
-                                                     "error_norm", "precision")}
+    # Naive SPADE: SPADE's Grad-CAM (layer, method, precision) with its own ROI arithmetic
+    naive = {k: v for k, v in base.items() if k in ("cam_layer", "cam_method", "upsample",
+                                                     "error_smoothing", "error_norm",
+                                                     "precision")}
+
+    def cnn_scores() -> np.ndarray:
+        det = CNNDetector.from_models(cnn, precision=precision)
+        if cams is None:
+            return det.decision_function(u8)
+        s = torch.cat([cnn_score(c.logits_u) for c in cams]).double().numpy()
+        _check_finite(det, s)
+        return s
+
     make = {
         "vae": lambda: s_vae,
-        "cnn": lambda: CNNDetector.from_models(cnn, precision=precision).decision_function(u8),
-        "naive_spade": lambda: spade_scores(NaiveSPADE.from_models(vae, cnn, **naive), u8, u_hat),
+        "cnn": cnn_scores,
+        "naive_spade": lambda: spade_scores(NaiveSPADE.from_models(vae, cnn, **naive), u8, u_hat,
+                                            cams),
         "spade": lambda: spade_scores(SPADE.from_models(vae, cnn, x_normal, knn_bank, **base),
                                       u8, u_hat, cams),
     }

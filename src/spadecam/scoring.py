@@ -35,6 +35,7 @@ __all__ = [
     "SPADEScorer",
     "SignedCams",
     "VAEScorer",
+    "cnn_score",
     "scoring_context",
     "signed_cams",
     "spade_error_map",
@@ -270,8 +271,15 @@ class CNNScorer(nn.Module):
         self.cnn = cnn
 
     def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[Any, None]:
-        logits = self.cnn(u).float()
-        return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS], None
+        return cnn_score(self.cnn(u)), None
+
+
+def cnn_score(logits: torch.Tensor) -> torch.Tensor:
+    """The CNN-based baseline's score y_anomaly - y_normal (N,) float32 of logits (N, 2)
+    (index 0 = normal, eq. 2): :class:`CNNScorer`'s, also from logits already computed (the
+    benchmark reads them off SPADE's Grad-CAM forward, :class:`SignedCams`)."""
+    logits = logits.float()
+    return logits[:, 1 - NORMAL_CLASS] - logits[:, NORMAL_CLASS]
 
 
 def spade_error_map(
