@@ -45,6 +45,53 @@ def test_bank_scale_is_the_median_leave_one_out_distance():
         FeatureBank(torch.zeros(4, 2), layer=-2, k=1)
 
 
+def _exact_nearest(query, bank, n):
+    return torch.cdist(query, bank, compute_mode="donot_use_mm_for_euclid_dist").topk(
+        n, dim=1, largest=False).values
+
+
+@pytest.mark.parametrize("offset", [0.0, 40.0])
+def test_nearest_distances_are_the_exact_ones_bit_for_bit(offset):
+    # issue 21: candidates from the matrix product, measured exactly: the k + 1 smallest
+    # distances must be those of the exact all-pairs distances, bit for bit, on a bank large
+    # enough for the shortcut (features far from the origin: offset 40)
+    from spadecam.knn import _nearest
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.relu(torch.randn(600, 24, generator=g) + 1) * 3 + offset
+    query = torch.cat([bank[:50], torch.relu(torch.randn(50, 24, generator=g)) * 3 + offset])
+    got = _nearest(query, bank, 6)
+    assert torch.equal(got, _exact_nearest(query, bank, 6))
+    assert (got[:50, 0] == 0).all()  # a bank entry's own distance: exactly 0
+    assert FeatureBank(bank, layer=-1, k=5).scale == float(
+        _exact_nearest(bank, bank, 6)[:, 1:].mean(1).median())
+
+
+def test_nearest_measures_a_row_against_the_whole_bank_when_the_shortcut_cannot_tell(
+        monkeypatch):
+    # every bank row at distance 1 from the query (unit vectors +-e_i around 0): the product's
+    # rounding could hide a nearer row among the non-candidates, so the row is measured exactly
+    from spadecam import knn
+
+    bank = torch.cat([torch.eye(100), -torch.eye(100)])
+    query = torch.cat([torch.zeros(1, 100), bank[:3] * 0.5])
+    whole = []
+    real = knn._exact
+
+    def counting(q, b):
+        if b.ndim == 2 and len(b) == len(bank):
+            whole.append(len(q))
+        return real(q, b)
+
+    monkeypatch.setattr(knn, "_exact", counting)
+    got = knn._nearest(query, bank, 4)
+    assert torch.equal(got, _exact_nearest(query, bank, 4))
+    assert got[0].tolist() == [1.0] * 4
+    # 0.5 e_1 is 0.5 from e_1 and sqrt(1.25) from the other unit vectors: an exact 0.5 first
+    assert got[1, 0] == 0.5 and got[1, 1] == pytest.approx(1.25 ** 0.5)
+    assert whole and whole[0] >= 1  # the origin's row went to the whole bank
+
+
 def _images(seed: int, n: int, squares: bool) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.integers(20, 60, size=(n, SIZE, SIZE)).astype(np.uint8)
