@@ -127,7 +127,8 @@ class ConvVAE(nn.Module):
         enc: list[nn.Module] = []
         c_in = in_channels
         for c in config.channels:
-            enc += [nn.Conv2d(c_in, c, k, stride=2, padding=pad), nn.LeakyReLU(0.2)]
+            # in place, as the classifier's ReLU (ConvClassifier): the same values
+            enc += [nn.Conv2d(c_in, c, k, stride=2, padding=pad), nn.LeakyReLU(0.2, inplace=True)]
             sizes.append(_conv_out(sizes[-1], k, 2, pad))
             c_in = c
         if sizes[-1] < 1:
@@ -160,7 +161,7 @@ class ConvVAE(nn.Module):
         for i, layer in enumerate(self.decoder):
             h = _upsample(cast(nn.ConvTranspose2d, layer), h, s[-2 - i])  # built as such above
             if i < len(self.decoder) - 1:
-                h = F.leaky_relu(h, 0.2)
+                h = F.leaky_relu(h, 0.2, inplace=True)
         return h
 
     def forward(
