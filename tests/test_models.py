@@ -297,34 +297,39 @@ def test_a_zero_channel_or_size_is_refused_not_taken_for_unset(value):
 
 
 def test_in_place_activations_give_the_same_values_and_gradients(monkeypatch):
-    # issue 21: the VAE's leaky ReLUs and the classifier's ReLUs run in place (one
+    # issue 21: the VAE's leaky ReLUs and the classifiers' ReLUs run in place (one
     # activation less to allocate and write per layer in training); the outputs and every
     # parameter's gradient must be those of out-of-place activations, bit for bit
     import torch.nn.functional as F
+
+    from spadecam.models.resnet import ResNetClassifier, ResNetConfig
 
     torch.manual_seed(0)
     x = torch.rand(4, 1, 27, 27)
     vae = ConvVAE(VAEConfig(latent_dim=4, channels=(8, 8), image_size=27))
     cnn = ConvClassifier(CNNConfig(channels=(8, 8, 8)))
+    resnet = ResNetClassifier(ResNetConfig(widths=(4, 8), blocks=(1, 1)))
     assert any(getattr(m, "inplace", False) for m in vae.modules())
     assert any(getattr(m, "inplace", False) for m in cnn.modules())
+    params = [*vae.parameters(), *cnn.parameters(), *resnet.parameters()]
 
     def step() -> list[torch.Tensor]:
-        vae.zero_grad()
-        cnn.zero_grad()
+        for m in (vae, cnn, resnet):
+            m.zero_grad()
         logits, mu, logvar = vae(x, sample=False)
         negative_elbo(logits, x, mu, logvar).backward()
-        y = cnn(x)
-        (y[:, 0] - 2 * y[:, 1]).sum().backward()
-        grads = [p.grad.clone() for p in [*vae.parameters(), *cnn.parameters()]]
-        return [logits.detach(), y.detach(), *grads]
+        ys = [c(x) for c in (cnn, resnet)]
+        for y in ys:
+            (y[:, 0] - 2 * y[:, 1]).sum().backward()
+        return [logits.detach(), *(y.detach() for y in ys), *(p.grad.clone() for p in params)]
 
     got = step()
     relu, leaky = F.relu, F.leaky_relu
     monkeypatch.setattr(F, "relu", lambda h, inplace=False: relu(h))
     monkeypatch.setattr(F, "leaky_relu", lambda h, slope=0.01, inplace=False: leaky(h, slope))
+    monkeypatch.setattr(torch, "relu_", torch.relu)
     want = step()
-    assert len(got) == len(want) == 2 + len(list(vae.parameters())) + len(list(cnn.parameters()))
+    assert len(got) == len(want) == 3 + len(params)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     assert all(g.abs().sum() > 0 for g in got[2:])  # every parameter gets a gradient
