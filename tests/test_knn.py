@@ -50,8 +50,24 @@ def _exact_nearest(query, bank, n):
         n, dim=1, largest=False).values
 
 
+def _counting_whole_bank(monkeypatch, bank):
+    """Patch knn._exact to record how many query rows went to the whole bank."""
+    from spadecam import knn
+
+    whole: list[int] = []
+    real = knn._exact
+
+    def counting(q, b):
+        if b.ndim == 2 and len(b) == len(bank):
+            whole.append(len(q))
+        return real(q, b)
+
+    monkeypatch.setattr(knn, "_exact", counting)
+    return whole
+
+
 @pytest.mark.parametrize("offset", [0.0, 40.0])
-def test_nearest_distances_are_the_exact_ones_bit_for_bit(offset):
+def test_nearest_distances_are_the_exact_ones_bit_for_bit(offset, monkeypatch):
     # issue 21: candidates from the matrix product, measured exactly: the k + 1 smallest
     # distances must be those of the exact all-pairs distances, bit for bit, on a bank large
     # enough for the shortcut (features far from the origin: offset 40)
@@ -60,11 +76,19 @@ def test_nearest_distances_are_the_exact_ones_bit_for_bit(offset):
     g = torch.Generator().manual_seed(0)
     bank = torch.relu(torch.randn(600, 24, generator=g) + 1) * 3 + offset
     query = torch.cat([bank[:50], torch.relu(torch.randn(50, 24, generator=g)) * 3 + offset])
+    want = _exact_nearest(query, bank, 6)
+    whole = _counting_whole_bank(monkeypatch, bank)
     got = _nearest(query, bank, 6)
-    assert torch.equal(got, _exact_nearest(query, bank, 6))
+    assert torch.equal(got, want)
+    assert sum(whole) < 10  # the shortcut settles (nearly) every row: the test tests it
     assert (got[:50, 0] == 0).all()  # a bank entry's own distance: exactly 0
     assert FeatureBank(bank, layer=-1, k=5).scale == float(
         _exact_nearest(bank, bank, 6)[:, 1:].mean(1).median())
+    # too few candidates to hold the 6 nearest for sure: every row is measured against the
+    # whole bank, and the result is still the exact one
+    whole.clear()
+    assert torch.equal(_nearest(query, bank, 6, candidates=6), want)
+    assert sum(whole) == len(query)
 
 
 def test_nearest_measures_a_row_against_the_whole_bank_when_the_shortcut_cannot_tell(
@@ -75,21 +99,30 @@ def test_nearest_measures_a_row_against_the_whole_bank_when_the_shortcut_cannot_
 
     bank = torch.cat([torch.eye(100), -torch.eye(100)])
     query = torch.cat([torch.zeros(1, 100), bank[:3] * 0.5])
-    whole = []
-    real = knn._exact
-
-    def counting(q, b):
-        if b.ndim == 2 and len(b) == len(bank):
-            whole.append(len(q))
-        return real(q, b)
-
-    monkeypatch.setattr(knn, "_exact", counting)
+    whole = _counting_whole_bank(monkeypatch, bank)
     got = knn._nearest(query, bank, 4)
     assert torch.equal(got, _exact_nearest(query, bank, 4))
     assert got[0].tolist() == [1.0] * 4
     # 0.5 e_1 is 0.5 from e_1 and sqrt(1.25) from the other unit vectors: an exact 0.5 first
     assert got[1, 0] == 0.5 and got[1, 1] == pytest.approx(1.25 ** 0.5)
     assert whole and whole[0] >= 1  # the origin's row went to the whole bank
+
+
+def test_nearest_ignores_a_lower_float32_matmul_precision(monkeypatch):
+    # the candidates' product runs in float64: a float32 matmul precision of "medium" (bf16
+    # where the CPU has it) or "high" (TF32 on CUDA) must not change the result
+    from spadecam.knn import _nearest
+
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randn(400, 16, generator=g) + 20
+    query = torch.randn(30, 16, generator=g) + 20
+    want = _exact_nearest(query, bank, 6)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert torch.equal(_nearest(query, bank, 6), want)
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _images(seed: int, n: int, squares: bool) -> np.ndarray:

@@ -188,7 +188,8 @@ def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkey
 
 
 @pytest.mark.slow
-def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch):
+@pytest.mark.parametrize("cam", [{}, {"cam_method": "autograd"}])
+def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch, cam):
     # issue 21: the CNN-based baseline ran the classifier over the test images again and Naive
     # SPADE ran Grad-CAM on them again, after SPADE's Grad-CAM forward had both the logits of
     # u and the maps M(u); the scores must be those of the baselines' own passes
@@ -201,6 +202,8 @@ def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch):
 
     monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
+    # the closed form and the autograd path (a forward with gradients) of Grad-CAM
+    r = dataclasses.replace(r, spade_params={**r.spade_params, **cam})
     source = noisy_mnist_source(r, "test", DATA)
     passes: list[int] = []
     real = scoring.grad_cam_logits_features
@@ -225,7 +228,8 @@ def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch):
     p = res.execution.score_precision
     cnn_own = CNNDetector.from_models(res.cnn, precision=p).decision_function(res.data.x_test)
     naive = {k: v for k, v in detector_params(r).items()
-             if k in ("cam_layer", "upsample", "error_smoothing", "error_norm")}
+             if k in ("cam_layer", "cam_method", "upsample", "error_smoothing", "error_norm")}
+    assert naive.get("cam_method") == cam.get("cam_method")
     naive_own = spade_scores(NaiveSPADE.from_models(res.vae, res.cnn, **naive, precision=p),
                              res.data.x_test, res.u_hat)
     assert res.scores["cnn"].shape == (120,) and res.scores["cnn"].dtype == np.float64

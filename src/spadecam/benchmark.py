@@ -240,7 +240,8 @@ def method_scores(
     from :func:`reconstruct` in the same one). ``cams``: SPADE's signed maps from
     :func:`cam_batches` (same classifier, layer and precision), so no extra CNN pass: SPADE
     and Naive SPADE read the maps of u (and u_hat) from them, the CNN-based baseline the
-    logits of u (the same forward as its own pass; equal scores, tests/test_benchmark.py).
+    logits of u (the forward its own pass would run, on the batch [u; u_hat]: equal scores to
+    float rounding, bit for bit on the 2-core AVX2 EPYC; tests/test_reproduce.py).
     ``x_normal``: the normal training images (uint8), SPADE's feature bank when the recipe
     sets ``knn_power``; ``knn_bank``: that bank already built (then ``x_normal`` is unused).
     """
@@ -255,6 +256,9 @@ def method_scores(
         if cams is None:
             return det.decision_function(u8)
         s = torch.cat([cnn_score(c.logits_u) for c in cams]).double().numpy()
+        if len(s) != len(u8):
+            raise ValueError(f"cams hold the logits of {len(s)} images, not of the {len(u8)} "
+                             "test images (cam_batches of the same images)")
         _check_finite(det, s)
         return s
 

@@ -79,38 +79,44 @@ def _exact(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return torch.cdist(query, bank, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _nearest(query: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
-    """The ``n`` smallest exact distances of each query row to the bank rows, ascending
-    (N, n) float32: ``_exact(query, bank).topk(n, largest=False).values``, bit for bit.
+def _nearest(query: torch.Tensor, bank: torch.Tensor, n: int,
+             candidates: int | None = None) -> torch.Tensor:
+    """The ``n`` smallest exact distances of each query row to the bank rows, ascending.
 
-    The exact all-pairs distances are the feature bank's slow part (0.7 s of the 2.6 s that
-    building a bank of the 5,923 Noisy-MNIST zeros took on a 2-core AVX2 CPU). Candidates are
-    found with the matrix product instead (squared distances ||q||^2 + ||b||^2 - 2 q.b of the
-    features centred on the bank's mean, float32), and only they are measured exactly. The
-    product's rounding error is at most (K + 8) u (||q|| + max ||b||)^2 for K features and
-    u = 2^-24 (a dot product's worst case in any summation order, the sums of the norms, and
-    the centring), taken twice; a row keeps its candidates' result only when its n-th exact
-    distance lies below every other bank row's product distance less that bound, else it is
-    measured against the whole bank. So the result never depends on the shortcut.
+    query (N, K) and bank (M, K) float32 on one device, 1 <= n <= M. Returns (N, n) float32,
+    ``_exact(query, bank).topk(n, largest=False).values`` bit for bit.
+
+    The exact all-pairs distances were the feature bank's slow part (0.7 s of the 2.6 s that
+    building a bank of the 5,923 Noisy-MNIST zeros took on a 2-core AVX2 CPU). Candidates
+    (``candidates`` per row, default 2n + 16) are found with a matrix product instead: squared
+    distances ||q'||^2 + ||b'||^2 - 2 q'.b' of the features q', b' centred on the bank's mean,
+    in float64 (no float32 matmul precision setting, TF32 or bf16, reaches it), and only they
+    are measured exactly. The product's rounding error is at most (K + 8) u (||q'|| +
+    max ||b'||)^2 with u = 2^-53 (a dot product's worst case in any summation order, the sums
+    of the norms, and the centring), taken twice; a row keeps its candidates' result only when
+    its n-th exact distance, less its own float32 rounding, lies below every other bank row's
+    product distance less that bound, else it is measured against the whole bank. So the
+    result never depends on the shortcut (NaN features send their rows to the whole bank).
     """
     m = len(bank)
-    c = 2 * n + 16  # candidates per row
+    c = 2 * n + 16 if candidates is None else max(int(candidates), n)
     if m <= 4 * c:
         return _exact(query, bank).topk(n, dim=1, largest=False).values
-    with torch.autocast(query.device.type, enabled=False):  # the bound is float32's
-        centre = bank.mean(dim=0)
-        qc, bc = query - centre, bank - centre
+    with torch.autocast(query.device.type, enabled=False):
+        centre = bank.double().mean(dim=0)
+        qc, bc = query.double() - centre, bank.double() - centre
         qn, bn = qc.square().sum(dim=1), bc.square().sum(dim=1)
         d2 = torch.addmm(qn[:, None] + bn[None], qc, bc.T, alpha=-2.0)
         approx, idx = d2.topk(c, dim=1, largest=False)  # ascending
         cand = _exact(query[:, None, :], bank[idx])[:, 0]  # (N, c), the same per-pair values
         near = cand.topk(n, dim=1, largest=False).values
-        u, k = torch.finfo(torch.float32).eps / 2, query.shape[1]
+        k = query.shape[1]
+        u64, u32 = torch.finfo(torch.float64).eps / 2, torch.finfo(torch.float32).eps / 2
         # twice the bound: margin for the bound's second-order terms
-        err = 2 * (k + 8) * u * (qn.sqrt().double() + bn.max().sqrt().double()) ** 2
+        err = 2 * (k + 8) * u64 * (qn.sqrt() + bn.max().sqrt()) ** 2
         # every bank row outside the candidates has a product distance >= approx[:, -1]; the
-        # exact distances carry their own rounding, (k + 2) u of the square
-        safe = near[:, -1].double() ** 2 * (1 + 2 * (k + 4) * u) <= approx[:, -1].double() - err
+        # float32 exact distances carry their own rounding, (k + 2) u32 of the square (twice)
+        safe = near[:, -1].double() ** 2 * (1 + 2 * (k + 4) * u32) <= approx[:, -1] - err
         if not bool(safe.all()):
             redo = (~safe).nonzero()[:, 0]
             near[redo] = _exact(query[redo], bank).topk(n, dim=1, largest=False).values
