@@ -50,9 +50,10 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int,
 
     The nearest bank row is skipped when its distance is <= ``same_below``: the query is
     itself in the bank, as the training images are when the threshold is set from their
-    scores, and is measured against the others. The distances are exact (no matrix-product
-    shortcut), so an image's own entry gives exactly 0 when its features are recomputed
-    bit for bit; ``same_below`` > 0 allows for features recomputed in another batch.
+    scores, and is measured against the others. The distances are exact, from the
+    differences (a matrix product only picks the candidates that are measured, :func:`_nearest`),
+    so an image's own entry gives exactly 0 when its features are recomputed bit for bit;
+    ``same_below`` > 0 allows for features recomputed in another batch.
 
     Raises
     ------
