@@ -51,7 +51,7 @@ def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_
                  "--maps", str(tmp_path / "ov"), "--no-progress"])
     assert code == 130
     assert len(written) == 1 and not written[0].exists()  # it was staged, then removed
-    assert not list((tmp_path / "ov").rglob("*.png")) and not list((tmp_path / "ov").iterdir())
+    assert not (tmp_path / "ov").exists()  # nor the folder it created
     assert not csv.exists()  # the CSV comes last, after every overlay it names
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spadecam: interrupted") and "Traceback" not in "\n".join(err)
@@ -131,7 +131,7 @@ def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_
     with open(out) as f:
         got = np.array([float(r["score"]) for r in csv.DictReader(f)])
     rows = workflow.score(m32, [folders["test/good"]], progress=False, precision="32")
-    np.testing.assert_array_equal(got, np.array([float(f"{r['score']:.9g}") for r in rows]))
+    np.testing.assert_array_equal(got, np.array([float(r['score']) for r in rows]))
     bf16 = workflow.score(m32, [folders["test/good"]], progress=False, precision="bf16")
     assert [r["score"] for r in bf16] != [r["score"] for r in rows]
     assert SPADE.load(m32).precision == "32"

@@ -347,3 +347,24 @@ def test_overlay_is_matplotlibs_inferno_blend():
     grey = rng.random((1, 8, 8))
     np.testing.assert_array_equal(overlay(grey, np.zeros((8, 8)), 1.0),
                                   np.repeat(np.round(255 * grey[0])[..., None], 3, axis=-1))
+
+
+def test_an_export_leaves_no_traced_tensor_behind_and_scoring_after_it_is_unchanged(
+        mnist_like, tmp_path):
+    """torch.export traces the blur's cached matrix: the cache must not keep the traced
+    tensor (it broke every later decision_function in the process with that image side)."""
+    import torch
+
+    from spadecam import error
+
+    dets, test = mnist_like
+    before = {name: d.decision_function(test) for name, d in dets.items()}
+    error._cached_blur_matrix.cache_clear()  # the export is the first to ask for the matrix
+    for name, det in dets.items():
+        export_onnx(det, tmp_path / f"{name}.onnx")
+        np.testing.assert_array_equal(det.decision_function(test), before[name])
+        np.testing.assert_array_equal(det.predict(test), before[name] > det.threshold_)
+    assert error._cached_blur_matrix.cache_info().currsize > 0  # scoring filled it again
+    n, sigma = 24, float(dets["SPADE"]._param("error_smoothing"))
+    m = error.blur_matrix(n, sigma, torch.float32, torch.device("cpu"))
+    assert type(m) is torch.Tensor and not m.is_inference() and not m.requires_grad

@@ -145,7 +145,19 @@ def test_default_fit_holds_out_a_tenth_for_the_threshold(name):
     det = fitted(name)
     assert det.threshold_holdout == 0.1
     assert det.threshold_n_images_ == {"normal": round(0.1 * 48), "anomaly": round(0.1 * 16)}
-    assert det.threshold_source_ == "f1_max_held_out"
+    # the F1-max cut on the held-out images, unless it flags more held-out normals than the
+    # quantile does (then the quantile, and the source says so)
+    assert det.threshold_source_ in ("f1_max_held_out", "quantile_held_out_f1_rejected")
+    from spadecam.threshold import choose_threshold
+
+    hold = det._threshold_split(torch.as_tensor(Y_TRAIN)).numpy()
+    normal = det.decision_function(X_TRAIN[hold & (Y_TRAIN == 0)])
+    anomaly = det.decision_function(X_TRAIN[hold & (Y_TRAIN == 1)])
+    choice = choose_threshold(normal, anomaly, det.threshold_quantile)
+    assert det.threshold_ == pytest.approx(choice.threshold, rel=1e-6)
+    assert det.threshold_source_ == {"f1_max": "f1_max_held_out",
+                                     "quantile_f1_rejected": "quantile_held_out_f1_rejected"
+                                     }[choice.rule]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -261,3 +261,22 @@ def test_exact_reconstruction_scores_zero_at_any_aspect_ratio(smoothing, shape):
                 NaiveSPADE.from_models(vae, cnn, **kw)):
         np.testing.assert_array_equal(det.decision_function(x), 0.0, err_msg=type(det).__name__)
         assert max(float(m.max()) for m in det.anomaly_map(x)) == 0.0
+
+
+def test_a_blur_first_asked_for_under_inference_mode_still_serves_autograd():
+    """The blur matrix is cached: one built under torch.inference_mode (scoring) must not
+    make a later blur with autograd (training) fail with 'Inference tensors cannot be saved
+    for backward'."""
+    from spadecam import error
+
+    error._cached_blur_matrix.cache_clear()
+    with torch.inference_mode():
+        gaussian_blur(torch.rand(1, 1, 9, 7), 1.5)
+    x = torch.rand(2, 1, 9, 7, dtype=torch.float32, requires_grad=True)
+    gaussian_blur(x, 1.5).sum().backward()
+    # a blur keeps constants: every column of B sums to what the row-normalised taps give,
+    # and the gradient of the sum is B's column sums (B_H^T 1)(B_W^T 1)^T
+    bh = error.blur_matrix(9, 1.5, torch.float32, torch.device("cpu"))
+    bw = error.blur_matrix(7, 1.5, torch.float32, torch.device("cpu"))
+    expected = bh.sum(0)[:, None] * bw.sum(0)[None, :]
+    torch.testing.assert_close(x.grad[0, 0], expected)

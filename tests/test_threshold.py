@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from spadecam import SPADE, VAEDetector
+from spadecam._progress import SpadecamWarning
 from spadecam.detectors import fit_threshold
 from spadecam.models import CNNConfig, VAEConfig
+from spadecam.threshold import choose_threshold
 from spadecam.training import TrainConfig
 
 SIZE = 28
@@ -54,10 +56,14 @@ def test_separated_anomalies_give_the_midpoint_between_the_classes():
 
 
 def test_f1_max_matches_brute_force_and_never_flags_everything():
+    # brute force: the F1-max cut (lowest of the best) unless it flags more normals than the
+    # quantile; quantile 0.8 of 30 normals flags 6, so both branches are taken here
     rng = np.random.default_rng(0)
+    rules = set()
     for _ in range(20):
         n, a = rng.normal(0, 1, 30), rng.normal(0.7, 1, 10)
-        t = fit_threshold(n, a)
+        choice = choose_threshold(n, a, quantile=0.8)
+        t = choice.threshold
         s = np.r_[n, a]
         y = np.r_[np.zeros(30), np.ones(10)]
 
@@ -67,13 +73,63 @@ def test_f1_max_matches_brute_force_and_never_flags_everything():
             return 2 * tp / (2 * tp + (p & (y == 0)).sum() + (~p & (y == 1)).sum())
 
         u = np.unique(s)
-        best = max(f1(th) for th in (u[:-1] + u[1:]) / 2)
-        assert f1(t) == pytest.approx(best)
+        cuts = (u[:-1] + u[1:]) / 2
+        best = max(f1(th) for th in cuts)
+        lowest_best = min(th for th in cuts if f1(th) == best)
+        q = np.quantile(n, 0.8)
+        if (n > lowest_best).sum() <= (n > q).sum():
+            assert choice.rule == "f1_max" and f1(t) == pytest.approx(best)
+        else:
+            assert choice.rule == "quantile_f1_rejected" and t == q
+        assert (n > t).sum() <= (n > q).sum()
         assert t > s.min()
+        rules.add(choice.rule)
+    assert rules == {"f1_max", "quantile_f1_rejected"}
 
 
 def test_tied_scores_flag_nothing():
-    assert fit_threshold([2.0, 2.0], [2.0]) == 2.0  # score > 2.0 is false for all
+    with pytest.warns(SpadecamWarning, match="does not separate that kind of anomaly"):
+        assert fit_threshold([2.0, 2.0], [2.0]) == 2.0  # score > 2.0 is false for all
+    assert choose_threshold([2.0, 2.0], [2.0]).rule == "quantile_f1_rejected"
+
+
+def test_anomalies_below_every_normal_keep_the_quantile_not_the_lowest_cut():
+    # F1 is 0 at every cut; the old tie-break took the lowest cut, 0.75, flagging all 4 normals.
+    # The 0.5 quantile of [1, 2, 3, 4] is 2.5 (flags 3 and 4).
+    n, a = [1.0, 2.0, 3.0, 4.0], [0.5]
+    choice = choose_threshold(n, a, quantile=0.5)
+    assert choice.threshold == 2.5 and choice.rule == "quantile_f1_rejected"
+    for text in ("(0.75, catching 0 of those anomalies)",
+                 "no held-out known anomaly scores above the lowest held-out normal score "
+                 "(F1 is 0 at every cut), so the detector does not separate that kind of anomaly",
+                 "the F1-max cut would flag 4 of the 4 held-out normal images, the 0.5 quantile "
+                 "of their scores 2", "It is that quantile instead (2.5, catching 0 of the 1)"):
+        assert text in choice.warning, text
+    with pytest.warns(SpadecamWarning, match=r"would flag 4 of the 4 held-out normal"):
+        assert fit_threshold(n, a, quantile=0.5) == 2.5
+
+
+def test_an_f1_max_cut_flagging_more_normals_than_the_quantile_is_rejected():
+    n = np.arange(10.0)  # 0..9; the 0.99 quantile is 8 + 0.91 * (9 - 8) = 8.91: flags 9 only
+    # cuts: >= 7.5 F1 8/10 (flags 8, 9); >= 8.5 6/8; >= 10 4/6: the F1-max cut is 7.25
+    choice = choose_threshold(n, [7.5, 8.5, 10.0, 11.0])
+    assert choice.rule == "quantile_f1_rejected"
+    assert choice.threshold == pytest.approx(8.91, abs=1e-12)
+    assert ("it would flag 2 of the 10 held-out normal images, more than the 0.99 quantile "
+            "of their scores flags (1)") in choice.warning
+    assert "(7.25, catching 4 of those anomalies)" in choice.warning
+    assert "catching 2 of the 4)" in choice.warning  # 10 and 11 are above 8.91
+    assert "does not separate" not in choice.warning  # some anomalies do score high
+
+
+def test_an_f1_max_cut_flagging_no_more_normals_than_the_quantile_is_kept():
+    n = np.arange(10.0)  # the 0.99 quantile flags 1 normal (9)
+    # >= 8.5: tp 3, fp 1 (9), F1 6/7, the best; the cut 8.25 flags as many normals: kept
+    assert choose_threshold(n, [8.5, 9.5, 10.0]) == (8.25, "f1_max", None)
+    assert choose_threshold([0.0, 1.0, 2.0], [5.0, 6.0]) == (3.5, "f1_max", None)
+    # quantile 1 (the maximum) flags no normal: a cut flagging one is rejected
+    assert choose_threshold(n, [8.5, 9.5, 10.0], quantile=1.0)[:2] == (9.0, "quantile_f1_rejected")
+    assert choose_threshold(n, None) == (pytest.approx(8.91, abs=1e-12), "quantile", None)
 
 
 @pytest.mark.parametrize(
@@ -164,9 +220,58 @@ def test_predict_counts_a_score_equal_to_the_threshold_as_normal():
 
 def test_a_quantile_of_few_held_out_normals_gives_a_warning():
     # 24 normals with threshold_holdout 0.1 hold out 2: their "99th percentile" is no such thing
-    from spadecam._progress import SpadecamWarning
-
     x, _ = data(24, 0)
     with pytest.warns(SpadecamWarning, match=r"0.99 quantile of only 2 held-out normal score"):
         det = VAEDetector(VAE, TRAIN, threshold_holdout=0.1).fit(x)
     assert det.threshold_n_images_ == {"normal": 2, "anomaly": 0}
+
+
+def test_the_few_normals_warning_is_true_for_a_low_quantile():
+    # the median of 2 held-out normals is halfway between them, not "about their maximum"
+    x, _ = data(24, 0)
+    with pytest.warns(SpadecamWarning, match="quantile of only") as record:
+        VAEDetector(VAE, TRAIN, threshold_holdout=0.1, threshold_quantile=0.5).fit(x)
+    text = next(str(w.message) for w in record if "quantile of only" in str(w.message))
+    assert "0.5 quantile of only 2 held-out normal" in text
+    assert "maximum" not in text
+    assert "rests on one or two of them (here between their largest and smallest)" in text
+
+
+def test_the_few_normals_warning_says_which_scores_the_quantile_rests_on():
+    from spadecam.threshold import few_normals_text
+
+    # numpy's position q * (n - 1): 0.99 of 2 -> 0.99, between the two, nearly the larger
+    assert "(here between their largest and smallest: about their maximum)" in (
+        few_normals_text(2, 0.99))
+    assert "(here exactly their 3rd largest)" in few_normals_text(5, 0.5)  # position 2
+    assert "(here between their 5th largest and smallest)" in few_normals_text(6, 0.1)
+    assert "(here their only score)" in few_normals_text(1, 0.99)
+    for n, q in ((2, 0.5), (5, 0.5), (6, 0.1), (10, 0.95)):
+        assert "maximum" not in few_normals_text(n, q), (n, q)
+
+
+def test_printed_thresholds_and_scores_read_back_to_the_same_decisions():
+    from spadecam.decision import format_score, format_threshold
+
+    t = 0.171333755
+    assert float(format_threshold(t)) == t and format_threshold(0.99) == "0.99"
+    assert format_threshold(float("inf")) == "inf"
+    assert format_score(0.17133376, t) == "0.171334"  # "0.17133" would read as below t
+    assert format_score(0.17133505, 0.1713351) == "0.171335"  # "0.17134" would read as above
+    assert format_score(0.5, t) == "0.5" and format_score(0.17133376, None) == "0.17133"
+    s = float(np.float32(0.17133376))  # a float32 score; the threshold one float below it
+    t = float(np.nextafter(s, -np.inf))
+    assert float(format_score(s, t)) > float(format_threshold(t))
+
+
+def test_threshold_story_names_each_source_and_no_unknown_one_as_a_quantile():
+    from spadecam.workflow._train import _threshold_story
+
+    n = {"normal": 12, "anomaly": 3}
+    assert _threshold_story("quantile_train", n, 0.99) == (
+        "the 0.99 quantile of 12 training normal images' scores")
+    assert _threshold_story("quantile_held_out_f1_rejected", n, 0.99).startswith(
+        "the 0.99 quantile of 12 held-out normal images' scores, not the F1-max point on them "
+        "and 3 held-out known-anomaly images")
+    assert _threshold_story("a_later_rule", n, 0.99) == (
+        "set by a rule this version does not know ('a_later_rule')")

@@ -185,9 +185,9 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                     f"to set the threshold (default {fit['threshold_holdout']:g})")
     tr.add_argument("--threshold-quantile", type=float, default=fit["threshold_quantile"],
                     metavar="Q",
-                    help="with no held-out anomaly: flag scores above this quantile of "
-                    f"held-out normal scores (default {fit['threshold_quantile']:g}); else the "
-                    "F1-max point is used")
+                    help="flag scores above this quantile of held-out normal scores "
+                    f"(default {fit['threshold_quantile']:g}); with held-out known anomalies "
+                    "the F1-max point is used instead when it flags no more held-out normals")
 
 
 def _add_score(sub) -> None:

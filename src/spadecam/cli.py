@@ -21,6 +21,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from spadecam._cli_parsers import add_distributed_options, add_image_commands
 
@@ -149,7 +150,24 @@ def _precision_line(args: argparse.Namespace) -> str:
 
 
 def _run_image_command(args: argparse.Namespace) -> int:
-    """Run train / score / evaluate / export; errors are printed by main (exit code 2)."""
+    """Run train / score / evaluate / export; errors are printed by main (exit code 2).
+
+    All or nothing: every file the command writes is taken back, the files it replaced put
+    back and the folders it created removed, when it fails (a full disk: the error names
+    the option and the file) or is interrupted (:func:`spadecam._fs.outputs`).
+    """
+    from spadecam._fs import outputs
+
+    with outputs(*_named_outputs(args)):
+        return _image_command(args)
+
+
+def _named_outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(option, path) of each output the command was given."""
+    return [(f"--{dest}", getattr(args, dest, None)) for dest in ("out", "maps", "report")]
+
+
+def _image_command(args: argparse.Namespace) -> int:
     from spadecam import workflow
     from spadecam._fs import json_text
     from spadecam.distributed import global_rank
@@ -280,15 +298,17 @@ def _check_score_options(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 def _score_onnx(args: argparse.Namespace) -> int:
     """`spadecam score --onnx`: onnxruntime, numpy and Pillow; torch is never imported."""
+    from spadecam._fs import outputs
     from spadecam.deploy.onnx_inferencer import score_onnx
 
     try:
-        rows = score_onnx(args.onnx, args.paths, args.out, args.maps,
-                          log=lambda line: print(line, file=sys.stderr))
+        with outputs(*_named_outputs(args)):  # all or nothing, as with torch
+            rows = score_onnx(args.onnx, args.paths, args.out, args.maps,
+                              log=lambda line: print(line, file=sys.stderr))
+            _print_scored(args, rows)
     except (ValueError, OSError, ImportError) as exc:
         print(f"spadecam: error: {exc}", file=sys.stderr)
         return 2
-    _print_scored(args, rows)
     return 0
 
 
@@ -325,52 +345,67 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command in ("train", "score", "evaluate", "export"):
             return _run_image_command(args)
-        if args.command == "download":
-            from spadecam.data import download_mnist
-
-            path = download_mnist(args.cache_dir)
-            print(f"MNIST ready in {path}")
-            return 0
-        if args.command == "reproduce":  # the output folder checked before any work
-            from spadecam._fs import check_writable
-
-            check_writable(args.out or f"runs/{args.benchmark}", "--out", folder=True)
-            if args.report is not None:
-                check_writable(args.report, "--report")
-        if args.command == "reproduce" and args.benchmark == "elpv":
-            from spadecam.reproduce import run_elpv
-
-            run_elpv(seeds=args.seeds, recipe=args.recipe, quick=args.quick,
-                     eval_split=args.eval_split, out_dir=args.out or "runs/elpv",
-                     protocols=args.protocols,
-                     progress=not args.no_progress, ablations=args.ablations,
-                     precision=args.precision, distributed=_distributed(args))
-            return 0
-        if args.command == "reproduce":
-            from spadecam.reproduce import run_noisy_mnist
-
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-            run_noisy_mnist(
-                known=args.known,
-                seeds=args.seeds,
-                recipe=args.recipe,
-                quick=args.quick,
-                data_dir=_data_dir(args),
-                out_dir=args.out or "runs/noisy-mnist",
-                progress=not args.no_progress,
-                ablations=args.ablations,
-                figures=not args.no_figures,
-                distributed=_distributed(args),
-                precision=args.precision or "auto",
-                report=args.report,
-            )
-            return 0
+        return _run_data_command(args, torch)
     except (
         MNISTNotFoundError, MNISTFormatError, MNISTDownloadError, ValueError, OSError,
         ModuleNotFoundError,
     ) as exc:
         print(f"spadecam: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_data_command(args: argparse.Namespace, torch: Any) -> int:
+    """download / reproduce. What they wrote stays when they fail (a long benchmark keeps its
+    finished parts); a failed write names the option and the file."""
+    from spadecam._fs import outputs
+
+    named = ([("--cache-dir", args.cache_dir)] if args.command == "download" else
+             [("--out", args.out or f"runs/{args.benchmark}"), ("--report", args.report)])
+    with outputs(*named, undo=False):
+        return _data_command(args, torch)
+
+
+def _data_command(args: argparse.Namespace, torch: Any) -> int:
+    if args.command == "download":
+        from spadecam.data import download_mnist
+
+        path = download_mnist(args.cache_dir)
+        print(f"MNIST ready in {path}")
+        return 0
+    if args.command == "reproduce":  # the output folder checked before any work
+        from spadecam._fs import check_writable
+
+        check_writable(args.out or f"runs/{args.benchmark}", "--out", folder=True)
+        if args.report is not None:
+            check_writable(args.report, "--report")
+    if args.command == "reproduce" and args.benchmark == "elpv":
+        from spadecam.reproduce import run_elpv
+
+        run_elpv(seeds=args.seeds, recipe=args.recipe, quick=args.quick,
+                 eval_split=args.eval_split, out_dir=args.out or "runs/elpv",
+                 protocols=args.protocols,
+                 progress=not args.no_progress, ablations=args.ablations,
+                 precision=args.precision, distributed=_distributed(args))
+        return 0
+    if args.command == "reproduce":
+        from spadecam.reproduce import run_noisy_mnist
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        run_noisy_mnist(
+            known=args.known,
+            seeds=args.seeds,
+            recipe=args.recipe,
+            quick=args.quick,
+            data_dir=_data_dir(args),
+            out_dir=args.out or "runs/noisy-mnist",
+            progress=not args.no_progress,
+            ablations=args.ablations,
+            figures=not args.no_figures,
+            distributed=_distributed(args),
+            precision=args.precision or "auto",
+            report=args.report,
+        )
+        return 0
     return 1
 
 

@@ -28,15 +28,32 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype) -> torch.Tensor:
 BLUR_MATRIX_MAX_SIDE = 1024
 
 
-@functools.lru_cache(maxsize=32)
 def blur_matrix(n: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The (n, n) matrix B of a 1-D Gaussian blur with replicate padding: ``B @ x`` blurs
     a length-n signal x exactly as padding it with its edge values and convolving would
     (each tap that falls outside the signal is added to the edge pixel's weight).
 
-    Rows sum to 1. Cached per (n, sigma, dtype, device); the returned tensor is shared, so
-    do not modify it.
+    Rows sum to 1. Cached per (n, sigma, dtype, device) as a plain tensor built outside any
+    autograd, inference or tracing mode, so that no caller's context leaks into the cache
+    (an export's traced tensor, an inference-mode tensor that autograd refuses); while
+    ``torch.export`` traces (``spadecam export``) the matrix is built afresh and not cached.
+    The returned tensor may be shared: do not modify it.
     """
+    if is_exporting() or torch.compiler.is_compiling():
+        return _build_blur_matrix(n, sigma, dtype, device)
+    return _cached_blur_matrix(n, float(sigma), dtype, torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_blur_matrix(n: int, sigma: float, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
+    # a normal tensor whatever mode the first caller was in (inference_mode, no_grad)
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_blur_matrix(n, sigma, dtype, device)
+
+
+def _build_blur_matrix(n: int, sigma: float, dtype: torch.dtype,
+                       device: torch.device) -> torch.Tensor:
     k = _gaussian_kernel(sigma, torch.float64)
     r = len(k) // 2
     rows = torch.arange(n).repeat_interleave(len(k))

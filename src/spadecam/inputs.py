@@ -3,14 +3,15 @@
 The detectors take images of any height and width and bring them to the square input the
 models were built for (``image_size`` x ``image_size``, recorded in the model directory):
 
-* **Forms accepted** (:func:`iter_model_batches`): an array or tensor (N, H, W) or
-  (N, C, H, W); a list or tuple of single images, each (H, W) or (C, H, W), whose sizes may
-  differ; any other iterable (e.g. a DataLoader) of batches, each (N, H, W) / (N, C, H, W)
-  or a tuple whose first element is that (batches may differ in size). uint8 in [0, 255] or
-  float in [0, 1]. Channels-last images ((N, H, W, C) or (H, W, C), as
-  ``np.asarray(PIL.Image)`` gives) are recognised when the last axis is 1, 3 or 4 and the
-  one after N is not, and moved to channels-first; numpy views with negative strides
-  (``X[::-1]``, ``np.flip``, ``np.rot90``) are copied.
+* **Forms accepted** (:func:`iter_model_batches`): an array or tensor (N, H, W),
+  (N, C, H, W) or (N, H, W, C), or one image (H, W, C) or (H, W); a list or tuple of single
+  images, each (H, W), (C, H, W) or (H, W, C), whose sizes may differ; any other iterable
+  (e.g. a DataLoader) of batches, each one of those arrays or a tuple whose first element
+  is one (batches may differ in size). uint8 in [0, 255] or float in [0, 1]. Channels-last
+  images (as ``np.asarray(PIL.Image)`` gives) are recognised when the last axis is 1, 3 or
+  4 and the one before it is not (:func:`spadecam.preprocess.batch_layout`): a single RGB
+  image (48, 64, 3) is one image, never 48 grey images 3 pixels wide. Numpy views with
+  negative strides (``X[::-1]``, ``np.flip``, ``np.rot90``) are copied.
 * **Resizing** uses the one function the CLI uses too,
   :func:`spadecam.data.images.resize_image` (Pillow, bilinear, antialiased, float), with a
   policy: ``"letterbox"`` (default of the API and of ``spadecam train``) scales the longer
@@ -40,6 +41,7 @@ from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.preprocess import (  # noqa: F401 (re-exported)
     CHANNEL_COUNTS,
+    batch_layout,
     letterbox_mask,
     maps_to_sizes,
     stack_maps,
@@ -66,30 +68,33 @@ def as_image_tensor(X: Any, name: str = "X") -> torch.Tensor:
     Parameters
     ----------
     X : array-like or Tensor
-        uint8 in [0, 255] or float in [0, 1], shape (N, H, W) or (N, C, H, W), any strides
-        (reversed or flipped numpy views such as ``X[::-1]`` or ``np.flip(X, 2)`` are
-        copied). Channels-last batches (N, H, W, C), the layout ``np.asarray(PIL.Image)``
-        gives, are recognised when the last axis is 1, 3 or 4 and the second is not
-        (:data:`spadecam.preprocess.CHANNEL_COUNTS`), and moved to (N, C, H, W); an array whose second axis is
-        1, 3 or 4 is read as channels-first.
+        uint8 in [0, 255] or float in [0, 1], any strides (reversed or flipped numpy views
+        such as ``X[::-1]`` or ``np.flip(X, 2)`` are copied). A batch (N, C, H, W),
+        (N, H, W, C) or (N, H, W), or one image (H, W, C) or (H, W), as
+        :func:`spadecam.preprocess.batch_layout` reads the shape: channels-last when the last
+        axis is 1, 3 or 4 and the one before it is not (so ``np.asarray(PIL.Image.open(p))``
+        of an RGB file, (H, W, 3), is one image, not H grey images 3 pixels wide); a batch
+        whose second axis is 1, 3 or 4 is read as channels-first.
     name : str
         Argument name used in error messages.
 
     Raises
     ------
     ValueError
-        Wrong number of dimensions, empty batch or image, a dtype other than uint8/float,
+        A shape of another number of axes (naming ``name`` and the accepted layouts), an
+        empty batch or image, a dtype other than uint8/float,
         float values outside [0, 1] or NaN.
     """
     t = _as_tensor(X)
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4 and _is_channels_last(t.shape[1], t.shape[3]):
+    layout = batch_layout(t.shape, name)
+    if layout == "NHWC":
         t = t.permute(0, 3, 1, 2).contiguous()
-    if t.ndim != 4:
-        raise ValueError(
-            f"{name} must have shape (N, H, W) or (N, C, H, W), got shape {tuple(t.shape)}"
-        )
+    elif layout == "NHW":
+        t = t.unsqueeze(1)
+    elif layout == "HWC":
+        t = t.permute(2, 0, 1).unsqueeze(0).contiguous()
+    elif layout == "HW":
+        t = t[None, None]
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if min(t.shape[1:]) == 0:

@@ -25,7 +25,10 @@ from PIL import Image
 from spadecam.data.images import RESIZE_POLICIES, content_box, resize_image
 
 __all__ = [
+    "ACCEPTED_LAYOUTS",
     "CHANNEL_COUNTS",
+    "LAYOUTS",
+    "batch_layout",
     "ModelInput",
     "check_images",
     "is_channels_last",
@@ -45,6 +48,45 @@ CHANNEL_COUNTS = (1, 3, 4)
 def is_channels_last(second: int, last: int) -> bool:
     """(..., H, W, C) rather than (..., C, H, W): the last axis a channel count, the first not."""
     return last in CHANNEL_COUNTS and second not in CHANNEL_COUNTS
+
+
+#: What :func:`batch_layout` answers, and what each layout is read as.
+LAYOUTS = {
+    "NCHW": "a batch, channels first",
+    "NHWC": "a batch, channels last (as np.stack of np.asarray(PIL.Image) gives)",
+    "NHW": "a batch of grey images",
+    "HWC": "one image, channels last (as np.asarray(PIL.Image) gives)",
+    "HW": "one grey image",
+}
+
+#: The layouts accepted for one array, in words (for error messages).
+ACCEPTED_LAYOUTS = ("(N, C, H, W), (N, H, W, C) or (N, H, W) for a batch; (H, W, C) or (H, W) "
+                    "for one image; C is 1, 3 or 4")
+
+
+def batch_layout(shape: Sequence[int], name: str = "X") -> str:
+    """How an array of images given as one array is read: a key of :data:`LAYOUTS`.
+
+    * 4 axes: (N, H, W, C) when the last axis is 1, 3 or 4 and the second is not
+      (:func:`is_channels_last`), else (N, C, H, W).
+    * 3 axes: one channels-last image (H, W, C) when the last axis is 1, 3 or 4 and the
+      middle one is not (``np.asarray(PIL.Image.open(p))`` of an RGB file, (48, 64, 3), is
+      one image, not 48 grey images 3 pixels wide); else a batch of grey images (N, H, W).
+    * 2 axes: one grey image (H, W).
+
+    Raises
+    ------
+    ValueError
+        Any other number of axes, naming ``name``, its shape and the accepted layouts.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 4:
+        return "NHWC" if is_channels_last(shape[1], shape[3]) else "NCHW"
+    if len(shape) == 3:
+        return "HWC" if is_channels_last(shape[1], shape[2]) else "NHW"
+    if len(shape) == 2:
+        return "HW"
+    raise ValueError(f"{name} has shape {shape}; accepted: {ACCEPTED_LAYOUTS}")
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
@@ -74,8 +116,8 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
 
     Parameters
     ----------
-    X : ndarray (N, H, W) or (N, C, H, W) (channels-last (N, H, W, C) recognised when the
-        last axis is 1, 3 or 4 and the second is not), or a list / tuple of single images
+    X : ndarray (N, H, W), (N, C, H, W) or (N, H, W, C), or one image (H, W, C) or (H, W),
+        read as :func:`batch_layout` says; or a list / tuple of single images
         (H, W), (C, H, W) or (H, W, C), whose sizes may differ; uint8 in [0, 255] or float in
         [0, 1]. The rules of :func:`spadecam.inputs.as_image_tensor`, without torch.
     name : str, the argument's name in error messages
@@ -106,12 +148,9 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
             raise ValueError(f"{name}: images have different channel counts {sorted(channels)}")
         return out
     a = np.asarray(X)
-    if a.ndim == 3:
-        a = a[:, None]
-    elif a.ndim == 4 and is_channels_last(a.shape[1], a.shape[3]):
-        a = np.moveaxis(a, -1, 1)
-    if a.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, H, W) or (N, C, H, W), got shape {a.shape}")
+    layout = batch_layout(a.shape, name)
+    a = {"NCHW": lambda: a, "NHWC": lambda: np.moveaxis(a, -1, 1), "NHW": lambda: a[:, None],
+         "HWC": lambda: np.moveaxis(a, -1, 0)[None], "HW": lambda: a[None, None]}[layout]()
     if a.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     a = _check_one(np.ascontiguousarray(a), name)

@@ -26,6 +26,14 @@ Choices, and what this module does
   overshoots [0, 1]).
 * **Masks**: any non-zero pixel is anomalous; masks go through the same size policy with
   nearest-neighbour resampling, so they stay binary.
+* **One image per file**: a file of several pages or frames (a multi-page TIFF, an animated
+  GIF or PNG) is refused with an :class:`ImageError` naming it, never read from its first
+  page alone; a phone's MPO JPEG is read as its primary picture. Files given by name are
+  read whatever their suffix (a single-frame GIF too); in folders only
+  :data:`spadecam.data.folders.IMAGE_SUFFIXES` are listed.
+* **Large images**: above Pillow's decompression-bomb limit (89 megapixels) a
+  ``SpadecamWarning`` names the file and the memory scoring it takes (about
+  :data:`BYTES_PER_PIXEL_SCORED` bytes per pixel); above twice the limit the file is refused.
 * **Errors**: :func:`load_images` reads every file before it fails and lists every file it
   cannot use in one :class:`ImageError`, so one run shows all of them.
 """
@@ -34,13 +42,14 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from spadecam._progress import bar
+from spadecam._progress import bar, warn
 
 __all__ = [
     "GREY_MODES",
@@ -138,6 +147,46 @@ def _open_with_libtiff(path: Path) -> ImageFile.ImageFile:
             TiffImagePlugin.READ_LIBTIFF = saved
 
 
+#: Bytes of memory per pixel that scoring one large image was measured to take at its peak
+#: (a 10000 x 10000 grey PNG: 4.4 GB with torch, 1.65 GB with onnxruntime).
+BYTES_PER_PIXEL_SCORED = 44
+
+
+def _check_one_frame(im: Image.Image, path: Path) -> None:
+    """ImageError for a file of several pages or frames (multi-page TIFF, animated GIF or
+    PNG, ...): spadecam scores one image per file, and reading its first page alone would
+    silently leave the others unscored. A JPEG of the MPO kind (phones write one: the picture
+    and a preview or a second view) is read as its first, primary, picture."""
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1 and im.format != "MPO":
+        raise ImageError(
+            f"{path}: holds {frames} pages or frames ({im.format}); spadecam reads one image per "
+            "file and would score only the first: save each page as its own file (e.g. "
+            "with Pillow's ImageSequence or `convert file.tif page-%d.png`)", [path])
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_file(path: Path) -> ImageFile.ImageFile:
+    """``Image.open`` with Pillow's DecompressionBombWarning turned into a SpadecamWarning that
+    names the file and the memory scoring it takes (Pillow's own names neither). The check
+    runs in ``Image.open``; the lock keeps the reading threads' warning records apart."""
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = Image.open(path)
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            pixels = f.width * f.height
+            warn(f"{path}: {f.width}x{f.height} pixels ({pixels / 1e6:.0f} megapixels) is above "
+                 f"Pillow's decompression-bomb limit ({(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} "
+                 f"megapixels); scoring it takes about {pixels * BYTES_PER_PIXEL_SCORED / 1e9:.1f} "
+                 "GB of memory. Make sure the file is what you meant to score, or shrink it")
+        else:  # another thread's warning caught in passing: passed on as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return f
+
+
 def _open(path: Path) -> Image.Image:
     """Open, fully decode and orient an image; Pillow's many failure types become ImageError."""
     if not path.is_file():
@@ -145,7 +194,8 @@ def _open(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
     try:
-        f = Image.open(path)
+        f = _open_file(path)
+        _check_one_frame(f, path)
         if _misread_tiff(f):
             f = _open_with_libtiff(path)
         # Pillow decodes 16-bit colour PNGs straight to 8 bits; refuse instead of clipping
@@ -220,7 +270,8 @@ def image_hw(path: str | os.PathLike) -> tuple[int, int]:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
     try:
-        with Image.open(path) as im:
+        with _open_file(path) as im:
+            _check_one_frame(im, path)
             if im.format == "TIFF":  # Pillow turns some TIFFs itself: decode to be sure
                 oriented = _open(path)
                 return oriented.height, oriented.width
@@ -249,7 +300,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ------
     ImageError
         Missing file or broken link, zero-byte, corrupt or truncated file; unsupported mode;
-        16-bit colour.
+        16-bit colour; a file of several pages or frames.
 
     Notes
     -----

@@ -35,6 +35,7 @@ sizes its batches for that.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -46,6 +47,7 @@ from torch import nn
 
 from spadecam._fs import atomic_write_bytes, json_text
 from spadecam.cam import closed_form_applies
+from spadecam.deploy.onnx_inferencer import checksum_entry
 from spadecam.detectors import SPADE, load_detector
 from spadecam.detectors._base import _BaseDetector, _require
 from spadecam.inputs import min_input_size
@@ -63,7 +65,9 @@ ONNX_OPSET = 20
 #: divided by their storage type's maximum), ``min_input_size`` (smallest image side the
 #: networks accept), ``overlay_scale`` (map value shown at full colour, or null),
 #: ``outputs`` (JSON list), ``knn_bank_shape`` ((M, K) of the feature bank, or null),
-#: ``exporter`` and ``opset``.
+#: ``exporter`` and ``opset``. The file ends with one more entry, ``spadecam_sha256``: the
+#: sha256 of every byte before it (:func:`~spadecam.deploy.onnx_inferencer.checksum_entry`),
+#: which the ONNX runner checks.
 METADATA_KEYS = ("spadecam_version", "detector", "threshold", "threshold_source", "image_size",
                  "channels", "resize", "normalisation", "min_input_size", "overlay_scale",
                  "outputs", "knn_bank_shape", "exporter", "opset")
@@ -211,4 +215,7 @@ def export_onnx(
     for key, value in _metadata(det, config).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    return atomic_write_bytes(out, proto.SerializeToString())
+    # the sha256 of the graph, appended as one more metadata entry (checksum_entry): the ONNX
+    # runner refuses a damaged or edited file as the model directory's loader does
+    body = proto.SerializeToString()
+    return atomic_write_bytes(out, body + checksum_entry(hashlib.sha256(body).hexdigest()))

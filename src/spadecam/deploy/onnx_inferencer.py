@@ -13,6 +13,7 @@ Nothing here imports torch (a test checks ``sys.modules``); it needs ``onnxrunti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,19 +23,73 @@ from typing import Any
 
 import numpy as np
 
+from spadecam._fs import json_float, outputs
+from spadecam._progress import warn
 from spadecam.data.folders import collect_inputs
 from spadecam.data.images import RESIZE_POLICIES
-from spadecam.decision import flag_anomalous
+from spadecam.decision import flag_anomalous, format_threshold
 from spadecam.deploy import outputs as _outputs
 from spadecam.exceptions import ModelFormatError, NonFiniteScoreError, _check_finite
 from spadecam.preprocess import check_images, maps_to_sizes, read_files, stack_maps, to_model_input
 
-__all__ = ["OnnxSPADE", "score_onnx"]
+__all__ = ["CHECKSUM_KEY", "OnnxSPADE", "checksum_entry", "score_onnx", "split_checksum"]
 
 #: Metadata every exported graph must carry (:data:`spadecam.deploy.onnx_export.METADATA_KEYS`).
 _REQUIRED = ("detector", "threshold", "image_size", "channels", "resize", "outputs")
 #: Bytes of the feature bank's (N, M, K) distance tensor one batch may hold.
 _BANK_BYTES = 256 << 20
+
+
+#: Metadata key of the sha256 an exported file carries of everything before it.
+CHECKSUM_KEY = "spadecam_sha256"
+
+
+def checksum_entry(hexdigest: str) -> bytes:
+    """The bytes that end an exported file: one more ``metadata_props`` entry of the ONNX
+    ModelProto (field 14) holding :data:`CHECKSUM_KEY` = the sha256 (64 hex digits, as a JSON
+    string like every metadata value) of every byte before it. A protobuf parser merges a
+    message's concatenated parts, so onnx and onnxruntime read it as one more metadata entry,
+    and the file can be checked without parsing it (:func:`split_checksum`) or importing onnx.
+    """
+    key, value = CHECKSUM_KEY.encode(), f'"{hexdigest}"'.encode("ascii")
+    if len(value) != 66:
+        raise ValueError(f"a sha256 has 64 hex digits, got {hexdigest!r}")
+    entry = bytes([0x0A, len(key)]) + key + bytes([0x12, len(value)]) + value
+    return bytes([0x72, len(entry)]) + entry
+
+
+_CHECKSUM_BYTES = len(checksum_entry("0" * 64))
+_CHECKSUM_HEAD = checksum_entry("0" * 64)[:-66]
+
+
+def split_checksum(data: bytes) -> tuple[bytes, str | None]:
+    """(the graph's bytes, the sha256 its last :func:`checksum_entry` records, or None when
+    the file does not end with one)."""
+    tail = data[-_CHECKSUM_BYTES:]
+    if len(data) > _CHECKSUM_BYTES and tail.startswith(_CHECKSUM_HEAD):
+        value = tail[len(_CHECKSUM_HEAD):]
+        digest = value[1:-1].decode("ascii", errors="replace")
+        if value[:1] == value[-1:] == b'"' and all(c in "0123456789abcdef" for c in digest):
+            return data[:-_CHECKSUM_BYTES], digest
+    return data, None
+
+
+def _checked_bytes(path: Path) -> bytes:
+    """The file's bytes, checked against the sha256 it carries (ModelFormatError otherwise);
+    a file without one (exported by spadecam 0.2.0 or earlier) is read with a warning."""
+    data = path.read_bytes()
+    body, digest = split_checksum(data)
+    if digest is None:
+        if CHECKSUM_KEY.encode() in data[-4 * _CHECKSUM_BYTES:]:
+            raise ModelFormatError(f"{path}: its sha256 entry is damaged or no longer at the "
+                                   "file's end (the file was edited or re-saved after `spadecam "
+                                   "export`); re-export the model")
+        warn(f"{path} carries no sha256 (exported by an older spadecam), so damage to "
+                      "it cannot be detected; re-export it with spadecam export")
+    elif hashlib.sha256(body).hexdigest() != digest:
+        raise ModelFormatError(f"{path} does not match the sha256 it carries: the file is "
+                               "damaged or was edited; re-export the model (spadecam export)")
+    return data
 
 
 def _session(path: Path, threads: int | None) -> Any:
@@ -43,13 +98,41 @@ def _session(path: Path, threads: int | None) -> Any:
     except ImportError:
         raise ImportError("scoring an ONNX file needs onnxruntime: pip install "
                           "'spadecam[onnx]' (or onnxruntime)") from None
+    data = _checked_bytes(path)
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelFormatError(f"{path}: not an ONNX model onnxruntime can load ({exc})") from None
+
+
+def _check_graph(path: Path, session: Any, meta: dict[str, Any]) -> None:
+    """The graph's inputs and outputs against its metadata: ``images`` (N, C, S, S) and
+    ``valid`` (N, 1, S, S) with the metadata's C and S, the outputs it names. ModelFormatError
+    naming the file and the mismatch (a graph of another tool, or edited metadata)."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    if "images" not in inputs or set(inputs) - {"images", "valid"}:
+        raise ModelFormatError(
+            f"{path}: the graph's inputs are {sorted(inputs)}, not those of `spadecam export` "
+            "(images, valid); it carries spadecam's metadata but is another model")
+    if outputs != meta["outputs"]:
+        raise ModelFormatError(
+            f"{path}: the graph's outputs are {outputs} but its metadata names "
+            f"{meta['outputs']}; not a graph `spadecam export` wrote")
+    c, size = meta["channels"], meta["image_size"]
+    for name, want in (("images", [c, size, size]), ("valid", [1, size, size])):
+        got = inputs.get(name)
+        if got is None:
+            continue
+        fixed = [d for d in got[1:]]
+        if len(got) != 4 or any(isinstance(d, int) and d != w for d, w in zip(fixed, want)):
+            raise ModelFormatError(
+                f"{path}: the graph's input {name!r} has shape {got} but the metadata says "
+                f"channels {c} and image_size {size} (expected [N, {', '.join(map(str, want))}]"
+                "); the metadata was edited or belongs to another graph")
 
 
 def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
@@ -63,13 +146,13 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
             raise ModelFormatError(f"{path}: metadata {key!r} is not JSON: {text[:40]!r}") from None
     rules = {
         "detector": (lambda v: isinstance(v, str), "a detector class name"),
-        "threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and math.isfinite(v), "a finite number"),
+        "threshold": (lambda v: not math.isnan(_as_float(v, math.nan)),
+                      "a number, 'Infinity' or '-Infinity'"),
         "image_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
         "channels": (lambda v: v in (1, 3, 4), "1, 3 or 4"),
         "resize": (lambda v: v in RESIZE_POLICIES, f"one of {RESIZE_POLICIES}"),
         "outputs": (lambda v: isinstance(v, list) and "score" in v, "a list naming score"),
-        "overlay_scale": (lambda v: v is None or (isinstance(v, (int, float)) and v >= 0),
+        "overlay_scale": (lambda v: v is None or _as_float(v, -1.0) >= 0,
                           "null or a number >= 0"),
         "min_input_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     }
@@ -77,7 +160,20 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
         if key in meta and not ok(meta[key]):
             raise ModelFormatError(f"{path}: metadata {key!r} must be {expected}, got "
                                    f"{meta[key]!r}")
+    # strict JSON writes an infinite float as a string (spadecam._fs.json_text)
+    for key in ("threshold", "overlay_scale"):
+        meta[key] = json_float(meta.get(key), key)
     return meta
+
+
+def _as_float(v: Any, otherwise: float) -> float:
+    """A number, or the string json_text writes an infinite float as, as a float; else
+    ``otherwise``."""
+    try:
+        x = json_float(v)
+    except ValueError:
+        return otherwise
+    return otherwise if x is None else x
 
 
 class OnnxSPADE:
@@ -111,8 +207,10 @@ class OnnxSPADE:
     FileNotFoundError
         No file at ``path``.
     ModelFormatError
-        Not an ONNX file onnxruntime loads, or one without spadecam's metadata (naming the
-        missing keys).
+        Not an ONNX file onnxruntime loads; one without spadecam's metadata (naming the
+        missing keys); a file that does not match the sha256 it carries (damaged or edited);
+        metadata that contradicts the graph (channels or image_size other than the input's,
+        other inputs or outputs than ``spadecam export`` writes). Each names the file.
     ImportError
         onnxruntime is not installed.
     """
@@ -129,6 +227,7 @@ class OnnxSPADE:
             raise ModelFormatError(f"{self.path}: not exported by `spadecam export` (its "
                                    f"metadata lacks {', '.join(missing)})")
         self.metadata = meta = _parse_metadata(self.path, raw)
+        _check_graph(self.path, self.session, meta)
         self.detector = meta["detector"]
         self.threshold_ = meta["threshold"]
         self.image_size, self.channels = meta["image_size"], meta["channels"]
@@ -143,7 +242,8 @@ class OnnxSPADE:
 
     def __repr__(self) -> str:
         return (f"OnnxSPADE({str(self.path)!r}: {self.detector}, {self.channels}x"
-                f"{self.image_size}x{self.image_size} {self.resize}, threshold {self.threshold_:.6g})")
+                f"{self.image_size}x{self.image_size} {self.resize}, threshold "
+                f"{format_threshold(self.threshold_)})")
 
     # ------------------------------------------------------------------ scoring
 
@@ -164,9 +264,10 @@ class OnnxSPADE:
     def decision_function_and_map(self, X: Any) -> tuple[np.ndarray, Any]:
         """Scores (N,) float64 and maps at each image's size from one pass.
 
-        X: an array (N, H, W) / (N, C, H, W) (channels-last recognised) or a list of images
-        (H, W) / (C, H, W) of any sizes; uint8 [0, 255] or float [0, 1]
-        (:func:`spadecam.preprocess.check_images`). Maps: (N, H, W) float32 >= 0 when all
+        X: an array (N, H, W) / (N, C, H, W) / (N, H, W, C), one image (H, W, C) / (H, W),
+        or a list of images (H, W) / (C, H, W) / (H, W, C) of any sizes; uint8 [0, 255] or
+        float [0, 1] (:func:`spadecam.preprocess.check_images`, the layouts of
+        :func:`spadecam.preprocess.batch_layout`). Maps: (N, H, W) float32 >= 0 when all
         images share a size, else a list; None for a detector without maps.
 
         Raises
@@ -228,21 +329,23 @@ def score_onnx(
     if log is not None:
         log(f"scoring with {det!r} (onnxruntime, fp32)")
     _outputs.check_outputs(out, maps, det.has_anomaly_map)
-    paths = collect_inputs(inputs)
-    names = _outputs.map_names(paths) if maps is not None else []
-    read_files(paths, det.channels, det.min_input_size, keep=False)  # every file, before writes
+    # the CSV and the overlays together or not at all (an interruption, a full disk)
+    with outputs(("--out", out), ("--maps", maps)):
+        paths = collect_inputs(inputs)
+        names = _outputs.map_names(paths) if maps is not None else []
+        read_files(paths, det.channels, det.min_input_size, keep=False)  # every file, before writes
 
-    def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
-        try:
-            return det.decision_function_and_map(x)
-        except NonFiniteScoreError as exc:  # as spadecam score with torch (names the files)
-            raise _outputs.non_finite_error(exc, chunk) from None
+        def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
+            try:
+                return det.decision_function_and_map(x)
+            except NonFiniteScoreError as exc:  # as spadecam score with torch (names the files)
+                raise _outputs.non_finite_error(exc, chunk) from None
 
-    # in chunks with flat memory; overlays staged, moved into place once all is scored
-    scores = _outputs.score_with_overlays(det.read, score, paths, names, maps,
-                                          det.overlay_scale)
-    rows = _outputs.score_rows(paths, scores, det.threshold_, maps,
-                               names if maps is not None else None)
-    if out is not None:
-        _outputs.write_csv(out, rows)
-    return rows
+        # in chunks with flat memory; overlays staged, moved into place once all is scored
+        scores = _outputs.score_with_overlays(det.read, score, paths, names, maps,
+                                              det.overlay_scale)
+        rows = _outputs.score_rows(paths, scores, det.threshold_, maps,
+                                   names if maps is not None else None)
+        if out is not None:
+            _outputs.write_csv(out, rows)
+        return rows

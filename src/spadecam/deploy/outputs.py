@@ -12,7 +12,7 @@ import csv
 import functools
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from spadecam._fs import atomic_write, atomic_write_text, check_writable
+from spadecam._fs import Staging, atomic_write, atomic_write_text, check_writable, outputs
 from spadecam._progress import bar, warn
 from spadecam.decision import flag_anomalous
 
@@ -88,7 +88,7 @@ def write_overlays(folder: str | os.PathLike, names: Sequence[Path], images: Seq
             raise
 
 
-class StagedOverlays:
+class StagedOverlays(Staging):
     """Overlays written under a hidden folder of ``--maps`` and moved into place at once.
 
     ``spadecam score`` scores and draws a chunk of images at a time (memory stays that of one
@@ -96,39 +96,33 @@ class StagedOverlays:
     scored: an unreadable file or a non-finite score found late leaves no overlay behind, and
     an interruption neither. :meth:`commit` renames each staged file into place (the same
     file system, so each rename is atomic; a replaced overlay keeps its mode, as ``open``
-    would); :meth:`discard` removes the staging folder.
+    would) with Ctrl-C held back: a failure or an interruption while they move puts back
+    what had moved (and the overlays they replaced) once the enclosing
+    :func:`~spadecam._fs.outputs` block ends; :meth:`discard` removes the staging folder.
+
+    Raises
+    ------
+    WriteError
+        ``folder`` cannot be created, or (:meth:`write`, :meth:`commit`) an overlay cannot
+        be written; the message names the overlay's file under ``folder``.
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        import tempfile
-
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=".spadecam-staging-", dir=self.folder))
+        super().__init__(folder)
         self.names: list[Path] = []
 
     def write(self, names: Sequence[Path], images: Sequence[np.ndarray],
               maps: Sequence[np.ndarray], scale: float, progress: bool = False) -> None:
         """Stage the overlays of these images (see :func:`write_overlays`)."""
-        write_overlays(self.stage, names, images, maps, scale, progress, check_replaced=False)
+        with self.named():
+            write_overlays(self.stage, names, images, maps, scale, progress,
+                           check_replaced=False)
         self.names += list(names)
 
-    def commit(self) -> None:
-        import shutil
-        import stat
-
-        for n in self.names:
-            src, dst = self.stage / n, self.folder / n
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.is_file():  # as open() would: a replaced file keeps its mode
-                os.chmod(src, stat.S_IMODE(dst.stat().st_mode))
-            os.replace(src, dst)
-        shutil.rmtree(self.stage, ignore_errors=True)
-
-    def discard(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.stage, ignore_errors=True)
+    def commit(self, names: Sequence[str | os.PathLike] | None = None,
+               remove: Iterable[str | os.PathLike] = ()) -> None:
+        """Move the staged overlays into place, all or none (:meth:`Staging.commit`)."""
+        super().commit(self.names if names is None else names, remove)
 
 
 def warn_replaced(folder: Path, names: Sequence[Path]) -> None:
@@ -189,9 +183,29 @@ def score_with_overlays(read: Any, score: Any, paths: Sequence[Path], names: Seq
     a ``scale`` (a model saved by the API) the overlays share the largest map value,
     ``reduce_max(value)`` over processes (None: this process's own). Warns before replacing
     existing overlays. Returns the scores, float (N,), in ``paths`` order.
+
+    Runs in an :func:`~spadecam._fs.outputs` block (the caller's, when it has one: then a
+    later failure, e.g. writing the CSV, takes the overlays back too): a failure or Ctrl-C at
+    any moment leaves every overlay, or none and the overlays they would have replaced as
+    they were, and no folder it created.
+
+    Raises
+    ------
+    WriteError
+        An overlay cannot be written (a full disk): the message names ``--maps`` and the
+        file; nothing is left.
+    Whatever ``read`` and ``score`` raise (nothing is written).
     """
     if maps is not None:
         warn_replaced(Path(maps), names)
+    with outputs(("--maps", maps)):
+        return _score_with_overlays(read, score, paths, names, maps, scale, progress, guard,
+                                    reduce_max)
+
+
+def _score_with_overlays(read: Any, score: Any, paths: Sequence[Path], names: Sequence[Path],
+                         maps: str | os.PathLike | None, scale: float | None,
+                         progress: bool, guard: Any, reduce_max: Any) -> np.ndarray:
     staged = StagedOverlays(maps) if maps is not None else None
     try:
         with guard():  # every image scored (and drawn, staged) before anything is written
@@ -223,7 +237,10 @@ def non_finite_error(exc: Any, paths: Sequence[Any], offset: int = 0) -> Excepti
 
 
 def write_csv(out: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
-    """:func:`rows_to_csv` to ``out`` (temp file, then renamed); warns when replacing."""
+    """:func:`rows_to_csv` to ``out`` (temp file, then renamed); warns when replacing.
+
+    Raises WriteError (an OSError) naming the file (and ``--out`` inside the command's
+    :func:`~spadecam._fs.outputs` block) when it cannot be written."""
     if Path(out).exists():
         warn(f"--out {out}: replacing the existing file")
     atomic_write_text(out, rows_to_csv(rows))
@@ -312,7 +329,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def write_png(path: Path, rgb: np.ndarray | bytes) -> None:
-    """Write an (H, W, 3) uint8 picture, or its PNG bytes, as a PNG (temp file, renamed)."""
+    """Write an (H, W, 3) uint8 picture, or its PNG bytes, as a PNG (temp file, renamed).
+    Raises WriteError (an OSError) naming ``path`` when it cannot be written."""
     data = rgb if isinstance(rgb, bytes) else png_bytes(rgb)
     atomic_write(path, lambda p: Path(p).write_bytes(data), suffix=".png")
 
@@ -327,7 +345,9 @@ def io_threads() -> int:
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text with the columns path,score,label,map (score with 9 significant digits).
+    """CSV text with the columns path,score,label,map; the score is the shortest decimal that
+    reads back as the very float64 the label was decided on (``repr``), so a score printed just
+    above the threshold is above it, never equal after rounding.
 
     ``map`` is the overlay PNG of the row's image, empty when no overlays were written.
     """
@@ -335,5 +355,5 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "score", "label", "map"])
     for r in rows:
-        w.writerow([r["path"], f"{r['score']:.9g}", r["label"], r.get("map", "")])
+        w.writerow([r["path"], repr(float(r["score"])), r["label"], r.get("map", "")])
     return buf.getvalue()

@@ -50,14 +50,17 @@ class TorchInferencer:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, precision: str | None = None) -> TorchInferencer:
-        """Load a model directory written by ``spadecam train`` (or ``SPADE.save`` with
-        preprocessing); ``precision`` ("auto", "32", "bf16") overrides the stored one.
+        """Load a model directory written by ``spadecam train`` or by ``save`` of any detector
+        (a directory without ``preprocessing`` gets the detector's
+        :meth:`~spadecam.detectors._base._BaseDetector.default_preprocessing`, what ``fit``
+        did with arrays); ``precision`` ("auto", "32", "bf16") overrides the stored one.
 
         Raises
         ------
         ModelFormatError
-            A bad directory, or one without preprocessing, threshold_ or
-            ``preprocessing.channels``. ValueError for a bad ``precision``.
+            A bad directory, one without threshold_ (from_models and save without setting
+            it), or ``preprocessing`` without ``channels``. ValueError for a bad
+            ``precision``.
         """
         d = Path(model_dir)
         config = read_config(d)
@@ -65,12 +68,16 @@ class TorchInferencer:
         if precision is not None:
             resolve_scoring_precision(precision)  # a clear error for a bad value
             det.precision = precision
-        pre = det.preprocessing_
-        if not pre or det.threshold_ is None:
+        if det.threshold_ is None:
             raise ModelFormatError(
-                f"{d} has no preprocessing or threshold_ in config.json; it was not written "
-                "by `spadecam train` (or SPADE.save with preprocessing)"
-            )
+                f"{d / 'config.json'} has no threshold_ (fit sets it; a detector built with "
+                "from_models has none): set det.threshold_ before save, or re-train with "
+                "`spadecam train`")
+        # a directory saved from the API before save recorded its preprocessing: what fit did
+        pre = det.preprocessing_ or det.default_preprocessing()
+        if not pre:
+            raise ModelFormatError(f"{d / 'config.json'}: no preprocessing and no input "
+                                   "channel count to derive it from")
         if "channels" not in pre:  # read_config checked its value where present
             raise ModelFormatError(
                 f"{d / 'config.json'}: preprocessing.channels is missing; expected 1 or 3, "

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,7 +47,12 @@ from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
-from spadecam.threshold import MIN_QUANTILE_NORMALS, fit_threshold, holdout_split
+from spadecam.threshold import (
+    MIN_QUANTILE_NORMALS,
+    choose_threshold,
+    few_normals_text,
+    holdout_split,
+)
 from spadecam.training import TrainConfig
 
 _M = TypeVar("_M", bound=nn.Module)
@@ -98,6 +104,51 @@ _SAVED_PARAMS = (
 #: Scoring parameters that default (None) to the recipe's value.
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight",
                   "knn_power")
+
+
+def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
+                  config: dict[str, Any], path: str | os.PathLike) -> torch.Tensor:
+    """The feature bank's ``features`` (M, K) from ``knn.safetensors``, checked against the
+    classifier it is read with: a float matrix of at least 2 finite rows whose width K is the
+    classifier's channel count at block ``layer`` (found by one forward pass of a blank image
+    at the model's input size).
+
+    Raises
+    ------
+    ModelFormatError
+        Naming ``knn.safetensors``, what it holds and what the classifier expects.
+    """
+    file = Path(path) / "knn.safetensors"
+    if cnn is None:
+        raise ModelFormatError(f"{file}: a feature bank without a classifier (cnn_config) to "
+                               "read its features with")
+    if set(tensors) != {"features"}:
+        raise ModelFormatError(f"{file} holds tensors {sorted(tensors)}; expected one, "
+                               "'features' (M, K)")
+    bank = tensors["features"]
+    if bank.ndim != 2 or len(bank) < 2 or not bank.is_floating_point():
+        raise ModelFormatError(f"{file}: 'features' must be a float (M, K) matrix with M >= 2 "
+                               f"rows, got {bank.dtype} of shape {tuple(bank.shape)}")
+    if not bool(torch.isfinite(bank).all()):
+        raise ModelFormatError(f"{file}: 'features' holds NaN or infinite values")
+    size = ((config.get("input") or {}).get("image_size")
+            or (config.get("vae_config") or {}).get("image_size")
+            or min_input_size(None, cnn.config))
+    c = cnn.config.in_channels
+    try:
+        with torch.no_grad():
+            width = int(cnn.forward_features(torch.zeros(1, c, int(size), int(size)),
+                                             layer).shape[1])
+    except (IndexError, RuntimeError, ValueError) as exc:
+        raise ModelFormatError(f"{file}: the classifier has no block {layer} to read the "
+                               f"bank's features from ({exc})") from None
+    if bank.shape[1] != width:
+        raise ModelFormatError(
+            f"{file}: the feature bank is {bank.shape[1]} features wide, but the classifier's "
+            f"{'last block' if layer == -1 else f'block {layer}'} gives {width} (knn.layer "
+            f"{layer} in config.json); the bank and "
+            "cnn.safetensors are not from one model: re-save or re-train it")
+    return bank
 
 
 class _BaseDetector(BaseEstimator):
@@ -268,8 +319,10 @@ class _BaseDetector(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like (N, H, W) or (N, C, H, W), uint8 [0, 255] or float [0, 1], any H and W;
-            a list of single images (H, W) / (C, H, W) whose sizes may differ; or an
+        X : array-like (N, H, W), (N, C, H, W) or (N, H, W, C), or one image (H, W, C) /
+            (H, W) (:func:`spadecam.preprocess.batch_layout`), uint8 [0, 255] or float
+            [0, 1], any H and W; a list of single images (H, W) / (C, H, W) / (H, W, C)
+            whose sizes may differ; or an
             iterable of batches (e.g. a DataLoader), consumed with flat memory. Images are
             brought to the model's input (``image_size_``, ``resize``; :mod:`spadecam.inputs`).
 
@@ -351,6 +404,20 @@ class _BaseDetector(BaseEstimator):
             self.__dict__.update(before)
             raise
 
+    def default_preprocessing(self) -> dict[str, Any] | None:
+        """How image files become this detector's inputs, as ``fit`` took arrays: read at
+        their own size in the models' channel count (``channels``), divided by their storage
+        type's maximum (``normalisation`` "dtype_max": 255 for 8-bit, as a uint8 array is;
+        65535 for 16-bit), refused below ``min_input_size`` (the networks' smallest side); the
+        detector then brings them to ``image_size_`` with its ``resize`` policy. None before
+        the models' channel count is known."""
+        channels = self._input_spec()[1]
+        if channels is None:
+            return None
+        cfg = {a: getattr(getattr(self, a, None), "config", None) for a in ("vae_", "cnn_")}
+        return {"channels": int(channels), "normalisation": "dtype_max",
+                "min_input_size": int(min_input_size(cfg["vae_"], cfg["cnn_"]))}
+
     def save(
         self,
         path: str | os.PathLike,
@@ -369,7 +436,9 @@ class _BaseDetector(BaseEstimator):
         path : str or PathLike, the model directory (created if missing)
         preprocessing : dict, optional
             How images become inputs, e.g. ``{"image_size": 128, "channels": 1, "resize":
-            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set.
+            "resize", "normalisation": "dtype_max"}``; default ``self.preprocessing_`` if set,
+            else :meth:`default_preprocessing` (what ``fit`` did), so that ``spadecam score``,
+            ``evaluate`` and ``export`` take every directory ``save`` writes.
         extra : dict, optional
             More JSON-serialisable fields for config.json.
 
@@ -387,7 +456,7 @@ class _BaseDetector(BaseEstimator):
         # resize is recorded once, in "input" (it was in params and preprocessing too)
         params = {k: (self._param(k) if k in _RECIPE_PARAMS else getattr(self, k))
                   for k in self._saved_params() if k != "resize"}
-        pre = preprocessing or getattr(self, "preprocessing_", None)
+        pre = preprocessing or getattr(self, "preprocessing_", None) or self.default_preprocessing()
         if pre and pre.get("resize", self.resize) != self.resize:
             raise ValueError(f"preprocessing['resize'] is {pre['resize']!r} but the detector's "
                              f"resize is {self.resize!r}; a model directory records one policy")
@@ -460,10 +529,14 @@ class _BaseDetector(BaseEstimator):
             from spadecam.knn import FeatureBank
 
             try:
-                extra["knn_bank"] = FeatureBank(
-                    load_tensors(path, "knn", config)["features"], int(knn["layer"]),
-                    int(knn["k"]), float(knn["scale"]))
+                layer, k, scale = int(knn["layer"]), int(knn["k"]), float(knn["scale"])
             except (KeyError, TypeError, ValueError) as exc:
+                raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
+            features = _checked_bank(load_tensors(path, "knn", config), found["cnn_"], layer,
+                                     config, path)
+            try:
+                extra["knn_bank"] = FeatureBank(features, layer, k, scale)
+            except (TypeError, ValueError) as exc:
                 raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
         elif "knn_power" in allowed and "knn_power" not in params:
             params["knn_power"] = 0.0  # saved before the feature bank (issue 19): scored without
@@ -519,11 +592,17 @@ class _BaseDetector(BaseEstimator):
     def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
                        hold: torch.Tensor | None) -> None:
         """``threshold_`` from the held-out images' scores (the training normals' without a
-        hold-out), padding masked by ``valid``; sets ``threshold_source_`` / ``_n_images_``."""
+        hold-out), padding masked by ``valid``; sets ``threshold_source_`` / ``_n_images_``.
+
+        The rule is :func:`spadecam.threshold.choose_threshold`'s: the F1-max cut when
+        known anomalies are held out, unless it would flag more held-out normals than the
+        ``threshold_quantile`` of their scores does ("quantile_held_out_f1_rejected", with
+        a SpadecamWarning saying what each would flag); else that quantile. A quantile of
+        fewer than :data:`MIN_QUANTILE_NORMALS` normal scores gives a SpadecamWarning.
+        """
         def scores(mask: torch.Tensor) -> np.ndarray:
             return self._score_prepared(x[mask], None if valid is None else valid[mask])
 
-        # See fit_threshold: F1-max when held-out anomalies exist, else a normal quantile.
         anomaly = None
         if hold is None:
             normal, held_out = scores(yt == 0), False
@@ -531,19 +610,16 @@ class _BaseDetector(BaseEstimator):
             normal, held_out = scores(hold & (yt == 0)), True
             if (hold & (yt == 1)).any():
                 anomaly = scores(hold & (yt == 1))
-        self.threshold_ = fit_threshold(normal, anomaly, self.threshold_quantile)
+        choice = choose_threshold(normal, anomaly, self.threshold_quantile)
+        self.threshold_ = choice.threshold
         self.threshold_n_images_ = {"normal": len(normal),
                                     "anomaly": 0 if anomaly is None else len(anomaly)}
-        if anomaly is not None:
-            self.threshold_source_ = "f1_max_held_out"
-            return
-        self.threshold_source_ = "quantile_held_out" if held_out else "quantile_train"
-        if len(normal) < MIN_QUANTILE_NORMALS:
-            which = "held-out" if held_out else "training"
-            warn(
-                f"threshold_ is the {self.threshold_quantile:g} quantile of only {len(normal)} "
-                f"{which} normal score(s); below {MIN_QUANTILE_NORMALS} such a quantile is "
-                "little more than their maximum and flags an unpredictable share of normal "
-                "images. Hold out more normal images (threshold_holdout), add known anomalies "
-                "to hold out (F1-max is used then), or set threshold_ yourself."
-            )
+        self.threshold_source_ = {
+            "f1_max": "f1_max_held_out", "quantile_f1_rejected": "quantile_held_out_f1_rejected",
+        }.get(choice.rule, "quantile_held_out" if held_out else "quantile_train")
+        if choice.warning is not None:
+            warn(choice.warning)
+        if choice.rule != "f1_max" and len(normal) < MIN_QUANTILE_NORMALS:
+            warn(few_normals_text(len(normal), self.threshold_quantile,
+                                  "held-out" if held_out else "training",
+                                  suggest_anomalies=choice.rule == "quantile"))

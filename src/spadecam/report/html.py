@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from spadecam._fs import atomic_write_text
+from spadecam.decision import format_score, format_threshold
 
 __all__ = ["ReportImage", "render_report", "write_report"]
 
@@ -124,7 +125,8 @@ def _histogram(labels: np.ndarray, scores: np.ndarray, threshold: float | None) 
         ax.hist(s, bins=bins, weights=np.full(len(s), 1 / max(len(s), 1)), alpha=0.6,
                 color=colour, label=f"{name} ({len(s)})")
     if threshold is not None:
-        ax.axvline(threshold, color="black", lw=1.5, ls="--", label=f"threshold {threshold:.4g}")
+        ax.axvline(threshold, color="black", lw=1.5, ls="--",
+                   label=f"threshold {format_threshold(threshold)}")
     ax.set(xlabel="anomaly score" + (" (log scale)" if log else ""),
            ylabel="share of the class's images")
     ax.legend(frameon=False)
@@ -160,13 +162,16 @@ def _fmt(v: Any) -> str:
     return _esc(v)
 
 
-def _table(rows: Sequence[tuple[str, Any]], head: tuple[str, str] | None = None) -> str:
+def _table(rows: Sequence[tuple[str, Any]], head: tuple[str, str] | None = None,
+           exact: bool = False) -> str:
+    """Rows of (name, value); floats to 4 decimals, or as given (``exact``: settings)."""
     out = ["<table>"]
     if head:
         out.append(f"<tr><th>{_esc(head[0])}</th><th>{_esc(head[1])}</th></tr>")
     for k, v in rows:
         num = isinstance(v, (int, float)) and not isinstance(v, bool)
-        out.append(f"<tr><th>{_esc(k)}</th><td{' class=num' if num else ''}>{_fmt(v)}</td></tr>")
+        text = _esc(v) if exact else _fmt(v)
+        out.append(f"<tr><th>{_esc(k)}</th><td{' class=num' if num else ''}>{text}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
 
@@ -204,7 +209,9 @@ def _map_scales(*galleries: Sequence[ReportImage]) -> dict[str, float]:
     return top
 
 
-def _gallery(images: Sequence[ReportImage], empty: str, scales: Mapping[str, float]) -> str:
+def _gallery(images: Sequence[ReportImage], empty: str, scales: Mapping[str, float],
+             threshold: float | None = None) -> str:
+    """The cards; each score with the digits its comparison with ``threshold`` needs."""
     if not images:
         return f"<p class=none>{_esc(empty)}</p>"
     out = []
@@ -216,7 +223,7 @@ def _gallery(images: Sequence[ReportImage], empty: str, scales: Mapping[str, flo
             f"<div class=panel><img src='{_panel_png(a, scales.get(name, 0.0))}' "
             f"alt='{_esc(name)} of {_esc(im.path)}'>"
             f"{_esc(name)}</div>" for name, a in im.panels.items())
-        out.append(f"<div class=card><div class=cap>{truth} score <b>{im.score:.5g}</b> "
+        out.append(f"<div class=card><div class=cap>{truth} score <b>{format_score(im.score, threshold)}</b> "
                    f"({decision}) &nbsp; <code>{_esc(im.path)}</code></div>"
                    f"<div class=panels>{panels}</div></div>")
     return "\n".join(out)
@@ -245,7 +252,9 @@ def render_report(
     title, subtitle : headings
     labels, scores : (N,) ground truth (0/1) and anomaly scores of every evaluated image
     metrics : what :func:`spadecam.metrics.image_metrics` returns (plus pixel_auroc, ...)
-    threshold : the decision threshold (anomalous when score > threshold), or None
+    threshold : the decision threshold (anomalous when score > threshold), or None. Printed
+        so that it reads back as the same float (as is the F1-max threshold), and each card's
+        score with the digits it takes to compare with it as the score does.
     threshold_note : how the threshold was set, one sentence
     most_anomalous, false_positives, false_negatives : the galleries' images
     auroc_by_folder : image AUROC of each anomaly kind (folder, digit) against all normal
@@ -271,13 +280,13 @@ def render_report(
         ("average precision", metrics.get("image_average_precision")),
         ("F1-max (at its own threshold)",
          f"{metrics.get('image_f1_max', float('nan')):.4f} (score > "
-         f"{metrics.get('image_f1_max_threshold', float('nan')):.5g})"),
+         f"{format_threshold(metrics.get('image_f1_max_threshold', float('nan')))})"),
     ]
     if metrics.get("pixel_auroc") is not None:
         rows.append(("pixel AUROC", metrics["pixel_auroc"]))
     if threshold is not None:
         rows += [
-            ("threshold", f"{threshold:.6g} — {threshold_note}"),
+            ("threshold", f"{format_threshold(threshold)} — {threshold_note}"),
             ("at the threshold: precision / recall / F1",
              f"{at.get('precision', float('nan')):.4f} / {at.get('recall', float('nan')):.4f} / "
              f"{at.get('f1', float('nan')):.4f}"),
@@ -306,14 +315,16 @@ def render_report(
         "<h2>Most anomalous images</h2>",
         "<p class=sub>Maps share one colour scale per column across the report (black 0, "
         "yellow the largest value shown), so they compare between images.</p>",
-        _gallery(most_anomalous, "no images", scales),
+        _gallery(most_anomalous, "no images", scales, threshold),
         "<h2>False positives at the threshold (normal images flagged)</h2>",
-        _gallery(false_positives, "none: no normal image is above the threshold", scales),
+        _gallery(false_positives, "none: no normal image is above the threshold", scales,
+                 threshold),
         "<h2>False negatives at the threshold (anomalous images passed)</h2>",
-        _gallery(false_negatives, "none: every anomalous image is above the threshold", scales),
+        _gallery(false_negatives, "none: every anomalous image is above the threshold", scales,
+                 threshold),
     ]
     if settings:
-        parts += ["<h2>Model settings</h2>", _table(list(settings.items()))]
+        parts += ["<h2>Model settings</h2>", _table(list(settings.items()), exact=True)]
     parts.append("</body></html>\n")
     return "\n".join(p for p in parts if p)
 

@@ -126,10 +126,12 @@ def evaluate(
     Returns
     -------
     dict: see :func:`spadecam.metrics.image_metrics`, plus ``pixel_auroc`` and
-    ``n_pixel_images`` (None / 0 without masks), ``model_dir`` and ``precision`` (the
-    scoring precision used), and with several anomaly folders ``image_auroc_by_folder``
-    (the anomalies of each folder, an --anomaly folder or an MVTec defect type, against every
-    normal image); the same on every rank.
+    ``n_pixel_images`` (None / 0 without masks), ``model_dir``, ``precision`` (the
+    scoring precision used), ``threshold_source`` (how ``fit`` set the threshold, as the model
+    directory records it: "f1_max_held_out", "quantile_held_out_f1_rejected",
+    "quantile_held_out", "quantile_train", or None), and with several anomaly folders
+    ``image_auroc_by_folder`` (the anomalies of each folder, an --anomaly folder or an MVTec
+    defect type, against every normal image); the same on every rank.
 
     Raises
     ------
@@ -182,6 +184,7 @@ def evaluate(
         "precision": resolve_scoring_precision(det.precision, fabric.device.type),
     }
     metrics.update(image_metrics(data.labels, scores, det.threshold_))
+    metrics["threshold_source"] = inf.config.get("threshold_source")  # how fit set it
     by_folder = auroc_by_kind(data.labels, scores, _kinds(data))
     if len(by_folder) > 1:
         metrics["image_auroc_by_folder"] = by_folder
@@ -206,8 +209,8 @@ def write_evaluation_report(path: str | os.PathLike, inf: TorchInferencer, data:
     from spadecam.workflow._train import _threshold_story
 
     det, config = inf.detector, inf.config
-    source = config.get("threshold_source")
-    note = (_threshold_story(source, config.get("threshold_n_images") or {},
+    source, counts = config.get("threshold_source"), config.get("threshold_n_images")
+    note = (_threshold_story(source, counts if isinstance(counts, dict) else {},
                              det.threshold_quantile) if source else "as stored in the model")
     settings = {"model directory": str(inf.model_dir), "detector": type(det).__name__,
                 "scoring precision": metrics.get("precision")}

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from spadecam._fs import outputs
 from spadecam.data.folders import collect_inputs
 from spadecam.deploy import outputs as _outputs
 from spadecam.deploy.outputs import map_names, rows_to_csv  # noqa: F401 (re-exported)
@@ -68,6 +69,13 @@ def score(
         images (all named in one error), or non-finite scores (NonFiniteScoreError, naming
         the files); nothing is written. With several processes, an image that one process
         cannot read makes every process raise.
+    WriteError (an OSError)
+        An output cannot be written (e.g. a full disk): the message names the option
+        (``--out`` / ``--maps``) and the file. Nothing new is left: the overlays already
+        moved into place are taken back (the ones they replaced put back) and the folders
+        created are removed. A KeyboardInterrupt (Ctrl-C) at any moment leaves the same:
+        either the CSV and every overlay, or nothing new. With several processes each one
+        undoes its own overlays.
 
     Warns
     -----
@@ -75,6 +83,15 @@ def score(
         Skipped files, link cycles not followed, and existing files that are replaced (the
         CSV, overlays).
     """
+    # all or nothing: a failure or Ctrl-C before the CSV is in place takes the overlays back
+    with outputs(("--out", out), ("--maps", maps)):
+        return _score(model_dir, inputs, out, maps, progress, distributed, precision, log)
+
+
+def _score(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+           out: str | os.PathLike | None, maps: str | os.PathLike | None, progress: bool,
+           distributed: dict[str, Any] | None, precision: str | None,
+           log: Callable[[str], Any] | None) -> list[dict[str, Any]]:
     inf = TorchInferencer.load(model_dir, precision)
     if log is not None:  # the scoring precision as resolved, once the model is loaded
         log(inf.describe_precision(precision is not None))

@@ -11,11 +11,11 @@ from typing import Any, cast
 
 import numpy as np
 
-from spadecam._fs import check_writable
+from spadecam._fs import Staging, check_writable, outputs
 from spadecam._progress import warn
 from spadecam.data.folders import DatasetError, folder_layout
 from spadecam.data.images import RESIZE_POLICIES, load_images
-from spadecam.decision import THRESHOLD_RULE
+from spadecam.decision import THRESHOLD_RULE, format_threshold
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.detectors._base import _BaseDetector
@@ -246,6 +246,9 @@ def train(
         counts without ``channels``, a bad option value or an unusable ``out``; nothing is
         written. :class:`~spadecam.training.TrainingDivergedError` (a ValueError) when a loss
         becomes non-finite. TypeError for an unknown option.
+    WriteError (an OSError)
+        The model cannot be written (e.g. a full disk): the message names ``--out`` and the
+        file; an older model in ``out`` stays as it was, and a new ``out`` is removed again.
 
     Warns
     -----
@@ -307,10 +310,29 @@ def train(
     if rank0:  # every rank holds rank 0's models; one writes them
         if (out / "config.json").is_file():
             warn(f"--out {out}: replacing the spadecam model that was there")
-        det.save(out, preprocessing, extra)
+        _save(det, out, preprocessing, extra)
         say(f"model written to {out}")
     fabric.barrier()
     return out
+
+
+def _save(det: _BaseDetector, out: Path, preprocessing: dict[str, Any],
+          extra: dict[str, Any]) -> None:
+    """``det.save`` into a hidden folder of ``out``, then its files moved in together, the
+    weights first and config.json last, and an older model's weight files the new one lacks
+    taken away: a full disk or Ctrl-C at any moment leaves the new model whole, or the old
+    one (or nothing, ``out`` removed again if it was new). Raises WriteError naming --out."""
+    with outputs(("--out", out)):
+        staging = Staging(out)
+        try:
+            with staging.named():
+                det.save(staging.stage, preprocessing, extra)
+            files = sorted(p.name for p in staging.stage.iterdir())
+            order = sorted(files, key=lambda n: n == "config.json")  # config.json last
+            stale = [p for p in out.glob("*.safetensors") if p.name not in files]
+            staging.commit(order, remove=stale)
+        finally:
+            staging.discard()
 
 
 def _report_fit(det: _BaseDetector, n_normal: int, n_anomaly: int, say: Callable[[str], Any]) -> None:
@@ -318,7 +340,8 @@ def _report_fit(det: _BaseDetector, n_normal: int, n_anomaly: int, say: Callable
     say(f"trained on {n_normal - held['normal']} normal and {n_anomaly - held['anomaly']} "
         f"known-anomaly images; held out {held['normal']} normal and {held['anomaly']} "
         "known-anomaly images for the threshold")
-    say(f"threshold {det.threshold_:.6g} ({THRESHOLD_RULE}): "
+    assert det.threshold_ is not None  # fit sets it
+    say(f"threshold {format_threshold(det.threshold_)} ({THRESHOLD_RULE}): "
         + _threshold_story(det.threshold_source_, det.threshold_n_images_,
                            det.threshold_quantile))
 
@@ -344,12 +367,23 @@ def _size_range(sizes: Sequence[tuple[int, int]]) -> str:
     return f"{lo[1]}x{lo[0]} to {hi[1]}x{hi[0]} ({len(distinct)} different)"
 
 
-def _threshold_story(source: str, n: dict[str, int], quantile: float) -> str:
+def _threshold_story(source: Any, n: dict[str, int], quantile: float) -> str:
+    """How the threshold was set, in words, from ``threshold_source_`` and
+    ``threshold_n_images_`` (what ``spadecam train`` prints and the report shows)."""
+    normal, anomaly = n.get("normal", "?"), n.get("anomaly", "?")
+    q = f"the {format_threshold(quantile)} quantile of {normal}"
     if source == "f1_max_held_out":
-        return (f"the F1-max point on {n['normal']} held-out normal and {n['anomaly']} "
-                "held-out known-anomaly images")
-    which = "held-out" if source == "quantile_held_out" else "training"
-    return f"the {quantile:g} quantile of {n['normal']} {which} normal images' scores"
+        return (f"the F1-max point on {normal} held-out normal and {anomaly} held-out "
+                "known-anomaly images")
+    if source == "quantile_held_out_f1_rejected":
+        return (f"{q} held-out normal images' scores, not the F1-max point on them and "
+                f"{anomaly} held-out known-anomaly images, which would flag more of those "
+                "normal images (the known anomalies do not score above enough of them)")
+    if source == "quantile_held_out":
+        return f"{q} held-out normal images' scores"
+    if source == "quantile_train":
+        return f"{q} training normal images' scores"
+    return f"set by a rule this version does not know ({source!r})"
 
 
 def _as_list(x: Any) -> list:
