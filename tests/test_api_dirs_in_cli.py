@@ -116,3 +116,22 @@ def test_a_directory_saved_before_preprocessing_was_recorded_is_scored_too(tiny_
     (model / "config.json").write_text(json.dumps(config))
     assert main(["score", str(model), good]) == 2
     assert "set det.threshold_ before save" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_after_scoring_takes_no_finished_output_back(tiny_model, tmp_path,
+                                                                     monkeypatch, capsys):
+    """`spadecam score ... --maps ov | head`: the pipe closing while the CSV is printed must
+    not roll back the overlays, which were complete."""
+    import errno
+
+    from spadecam import cli
+
+    def closed(*_args, **_kwargs):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_print_scored", closed)
+    maps = tmp_path / "ov"
+    code = main(["score", str(tiny_model[0]), str(tiny_model[1]["test/good"]), "--maps",
+                 str(maps)])
+    assert code == 2 and "Broken pipe" in capsys.readouterr().err
+    assert len(list(maps.rglob("*.png"))) == len(list(tiny_model[1]["test/good"].iterdir()))

@@ -100,7 +100,7 @@ def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(workflow, "evaluate", interrupted)
     assert main(["evaluate", "m", "--normal", "a", "--anomaly", "b"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "spadecam: interrupted; outputs not yet written were not written"
+    assert err[-1] == "spadecam: interrupted; no output was left half-written"
 
 
 # --------------------------------------------------------------------------- options (kind 6)

@@ -135,3 +135,36 @@ def test_a_decompression_bomb_warning_names_the_file_and_the_memory(tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # above twice the limit: refused
     with pytest.raises(ImageError, match="decompression bomb"):
         read_image(path)
+
+
+def test_a_tiff_with_a_thumbnail_page_is_read_as_its_one_image(tmp_path):
+    """Reduced-resolution pages (NewSubfileType bit 0: thumbnails, pyramid levels) are not
+    pages of their own: such a TIFF is one image, while two full pages are refused."""
+    from PIL import TiffImagePlugin
+
+    full = Image.fromarray(np.full((16, 16), 100, np.uint8))
+    small = Image.fromarray(np.full((4, 4), 7, np.uint8))
+    for name, info in (("thumb.tif", {254: 1}), ("two.tif", {})):
+        with TiffImagePlugin.AppendingTiffWriter(tmp_path / name, True) as tf:
+            full.save(tf, format="TIFF")
+            tf.newFrame()
+            small.save(tf, format="TIFF", tiffinfo=info)
+            tf.newFrame()
+    x = read_image(tmp_path / "thumb.tif")
+    assert x.shape == (1, 16, 16) and np.allclose(x, 100 / 255)
+    with pytest.raises(ImageError, match="holds 2 pages"):
+        read_image(tmp_path / "two.tif")
+
+
+def test_a_list_image_whose_channel_axis_is_ambiguous_is_refused_for_torch_and_onnx():
+    """In a list, (3, 64, 3) could be channels-first or channels-last: an error naming the
+    item, by both readers, instead of a silent guess."""
+    from spadecam.inputs import image_list
+
+    ok = [np.zeros((48, 64, 3), np.uint8), np.zeros((3, 48, 64), np.uint8)]
+    assert tuple(image_list(ok).shape) == (2, 3, 48, 64)
+    assert [a.shape for a in check_images(ok)] == [(3, 48, 64)] * 2
+    bad = ok + [np.zeros((3, 64, 3), np.uint8)]
+    for read in (image_list, check_images):
+        with pytest.raises(ValueError, match=r"X\[2\] has shape \(3, 64, 3\): both"):
+            read(bad)

@@ -164,3 +164,37 @@ def test_an_infinite_threshold_is_scored_exported_and_scored_again(model, tiny_m
             rows = list(csv.DictReader(f))
         assert rows and {r["label"] for r in rows} == {label}
         assert np.isfinite([float(r["score"]) for r in rows]).all()
+
+
+def test_a_feature_bank_layer_that_names_no_block_is_refused(model):
+    """forward_features wraps the block index, so a knn.layer of 7 on a 3-block classifier
+    silently read another block."""
+    config = json.loads((model / "config.json").read_text())
+    config["knn"]["layer"] = 7
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"knn.layer 7 in config.json names no block"):
+        load_detector(model)
+
+
+def test_the_cli_warns_when_files_meet_a_model_fitted_on_float_arrays(tmp_path, capsys):
+    """A model the API fitted on float arrays may have been scaled otherwise than files are
+    read (8-bit / 255): scoring files says so; uint8 arrays need no warning."""
+    from PIL import Image
+
+    from spadecam import VAEDetector
+    from spadecam.models import VAEConfig
+    from spadecam.training import TrainConfig
+
+    rng = np.random.default_rng(0)
+    x8 = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    Image.fromarray(x8[0]).save(tmp_path / "a.png")
+    train = TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
+    for name, x in (("u8", x8), ("float", x8 / 255.0)):
+        det = VAEDetector(vae_config=VAEConfig(latent_dim=4, channels=(4, 8)), vae_train=train,
+                          precision="32").fit(x, np.zeros(12))
+        det.save(tmp_path / name)
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        assert saved["preprocessing"]["fit_input"] == {"u8": "uint8", "float": "float"}[name]
+        assert main(["score", str(tmp_path / name), str(tmp_path / "a.png")]) == 0
+        err = capsys.readouterr().err
+        assert ("fitted through the Python API on float arrays" in err) == (name == "float")

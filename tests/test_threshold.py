@@ -56,12 +56,13 @@ def test_separated_anomalies_give_the_midpoint_between_the_classes():
 
 
 def test_f1_max_matches_brute_force_and_never_flags_everything():
-    # brute force: the F1-max cut (lowest of the best) unless it flags more normals than the
-    # quantile; quantile 0.8 of 30 normals flags 6, so both branches are taken here
+    # brute force: the F1-max cut (lowest of the best) among the cuts that flag no more normals
+    # than the quantile, else the quantile; quantile 0.8 of 30 normals flags 6; anomalies
+    # drawn high and low, so both branches are taken here
     rng = np.random.default_rng(0)
     rules = set()
-    for _ in range(20):
-        n, a = rng.normal(0, 1, 30), rng.normal(0.7, 1, 10)
+    for k in range(40):
+        n, a = rng.normal(0, 1, 30), rng.normal(0.7 if k % 2 else -3.0, 1, 10)
         choice = choose_threshold(n, a, quantile=0.8)
         t = choice.threshold
         s = np.r_[n, a]
@@ -73,12 +74,12 @@ def test_f1_max_matches_brute_force_and_never_flags_everything():
             return 2 * tp / (2 * tp + (p & (y == 0)).sum() + (~p & (y == 1)).sum())
 
         u = np.unique(s)
-        cuts = (u[:-1] + u[1:]) / 2
-        best = max(f1(th) for th in cuts)
-        lowest_best = min(th for th in cuts if f1(th) == best)
         q = np.quantile(n, 0.8)
-        if (n > lowest_best).sum() <= (n > q).sum():
-            assert choice.rule == "f1_max" and f1(t) == pytest.approx(best)
+        cuts = [th for th in (u[:-1] + u[1:]) / 2 if (n > th).sum() <= (n > q).sum()]
+        best = max(f1(th) for th in cuts)
+        if best > 0:
+            lowest_best = min(th for th in cuts if f1(th) == best)
+            assert choice.rule == "f1_max" and t == pytest.approx(lowest_best)
         else:
             assert choice.rule == "quantile_f1_rejected" and t == q
         assert (n > t).sum() <= (n > q).sum()
@@ -109,17 +110,21 @@ def test_anomalies_below_every_normal_keep_the_quantile_not_the_lowest_cut():
         assert fit_threshold(n, a, quantile=0.5) == 2.5
 
 
-def test_an_f1_max_cut_flagging_more_normals_than_the_quantile_is_rejected():
+def test_an_f1_max_cut_flagging_more_normals_than_the_quantile_gives_way():
     n = np.arange(10.0)  # 0..9; the 0.99 quantile is 8 + 0.91 * (9 - 8) = 8.91: flags 9 only
-    # cuts: >= 7.5 F1 8/10 (flags 8, 9); >= 8.5 6/8; >= 10 4/6: the F1-max cut is 7.25
-    choice = choose_threshold(n, [7.5, 8.5, 10.0, 11.0])
+    # cuts: 7.25 F1 8/10 (flags 8, 9: two normals, not allowed); 8.25 6/8 (flags 9); 8.75
+    # 4/7; 9.5 4/6 (no normal); 10.5 2/5: the best allowed cut is 8.25
+    assert choose_threshold(n, [7.5, 8.5, 10.0, 11.0]) == (8.25, "f1_max", None)
+    # no allowed cut catches an anomaly (the only one, 8.5, flags just the normal 9): the
+    # quantile, and the warning names the unconstrained F1-max cut 7.25 (F1 4/6)
+    choice = choose_threshold(n, [7.5, 8.0])
     assert choice.rule == "quantile_f1_rejected"
     assert choice.threshold == pytest.approx(8.91, abs=1e-12)
     assert ("it would flag 2 of the 10 held-out normal images, more than the 0.99 quantile "
             "of their scores flags (1)") in choice.warning
-    assert "(7.25, catching 4 of those anomalies)" in choice.warning
-    assert "catching 2 of the 4)" in choice.warning  # 10 and 11 are above 8.91
-    assert "does not separate" not in choice.warning  # some anomalies do score high
+    assert "(7.25, catching 2 of those anomalies)" in choice.warning
+    assert "catching 0 of the 2)" in choice.warning
+    assert "does not separate" not in choice.warning  # some anomalies score above normals
 
 
 def test_an_f1_max_cut_flagging_no_more_normals_than_the_quantile_is_kept():
@@ -127,8 +132,8 @@ def test_an_f1_max_cut_flagging_no_more_normals_than_the_quantile_is_kept():
     # >= 8.5: tp 3, fp 1 (9), F1 6/7, the best; the cut 8.25 flags as many normals: kept
     assert choose_threshold(n, [8.5, 9.5, 10.0]) == (8.25, "f1_max", None)
     assert choose_threshold([0.0, 1.0, 2.0], [5.0, 6.0]) == (3.5, "f1_max", None)
-    # quantile 1 (the maximum) flags no normal: a cut flagging one is rejected
-    assert choose_threshold(n, [8.5, 9.5, 10.0], quantile=1.0)[:2] == (9.0, "quantile_f1_rejected")
+    # quantile 1 (the maximum) flags no normal: the cut 8.25 flagging one gives way to 9.25
+    assert choose_threshold(n, [8.5, 9.5, 10.0], quantile=1.0) == (9.25, "f1_max", None)
     assert choose_threshold(n, None) == (pytest.approx(8.91, abs=1e-12), "quantile", None)
 
 

@@ -187,7 +187,7 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                     metavar="Q",
                     help="flag scores above this quantile of held-out normal scores "
                     f"(default {fit['threshold_quantile']:g}); with held-out known anomalies "
-                    "the F1-max point is used instead when it flags no more held-out normals")
+                    "the F1-max point among thresholds flagging no more held-out normals")
 
 
 def _add_score(sub) -> None:

@@ -121,12 +121,12 @@ def interrupts_held() -> Iterator[_Held]:
     Nested blocks share the outer one's state. Only the main thread receives signals; in
     other threads nothing is held.
     """
-    if _HELD:
-        yield _HELD[-1]
-        return
     state = _Held()
     if threading.current_thread() is not threading.main_thread():
-        yield state
+        yield state  # only the main thread holds (and shares) the interrupt state
+        return
+    if _HELD:
+        yield _HELD[-1]
         return
 
     def hold(_signum: int, _frame: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from spadecam._cli_parsers import add_distributed_options, add_image_commands
@@ -159,7 +159,9 @@ def _run_image_command(args: argparse.Namespace) -> int:
     from spadecam._fs import outputs
 
     with outputs(*_named_outputs(args)):
-        return _image_command(args)
+        code, report = _image_command(args)
+    report()  # after the block: a closed stdout (`| head`) cannot take back finished outputs
+    return code
 
 
 def _named_outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
@@ -167,7 +169,9 @@ def _named_outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     return [(f"--{dest}", getattr(args, dest, None)) for dest in ("out", "maps", "report")]
 
 
-def _image_command(args: argparse.Namespace) -> int:
+def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
+    """Run the command; returns (exit code, what prints its result once its outputs are in
+    place)."""
     from spadecam import workflow
     from spadecam._fs import json_text
     from spadecam.distributed import global_rank
@@ -203,14 +207,15 @@ def _image_command(args: argparse.Namespace) -> int:
         check_writable(args.out, "--out")  # before the export, not after it
         if Path(args.out).exists():
             warn(f"--out {args.out}: replacing the existing file")
-        print(f"wrote {export_onnx(args.model_dir, args.out)}")
+        written = export_onnx(args.model_dir, args.out)
+        return 0, lambda: print(f"wrote {written}")
     elif args.command == "score":
         rows = workflow.score(args.paths[0], args.paths[1:], args.out, args.maps, progress,
                               distributed=_distributed(args), precision=args.precision,
                               log=stderr if rank0 else None)
         if global_rank() != 0:
-            return 0  # rank 0 prints for every process
-        _print_scored(args, rows)
+            return 0, _nothing  # rank 0 prints for every process
+        return 0, lambda: _print_scored(args, rows)
     else:
         metrics = workflow.evaluate(
             args.model_dir, args.normal, args.anomaly, args.masks, args.mvtec, args.out,
@@ -218,14 +223,22 @@ def _image_command(args: argparse.Namespace) -> int:
             log=stderr if rank0 else None, report=args.report,
         )
         if global_rank() != 0:
-            return 0  # rank 0 prints for every process
-        if args.out is None:
-            print(json_text(metrics), end="")
-        else:
-            print(f"image AUROC {metrics['image_auroc']:.4f}; wrote {args.out}")
-        if args.report is not None:
-            print(f"report in {args.report}")
-    return 0
+            return 0, _nothing  # rank 0 prints for every process
+
+        def report() -> None:
+            if args.out is None:
+                print(json_text(metrics), end="")
+            else:
+                print(f"image AUROC {metrics['image_auroc']:.4f}; wrote {args.out}")
+            if args.report is not None:
+                print(f"report in {args.report}")
+
+        return 0, report
+    return 0, _nothing
+
+
+def _nothing() -> None:
+    """Nothing more to print."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -248,9 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _main(argv)
         except KeyboardInterrupt:
-            # every output is written to a temp file and renamed, the CSV after its overlays:
-            # what an interrupted command had not finished is simply not there
-            print("spadecam: interrupted; outputs not yet written were not written",
+            # every file is written to a temp file and renamed, and train / score / evaluate /
+            # export take back what they had moved into place (spadecam._fs.outputs)
+            print("spadecam: interrupted; no output was left half-written",
                   file=sys.stderr)
             return 130
 
@@ -305,7 +318,7 @@ def _score_onnx(args: argparse.Namespace) -> int:
         with outputs(*_named_outputs(args)):  # all or nothing, as with torch
             rows = score_onnx(args.onnx, args.paths, args.out, args.maps,
                               log=lambda line: print(line, file=sys.stderr))
-            _print_scored(args, rows)
+        _print_scored(args, rows)  # after the block: a closed stdout takes nothing back
     except (ValueError, OSError, ImportError) as exc:
         print(f"spadecam: error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,8 @@ def blur_matrix(n: int, sigma: float, dtype: torch.dtype, device: torch.device) 
     ``torch.export`` traces (``spadecam export``) the matrix is built afresh and not cached.
     The returned tensor may be shared: do not modify it.
     """
-    if is_exporting() or torch.compiler.is_compiling():
+    # torch.compiler.is_compiling is missing before torch 2.3 (the range allows 2.2)
+    if is_exporting() or getattr(torch.compiler, "is_compiling", lambda: False)():
         return _build_blur_matrix(n, sigma, dtype, device)
     return _cached_blur_matrix(n, float(sigma), dtype, torch.device(device))
 

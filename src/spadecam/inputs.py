@@ -42,12 +42,12 @@ from spadecam.models.vae import VAEConfig
 from spadecam.preprocess import (  # noqa: F401 (re-exported)
     CHANNEL_COUNTS,
     batch_layout,
+    image_layout,
     letterbox_mask,
     maps_to_sizes,
     stack_maps,
     to_model_input,
 )
-from spadecam.preprocess import is_channels_last as _is_channels_last
 
 __all__ = [
     "ModelBatch",
@@ -169,8 +169,9 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
             out = []
             for i, x in enumerate(X):
                 t = _as_tensor(x)
-                if t.ndim == 3 and _is_channels_last(t.shape[0], t.shape[2]):
-                    t = t.permute(2, 0, 1).contiguous()  # (H, W, C), as np.asarray(PIL.Image) gives
+                layout = image_layout(t.shape, f"{name}[{i}]")
+                if layout == "HWC":
+                    t = t.permute(2, 0, 1).contiguous()  # as np.asarray(PIL.Image) gives
                 t = t.unsqueeze(0) if t.ndim == 3 else t.unsqueeze(0).unsqueeze(0)
                 out.append(as_image_tensor(t, name=f"{name}[{i}]"))
             channels = {t.shape[1] for t in out}

@@ -29,6 +29,7 @@ __all__ = [
     "CHANNEL_COUNTS",
     "LAYOUTS",
     "batch_layout",
+    "image_layout",
     "ModelInput",
     "check_images",
     "is_channels_last",
@@ -89,6 +90,32 @@ def batch_layout(shape: Sequence[int], name: str = "X") -> str:
     raise ValueError(f"{name} has shape {shape}; accepted: {ACCEPTED_LAYOUTS}")
 
 
+def image_layout(shape: Sequence[int], name: str = "X[i]") -> str:
+    """How one image of a list is read: "CHW", "HWC" or "HW".
+
+    (C, H, W) when the first axis is 1, 3 or 4 and the last is not; (H, W, C) when the last
+    is and the first is not (as ``np.asarray(PIL.Image)`` gives); 2 axes are one grey image.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: a shape that fits both readings (e.g. (3, 64, 3)), neither, or
+        another number of axes.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 2:
+        return "HW"
+    if len(shape) == 3:
+        first, last = shape[0] in CHANNEL_COUNTS, shape[2] in CHANNEL_COUNTS
+        if first != last:
+            return "CHW" if first else "HWC"
+        why = "both" if first else "neither"
+        raise ValueError(f"{name} has shape {shape}: {why} its first and its last axis could "
+                         "be the channels (1, 3 or 4); give it as (C, H, W) in a batch "
+                         "(1, C, H, W)")
+    raise ValueError(f"{name} must have shape (H, W), (C, H, W) or (H, W, C), got shape {shape}")
+
+
 def to_float(x: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [0, 1] (divided by 255); float -> float32 unchanged in value."""
     return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
@@ -135,13 +162,8 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
         out = []
         for i, x in enumerate(X):
             a = np.asarray(x)
-            if a.ndim == 3 and is_channels_last(a.shape[0], a.shape[2]):
-                a = np.moveaxis(a, -1, 0)
-            if a.ndim == 2:
-                a = a[None]
-            if a.ndim != 3:
-                raise ValueError(f"{name}[{i}] must have shape (H, W), (C, H, W) or (H, W, C), "
-                                 f"got shape {a.shape}")
+            layout = image_layout(a.shape, f"{name}[{i}]")
+            a = {"CHW": a, "HWC": np.moveaxis(a, -1, 0), "HW": a[None]}[layout]
             out.append(_check_one(np.ascontiguousarray(a), f"{name}[{i}]"))
         channels = {a.shape[0] for a in out}
         if len(channels) > 1:

@@ -54,12 +54,13 @@ def choose_threshold(
 
     * Only normal scores (or no anomaly scores): t = q (rule "quantile").
     * With anomaly scores too: the F1-max cut c (anomalous = positive) over the midpoints
-      between consecutive distinct scores, ties going to the lowest such cut (higher
-      recall). t = c (rule "f1_max") unless c would flag more of the normal scores than q
-      does, or F1 is 0 at every cut (every anomaly has the lowest score of all: the scores
-      do not separate that kind of anomaly); then t = q (rule
-      "quantile_f1_rejected", with a ``warning`` saying how many normal scores each would
-      flag). So t never flags more of the given normal scores than q would.
+      between consecutive distinct scores that flag no more of the normal scores than q
+      does, ties going to the lowest such cut (higher recall): t = c (rule "f1_max"). When
+      no such cut has F1 > 0 (the anomalies score no higher than the normals that q lets
+      pass: the scores do not separate that kind of anomaly), t = q (rule
+      "quantile_f1_rejected", with a ``warning`` naming the unconstrained F1-max cut and how
+      many normal scores each would flag). So t never flags more of the given normal scores
+      than q would.
     * When every score ties, t is that score (= q; it flags none of them), rule
       "quantile_f1_rejected": no cut separates the classes.
 
@@ -106,11 +107,15 @@ def choose_threshold(
     tp = a.size - np.searchsorted(np.sort(a), u[1:], side="left")
     fp = n.size - np.searchsorted(np.sort(n), u[1:], side="left")
     f1 = 2 * tp / (2 * tp + fp + (a.size - tp))
-    i = int(np.argmax(f1))
-    cut = threshold_between(float(u[i]), float(u[i + 1]))
+    # only cuts that flag no more normal scores than q does; the best F1 among them (the
+    # lowest cut on ties: more recall)
     fp_q = int((n > q).sum())
-    if f1[i] > 0 and fp[i] <= fp_q:
-        return ThresholdChoice(cut, "f1_max")
+    allowed = np.where(fp <= fp_q, f1, -1.0)
+    j = int(np.argmax(allowed))
+    if allowed[j] > 0:
+        return ThresholdChoice(threshold_between(float(u[j]), float(u[j + 1])), "f1_max")
+    i = int(np.argmax(f1))  # the unconstrained F1-max cut, named in the warning
+    cut = threshold_between(float(u[i]), float(u[i + 1]))
     return ThresholdChoice(q, "quantile_f1_rejected",
                            _rejected_text(n, a, quantile, q, cut, int(fp[i]), bool(f1[i] > 0)))
 
@@ -151,9 +156,10 @@ def fit_threshold(
       images are flagged.
     * With anomaly scores too: t maximises F1 (anomalous = positive) over the midpoints
       between consecutive distinct scores; ties go to the lowest such t (higher recall).
-      When that t would flag more of the normal scores than the quantile does, or F1 is 0
-      at every t (the anomalies all score at or below the normal ones), t is the quantile,
-      with a warning: t never flags more of the normal scores than the quantile would.
+      Only cuts that flag no more of the normal scores than the quantile does count; when
+      none of them has F1 > 0 (the anomalies score no higher than those normals), t is the
+      quantile, with a warning: t never flags more of the normal scores than the quantile
+      would.
 
     t is never below the smallest score, so held-out data of a single class never yields
     a threshold that flags every image.

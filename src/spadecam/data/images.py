@@ -142,7 +142,9 @@ def _open_with_libtiff(path: Path) -> ImageFile.ImageFile:
         saved = TiffImagePlugin.READ_LIBTIFF
         TiffImagePlugin.READ_LIBTIFF = True
         try:
-            return Image.open(path)
+            with warnings.catch_warnings():  # _open_file said it once already
+                warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+                return Image.open(path)
         finally:
             TiffImagePlugin.READ_LIBTIFF = saved
 
@@ -158,6 +160,8 @@ def _check_one_frame(im: Image.Image, path: Path) -> None:
     silently leave the others unscored. A JPEG of the MPO kind (phones write one: the picture
     and a preview or a second view) is read as its first, primary, picture."""
     frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1 and im.format == "TIFF":
+        frames = _full_resolution_pages(im)
     if frames > 1 and im.format != "MPO":
         raise ImageError(
             f"{path}: holds {frames} pages or frames ({im.format}); spadecam reads one image per "
@@ -165,25 +169,41 @@ def _check_one_frame(im: Image.Image, path: Path) -> None:
             "with Pillow's ImageSequence or `convert file.tif page-%d.png`)", [path])
 
 
-_OPEN_LOCK = threading.Lock()
+def _full_resolution_pages(im: Image.Image) -> int:
+    """Pages of a TIFF that are images of their own: a page whose NewSubfileType (tag 254)
+    marks it a reduced-resolution copy (a thumbnail or a pyramid level, bit 0) is not
+    counted. Leaves ``im`` on its first page."""
+    count = 0
+    try:
+        for i in range(int(getattr(im, "n_frames", 1))):
+            im.seek(i)
+            count += not (int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1)
+    finally:
+        im.seek(0)
+    return count
+
+
+_OPEN_LOCK = _LIBTIFF_LOCK  # one lock: both swap process-wide settings for one open
 
 
 def _open_file(path: Path) -> ImageFile.ImageFile:
-    """``Image.open`` with Pillow's DecompressionBombWarning turned into a SpadecamWarning that
-    names the file and the memory scoring it takes (Pillow's own names neither). The check
-    runs in ``Image.open``; the lock keeps the reading threads' warning records apart."""
-    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """``Image.open`` with Pillow's DecompressionBombWarning replaced by a SpadecamWarning that
+    names the file and the memory scoring it takes (Pillow's own names neither).
+
+    Pillow checks the size in ``Image.open``; only its bomb warning is silenced there (other
+    warnings follow the caller's filters), and the lock keeps the reading threads from
+    swapping the warning filters under each other.
+    """
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         f = Image.open(path)
-    for w in caught:
-        if issubclass(w.category, Image.DecompressionBombWarning):
-            pixels = f.width * f.height
-            warn(f"{path}: {f.width}x{f.height} pixels ({pixels / 1e6:.0f} megapixels) is above "
-                 f"Pillow's decompression-bomb limit ({(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} "
-                 f"megapixels); scoring it takes about {pixels * BYTES_PER_PIXEL_SCORED / 1e9:.1f} "
-                 "GB of memory. Make sure the file is what you meant to score, or shrink it")
-        else:  # another thread's warning caught in passing: passed on as it was
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = f.width * f.height
+    if limit is not None and pixels > limit:
+        warn(f"{path}: {f.width}x{f.height} pixels ({pixels / 1e6:.0f} megapixels) is above "
+             f"Pillow's decompression-bomb limit ({limit / 1e6:.0f} megapixels); scoring it "
+             f"takes up to about {pixels * BYTES_PER_PIXEL_SCORED / 1e9:.1f} GB of memory. Make "
+             "sure the file is what you meant to score, or shrink it")
     return f
 
 

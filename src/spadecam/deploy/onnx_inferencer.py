@@ -62,21 +62,21 @@ _CHECKSUM_BYTES = len(checksum_entry("0" * 64))
 _CHECKSUM_HEAD = checksum_entry("0" * 64)[:-66]
 
 
-def split_checksum(data: bytes) -> tuple[bytes, str | None]:
-    """(the graph's bytes, the sha256 its last :func:`checksum_entry` records, or None when
-    the file does not end with one)."""
+def split_checksum(data: bytes) -> tuple[memoryview, str | None]:
+    """(the graph's bytes, a view without a copy, and the sha256 its last
+    :func:`checksum_entry` records, or None when the file does not end with one)."""
     tail = data[-_CHECKSUM_BYTES:]
     if len(data) > _CHECKSUM_BYTES and tail.startswith(_CHECKSUM_HEAD):
         value = tail[len(_CHECKSUM_HEAD):]
         digest = value[1:-1].decode("ascii", errors="replace")
         if value[:1] == value[-1:] == b'"' and all(c in "0123456789abcdef" for c in digest):
-            return data[:-_CHECKSUM_BYTES], digest
-    return data, None
+            return memoryview(data)[:-_CHECKSUM_BYTES], digest
+    return memoryview(data), None
 
 
 def _checked_bytes(path: Path) -> bytes:
     """The file's bytes, checked against the sha256 it carries (ModelFormatError otherwise);
-    a file without one (exported by spadecam 0.2.0 or earlier) is read with a warning."""
+    a file without one (exported before spadecam 0.2.0) is read with a warning."""
     data = path.read_bytes()
     body, digest = split_checksum(data)
     if digest is None:
@@ -84,8 +84,9 @@ def _checked_bytes(path: Path) -> bytes:
             raise ModelFormatError(f"{path}: its sha256 entry is damaged or no longer at the "
                                    "file's end (the file was edited or re-saved after `spadecam "
                                    "export`); re-export the model")
-        warn(f"{path} carries no sha256 (exported by an older spadecam), so damage to "
-                      "it cannot be detected; re-export it with spadecam export")
+        warn(f"{path} carries no sha256 (exported before spadecam 0.2.0, or re-saved by "
+             "another tool), so damage to it cannot be detected; re-export it with spadecam "
+             "export")
     elif hashlib.sha256(body).hexdigest() != digest:
         raise ModelFormatError(f"{path} does not match the sha256 it carries: the file is "
                                "damaged or was edited; re-export the model (spadecam export)")

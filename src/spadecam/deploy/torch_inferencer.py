@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from spadecam._fs import json_float
-from spadecam._progress import bar
+from spadecam._progress import bar, warn
 from spadecam.deploy.outputs import map_names, non_finite_error, overlay, write_png  # noqa: F401
 from spadecam.detectors import NonFiniteScoreError, load_detector
 from spadecam.detectors._base import _BaseDetector
@@ -78,6 +78,12 @@ class TorchInferencer:
         if not pre:
             raise ModelFormatError(f"{d / 'config.json'}: no preprocessing and no input "
                                    "channel count to derive it from")
+        if not det.preprocessing_ or pre.get("fit_input") == "float":
+            warn(f"{d} was fitted through the Python API on "
+                 + ("float arrays" if det.preprocessing_ else "arrays of unrecorded scale")
+                 + ": image files are read divided by their type's maximum (8-bit / 255, "
+                 "16-bit / 65535); if fit's images were scaled otherwise, score them with the "
+                 "API, scaled the same way")
         if "channels" not in pre:  # read_config checked its value where present
             raise ModelFormatError(
                 f"{d / 'config.json'}: preprocessing.channels is missing; expected 1 or 3, "

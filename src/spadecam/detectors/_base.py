@@ -107,11 +107,11 @@ _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weig
 
 
 def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
-                  config: dict[str, Any], path: str | os.PathLike) -> torch.Tensor:
+                  path: str | os.PathLike) -> torch.Tensor:
     """The feature bank's ``features`` (M, K) from ``knn.safetensors``, checked against the
     classifier it is read with: a float matrix of at least 2 finite rows whose width K is the
     classifier's channel count at block ``layer`` (found by one forward pass of a blank image
-    at the model's input size).
+    at the smallest side the classifier takes).
 
     Raises
     ------
@@ -131,17 +131,19 @@ def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
                                f"rows, got {bank.dtype} of shape {tuple(bank.shape)}")
     if not bool(torch.isfinite(bank).all()):
         raise ModelFormatError(f"{file}: 'features' holds NaN or infinite values")
-    size = ((config.get("input") or {}).get("image_size")
-            or (config.get("vae_config") or {}).get("image_size")
-            or min_input_size(None, cnn.config))
-    c = cnn.config.in_channels
+    blocks = len(cnn.features)
+    if not -blocks <= layer < blocks:
+        raise ModelFormatError(f"{file}: knn.layer {layer} in config.json names no block of "
+                               f"the classifier, which has {blocks} (-{blocks} to {blocks - 1})")
+    # the width does not depend on the side: the smallest one the classifier takes is enough
+    size = min_input_size(None, cnn.config)
     try:
         with torch.no_grad():
-            width = int(cnn.forward_features(torch.zeros(1, c, int(size), int(size)),
-                                             layer).shape[1])
-    except (IndexError, RuntimeError, ValueError) as exc:
-        raise ModelFormatError(f"{file}: the classifier has no block {layer} to read the "
-                               f"bank's features from ({exc})") from None
+            width = int(cnn.forward_features(
+                torch.zeros(1, cnn.config.in_channels, size, size), layer).shape[1])
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{file}: the classifier cannot read the bank's features at "
+                               f"block {layer} ({exc})") from None
     if bank.shape[1] != width:
         raise ModelFormatError(
             f"{file}: the feature bank is {bank.shape[1]} features wide, but the classifier's "
@@ -269,6 +271,7 @@ class _BaseDetector(BaseEstimator):
         valid is the letterbox mask (N, 1, S, S) or None (:mod:`spadecam.inputs`).
         """
         if isinstance(X, PreparedImages):
+            self._fit_dtype = "files"  # spadecam train: read from files, as score reads them
             x = as_image_tensor(X.x)
             valid = None if X.valid is None else _as_tensor(X.valid).float()
             if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
@@ -276,6 +279,9 @@ class _BaseDetector(BaseEstimator):
             size = self._fit_size(x, vae_config, cnn_config)
             return x, valid, _as_labels(y, len(x)), size, x.shape[1]
         imgs = image_list(X)
+        parts = imgs if isinstance(imgs, list) else [imgs]
+        # how the arrays were scaled, for files read later (default_preprocessing)
+        self._fit_dtype = "uint8" if all(t.dtype == torch.uint8 for t in parts) else "float"
         yt = _as_labels(y, len(imgs))
         channels = imgs[0].shape[1] if isinstance(imgs, list) else imgs.shape[1]
         for name, cfg in (("vae_config", vae_config), ("cnn_config", cnn_config)):
@@ -410,13 +416,22 @@ class _BaseDetector(BaseEstimator):
         type's maximum (``normalisation`` "dtype_max": 255 for 8-bit, as a uint8 array is;
         65535 for 16-bit), refused below ``min_input_size`` (the networks' smallest side); the
         detector then brings them to ``image_size_`` with its ``resize`` policy. None before
-        the models' channel count is known."""
+        the models' channel count is known.
+
+        ``fit_input`` records what ``fit`` took ("uint8", "float" or "files"): uint8 arrays
+        are scaled as 8-bit files are, while float arrays in [0, 1] may have been scaled
+        otherwise (a 12-bit camera divided by 4095), so the CLI warns when it reads files
+        for a model fitted on floats."""
         channels = self._input_spec()[1]
         if channels is None:
             return None
         cfg = {a: getattr(getattr(self, a, None), "config", None) for a in ("vae_", "cnn_")}
-        return {"channels": int(channels), "normalisation": "dtype_max",
-                "min_input_size": int(min_input_size(cfg["vae_"], cfg["cnn_"]))}
+        pre: dict[str, Any] = {"channels": int(channels), "normalisation": "dtype_max",
+                               "min_input_size": int(min_input_size(cfg["vae_"], cfg["cnn_"]))}
+        fitted_on = getattr(self, "fit_input_", None)
+        if fitted_on is not None:
+            pre["fit_input"] = fitted_on
+        return pre
 
     def save(
         self,
@@ -533,7 +548,7 @@ class _BaseDetector(BaseEstimator):
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
             features = _checked_bank(load_tensors(path, "knn", config), found["cnn_"], layer,
-                                     config, path)
+                                     path)
             try:
                 extra["knn_bank"] = FeatureBank(features, layer, k, scale)
             except (TypeError, ValueError) as exc:
@@ -587,6 +602,7 @@ class _BaseDetector(BaseEstimator):
         with self._fitting():  # every fitted attribute set, or on an error none
             train(x[keep], yt[keep], size, channels)
             self.image_size_, self.in_channels_ = size, channels
+            self.fit_input_ = getattr(self, "_fit_dtype", None)
             self._set_threshold(x, valid, yt, hold)
 
     def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,

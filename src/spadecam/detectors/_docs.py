@@ -19,8 +19,9 @@ COMMON_PARAMETERS_DOC = """    batch_size : int
     threshold_holdout : float in [0, 1)
         Share of the normal (and of the known-anomaly) images split off with the training
         seed before training and used only to set ``threshold_`` (:func:`fit_threshold`:
-        F1-max with held-out anomalies unless that cut flags more held-out normals than the
-        quantile of their scores does, else that quantile).
+        with held-out anomalies, the F1-max cut among those flagging no more held-out normals
+        than the quantile of their scores does; else, or when none of them catches an
+        anomaly, that quantile).
         Default 0.1, as ``spadecam train`` (:data:`spadecam.recipes.FIT_DEFAULTS`); 0 keeps
         every image for training and takes the quantile of the normal training scores, which
         runs low because the models have seen those images.

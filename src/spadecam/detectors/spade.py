@@ -91,8 +91,8 @@ class SPADE(_BaseDetector):
         ``predict`` flags scores above it.
     threshold_source_ : str
         How it was set: "f1_max_held_out", "quantile_held_out_f1_rejected" (known anomalies
-        were held out, but their F1-max cut would flag more held-out normals than the
-        quantile does, so the quantile was used, with a warning), "quantile_held_out" or
+        were held out, but no cut flagging no more held-out normals than the quantile
+        caught one, so the quantile was used, with a warning), "quantile_held_out" or
         "quantile_train" (:func:`spadecam.threshold.choose_threshold`).
     threshold_n_images_ : dict
         How many images set it: ``{"normal": n, "anomaly": m}``. A quantile threshold from

@@ -19,10 +19,10 @@ Thresholds
 ----------
 ``spadecam train`` and the detectors alike hold out ``threshold_holdout`` (default 10%,
 :data:`spadecam.recipes.FIT_DEFAULTS`) of the normal and of the known-anomaly images;
-``threshold_`` is the F1-max point on them, or the ``threshold_quantile`` (default 99th
-percentile) of held-out normal scores when no anomaly could be held out or when the F1-max
-point would flag more held-out normals than that quantile does (a warning says so;
-:func:`spadecam.threshold.fit_threshold`).
+``threshold_`` is the F1-max point on them among the thresholds that flag no more held-out
+normals than their ``threshold_quantile`` (default 99th percentile) does, or that quantile
+when no anomaly could be held out or none of those thresholds catches one (a warning says
+so; :func:`spadecam.threshold.fit_threshold`).
 
 Modules: ``_train`` (``build_detector``, ``train``), ``_score``, ``_evaluate``; scoring runs
 through :class:`spadecam.deploy.TorchInferencer`.

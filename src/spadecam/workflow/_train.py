@@ -311,8 +311,8 @@ def train(
         if (out / "config.json").is_file():
             warn(f"--out {out}: replacing the spadecam model that was there")
         _save(det, out, preprocessing, extra)
-        say(f"model written to {out}")
     fabric.barrier()
+    say(f"model written to {out}")  # the last step: every rank is done with it
     return out
 
 
@@ -374,11 +374,12 @@ def _threshold_story(source: Any, n: dict[str, int], quantile: float) -> str:
     q = f"the {format_threshold(quantile)} quantile of {normal}"
     if source == "f1_max_held_out":
         return (f"the F1-max point on {normal} held-out normal and {anomaly} held-out "
-                "known-anomaly images")
+                f"known-anomaly images (among thresholds flagging no more of those normal "
+                f"images than the {format_threshold(quantile)} quantile of their scores)")
     if source == "quantile_held_out_f1_rejected":
         return (f"{q} held-out normal images' scores, not the F1-max point on them and "
-                f"{anomaly} held-out known-anomaly images, which would flag more of those "
-                "normal images (the known anomalies do not score above enough of them)")
+                f"{anomaly} held-out known-anomaly images: no threshold flagging no more of "
+                "those normal images catches a known anomaly (they do not score above them)")
     if source == "quantile_held_out":
         return f"{q} held-out normal images' scores"
     if source == "quantile_train":
