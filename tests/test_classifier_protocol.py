@@ -52,9 +52,12 @@ def test_a_classifier_with_another_head_is_refused_the_closed_form():
 
 
 def test_one_backbone_name_set():
-    assert list(BACKBONES) == ["small", "resnet18"]
+    assert list(BACKBONES) == ["small", "resnet18", "efficientnet_lite0", "wide_resnet50_2"]
     assert backbone_name(ConvClassifier(CNNConfig())) == "small"
     assert backbone_name(ResNetConfig()) == "resnet18"
+    from spadecam.models.efficientnet import EfficientNetLiteConfig
+
+    assert backbone_name(EfficientNetLiteConfig()) == "efficientnet_lite0"
     with pytest.raises(TypeError, match="not a spadecam classifier"):
         backbone_name(nn.Linear(2, 2))
     from spadecam.cli import _build_parser

@@ -123,11 +123,21 @@ def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
                     help="letterbox: keep the aspect ratio and pad with black (the padding "
                     "never counts in the score); resize: stretch to the square (default "
                     f"{fit['resize']})")
-    tr.add_argument("--backbone", choices=["small", "resnet18"], default="small",
+    tr.add_argument("--backbone", choices=["small", "resnet18", "efficientnet_lite0",
+                                           "wide_resnet50_2"],
+                    default="small",
                     help="classifier: small (default), the paper's 3-conv layout with kernels "
                     "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
-                    "Grad-CAM grid = size / 8), or resnet18, a ResNet-18 (needs --image-size "
-                    ">= 32; Grad-CAM grid = size / 32)")
+                    "Grad-CAM grid = size / 8), resnet18, a ResNet-18 (needs --image-size "
+                    ">= 32; Grad-CAM grid = size / 32), or efficientnet_lite0, EfficientNet-"
+                    "Lite0 from its ImageNet weights (grey images as three channels; needs "
+                    "--image-size >= 32; Grad-CAM grid = size / 32), or wide_resnet50_2 "
+                    "(PatchCore's backbone; with --backbone-weights)")
+    tr.add_argument("--backbone-weights", metavar="PATH",
+                    help="a torchvision-format state dict file the resnet18 or "
+                    "wide_resnet50_2 backbone starts from (e.g. resnet18-f37072fd.pth); "
+                    "every key and shape is checked; images are then normalised with "
+                    "ImageNet's mean and std")
 
 
 def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,

@@ -187,8 +187,8 @@ def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         if rank0:
             print(_precision_line(args), file=sys.stderr)
         # every train option by its API name, nothing renamed or defaulted here
-        names = ("backbone", "epochs", "steps", "seed", "recipe", "resize", "latent_dim",
-                 "batch_size", "lr", "threshold_quantile", "threshold_holdout",
+        names = ("backbone", "backbone_weights", "epochs", "steps", "seed", "recipe", "resize",
+                 "latent_dim", "batch_size", "lr", "threshold_quantile", "threshold_holdout",
                  "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
                  "knn_power", "detector")
         workflow.train(  # prints its summary, ending with where the model went

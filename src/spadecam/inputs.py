@@ -37,7 +37,6 @@ import torch
 
 from spadecam.data.images import RESIZE_POLICIES
 from spadecam.models.cnn import CNNConfig
-from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import VAEConfig
 from spadecam.preprocess import (  # noqa: F401 (re-exported)
     CHANNEL_COUNTS,
@@ -123,7 +122,7 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return torch.as_tensor(a if a.flags.writeable else a.copy())
 
 
-def min_input_size(vae_config: VAEConfig | None, cnn_config: CNNConfig | ResNetConfig | None) -> int:
+def min_input_size(vae_config: VAEConfig | None, cnn_config: Any) -> int:
     """Smallest model input side both networks accept with a non-empty last feature map.
 
     The VAE needs its ``len(channels)`` stride-2 convolutions to leave at least one pixel;
@@ -141,10 +140,10 @@ def min_input_size(vae_config: VAEConfig | None, cnn_config: CNNConfig | ResNetC
                 break
             vae_min += 1
     cnn_min = 1
-    if isinstance(cnn_config, ResNetConfig):
-        cnn_min = cnn_config.min_input_size
-    elif cnn_config is not None:
+    if isinstance(cnn_config, CNNConfig):
         cnn_min = int(np.prod(cnn_config.strides))
+    elif cnn_config is not None:  # ResNet, EfficientNet-Lite: their total stride
+        cnn_min = int(cnn_config.min_input_size)
     return max(vae_min, cnn_min)
 
 

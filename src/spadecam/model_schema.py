@@ -48,6 +48,7 @@ from spadecam.exceptions import ModelFormatError
 from spadecam.inputs import min_input_size
 from spadecam.models.backbones import BACKBONE_ALIASES, BACKBONES
 from spadecam.models.cnn import CNNConfig
+from spadecam.models.efficientnet import EfficientNetLiteConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import SCORING_PRECISIONS
@@ -169,6 +170,14 @@ class _Section:
             self.fail(name, f"a finite number {expected}" + (" or null" if null else ""), value)
         return value if present else None
 
+    def numbers(self, name: str, length: int, ok: Callable[[float], bool],
+                expected: str) -> list[float] | None:
+        present, value = self._get(name, False)
+        if present and not (isinstance(value, list) and len(value) == length and all(
+                _is_number(v) and math.isfinite(v) and ok(v) for v in value)):
+            self.fail(name, f"a list of {length} finite numbers {expected}", value)
+        return value if present else None
+
     def choice(self, name: str, options: Sequence[Any], null: bool = False) -> Any:
         present, value = self._get(name, null)
         # type-strict: true is not 1, 1 is not "1"
@@ -181,6 +190,18 @@ class _Section:
         if present and not isinstance(value, bool):
             self.fail(name, "true or false", value)
         return value if present else None
+
+    def text(self, name: str, null: bool = False) -> str | None:
+        present, value = self._get(name, null)
+        if present and not (isinstance(value, str) and value):
+            self.fail(name, "a non-empty string" + (" or null" if null else ""), value)
+        return value if present else None
+
+    def numbers_or_null(self, name: str, length: int, ok: Callable[[float], bool],
+                        expected: str) -> list[float] | None:
+        if self.data.get(name) is None:
+            return None
+        return self.numbers(name, length, ok, expected)
 
 
 def validate_config(config: dict[str, Any], path: Path) -> None:
@@ -403,6 +424,18 @@ _MODEL_FIELDS: dict[type, dict[str, tuple[str, tuple[Any, ...]]]] = {
         "widths": ("integers", (1,)),
         "blocks": ("integers", (1,)),
         "num_classes": ("choice", ((2,),)),
+        "block": ("choice", (("basic", "bottleneck"),)),
+        "width_factor": ("integer", (1,)),
+        "weights": ("text", (True,)),
+        "mean": ("numbers_or_null", (3, lambda v: True, "")),
+        "std": ("numbers_or_null", (3, lambda v: v > 0, "> 0")),
+    },
+    EfficientNetLiteConfig: {
+        "in_channels": ("choice", ((1, 3), True)),
+        "num_classes": ("choice", ((2,),)),
+        "pretrained": ("flag", ()),
+        "mean": ("numbers", (3, lambda v: True, "")),
+        "std": ("numbers", (3, lambda v: v > 0, "> 0")),
     },
 }
 

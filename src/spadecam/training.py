@@ -497,6 +497,7 @@ def train_cnn(
     train = train or TrainConfig()
     with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
         model = BACKBONES[backbone_name(config)][0](config)
+    model.load_pretrained()  # the weights the config names (ImageNet, a user's file), if any
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)

@@ -42,9 +42,9 @@ from spadecam.io import (
     read_config,
     save_models,
 )
+from spadecam.models.backbones import CLASSIFIER_CONFIGS
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
-from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
 from spadecam.threshold import (
@@ -163,7 +163,7 @@ class _BaseDetector(BaseEstimator):
 
     #: Parameters holding configs, and the config classes each accepts (None = default).
     _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-        "vae_config": (VAEConfig,), "cnn_config": (CNNConfig, ResNetConfig),
+        "vae_config": (VAEConfig,), "cnn_config": CLASSIFIER_CONFIGS,
         "vae_train": (TrainConfig,), "cnn_train": (TrainConfig,),
     }
 

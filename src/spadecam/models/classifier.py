@@ -46,6 +46,11 @@ class FeatureClassifier(nn.Module):
                 return x
         raise AssertionError("unreachable")
 
+    def load_pretrained(self) -> FeatureClassifier:
+        """Put the pretrained weights the config names into the blocks (the training calls
+        it before the first step); a backbone without any keeps its own. Returns self."""
+        return self
+
     def head(self, a: torch.Tensor) -> torch.Tensor:
         """Logits (N, 2) from the last block's feature map (N, K, h, w): GAP then linear."""
         return self.fc(a.mean(dim=(2, 3)))

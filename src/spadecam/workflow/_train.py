@@ -24,7 +24,8 @@ from spadecam.inputs import PreparedImages, letterbox_mask, min_input_size
 from spadecam.io import check_detector_params
 from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
-from spadecam.models.resnet import ResNetConfig
+from spadecam.models.efficientnet import EfficientNetLiteConfig
+from spadecam.models.resnet import ResNetClassifier, ResNetConfig, load_torchvision_weights
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
 from spadecam.recipes import FIT_DEFAULTS as FIT
@@ -40,7 +41,8 @@ DETECTOR_KINDS = {"spade": SPADE, "naive-spade": NaiveSPADE, "vae": VAEDetector,
 _SPADE_ONLY = ("roi_power", "classifier_weight", "knn_power")
 
 #: Classifier backbones (:data:`spadecam.models.backbones.BACKBONES`): the 3-conv CNN
-#: ("small") and a ResNet-18 ("resnet18", the paper's Table II).
+#: ("small"), a ResNet-18 ("resnet18", the paper's Table II) and EfficientNet-Lite0 from its
+#: ImageNet weights ("efficientnet_lite0").
 BACKBONES = tuple(_BACKBONE_TABLE)
 #: How many normal training images set the colour scale of the overlays.
 _OVERLAY_SAMPLE = 64
@@ -51,6 +53,7 @@ def build_detector(
     channels: int | None = None,
     *,
     backbone: str = "small",
+    backbone_weights: str | os.PathLike | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     seed: int = FIT["seed"],
@@ -89,10 +92,17 @@ def build_detector(
     image_size : int, side of the square model input in pixels
     channels : {1, 3} or None
         The images' channel count; None (default): the data's, sized by ``fit``.
-    backbone : {"small", "resnet18"}
+    backbone : {"small", "resnet18", "efficientnet_lite0", "wide_resnet50_2"}
         The 3-conv classifier (its kernels follow the image size under the "spadecam"
-        recipe, :func:`~spadecam.recipes.default_cnn_config`) or the ResNet-18-style one
-        (:mod:`spadecam.models.resnet`).
+        recipe, :func:`~spadecam.recipes.default_cnn_config`), the ResNet-18-style one
+        (:mod:`spadecam.models.resnet`), or EfficientNet-Lite0 trained from its ImageNet
+        weights (:mod:`spadecam.models.efficientnet`), or Wide-ResNet-50-2 ("wide_resnet50_2",
+        PatchCore's backbone).
+    backbone_weights : path, optional
+        A torchvision-format state dict file (e.g. ``resnet18-f37072fd.pth``) the ResNet
+        backbones start training from, checked key by key before any image is read
+        (:func:`spadecam.models.resnet.load_torchvision_weights`); ImageNet's normalisation
+        is then applied to the [0, 1] images.
     epochs, steps, seed, batch_size, lr : training settings shared by the VAE and the
         classifier (:class:`~spadecam.training.TrainConfig`); ``epochs`` None (default)
         trains for a budget of ``steps`` optimiser steps (default 2000) with early stopping
@@ -149,8 +159,18 @@ def build_detector(
         raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=(
         RECIPE_DEFAULTS[recipe]["latent_dim"] if latent_dim is None else latent_dim))
-    cnn_cfg = (ResNetConfig(in_channels=channels) if backbone == "resnet18"
-               else default_cnn_config(image_size, recipe))
+    if backbone_weights is not None and backbone not in ("resnet18", "wide_resnet50_2"):
+        raise ValueError(f"--backbone-weights is for --backbone resnet18 or wide_resnet50_2 "
+                         f"(a torchvision-format state dict), not {backbone}")
+    weights = None if backbone_weights is None else str(backbone_weights)
+    cnn_cfg: Any = (ResNetConfig(in_channels=channels, weights=weights) if backbone == "resnet18"
+                    else ResNetConfig.wide_resnet50_2(in_channels=channels, weights=weights)
+                    if backbone == "wide_resnet50_2"
+                    else EfficientNetLiteConfig(in_channels=channels)
+                    if backbone == "efficientnet_lite0"
+                    else default_cnn_config(image_size, recipe))
+    if weights is not None:  # the file checked key by key now, before any image is read
+        load_torchvision_weights(weights, ResNetClassifier(cnn_cfg.sized(channels or 3)))
     if channels is not None:
         cnn_cfg = cnn_cfg.sized(channels)
     # the detector's own rules (those of config.json), each named as its option

@@ -1,0 +1,101 @@
+"""Probe, on ELPV's validation split only: what a pretrained backbone gives SPADE's parts.
+
+Exploratory (it chooses nothing by itself): for seed 0 of our ELPV protocols at one input
+side, it builds the feature-space error (frozen ImageNet EfficientNet-Lite0, stages 3 + 5,
+3 x 3 averaged, a seeded bank of normal training patches; :mod:`spadecam.feature_error`),
+trains the eq. 2 classifier on the same backbone from its ImageNet weights (fine-tuned), and
+prints the validation AUROC of scores built from them:
+
+* ``patch_max``: the largest patch distance (one-class, PatchCore-style: no label used);
+* ``patch_max_x_cls``: that x (1 + w p), p the classifier's known-anomaly probability;
+* ``roi_sum``: SPADE's weighted error with the feature error as e: sum of e * L / |L|, L the
+  ROI of eq. 5 on u alone (Abs of the signed Grad-CAM map; no VAE here);
+* ``roi_sum_x_cls``: that x (1 + w p);
+* ``cls``: p alone (the CNN-based score).
+
+Usage: python benchmarks/probe_pretrained.py [--size 224] [--bank 40000] [--epochs 3]
+Results: printed, one line per (protocol, column, score); the log is kept under
+benchmarks/results/ with the machine's CPU and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from spadecam.cam import grad_cam_logits_features
+from spadecam.feature_error import PatchFeatures, build_patch_bank
+from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
+from spadecam.protocols import elpv_data
+from spadecam.roi import roi_weights
+from spadecam.training import TrainConfig, train_cnn
+
+
+def _batches(x: torch.Tensor, size: int = 32):
+    for i in range(0, len(x), size):
+        yield x[i : i + size].float() / 255.0, None
+
+
+@torch.no_grad()
+def _patch_maps(bank, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([bank.error_map(u)[:, 0] for u, _ in _batches(x)])
+
+
+def _cls_and_cams(cnn, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    ps, cams = [], []
+    for u, _ in _batches(x):
+        m, logits, _ = grad_cam_logits_features(cnn.eval(), u, -1)
+        ps.append(logits.float().softmax(1)[:, 1])
+        cams.append(m.detach())
+    return torch.cat(ps).numpy(), torch.cat(cams)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--bank", type=int, default=40000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.time()
+    data = elpv_data(args.seed, args.size, eval_split="val")
+    normal, test, y = data.x_normal, data.x_test, data.y_test
+    print(f"normal training cells {len(normal)}, validation cells {len(test)} "
+          f"({int(y.sum())} anomalous), side {args.size}; {time.time() - t0:.0f} s")
+
+    net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1)).load_imagenet()
+    extractor = PatchFeatures(net)
+    bank = build_patch_bank(extractor, _batches(normal), len(normal), args.bank, args.seed)
+    patch = _patch_maps(bank, test)
+    patch_max = patch.flatten(1).amax(1).numpy()
+    print(f"bank {tuple(bank.features.shape)}, patch maps of the validation cells: "
+          f"{time.time() - t0:.0f} s")
+
+    for protocol in data.protocols:
+        if protocol.name == "cnn_all_labels":
+            continue
+        x = torch.cat([normal, protocol.x_known])
+        labels = torch.cat([torch.zeros(len(normal)), torch.ones(len(protocol.x_known))]).long()
+        train = TrainConfig(epochs=args.epochs, batch_size=32, lr=args.lr, seed=args.seed,
+                            progress=False, precision="32")
+        cnn = train_cnn(x, labels, EfficientNetLiteConfig(), train)
+        p, cams = _cls_and_cams(cnn, test)
+        roi = roi_weights(cams, None, (args.size, args.size), recon_branch="none")
+        roi_sum = (patch * roi).sum(dim=(1, 2)).numpy()
+        w = args.weight
+        scores = {"patch_max": patch_max, "patch_max_x_cls": patch_max * (1 + w * p),
+                  "roi_sum": roi_sum, "roi_sum_x_cls": roi_sum * (1 + w * p), "cls": p}
+        for (name, column), idx in protocol.columns.items():
+            line = ", ".join(f"{k} {roc_auc_score(y[idx], s[idx]):.3f}" for k, s in scores.items())
+            print(f"{name} / {column}: {line}")
+        print(f"  ({protocol.name}: classifier trained, {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The feature-space error map: PatchCore-style locally aware patch features of a frozen
+pretrained backbone, a seeded bounded memory bank of normal patches, and each patch's distance
+to its nearest bank patch, upsampled to the image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spadecam.feature_error import PatchBank, PatchFeatures, build_patch_bank
+from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def extractor() -> PatchFeatures:
+    net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1)).load_imagenet()
+    return PatchFeatures(net)
+
+
+def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = 0.4 + 0.05 * torch.randn(n, 1, size, size, generator=g)
+    x[:, :, :, :: 8] = 0.15  # bus-bar-like stripes: a regular texture
+    return x.clamp(0, 1)
+
+
+def test_patch_features_are_stages_3_and_5_averaged_and_on_one_grid(extractor):
+    u = _images(2)
+    f = extractor(u)
+    assert f.shape == (2, 40 + 112, 8, 8)  # stride 8 at 64 px
+    # each layer's part is its block output, 3 x 3 averaged (no padding counted)
+    with torch.no_grad():
+        h = u
+        for i in range(4):
+            h = extractor.blocks[i](h)
+    ref = torch.nn.functional.avg_pool2d(h, 3, 1, 1, count_include_pad=False)
+    torch.testing.assert_close(f[:, :40], ref)
+    assert not any(p.requires_grad for p in extractor.parameters())
+    extractor.train()
+    assert not extractor.training  # frozen, batch norm too
+
+
+def test_distances_are_the_nearest_bank_patch_by_brute_force(extractor, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    bank = PatchBank(torch.randn(5000, 152, generator=g), extractor)
+    q = torch.randn(2, 152, 3, 4, generator=g)
+    want = torch.cdist(q.permute(0, 2, 3, 1).reshape(-1, 152), bank.features).amin(1).view(2, 3, 4)
+    torch.testing.assert_close(bank.distances(q), want, rtol=1e-4, atol=1e-4)
+    import spadecam.feature_error as fe
+
+    monkeypatch.setattr(fe, "is_exporting", lambda: True)  # the exported graph's one product
+    torch.testing.assert_close(bank.distances(q), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="query patches have 7 features but the bank 152"):
+        bank.distances(torch.zeros(1, 7, 2, 2))
+
+
+def test_a_defect_stands_out_where_it_is_and_the_bank_is_bounded_and_seeded(extractor):
+    normal = _images(12)
+    batches = [(normal[i : i + 4], None) for i in range(0, 12, 4)]
+    bank = build_patch_bank(extractor, batches, 12, bank_size=500, seed=3)
+    assert bank.features.shape == (500, 152)
+    again = build_patch_bank(extractor, batches, 12, bank_size=500, seed=3)
+    torch.testing.assert_close(again.features, bank.features)  # the seed decides the draw
+    every = build_patch_bank(extractor, batches, 12, bank_size=10**6)
+    assert len(every.features) == 12 * 64  # fewer patches than asked: all of them
+    test = _images(1, seed=9)
+    test[:, :, 40:52, 8:20] = 0.95  # a bright defect in the lower left
+    e = bank.error_map(test)
+    assert e.shape == (1, 1, 64, 64) and (e >= 0).all()
+    inside, outside = e[0, 0, 40:52, 8:20].mean(), e[0, 0, :24, 36:].mean()
+    assert inside > 2 * outside
+    # letterbox padding: zero error there, and padding patches never enter the bank
+    valid = torch.ones(1, 1, 64, 64)
+    valid[..., :, 48:] = 0
+    assert (bank.error_map(test, valid)[..., 48:] == 0).all()
+    padded = build_patch_bank(extractor, [(normal[:4], valid.expand(4, -1, -1, -1))], 4,
+                              bank_size=10**6)
+    assert len(padded.features) == 4 * 8 * 6  # 6 of the 8 patch columns lie on the image
+    with pytest.raises(ValueError, match="held 4 images, not n_images=5"):
+        build_patch_bank(extractor, [(normal[:4], None)], 5)
