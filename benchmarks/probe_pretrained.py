@@ -11,7 +11,14 @@ prints the validation AUROC of scores built from them:
 * ``roi_sum``: SPADE's weighted error with the feature error as e: sum of e * L / |L|, L the
   ROI of eq. 5 on u alone (Abs of the signed Grad-CAM map; no VAE here);
 * ``roi_sum_x_cls``: that x (1 + w p);
-* ``cls``: p alone (the CNN-based score).
+* ``cls``: p alone (the CNN-based score);
+* ``margin``: the one-class score plus the classifier's evidence only above a margin, both in
+  units of their spread over held-out normal training cells (a tenth of them, never trained
+  on or put in the bank): patch_max / sd + max(0, logit - t) / sd_logit, t the largest
+  held-out normal logit, so the held-out normals' scores are the one-class ones.
+
+``--dump FILE.npz`` keeps every score with the labels and columns, to try other fusions
+without training again.
 
 Usage: python benchmarks/probe_pretrained.py [--size 224] [--bank 40000] [--epochs 3]
 Results: printed, one line per (protocol, column, score); the log is kept under
@@ -45,13 +52,16 @@ def _patch_maps(bank, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([bank.error_map(u)[:, 0] for u, _ in _batches(x)])
 
 
-def _cls_and_cams(cnn, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    ps, cams = [], []
+def _cls_and_cams(cnn, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(p of the known-anomaly class, its logit margin l1 - l0, the signed Grad-CAM maps)."""
+    ps, margins, cams = [], [], []
     for u, _ in _batches(x):
         m, logits, _ = grad_cam_logits_features(cnn.eval(), u, -1)
-        ps.append(logits.float().softmax(1)[:, 1])
+        logits = logits.float().detach()
+        ps.append(logits.softmax(1)[:, 1])
+        margins.append(logits[:, 1] - logits[:, 0])
         cams.append(m.detach())
-    return torch.cat(ps).numpy(), torch.cat(cams)
+    return torch.cat(ps).numpy(), torch.cat(margins).numpy(), torch.cat(cams)
 
 
 def main() -> None:
@@ -62,18 +72,25 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dump", default=None, help="an .npz file for every score")
     args = ap.parse_args()
     t0 = time.time()
     data = elpv_data(args.seed, args.size, eval_split="val")
     normal, test, y = data.x_normal, data.x_test, data.y_test
-    print(f"normal training cells {len(normal)}, validation cells {len(test)} "
-          f"({int(y.sum())} anomalous), side {args.size}; {time.time() - t0:.0f} s")
+    # a tenth of the normal training cells held out (seeded): neither in the bank nor
+    # trained on; their scores set the fusion's scales and margin
+    order = torch.randperm(len(normal), generator=torch.Generator().manual_seed(args.seed))
+    held, normal = normal[order[: len(normal) // 10]], normal[order[len(normal) // 10 :]]
+    print(f"normal training cells {len(normal)} (+{len(held)} held out), validation cells "
+          f"{len(test)} ({int(y.sum())} anomalous), side {args.size}; {time.time() - t0:.0f} s")
 
     net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1)).load_imagenet()
     extractor = PatchFeatures(net)
     bank = build_patch_bank(extractor, _batches(normal), len(normal), args.bank, args.seed)
     patch = _patch_maps(bank, test)
     patch_max = patch.flatten(1).amax(1).numpy()
+    held_max = _patch_maps(bank, held).flatten(1).amax(1).numpy()
+    dump: dict[str, np.ndarray] = {"y": y, "patch_max": patch_max, "held_patch_max": held_max}
     print(f"bank {tuple(bank.features.shape)}, patch maps of the validation cells: "
           f"{time.time() - t0:.0f} s")
 
@@ -85,16 +102,27 @@ def main() -> None:
         train = TrainConfig(epochs=args.epochs, batch_size=32, lr=args.lr, seed=args.seed,
                             progress=False, precision="32")
         cnn = train_cnn(x, labels, EfficientNetLiteConfig(), train)
-        p, cams = _cls_and_cams(cnn, test)
+        p, logit, cams = _cls_and_cams(cnn, test)
+        _, held_logit, _ = _cls_and_cams(cnn, held)
         roi = roi_weights(cams, None, (args.size, args.size), recon_branch="none")
         roi_sum = (patch * roi).sum(dim=(1, 2)).numpy()
         w = args.weight
+        margin = (patch_max / held_max.std() + np.maximum(0, logit - held_logit.max())
+                  / held_logit.std())
         scores = {"patch_max": patch_max, "patch_max_x_cls": patch_max * (1 + w * p),
-                  "roi_sum": roi_sum, "roi_sum_x_cls": roi_sum * (1 + w * p), "cls": p}
+                  "roi_sum": roi_sum, "roi_sum_x_cls": roi_sum * (1 + w * p), "cls": p,
+                  "margin": margin}
+        dump.update({f"{protocol.name}/p": p, f"{protocol.name}/logit": logit,
+                     f"{protocol.name}/held_logit": held_logit,
+                     f"{protocol.name}/roi_sum": roi_sum})
+        for (name, column), idx in protocol.columns.items():
+            dump[f"{name}/{column}/idx"] = idx
         for (name, column), idx in protocol.columns.items():
             line = ", ".join(f"{k} {roc_auc_score(y[idx], s[idx]):.3f}" for k, s in scores.items())
             print(f"{name} / {column}: {line}")
         print(f"  ({protocol.name}: classifier trained, {time.time() - t0:.0f} s)")
+    if args.dump:
+        np.savez(args.dump, **dump)
 
 
 if __name__ == "__main__":

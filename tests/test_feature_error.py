@@ -80,3 +80,59 @@ def test_a_defect_stands_out_where_it_is_and_the_bank_is_bounded_and_seeded(extr
     assert len(padded.features) == 4 * 8 * 6  # 6 of the 8 patch columns lie on the image
     with pytest.raises(ValueError, match="held 4 images, not n_images=5"):
         build_patch_bank(extractor, [(normal[:4], None)], 5)
+
+
+def test_spade_with_the_feature_error_fits_saves_loads_and_exports(tmp_path):
+    """SPADE(error="feature"): e is the patch distance map, weighted by the ROI as the
+    reconstruction error is; the bank and its frozen backbone go into the model directory
+    (checked on load) and into the ONNX graph."""
+    import json
+
+    import numpy as np
+
+    from spadecam import SPADE
+    from spadecam.detectors import load_detector
+    from spadecam.exceptions import ModelFormatError
+    from spadecam.models import CNNConfig, VAEConfig
+    from spadecam.training import TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(100, 10, (28, 32, 32)), 0, 255).astype(np.uint8)
+    x[:, :, ::8] = 40
+    x[20:, 18:26, 10:18] = 240
+    y = np.r_[np.zeros(20), np.ones(8)]
+    train = TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
+    det = SPADE(image_size=32, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
+                cnn_config=CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)),
+                vae_train=train, cnn_train=train, precision="32", batch_size=8,
+                error="feature", patch_bank_size=200).fit(x, y)
+    assert det.patch_bank_ is not None and det.patch_bank_.features.shape == (200, 152)
+    scores, maps = det.decision_function_and_map(x[:6])
+    # e' is e x L / |L| with e the patch distances: its sum is the score (images at the
+    # model's side)
+    np.testing.assert_allclose(maps.reshape(6, -1).sum(1), scores, rtol=1e-5)
+    det.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["patch"] == {"layers": [3, 5], "pool": 3, "in_channels": 1}
+    assert saved["detector"]["params"]["error"] == "feature"
+    np.testing.assert_array_equal(load_detector(tmp_path / "m").decision_function(x[:6]), scores)
+    pytest.importorskip("onnxruntime")
+    from spadecam.deploy import OnnxSPADE, export_onnx
+
+    onnx = OnnxSPADE(export_onnx(tmp_path / "m", tmp_path / "m.onnx"))
+    assert onnx.metadata["patch_bank_shape"] == [200, 152]
+    np.testing.assert_allclose(onnx.decision_function(x[:6]), scores, rtol=1e-4,
+                               atol=1e-4 * np.abs(scores).max())
+    # a bank of another width is refused naming the file
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(tmp_path / "m" / "patch.safetensors")
+    t["bank"] = torch.zeros(200, 7)
+    save_file(t, tmp_path / "m" / "patch.safetensors")
+    import hashlib
+
+    saved["weights_sha256"]["patch.safetensors"] = hashlib.sha256(
+        (tmp_path / "m" / "patch.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelFormatError, match=r"patch.safetensors does not fit .*\(M, 152\)"):
+        load_detector(tmp_path / "m")

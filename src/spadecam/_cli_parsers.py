@@ -183,6 +183,11 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                     "classifier features to those of its 5 nearest normal training images (a "
                     "feature bank saved with the model; 1 = a typical normal); 0 = the paper's "
                     f"score, no bank (default: the recipe's, {ours['knn_power']:g})")
+    tr.add_argument("--error", choices=["reconstruction", "feature"], default=None,
+                    help="SPADE's error map: reconstruction, the VAE's |u - u_hat| (the "
+                    "paper's), or feature, each patch's distance to the nearest normal training "
+                    "patch in a frozen ImageNet EfficientNet-Lite0's features (a patch bank "
+                    f"saved with the model) (default: the recipe's, {ours['error']})")
     tr.add_argument("--roi-power", type=float, default=None, metavar="P",
                     help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
                     f"the recipe's, {ours['roi_power']:g})")

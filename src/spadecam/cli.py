@@ -190,7 +190,7 @@ def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         names = ("backbone", "backbone_weights", "epochs", "steps", "seed", "recipe", "resize",
                  "latent_dim", "batch_size", "lr", "threshold_quantile", "threshold_holdout",
                  "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
-                 "knn_power", "detector")
+                 "knn_power", "error", "detector")
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, log=print, progress=progress,

@@ -22,9 +22,10 @@ gives an e of the same shape from them:
   subsample costs nothing beyond the features and keeps memory at ``bank_size x D`` floats
   whatever the number of images. Patches on letterbox padding are never drawn.
 
-Distances come from matrix products (||q||^2 + ||b||^2 - 2 q.b, clamped at 0) over chunks of
-the bank, so memory stays at (queries x chunk) floats; an exported graph (ONNX) takes the
-whole bank in one product.
+The nearest bank patch is found with matrix products (||b||^2 - 2 q.b on features centred on
+the bank's mean) over chunks of the bank, so memory stays at (queries x chunk) floats (an
+exported graph, ONNX, takes the whole bank in one product), and its distance is then measured
+exactly from the difference.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class PatchBank(nn.Module):
     """
 
     features: torch.Tensor
+    centre: torch.Tensor
+    centred: torch.Tensor
     sq_norms: torch.Tensor
 
     def __init__(self, features: torch.Tensor, extractor: PatchFeatures) -> None:
@@ -133,24 +136,41 @@ class PatchBank(nn.Module):
         self.extractor = extractor
         f = features.detach().float().contiguous()
         self.register_buffer("features", f)
-        self.register_buffer("sq_norms", f.square().sum(dim=1))
+        # the product's operands centred on the bank's mean: smaller norms, less cancellation
+        centre = f.double().mean(dim=0).float()
+        centred = f - centre
+        self.register_buffer("centre", centre, persistent=False)
+        self.register_buffer("centred", centred, persistent=False)
+        self.register_buffer("sq_norms", centred.square().sum(dim=1), persistent=False)
 
     def distances(self, q: torch.Tensor) -> torch.Tensor:
-        """Distance of each patch of q (N, D, h, w) to its nearest bank row: (N, h, w) float32."""
+        """Distance of each patch of q (N, D, h, w) to its nearest bank row: (N, h, w) float32.
+
+        The nearest row is found with matrix products (centred on the bank's mean), and its
+        distance is then measured exactly from the difference, so two ways of computing
+        the products (torch's chunks, the ONNX graph's one product) give the same distances
+        but where two rows are within rounding of each other."""
         n, d, h, w = q.shape
         if d != self.features.shape[1]:
             raise ValueError(f"query patches have {d} features but the bank {self.features.shape[1]}")
         flat = q.permute(0, 2, 3, 1).reshape(-1, d).float()
-        qn = flat.square().sum(dim=1, keepdim=True)
         with torch.autocast(q.device.type, enabled=False):
+            qc = flat - self.centre  # ||q - b||^2 = ||qc||^2 + ||bc||^2 - 2 qc.bc: the
+            # first term is the same for every b, so the nearest b minimises the rest
             if is_exporting():  # one product over the whole bank (the graph cannot loop)
-                d2 = (qn + self.sq_norms[None] - 2 * flat @ self.features.T).amin(dim=1)
+                idx = (self.sq_norms[None] - 2 * qc @ self.centred.T).argmin(dim=1)
             else:
-                d2 = torch.full((len(flat),), float("inf"), device=flat.device)
+                best = torch.full((len(flat),), float("inf"), device=flat.device)
+                idx = torch.zeros(len(flat), dtype=torch.long, device=flat.device)
                 for i in range(0, len(self.features), _CHUNK):
-                    b, bn = self.features[i : i + _CHUNK], self.sq_norms[i : i + _CHUNK]
-                    d2 = torch.minimum(d2, (qn + bn[None] - 2 * flat @ b.T).amin(dim=1))
-        return d2.clamp_min(0).sqrt().view(n, h, w)
+                    part = (self.sq_norms[None, i : i + _CHUNK]
+                            - 2 * qc @ self.centred[i : i + _CHUNK].T)
+                    value, at = part.min(dim=1)
+                    better = value < best
+                    best = torch.where(better, value, best)
+                    idx = torch.where(better, at + i, idx)
+            exact = (flat - self.features[idx]).square().sum(dim=1).sqrt()
+        return exact.view(n, h, w)
 
     def error_map(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """The feature-space error e (N, 1, H, W) float32 >= 0 of u (N, C, H, W) in [0, 1]:

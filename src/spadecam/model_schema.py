@@ -335,6 +335,11 @@ def _top_level_values(top: _Section, config: dict[str, Any]) -> None:
                 hashes.fail(name, "a sha256 (64 lowercase hex digits) or null", digest)
 
 
+#: What SPADE's error map e is: the VAE's reconstruction error (the paper's) or the
+#: feature-space error of a pretrained backbone (:mod:`spadecam.feature_error`).
+ERROR_SOURCES = ("reconstruction", "feature")
+
+
 def check_detector_params(owner: str, params: dict[str, Any],
                           cnn_layers: int | None = None, as_options: bool = False) -> None:
     """The detector parameters ``params`` (a constructor's arguments) by the rules that
@@ -389,6 +394,8 @@ def _check_params(params: _Section, cnn_layers: int | None) -> None:
     params.number("roi_power", lambda v: v > 0, "> 0", null=True)
     params.number("classifier_weight", lambda v: v >= 0, ">= 0", null=True)
     params.number("knn_power", lambda v: v >= 0, ">= 0", null=True)
+    params.choice("error", ERROR_SOURCES, null=True)
+    params.integer("patch_bank_size")
     if "knn_layer" in params.data:
         layer = params.data["knn_layer"]
         if not is_int(layer) or (cnn_layers is not None and not -cnn_layers <= layer

@@ -40,9 +40,11 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # 0.955 / 0.974 with and without (powers 2 and 4 lose 0.006-0.045); ELPV seeds 0-2
     # few_labels_10 / few_labels_50 / unseen_type 0.724 / 0.732 / 0.781 -> 0.785 / 0.788 / 0.812
     "spadecam": {"latent_dim": 8, "error_smoothing": 2.0, "error_norm": "l2",
-                 "roi_power": 1.0, "classifier_weight": 10.0, "knn_power": 1.0},
+                 "roi_power": 1.0, "classifier_weight": 10.0, "knn_power": 1.0,
+                 "error": "reconstruction"},
     "paper": {"latent_dim": 128, "error_smoothing": 0.0, "error_norm": "l1",
-              "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0},
+              "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0,
+              "error": "reconstruction"},
 }
 
 
@@ -59,6 +61,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "cam_layer": -1,
     "knn_layer": -1,  # the feature bank's block (spadecam.knn): the last, as Grad-CAM's
     "knn_k": 5,
+    "patch_bank_size": 16384,  # rows of the feature-space error's memory bank
     "steps": 2000,  # per model, with early stopping on a validation split
     "batch_size": 32,
     "lr": 1e-3,

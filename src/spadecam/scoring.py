@@ -25,6 +25,7 @@ from torch import nn
 
 from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
+from spadecam.feature_error import PatchBank
 from spadecam.knn import FeatureBank
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
@@ -92,6 +93,11 @@ class SPADEScorer(nn.Module):
     knn_power : float >= 0
         Multiplies e' by d ** knn_power, d the kNN distance of u's features to the bank
         (1 = a typical normal image). 0 (default) = the paper; our option (issue 19).
+    patch_bank : PatchBank, optional
+        With it, e is the feature-space error (:mod:`spadecam.feature_error`: each patch's
+        distance to the nearest normal training patch in a frozen pretrained backbone's
+        features) instead of the reconstruction error; the ROI, the classifier weight and
+        the feature bank weight it as they weight the reconstruction error. Our option.
 
     Raises
     ------
@@ -121,8 +127,10 @@ class SPADEScorer(nn.Module):
         classifier_weight: float = 0.0,
         knn: FeatureBank | None = None,
         knn_power: float = 0.0,
+        patch_bank: PatchBank | None = None,
     ) -> None:
         super().__init__()
+        self.patch_bank = patch_bank
         if not (roi_power > 0 and classifier_weight >= 0):
             raise ValueError(f"roi_power must be > 0 and classifier_weight >= 0, got "
                              f"{roi_power!r}, {classifier_weight!r}")
@@ -180,11 +188,13 @@ class SPADEScorer(nn.Module):
         none (a bare pair, or features of another block) they run the classifier on u.
         """
         roi, logits, pooled = self._roi(u, u_hat, valid, cams)
+        # the feature-space error: the backbone in the scoring precision, distances in fp32
+        feature_error = None if self.patch_bank is None else self.patch_bank.error_map(u, valid)
         # under bf16 autocast only the networks run in bf16: the ROI, the blur and the error
         # are fp32 (a blurred, squared residual would lose its small values in bf16)
         with torch.autocast(u.device.type, enabled=False):
-            error = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
-                                         self.error_norm, valid)
+            error = feature_error if feature_error is not None else reconstruction_error(
+                u.float(), u_hat.float(), self.error_smoothing, self.error_norm, valid)
             m = weighted_error(error, roi)
         if self.classifier_weight:
             if logits is None:  # maps given without logits: one classifier pass for them

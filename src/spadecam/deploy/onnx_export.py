@@ -65,12 +65,13 @@ ONNX_OPSET = 20
 #: divided by their storage type's maximum), ``min_input_size`` (smallest image side the
 #: networks accept), ``overlay_scale`` (map value shown at full colour, or null),
 #: ``outputs`` (JSON list), ``knn_bank_shape`` ((M, K) of the feature bank, or null),
+#: ``patch_bank_shape`` ((M, D) of the feature-space error's patch bank, or null),
 #: ``exporter`` and ``opset``. The file ends with one more entry, ``spadecam_sha256``: the
 #: sha256 of every byte before it (:func:`~spadecam.deploy.onnx_inferencer.checksum_entry`),
 #: which the ONNX runner checks.
 METADATA_KEYS = ("spadecam_version", "detector", "threshold", "threshold_source", "image_size",
                  "channels", "resize", "normalisation", "min_input_size", "overlay_scale",
-                 "outputs", "knn_bank_shape", "exporter", "opset")
+                 "outputs", "knn_bank_shape", "patch_bank_shape", "exporter", "opset")
 
 
 class ExportError(ValueError):
@@ -115,6 +116,8 @@ def _metadata(det: _BaseDetector, config: dict[str, Any]) -> dict[str, str]:
     pre = getattr(det, "preprocessing_", None) or {}
     size, channels = det._input_spec()
     bank = getattr(det, "knn_", None)
+    patch = getattr(det, "patch_bank_", None) if (
+        isinstance(det, SPADE) and det._param("error") == "feature") else None
     uses_bank = bank is not None and bool(det._param("knn_power")) if isinstance(det, SPADE) \
         else False
     values: dict[str, Any] = {
@@ -132,6 +135,7 @@ def _metadata(det: _BaseDetector, config: dict[str, Any]) -> dict[str, str]:
         "overlay_scale": config.get("overlay_scale"),
         "outputs": ["score", "anomaly_map"] if det.has_anomaly_map else ["score"],
         "knn_bank_shape": list(bank.features.shape) if uses_bank and bank is not None else None,
+        "patch_bank_shape": (list(patch.features.shape) if patch is not None else None),
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "opset": ONNX_OPSET,
     }

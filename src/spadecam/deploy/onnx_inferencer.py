@@ -239,6 +239,9 @@ class OnnxSPADE:
         self._inputs = {i.name for i in self.session.get_inputs()}
         bank = meta.get("knn_bank_shape")
         per_image = 4 * int(np.prod(bank)) if bank else 0
+        patch = meta.get("patch_bank_shape")
+        if patch:  # (queries x bank rows) distances, queries at stride 8
+            per_image += 4 * (-(-int(self.image_size) // 8)) ** 2 * int(patch[0])
         self.batch_size = int(batch_size or max(1, min(64, _BANK_BYTES // max(per_image, 1))))
 
     def __repr__(self) -> str:

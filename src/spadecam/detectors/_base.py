@@ -99,11 +99,11 @@ _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
     "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
-    "knn_power", "knn_layer", "knn_k",
+    "knn_power", "knn_layer", "knn_k", "error", "patch_bank_size",
 )
 #: Scoring parameters that default (None) to the recipe's value.
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight",
-                  "knn_power")
+                  "knn_power", "error")
 
 
 def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
@@ -151,6 +151,44 @@ def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
             f"{layer} in config.json); the bank and "
             "cnn.safetensors are not from one model: re-save or re-train it")
     return bank
+
+
+def _load_patch_bank(path: str | os.PathLike, config: dict[str, Any]) -> Any:
+    """The feature-space error's bank and frozen backbone from ``patch.safetensors`` (the
+    section ``patch`` of config.json), every tensor checked.
+
+    Raises
+    ------
+    ModelFormatError
+        Naming the file: a bad section, tensors that do not fit the backbone, or a bank whose
+        width is not the backbone's.
+    """
+    from spadecam.feature_error import PatchBank, PatchFeatures
+    from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
+
+    file = Path(path) / "patch.safetensors"
+    section = config["patch"]
+    try:
+        net = EfficientNetLiteClassifier(EfficientNetLiteConfig(
+            in_channels=int(section["in_channels"]), pretrained=False))
+        extractor = PatchFeatures(net, tuple(int(v) for v in section["layers"]),
+                                  int(section["pool"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{Path(path) / 'config.json'}: bad patch section ({exc})") from None
+    tensors = load_tensors(path, "patch", config)
+    state = {k.removeprefix("extractor."): v for k, v in tensors.items() if k != "bank"}
+    try:
+        extractor.load_state_dict(state)
+        bank = tensors["bank"]
+        with torch.no_grad():
+            width = extractor(torch.zeros(1, int(section["in_channels"]), 32, 32)).shape[1]
+        if bank.ndim != 2 or bank.shape[1] != width or not bool(torch.isfinite(bank).all()):
+            raise ValueError(f"the bank must be a finite (M, {width}) matrix, got "
+                             f"{tuple(bank.shape)}")
+        return PatchBank(bank, extractor)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelFormatError(f"{file} does not fit the feature-space error's backbone "
+                               f"({str(exc).splitlines()[0]})") from None
 
 
 class _BaseDetector(BaseEstimator):
@@ -487,12 +525,19 @@ class _BaseDetector(BaseEstimator):
             **(extra or {}),
         }
         bank = getattr(self, "knn_", None)
-        tensors = None
+        tensors: dict[str, dict[str, torch.Tensor]] = {}
         if bank is not None:  # SPADE's feature bank (spadecam.knn)
             config["knn"] = {"layer": bank.layer, "k": bank.k, "scale": bank.scale}
-            tensors = {"knn": {"features": bank.features}}
+            tensors["knn"] = {"features": bank.features}
+        patch = getattr(self, "patch_bank_", None)
+        if patch is not None:  # the feature-space error's bank and its frozen backbone
+            config["patch"] = {"layers": list(patch.extractor.layers),
+                               "pool": patch.extractor.pool,
+                               "in_channels": self._input_spec()[1]}
+            tensors["patch"] = {"bank": patch.features, **{
+                f"extractor.{k}": v for k, v in patch.extractor.state_dict().items()}}
         return save_models(path, getattr(self, "vae_", None), getattr(self, "cnn_", None),
-                           extra=config, tensors=tensors)
+                           extra=config, tensors=tensors or None)
 
     @classmethod
     def _saved_params(cls) -> list[str]:
@@ -555,6 +600,8 @@ class _BaseDetector(BaseEstimator):
                 raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
         elif "knn_power" in allowed and "knn_power" not in params:
             params["knn_power"] = 0.0  # saved before the feature bank (issue 19): scored without
+        if config.get("patch") is not None:
+            extra["patch_bank"] = _load_patch_bank(path, config)
         try:
             det = cls.from_models(*models, **extra, **params)
         except ValueError as exc:  # knn_power > 0 saved without its bank

@@ -13,6 +13,7 @@ from spadecam.detectors._base import (
     _require,
 )
 from spadecam.detectors._docs import with_common_parameters
+from spadecam.feature_error import PatchBank
 from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
@@ -77,6 +78,15 @@ class SPADE(_BaseDetector):
         the middle block -2 is the ELPV recipe's).
     knn_k : int >= 1
         Neighbours averaged (default 5).
+    error : {"reconstruction", "feature"}, optional
+        SPADE's error map e: the VAE's reconstruction error (the paper's), or the
+        feature-space error of a frozen ImageNet EfficientNet-Lite0 (our option,
+        :mod:`spadecam.feature_error`: each patch's distance to the nearest of
+        ``patch_bank_size`` normal training patches, upsampled), weighted by the ROI and the
+        classifier's evidence alike. None: the recipe's ("reconstruction" in both).
+    patch_bank_size : int >= 1
+        Rows of the feature-space error's memory bank (a seeded uniform draw of the normal
+        training images' patches; default 16,384: 16,384 x 152 floats, 10 MB).
     recipe : {"spadecam", "paper"}
         Defaults for every argument left at None (:data:`RECIPE_DEFAULTS`); "paper" is the
         paper's architecture and error, one argument away: ``SPADE(recipe="paper")``.
@@ -87,6 +97,8 @@ class SPADE(_BaseDetector):
     cnn_ : FeatureClassifier (ConvClassifier or ResNetClassifier)
     knn_ : FeatureBank or None
         The normal training images' features (built by ``fit`` when ``knn_power`` > 0).
+    patch_bank_ : PatchBank or None
+        The feature-space error's memory bank (built by ``fit`` when ``error="feature"``).
     threshold_ : float
         ``predict`` flags scores above it.
     threshold_source_ : str
@@ -105,6 +117,7 @@ class SPADE(_BaseDetector):
 
     _model_attrs = ("vae_", "cnn_")
     knn_: FeatureBank | None
+    patch_bank_: PatchBank | None
 
     def __init__(
         self,
@@ -133,6 +146,8 @@ class SPADE(_BaseDetector):
         knn_power: float | None = None,
         knn_layer: int = FIT_DEFAULTS["knn_layer"],
         knn_k: int = FIT_DEFAULTS["knn_k"],
+        error: str | None = None,
+        patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
     ) -> None:
         self.vae_config = vae_config
         self.cnn_config = cnn_config
@@ -159,6 +174,8 @@ class SPADE(_BaseDetector):
         self.knn_power = knn_power
         self.knn_layer = knn_layer
         self.knn_k = knn_k
+        self.error = error
+        self.patch_bank_size = patch_bank_size
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -199,13 +216,17 @@ class SPADE(_BaseDetector):
             self.knn_ = None
             if self._param("knn_power"):
                 self.build_feature_bank(x[y == 0])
+            self.patch_bank_ = None
+            if self._param("error") == "feature":
+                self.build_patch_bank(x[y == 0])
 
         self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
         return self
 
     @classmethod
     def from_models(cls, vae: ConvVAE, cnn: FeatureClassifier, x_normal: Any = None,
-                    knn_bank: FeatureBank | None = None, **params: Any):
+                    knn_bank: FeatureBank | None = None, patch_bank: PatchBank | None = None,
+                    **params: Any):
         """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
 
         Used by the reproduction, which trains the VAE once and a classifier per known class.
@@ -227,7 +248,13 @@ class SPADE(_BaseDetector):
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
         det.knn_ = knn_bank
+        det.patch_bank_ = patch_bank
         det._set_input_from_models()
+        if det._param("error") == "feature" and patch_bank is None:
+            if x_normal is None:
+                raise ValueError(f"{cls.__name__}.from_models: error='feature' needs the normal "
+                                 "training images for its patch bank: pass x_normal=...")
+            det.build_patch_bank(x_normal)
         if det._param("knn_power") and knn_bank is None:
             if x_normal is None:
                 raise ValueError(
@@ -257,6 +284,34 @@ class SPADE(_BaseDetector):
         self.knn_ = bank
         return bank
 
+    def build_patch_bank(self, x_normal: Any) -> PatchBank:
+        """Set ``patch_bank_`` from normal images (the training normals, at the model's input
+        size): the feature-space error's memory bank (:mod:`spadecam.feature_error`).
+
+        The backbone is EfficientNet-Lite0 with its ImageNet weights, frozen (stages 3 and 5,
+        :data:`~spadecam.feature_error.DEFAULT_PATCH_LAYERS`), whatever classifier eq. 2
+        trains; ``patch_bank_size`` patches are drawn uniformly from all the images' patches,
+        seeded by the training seed. x_normal: (M, C, S, S) uint8 [0, 255] or float [0, 1],
+        C = 1 or 3. Returns the bank.
+        """
+        from spadecam.feature_error import PatchFeatures, build_patch_bank
+        from spadecam.inputs import to_float_images
+        from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
+
+        x = torch.as_tensor(x_normal)
+        net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=int(x.shape[1])))
+        extractor = PatchFeatures(net.load_imagenet())
+        seed = (self.cnn_train or TrainConfig()).seed
+
+        def batches() -> Any:
+            for i in range(0, len(x), self.batch_size):
+                yield to_float_images(x[i : i + self.batch_size]), None
+
+        with scoring_context(self.precision, extractor):
+            bank = build_patch_bank(extractor, batches(), len(x), self.patch_bank_size, seed)
+        self.patch_bank_ = bank
+        return bank
+
     def scorer(self) -> SPADEScorer:
         """The scoring graph of this detector: ``forward(u, valid) -> (score, e')``.
 
@@ -280,6 +335,8 @@ class SPADE(_BaseDetector):
             classifier_weight=self._param("classifier_weight"),
             knn=getattr(self, "knn_", None),
             knn_power=self._param("knn_power"),
+            patch_bank=(getattr(self, "patch_bank_", None) if self._param("error") == "feature"
+                        else None),
         )
 
     def error_map_from_reconstruction(
@@ -370,10 +427,13 @@ class NaiveSPADE(SPADE):
         knn_power: float | None = None,
         knn_layer: int = FIT_DEFAULTS["knn_layer"],
         knn_k: int = FIT_DEFAULTS["knn_k"],
+        error: str | None = None,
+        patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
             recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
             batch_size, precision, threshold_quantile, threshold_holdout, image_size, resize,
-            roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k,
+            roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k, error,
+            patch_bank_size,
         )

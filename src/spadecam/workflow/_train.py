@@ -38,7 +38,7 @@ __all__ = ["BACKBONES", "DETECTOR_KINDS", "build_detector", "train"]
 DETECTOR_KINDS = {"spade": SPADE, "naive-spade": NaiveSPADE, "vae": VAEDetector,
                   "cnn": CNNDetector}
 #: Options only some detectors take (the others refuse them when given).
-_SPADE_ONLY = ("roi_power", "classifier_weight", "knn_power")
+_SPADE_ONLY = ("roi_power", "classifier_weight", "knn_power", "error")
 
 #: Classifier backbones (:data:`spadecam.models.backbones.BACKBONES`): the 3-conv CNN
 #: ("small"), a ResNet-18 ("resnet18", the paper's Table II) and EfficientNet-Lite0 from its
@@ -73,6 +73,7 @@ def build_detector(
     classifier_weight: float | None = None,
     cam_layer: int = FIT["cam_layer"],
     knn_power: float | None = None,
+    error: str | None = None,
     detector: str = "spade",
 ) -> _BaseDetector:
     """An unfitted detector configured for own images (what ``spadecam train`` fits): SPADE,
@@ -121,6 +122,8 @@ def build_detector(
         recipe's (:data:`~spadecam.recipes.RECIPE_DEFAULTS`: roi_power 1 in both, the
         classifier weight 10 in spadecam and 0, the paper's score, in paper); cam_layer -1 =
         the last
+    error : "reconstruction" or "feature": SPADE's error map e (see :class:`SPADE`); None:
+        the recipe's.
     knn_power : the power of the feature-bank distance in the score (see :class:`SPADE`);
         None: the recipe's (spadecam 1, paper 0: no bank)
     distributed : dict, optional
@@ -139,7 +142,7 @@ def build_detector(
         raise ValueError(f"--detector must be one of {sorted(DETECTOR_KINDS)}, got {detector!r}")
     given = {"roi_power": roi_power, "classifier_weight": classifier_weight,
              "knn_power": knn_power, "latent_dim": latent_dim, "error_smoothing": error_smoothing,
-             "error_norm": error_norm}
+             "error_norm": error_norm, "error": error}
     refused = {"naive-spade": _SPADE_ONLY, "vae": _SPADE_ONLY,
                "cnn": (*_SPADE_ONLY, "latent_dim", "error_smoothing", "error_norm")}
     bad = [k for k in refused.get(detector, ()) if given[k] is not None]
@@ -178,6 +181,7 @@ def build_detector(
         "spadecam train",
         dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
              classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
+             error=error,
              threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout),
         len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None, as_options=True,
     )
@@ -207,7 +211,8 @@ def build_detector(
     return SPADE(
         vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=train_cfg,
         error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
-        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power, **common,
+        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
+        error=error, **common,
     )
 
 
