@@ -136,3 +136,83 @@ def test_spade_with_the_feature_error_fits_saves_loads_and_exports(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ModelFormatError, match=r"patch.safetensors does not fit .*\(M, 152\)"):
         load_detector(tmp_path / "m")
+
+
+def _tiny_feature_spade(**kw):
+    from spadecam import SPADE
+    from spadecam.models import CNNConfig, VAEConfig
+    from spadecam.training import TrainConfig
+
+    train = TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
+    return SPADE(image_size=32, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
+                 cnn_config=CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)),
+                 vae_train=train, cnn_train=train, precision="32", batch_size=8,
+                 **{"error": "feature", **kw})
+
+
+def test_letterbox_padding_never_enters_the_bank_and_rngs_are_left_alone(tmp_path):
+    """fit passes the training images' letterbox mask to the bank (padding patches, black,
+    would make dark defects look normal); fit, save and load leave the global RNG alone."""
+    import numpy as np
+
+    from spadecam.detectors import load_detector
+
+    rng = np.random.default_rng(0)
+    x = [np.clip(rng.normal(120, 10, (32, 16)), 0, 255).astype(np.uint8) for _ in range(24)]
+    y = np.r_[np.zeros(18), np.ones(6)]
+    state = torch.get_rng_state()
+    det = _tiny_feature_spade(patch_bank_size=10**6, threshold_holdout=0.0).fit(x, y)
+    # 32 x 16 letterboxed into 32 x 32: the middle half of the 4 x 4 grid lies on the image
+    assert len(det.patch_bank_.features) == 18 * 4 * 2
+    det.save(tmp_path / "m")
+    load_detector(tmp_path / "m")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_what_the_feature_error_cannot_use_is_refused_before_any_training(monkeypatch):
+    import numpy as np
+
+    import spadecam.detectors.spade as spade_module
+
+    def no_training(*_a, **_k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(spade_module, "train_vae", no_training)
+    rgba = np.zeros((12, 32, 32, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"error='feature' reads grey \(1\) or colour \(3\)"):
+        _tiny_feature_spade().fit(rgba, np.r_[np.zeros(9), np.ones(3)])
+    from spadecam.models.efficientnet import PretrainedWeightsError
+    from spadecam.models.resnet import ResNetConfig
+
+    det = _tiny_feature_spade()
+    det.cnn_config = ResNetConfig(widths=(4, 8), blocks=(1, 1), weights="/nonexistent.pth")
+    with pytest.raises(PretrainedWeightsError, match="nonexistent.pth: no such weights file"):
+        det.fit(np.zeros((12, 32, 32), np.uint8), np.r_[np.zeros(9), np.ones(3)])
+
+
+def test_a_bad_patch_section_is_one_error_naming_the_key(tmp_path):
+    import json
+
+    from spadecam.io import read_config
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "format_version": 1, "patch": {"layers": "35", "pool": 3, "in_channels": 1}}))
+    from spadecam.exceptions import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match=r"patch.layers must be a non-empty list"):
+        read_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "format_version": 1, "patch": {"layers": [3, 5], "pool": 2, "in_channels": 1}}))
+    with pytest.raises(ModelFormatError, match=r"patch.pool must be an odd integer"):
+        read_config(tmp_path)
+
+
+def test_a_reconstruction_fit_asked_for_the_feature_error_says_so():
+    import numpy as np
+
+    det = _tiny_feature_spade(error="reconstruction", knn_power=0)
+    x = np.clip(np.random.default_rng(0).normal(90, 9, (12, 32, 32)), 0, 255).astype(np.uint8)
+    det.fit(x, np.r_[np.zeros(9), np.ones(3)])
+    det.set_params(error="feature")
+    with pytest.raises(ValueError, match="has no patch bank"):
+        det.decision_function(x[:2])

@@ -192,3 +192,19 @@ def test_spadecam_train_checks_the_weights_file_before_reading_any_image(tmp_pat
     assert config["cnn_config"]["weights"] == str(tmp_path / "good.pth")
     assert np.allclose(config["cnn_config"]["mean"], IMAGENET_MEAN)
     assert main(["score", str(tmp_path / "c"), str(folders["test/good"]), "--no-progress"]) == 0
+
+
+def test_width_factor_is_an_integer_and_only_for_bottlenecks():
+    with pytest.raises(ValueError, match="width_factor must be an integer >= 1 \\(1 for basic"):
+        ResNetConfig(width_factor=2)
+    with pytest.raises(ValueError, match="width_factor must be an integer"):
+        ResNetConfig.wide_resnet50_2(width_factor=True)
+    assert ResNetConfig.wide_resnet50_2().out_width == 2048
+
+
+def test_loading_weights_leaves_the_callers_rng_alone(tmp_path):
+    from spadecam.models.efficientnet import load_imagenet_weights
+
+    state = torch.get_rng_state()
+    load_imagenet_weights()
+    assert torch.equal(torch.get_rng_state(), state)

@@ -14,13 +14,13 @@ gives an e of the same shape from them:
 * :class:`PatchBank`: a memory bank (M, D) of normal training patches and, for each query
   patch, the Euclidean distance to its nearest bank patch; :meth:`PatchBank.error_map`
   upsamples those distances (bilinear) to the image, zero on letterbox padding: an error map
-  (N, 1, H, W) >= 0 like the reconstruction error.
+  (N, 1, H, W) >= 0 like the reconstruction error. The features are always computed in fp32.
 * :func:`build_patch_bank`: the bank from normal images. Its size is bounded by a **seeded
   uniform subsample** of all their patches (``bank_size`` rows), not PatchCore's greedy
   coreset: the coreset's farthest-point selection costs O(patches x bank) distance rows
   (about 10^6 x 10^4 for 1,400 ELPV cells at 224 px, hours on 2 CPU cores), while the
   subsample costs nothing beyond the features and keeps memory at ``bank_size x D`` floats
-  whatever the number of images. Patches on letterbox padding are never drawn.
+  whatever the number of images. Patches mostly on letterbox padding are never drawn.
 
 The nearest bank patch is found with matrix products (||b||^2 - 2 q.b on features centred on
 the bank's mean) over chunks of the bank, so memory stays at (queries x chunk) floats (an
@@ -42,8 +42,9 @@ __all__ = ["DEFAULT_PATCH_LAYERS", "PatchBank", "PatchFeatures", "build_patch_ba
 
 #: EfficientNet-Lite0's blocks read by default: stages 3 and 5 (strides 8 and 16).
 DEFAULT_PATCH_LAYERS = (3, 5)
-#: Bank rows one distance product holds at a time (queries x chunk floats).
+#: Bank rows and query patches one distance product holds at a time (eager mode).
 _CHUNK = 4096
+_QUERY_CHUNK = 4096
 
 
 class PatchFeatures(nn.Module):
@@ -88,13 +89,15 @@ class PatchFeatures(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(N, D, h, w) float32 of images u (N, C, H, W) in [0, 1]; (h, w) the grid of the
-        first layer read, D the sum of the layers' channel counts."""
+        first layer read, D the sum of the layers' channel counts. Always in fp32, whatever
+        autocast is on: the bank, the threshold and the exported graph see the same numbers."""
         maps = []
-        x = u
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.layers:
-                maps.append(x)
+        x = u.float()
+        with torch.autocast(u.device.type, enabled=False):
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if i in self.layers:
+                    maps.append(x)
         size = maps[0].shape[-2:]
         out = []
         for m in maps:
@@ -157,20 +160,26 @@ class PatchBank(nn.Module):
         with torch.autocast(q.device.type, enabled=False):
             qc = flat - self.centre  # ||q - b||^2 = ||qc||^2 + ||bc||^2 - 2 qc.bc: the
             # first term is the same for every b, so the nearest b minimises the rest
-            if is_exporting():  # one product over the whole bank (the graph cannot loop)
+            if is_exporting():
+                # one product over the whole bank: chunks would unroll into as many nodes
                 idx = (self.sq_norms[None] - 2 * qc @ self.centred.T).argmin(dim=1)
-            else:
-                best = torch.full((len(flat),), float("inf"), device=flat.device)
-                idx = torch.zeros(len(flat), dtype=torch.long, device=flat.device)
-                for i in range(0, len(self.features), _CHUNK):
-                    part = (self.sq_norms[None, i : i + _CHUNK]
-                            - 2 * qc @ self.centred[i : i + _CHUNK].T)
-                    value, at = part.min(dim=1)
-                    better = value < best
-                    best = torch.where(better, value, best)
-                    idx = torch.where(better, at + i, idx)
+            else:  # chunks of queries and of the bank: memory bounded at any batch and size
+                idx = torch.cat([self._nearest(qc[j : j + _QUERY_CHUNK])
+                                 for j in range(0, len(qc), _QUERY_CHUNK)])
             exact = (flat - self.features[idx]).square().sum(dim=1).sqrt()
         return exact.view(n, h, w)
+
+    def _nearest(self, qc: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest bank row of each centred query (Q, D), by chunks of the bank."""
+        best = torch.full((len(qc),), float("inf"), device=qc.device)
+        idx = torch.zeros(len(qc), dtype=torch.long, device=qc.device)
+        for i in range(0, len(self.features), _CHUNK):
+            part = self.sq_norms[None, i : i + _CHUNK] - 2 * qc @ self.centred[i : i + _CHUNK].T
+            value, at = part.min(dim=1)
+            better = value < best
+            best = torch.where(better, value, best)
+            idx = torch.where(better, at + i, idx)
+        return idx
 
     def error_map(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """The feature-space error e (N, 1, H, W) float32 >= 0 of u (N, C, H, W) in [0, 1]:
@@ -232,8 +241,8 @@ def build_patch_bank(
             raise ValueError(f"the batches hold more than n_images={n_images} images")
         chosen = keep[seen * per_image : (seen + b) * per_image]
         patches = f.permute(0, 2, 3, 1).reshape(-1, d)
-        if valid is not None:  # a patch whose centre lies on letterbox padding never enters
-            on_image = F.interpolate(valid.float(), size=(h, w), mode="nearest").reshape(-1) > 0
+        if valid is not None:  # a patch mostly on letterbox padding never enters
+            on_image = F.adaptive_avg_pool2d(valid.float(), (h, w)).reshape(-1) >= 0.5
             chosen = chosen & on_image
         rows.append(patches[chosen].cpu())
         seen += b

@@ -225,6 +225,17 @@ def validate_config(config: dict[str, Any], path: Path) -> None:
         pre.choice("resize", RESIZE_POLICIES)
         pre.choice("normalisation", _NORMALISATIONS)
         pre.integer("min_input_size")
+    patch = top.section("patch")
+    if patch is not None:  # the feature-space error's bank (spadecam.feature_error)
+        for key in ("layers", "pool", "in_channels"):
+            if key not in patch.data:
+                patch.fail(key, "present", None)
+        patch.integers("layers", low=0)
+        patch.integer("pool")
+        if patch.data["pool"] % 2 == 0:
+            patch.fail("pool", "an odd integer >= 1", patch.data["pool"])
+        patch.choice("in_channels", (1, 3))
+        models.same_channels(patch, "in_channels")
     params = _detector_params(top, models)
     _same_resize(inp, pre, params)
     _top_level_values(top, config)

@@ -156,6 +156,10 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
         "overlay_scale": (lambda v: v is None or _as_float(v, -1.0) >= 0,
                           "null or a number >= 0"),
         "min_input_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "knn_bank_shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(
+            isinstance(n, int) and n >= 1 for n in v)), "null or [rows, features]"),
+        "patch_bank_shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(
+            isinstance(n, int) and n >= 1 for n in v)), "null or [rows, features]"),
     }
     for key, (ok, expected) in rules.items():
         if key in meta and not ok(meta[key]):
@@ -240,8 +244,9 @@ class OnnxSPADE:
         bank = meta.get("knn_bank_shape")
         per_image = 4 * int(np.prod(bank)) if bank else 0
         patch = meta.get("patch_bank_shape")
-        if patch:  # (queries x bank rows) distances, queries at stride 8
-            per_image += 4 * (-(-int(self.image_size) // 8)) ** 2 * int(patch[0])
+        if patch:  # the graph's product and its difference: 2 x (queries x bank rows) floats,
+            # queries at stride 8
+            per_image += 2 * 4 * (-(-int(self.image_size) // 8)) ** 2 * int(patch[0])
         self.batch_size = int(batch_size or max(1, min(64, _BANK_BYTES // max(per_image, 1))))
 
     def __repr__(self) -> str:

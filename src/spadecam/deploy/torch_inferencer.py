@@ -119,8 +119,10 @@ class TorchInferencer:
     def to(self, device: Any) -> TorchInferencer:
         """Move the models to ``device`` (a GPU under ``--accelerator cuda``); returns self."""
         det = self.detector
-        for attr in det._model_attrs:  # vae_ and / or cnn_
-            setattr(det, attr, getattr(det, attr).to(device))
+        for attr in (*det._model_attrs, "knn_", "patch_bank_"):  # the networks and the banks
+            module = getattr(det, attr, None)
+            if module is not None:
+                setattr(det, attr, module.to(device))
         return self
 
     def read(self, paths: Sequence[Path], progress: bool = False) -> list[np.ndarray]:

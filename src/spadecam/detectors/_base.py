@@ -169,8 +169,9 @@ def _load_patch_bank(path: str | os.PathLike, config: dict[str, Any]) -> Any:
     file = Path(path) / "patch.safetensors"
     section = config["patch"]
     try:
-        net = EfficientNetLiteClassifier(EfficientNetLiteConfig(
-            in_channels=int(section["in_channels"]), pretrained=False))
+        with torch.random.fork_rng(devices=[]):  # replaced by the saved weights: no RNG used
+            net = EfficientNetLiteClassifier(EfficientNetLiteConfig(
+                in_channels=int(section["in_channels"]), pretrained=False))
         extractor = PatchFeatures(net, tuple(int(v) for v in section["layers"]),
                                   int(section["pool"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -647,7 +648,12 @@ class _BaseDetector(BaseEstimator):
         hold = self._threshold_split(yt)
         keep = torch.ones(len(yt), dtype=torch.bool) if hold is None else ~hold
         with self._fitting():  # every fitted attribute set, or on an error none
-            train(x[keep], yt[keep], size, channels)
+            # the training images' letterbox mask, for what fit builds from them
+            self._train_valid = None if valid is None else valid[keep]
+            try:
+                train(x[keep], yt[keep], size, channels)
+            finally:
+                del self._train_valid
             self.image_size_, self.in_channels_ = size, channels
             self.fit_input_ = getattr(self, "_fit_dtype", None)
             self._set_threshold(x, valid, yt, hold)

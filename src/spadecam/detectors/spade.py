@@ -24,6 +24,17 @@ from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
+def _check_pretrained(cnn_config: Any) -> None:
+    """A weights file a ResNetConfig names, checked key by key before any training."""
+    weights = getattr(cnn_config, "weights", None)
+    if weights is None:
+        return
+    from spadecam.models.resnet import ResNetClassifier, load_torchvision_weights
+
+    with torch.random.fork_rng(devices=[]):  # the network's random weights: not the caller's
+        load_torchvision_weights(weights, ResNetClassifier(cnn_config))
+
+
 @with_common_parameters
 class SPADE(_BaseDetector):
     """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607, Algorithm 1).
@@ -209,7 +220,13 @@ class SPADE(_BaseDetector):
         cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
 
         def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+            # what can be checked before any training: the classifier for these channels, a
+            # weights file it names, the feature error's channels
             cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+            _check_pretrained(cnn)
+            if self._param("error") == "feature" and channels not in (1, 3):
+                raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
+                                 f"ImageNet backbone; X has {channels} channels")
             self.vae_ = _prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
                                            self.vae_train))
             self.cnn_ = _prepare(train_cnn(x, y, cnn, self.cnn_train, self.loss))
@@ -218,7 +235,8 @@ class SPADE(_BaseDetector):
                 self.build_feature_bank(x[y == 0])
             self.patch_bank_ = None
             if self._param("error") == "feature":
-                self.build_patch_bank(x[y == 0])
+                valid = getattr(self, "_train_valid", None)
+                self.build_patch_bank(x[y == 0], None if valid is None else valid[y == 0])
 
         self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
         return self
@@ -284,31 +302,39 @@ class SPADE(_BaseDetector):
         self.knn_ = bank
         return bank
 
-    def build_patch_bank(self, x_normal: Any) -> PatchBank:
+    def build_patch_bank(self, x_normal: Any, valid: Any = None) -> PatchBank:
         """Set ``patch_bank_`` from normal images (the training normals, at the model's input
         size): the feature-space error's memory bank (:mod:`spadecam.feature_error`).
+        ``valid`` (M, 1, S, S) in {0, 1}: their letterbox mask (padding patches never enter).
 
         The backbone is EfficientNet-Lite0 with its ImageNet weights, frozen (stages 3 and 5,
         :data:`~spadecam.feature_error.DEFAULT_PATCH_LAYERS`), whatever classifier eq. 2
         trains; ``patch_bank_size`` patches are drawn uniformly from all the images' patches,
         seeded by the training seed. x_normal: (M, C, S, S) uint8 [0, 255] or float [0, 1],
-        C = 1 or 3. Returns the bank.
+        C = 1 or 3. Returns the bank. Raises ValueError for other channel counts.
         """
         from spadecam.feature_error import PatchFeatures, build_patch_bank
         from spadecam.inputs import to_float_images
         from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
 
         x = torch.as_tensor(x_normal)
-        net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=int(x.shape[1])))
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
+                             f"ImageNet backbone, got images of shape {tuple(x.shape)}")
+        v = None if valid is None else torch.as_tensor(valid)
+        with torch.random.fork_rng(devices=[]):  # the ImageNet weights replace the random ones
+            net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=int(x.shape[1])))
         extractor = PatchFeatures(net.load_imagenet())
         seed = (self.cnn_train or TrainConfig()).seed
 
         def batches() -> Any:
             for i in range(0, len(x), self.batch_size):
-                yield to_float_images(x[i : i + self.batch_size]), None
+                yield (to_float_images(x[i : i + self.batch_size]),
+                       None if v is None else v[i : i + self.batch_size])
 
-        with scoring_context(self.precision, extractor):
-            bank = build_patch_bank(extractor, batches(), len(x), self.patch_bank_size, seed)
+        # fp32 whatever the scoring precision (the features are always computed in fp32, so
+        # the bank, the threshold and the ONNX graph see the same numbers)
+        bank = build_patch_bank(extractor, batches(), len(x), self.patch_bank_size, seed)
         self.patch_bank_ = bank
         return bank
 
@@ -321,6 +347,9 @@ class SPADE(_BaseDetector):
         :func:`~spadecam.scoring.scoring_context` for eval mode and the precision.
         """
         _require(self, "cnn_")
+        if self._param("error") == "feature" and getattr(self, "patch_bank_", None) is None:
+            raise ValueError("error='feature' but the detector has no patch bank (it was fitted "
+                             "with error='reconstruction'): fit again, or build_patch_bank(x)")
         return SPADEScorer(
             getattr(self, "vae_", None), self.cnn_,
             cam_layer=self.cam_layer,

@@ -334,7 +334,8 @@ def load_imagenet_weights(path: str | Path | None = None) -> dict[str, torch.Ten
     if not isinstance(state, dict):
         raise PretrainedWeightsError(f"{file} holds a {type(state).__name__}, not a state dict")
     names = _lukemelas_names()
-    target = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=3)).features.state_dict()
+    with torch.random.fork_rng(devices=[]):  # its random initial weights: not the caller's RNG
+        target = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=3)).features.state_dict()
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state.items():

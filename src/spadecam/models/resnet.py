@@ -108,9 +108,10 @@ class ResNetConfig:
         check_optional_size("ResNetConfig", "in_channels", self.in_channels)
         if self.block not in BLOCKS:
             raise ValueError(f"ResNetConfig.block must be one of {BLOCKS}, got {self.block!r}")
-        if not (isinstance(self.width_factor, int) and self.width_factor >= 1):
-            raise ValueError(f"ResNetConfig.width_factor must be an integer >= 1, got "
-                             f"{self.width_factor!r}")
+        if not (type(self.width_factor) is int and self.width_factor >= 1) or (
+                self.block == "basic" and self.width_factor != 1):
+            raise ValueError(f"ResNetConfig.width_factor must be an integer >= 1 (1 for basic "
+                             f"blocks), got {self.width_factor!r} with block={self.block!r}")
         if self.weights is not None:
             self.weights = str(self.weights)
             if self.mean is None and self.std is None:

@@ -173,7 +173,14 @@ def build_detector(
                     if backbone == "efficientnet_lite0"
                     else default_cnn_config(image_size, recipe))
     if weights is not None:  # the file checked key by key now, before any image is read
-        load_torchvision_weights(weights, ResNetClassifier(cnn_cfg.sized(channels or 3)))
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the network's random weights: not the caller's
+            load_torchvision_weights(weights, ResNetClassifier(cnn_cfg.sized(channels or 3)))
+    elif backbone == "wide_resnet50_2":
+        warn("--backbone wide_resnet50_2 without --backbone-weights trains its 69 million "
+             "weights from random ones; give a torchvision-format state dict file to start "
+             "from ImageNet's")
     if channels is not None:
         cnn_cfg = cnn_cfg.sized(channels)
     # the detector's own rules (those of config.json), each named as its option
