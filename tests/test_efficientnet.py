@@ -96,15 +96,16 @@ def test_a_weights_file_that_does_not_fit_is_refused_naming_it(tmp_path):
         EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=3)).features.state_dict())
     missing = {k: v for k, v in state.items() if k != "_blocks.3._depthwise_conv.weight"}
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"missing.pth is not EfficientNet-Lite0's "
-                                                     r"state dict.*missing 1 keys.*3.0.depthwise"):
+    with pytest.raises(PretrainedWeightsError, match=r"missing.pth is not a state dict of "
+                                                     r"EfficientNet-Lite0.*missing 1 keys.*"
+                                                     r"3.0.depthwise"):
         load_imagenet_weights(tmp_path / "missing.pth")
     wrong = dict(state)
     wrong["_conv_head.weight"] = torch.zeros(1000, 320, 1, 1)
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(PretrainedWeightsError, match=r"wrong.pth: _conv_head.weight has shape "
-                                                     r"\(1000, 320, 1, 1\), expected "
-                                                     r"\(1280, 320, 1, 1\)"):
+                                                     r"\(1000, 320, 1, 1\), but EfficientNet-"
+                                                     r"Lite0 .* expects \(1280, 320, 1, 1\)"):
         load_imagenet_weights(tmp_path / "wrong.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedWeightsError, match="junk.pth: not a state dict"):

@@ -146,8 +146,8 @@ def test_a_file_of_another_network_is_refused_naming_it_and_the_key(tmp_path):
     # keys the network does not have
     torch.save(dict(state, **{"layer1.0.conv3.weight": torch.zeros(8, 8, 1, 1)}),
                tmp_path / "extra.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"extra.pth is not a torchvision state "
-                                                     r"dict of a ResNet of basic blocks.*"
+    with pytest.raises(PretrainedWeightsError, match=r"extra.pth is not a state dict of a "
+                                                     r"ResNet of basic blocks.*"
                                                      r"unexpected keys \['layer1.0.conv3"):
         load_torchvision_weights(tmp_path / "extra.pth", model)
     torch.save({k: v for k, v in state.items() if "layer4" not in k}, tmp_path / "short.pth")

