@@ -149,28 +149,9 @@ def fit_threshold(
 ) -> float:
     """Decision threshold t for ``predict``: an image is anomalous when its score > t.
 
-    The threshold of :func:`choose_threshold` (see it for the rule):
-
-    * Only normal scores (or no anomaly scores): t = the ``quantile`` of the normal scores
-      (numpy's linear interpolation), e.g. their 99th percentile, so about 1% of normal
-      images are flagged.
-    * With anomaly scores too: t maximises F1 (anomalous = positive) over the midpoints
-      between consecutive distinct scores; ties go to the lowest such t (higher recall).
-      Only cuts that flag no more of the normal scores than the quantile does count; when
-      none of them has F1 > 0 (the anomalies score no higher than those normals), t is the
-      quantile, with a warning: t never flags more of the normal scores than the quantile
-      would.
-
-    t is never below the smallest score, so held-out data of a single class never yields
-    a threshold that flags every image.
-
-    Parameters
-    ----------
-    normal_scores : array-like (n,), float, n >= 1
-        Scores of normal images not used for training.
-    anomaly_scores : array-like (m,), float, optional
-        Scores of labelled anomalous images not used for training.
-    quantile : float in (0, 1]
+    The threshold of :func:`choose_threshold`, which gives the rule (the quantile of the
+    normal scores, or the F1-max cut among cuts that flag no more of them), the parameters
+    and the errors; here its warning, when it has one, is issued.
 
     Returns
     -------

@@ -303,24 +303,24 @@ class _BaseDetector(BaseEstimator):
 
     def _fit_inputs(
         self, X: Any, y: Any, vae_config: Any, cnn_config: Any
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int]:
-        """Validated fit images at the model's input: (x, valid, y, size S, channels C).
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int, str]:
+        """Validated fit images at the model's input: (x, valid, y, size S, channels C,
+        what fit took: "files", "uint8" or "float" arrays, :meth:`default_preprocessing`).
 
         x is (N, C, S, S) (uint8 kept when no resizing is needed, else float32 in [0, 1]);
         valid is the letterbox mask (N, 1, S, S) or None (:mod:`spadecam.inputs`).
         """
-        if isinstance(X, PreparedImages):
-            self._fit_dtype = "files"  # spadecam train: read from files, as score reads them
+        if isinstance(X, PreparedImages):  # spadecam train: read from files, as score reads them
             x = as_image_tensor(X.x)
             valid = None if X.valid is None else _as_tensor(X.valid).float()
             if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
                 raise ValueError("PreparedImages.x must be square (N, C, S, S) and valid (N, 1, S, S)")
             size = self._fit_size(x, vae_config, cnn_config)
-            return x, valid, _as_labels(y, len(x)), size, x.shape[1]
+            return x, valid, _as_labels(y, len(x)), size, x.shape[1], "files"
         imgs = image_list(X)
         parts = imgs if isinstance(imgs, list) else [imgs]
         # how the arrays were scaled, for files read later (default_preprocessing)
-        self._fit_dtype = "uint8" if all(t.dtype == torch.uint8 for t in parts) else "float"
+        fit_input = "uint8" if all(t.dtype == torch.uint8 for t in parts) else "float"
         yt = _as_labels(y, len(imgs))
         channels = imgs[0].shape[1] if isinstance(imgs, list) else imgs.shape[1]
         for name, cfg in (("vae_config", vae_config), ("cnn_config", cnn_config)):
@@ -329,9 +329,9 @@ class _BaseDetector(BaseEstimator):
                 raise ValueError(f"{name}.in_channels={c} but X has {channels} channel(s)")
         size = self._fit_size(imgs, vae_config, cnn_config)
         if isinstance(imgs, torch.Tensor) and tuple(imgs.shape[-2:]) == (size, size):
-            return imgs, None, yt, size, channels
+            return imgs, None, yt, size, channels, fit_input
         mb = to_model_batch(imgs, size, self.resize, name="X")
-        return mb.u.contiguous(), mb.valid, yt, size, channels
+        return mb.u.contiguous(), mb.valid, yt, size, channels, fit_input
 
     # ------------------------------------------------------------------ scoring
 
@@ -638,9 +638,10 @@ class _BaseDetector(BaseEstimator):
     def _fit_with_threshold(self, X: Any, y: Any, vae_config: Any, cnn_config: Any,
                             need_anomalies: bool, train: Any) -> None:
         """The fit shared by the detectors: inputs at the model's size, the threshold split,
-        ``train(x, y, size, channels)`` on the images kept for training, then ``threshold_``.
+        ``train(x, y, size, channels, valid)`` on the images kept for training (``valid``
+        their letterbox mask or None), then ``threshold_``.
         """
-        x, valid, yt, size, channels = self._fit_inputs(X, y, vae_config, cnn_config)
+        x, valid, yt, size, channels, fit_input = self._fit_inputs(X, y, vae_config, cnn_config)
         if need_anomalies and not ((yt == 0).any() and (yt == 1).any()):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         if not need_anomalies and (yt == 0).sum() < 2:
@@ -648,14 +649,9 @@ class _BaseDetector(BaseEstimator):
         hold = self._threshold_split(yt)
         keep = torch.ones(len(yt), dtype=torch.bool) if hold is None else ~hold
         with self._fitting():  # every fitted attribute set, or on an error none
-            # the training images' letterbox mask, for what fit builds from them
-            self._train_valid = None if valid is None else valid[keep]
-            try:
-                train(x[keep], yt[keep], size, channels)
-            finally:
-                del self._train_valid
+            train(x[keep], yt[keep], size, channels, None if valid is None else valid[keep])
             self.image_size_, self.in_channels_ = size, channels
-            self.fit_input_ = getattr(self, "_fit_dtype", None)
+            self.fit_input_ = fit_input
             self._set_threshold(x, valid, yt, hold)
 
     def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,

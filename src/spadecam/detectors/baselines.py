@@ -75,7 +75,8 @@ class VAEDetector(_BaseDetector):
         self._check_params()  # every parameter, before any training
         vae_config = self.vae_config or default_vae_config(self.recipe)
 
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+                  valid: torch.Tensor | None) -> None:
             cfg = vae_config.sized(channels, size)
             self.vae_ = _prepare(train_vae(x[y == 0], cfg, self.vae_train))
 
@@ -178,7 +179,8 @@ class CNNDetector(_BaseDetector):
         self._check_params()  # every parameter, before any training
         cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
 
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+                  valid: torch.Tensor | None) -> None:
             cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
             self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train, self.loss))
 

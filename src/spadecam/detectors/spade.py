@@ -219,7 +219,8 @@ class SPADE(_BaseDetector):
         vae_config = self.vae_config or default_vae_config(self.recipe)
         cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
 
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int) -> None:
+        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+                  valid: torch.Tensor | None) -> None:
             # what can be checked before any training: the classifier for these channels, a
             # weights file it names, the feature error's channels
             cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
@@ -235,7 +236,6 @@ class SPADE(_BaseDetector):
                 self.build_feature_bank(x[y == 0])
             self.patch_bank_ = None
             if self._param("error") == "feature":
-                valid = getattr(self, "_train_valid", None)
                 self.build_patch_bank(x[y == 0], None if valid is None else valid[y == 0])
 
         self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
