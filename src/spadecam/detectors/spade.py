@@ -17,22 +17,11 @@ from spadecam.feature_error import PatchBank
 from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
-from spadecam.models.resnet import ResNetConfig
+from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, default_cnn_config, default_vae_config
 from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
-
-
-def _check_pretrained(cnn_config: Any) -> None:
-    """A weights file a ResNetConfig names, checked key by key before any training."""
-    weights = getattr(cnn_config, "weights", None)
-    if weights is None:
-        return
-    from spadecam.models.resnet import ResNetClassifier, load_torchvision_weights
-
-    with torch.random.fork_rng(devices=[]):  # the network's random weights: not the caller's
-        load_torchvision_weights(weights, ResNetClassifier(cnn_config))
 
 
 @with_common_parameters
@@ -224,7 +213,8 @@ class SPADE(_BaseDetector):
             # what can be checked before any training: the classifier for these channels, a
             # weights file it names, the feature error's channels
             cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
-            _check_pretrained(cnn)
+            if isinstance(cnn, ResNetConfig):
+                check_weights(cnn)
             if self._param("error") == "feature" and channels not in (1, 3):
                 raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
                                  f"ImageNet backbone; X has {channels} channels")

@@ -48,7 +48,7 @@ from spadecam.models._weights import PretrainedWeightsError, mapped_state_dict, 
 from spadecam.models.classifier import FeatureClassifier, sized
 
 __all__ = ["BLOCKS", "IMAGENET_MEAN", "IMAGENET_STD", "BasicBlock", "Bottleneck",
-           "ResNetClassifier", "ResNetConfig", "load_torchvision_weights"]
+           "ResNetClassifier", "ResNetConfig", "check_weights", "load_torchvision_weights"]
 
 #: ImageNet's per-channel mean and std on the [0, 1] scale, which torchvision's weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -274,6 +274,21 @@ class ResNetClassifier(FeatureClassifier):
         if self.config.weights is not None:
             self.features.load_state_dict(load_torchvision_weights(self.config.weights, self))
         return self
+
+
+def check_weights(config: ResNetConfig) -> None:
+    """The weights file ``config.weights`` names (if any) checked key by key against the
+    network ``config`` describes, before any training; the caller's RNG is not drawn from.
+
+    Raises
+    ------
+    PretrainedWeightsError
+        As :func:`load_torchvision_weights`.
+    """
+    if config.weights is None:
+        return
+    with torch.random.fork_rng(devices=[]):  # the network's random weights: not the caller's
+        load_torchvision_weights(config.weights, ResNetClassifier(config))
 
 
 def _torchvision_names(model: ResNetClassifier) -> dict[str, str]:

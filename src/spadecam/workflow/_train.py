@@ -25,7 +25,7 @@ from spadecam.io import check_detector_params
 from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.efficientnet import EfficientNetLiteConfig
-from spadecam.models.resnet import ResNetClassifier, ResNetConfig, load_torchvision_weights
+from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
 from spadecam.recipes import FIT_DEFAULTS as FIT
@@ -173,10 +173,7 @@ def build_detector(
                     if backbone == "efficientnet_lite0"
                     else default_cnn_config(image_size, recipe))
     if weights is not None:  # the file checked key by key now, before any image is read
-        import torch
-
-        with torch.random.fork_rng(devices=[]):  # the network's random weights: not the caller's
-            load_torchvision_weights(weights, ResNetClassifier(cnn_cfg.sized(channels or 3)))
+        check_weights(cnn_cfg.sized(channels or 3))
     elif backbone == "wide_resnet50_2":
         warn("--backbone wide_resnet50_2 without --backbone-weights trains its 69 million "
              "weights from random ones; give a torchvision-format state dict file to start "
