@@ -145,18 +145,22 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def train_options() -> str:
     """Every `spadecam train` option: its default (as argparse has it) and its help."""
-    from spadecam.recipes import RECIPE_DEFAULTS
+    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, fit_default
 
     rows = ["| option | default | what it does |", "|---|---|---|"]
     for a in _train_parser()._actions:
         if not a.option_strings or a.dest == "help":
             continue
-        opt = max(a.option_strings, key=len)
+        opt = " / ".join(a.option_strings)
         if a.required:
             default = "required"
         elif a.default is None and a.dest in RECIPE_DEFAULTS["spadecam"]:
-            default = ("the recipe's: spadecam `{}`, paper `{}`".format(
-                RECIPE_DEFAULTS["spadecam"][a.dest], RECIPE_DEFAULTS["paper"][a.dest]))
+            default = ("the recipe's: spadecam `{}`, paper `{}`, pretrained `{}`".format(
+                RECIPE_DEFAULTS["spadecam"][a.dest], RECIPE_DEFAULTS["paper"][a.dest],
+                RECIPE_DEFAULTS["pretrained"][a.dest]))
+        elif a.default is None and a.dest in FIT_DEFAULTS:
+            default = "the recipe's: `{}`, pretrained `{}`".format(
+                FIT_DEFAULTS[a.dest], fit_default(a.dest, "pretrained"))
         elif a.default is None or a.default is False:
             default = "–"
         else:
@@ -168,20 +172,25 @@ def train_options() -> str:
 
 def defaults_table() -> str:
     """The recipe table: every default the detectors, the CLI and the benchmarks share."""
-    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
+    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, fit_default
 
     cli = {a.dest: max(a.option_strings, key=len) for a in _train_parser()._actions
            if a.option_strings}
-    lines = ["| setting | spadecam | paper | `spadecam train` | Python |", "|---|---|---|---|---|"]
+    lines = ["| setting | spadecam | paper | pretrained | `spadecam train` | Python |",
+             "|---|---|---|---|---|---|"]
     for k in RECIPE_DEFAULTS["spadecam"]:
         py = ("`vae_config=VAEConfig(latent_dim=...)`" if k == "latent_dim"
               else f"`{k}=None`: the recipe's")
         lines.append(f"| {k} | `{RECIPE_DEFAULTS['spadecam'][k]}` | "
-                     f"`{RECIPE_DEFAULTS['paper'][k]}` | `{cli.get(k, '–')}` | {py} |")
+                     f"`{RECIPE_DEFAULTS['paper'][k]}` | `{RECIPE_DEFAULTS['pretrained'][k]}` | "
+                     f"`{cli.get(k, '–')}` | {py} |")
     for k, v in FIT_DEFAULTS.items():
-        where = "`TrainConfig." + k + "`" if k in ("steps", "batch_size", "lr", "seed") else (
-            "fit sizes it from the data" if k == "image_size" else f"`{k}`")
-        lines.append(f"| {k} | `{v}` | `{v}` | `{cli.get(k, '–')}` | {where} |")
+        where = "`TrainConfig." + k + "`" if k in ("steps", "batch_size", "lr", "seed",
+                                                   "head_only") else (
+            "fit sizes it from the data (pretrained: 224)" if k == "image_size"
+            else "`cnn_config`" if k == "backbone" else f"`{k}`")
+        lines.append(f"| {k} | `{v}` | `{v}` | `{fit_default(k, 'pretrained')}` | "
+                     f"`{cli.get(k, '–')}` | {where} |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,13 +68,21 @@ def _train_parser() -> argparse.ArgumentParser:
 def test_every_train_default_is_the_tables():
     defaults = {a.dest: a.default for a in _train_parser()._actions}
     for k in ("threshold_holdout", "threshold_quantile", "resize", "cam_layer", "batch_size",
-              "lr", "seed", "image_size"):
+              "seed", "lr"):
         assert defaults[k] == FIT_DEFAULTS[k], k
     # None: the recipe's, resolved by the detector exactly as SPADE() resolves it
     for k in ("latent_dim", "error_smoothing", "error_norm", "roi_power", "classifier_weight",
-              "steps"):
+              "steps", "image_size", "backbone", "head_only"):
         assert defaults[k] is None, k
+    # ... and resolved to the same values as the API's
+    from spadecam.recipes import default_cnn_train, fit_default
+    from spadecam.workflow import build_detector
+
+    for recipe in ("spadecam", "pretrained"):
+        det = build_detector(recipe=recipe, progress=False)
+        assert det.image_size == fit_default("image_size", recipe)
+        assert det.cnn_train.head_only == default_cnn_train(recipe).head_only
     assert TrainConfig().steps == FIT_DEFAULTS["steps"]
     assert TrainConfig().batch_size == FIT_DEFAULTS["batch_size"]
     assert SPADE().threshold_holdout == FIT_DEFAULTS["threshold_holdout"]
-    assert set(RECIPE_DEFAULTS) == {"spadecam", "paper"}
+    assert set(RECIPE_DEFAULTS) == {"spadecam", "paper", "pretrained"}

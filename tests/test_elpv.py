@@ -420,3 +420,63 @@ def test_the_feature_bank_is_built_once_per_block_and_reused_by_the_variants(tmp
     # (none for the protocol that only scores the CNN)
     assert per_protocol and all(b == ([-1, 0] if spade else []) for b, spade in per_protocol)
     assert same and all(same.values()), same
+
+
+def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tmp_path,
+                                                                              monkeypatch):
+    """recipe "pretrained": the one-class pretrained row ("patchcore"), the pretrained
+    CNN-based row and SPADE's margin fusion; the fused scores are those of a SPADE built from
+    the run's classifier, bank and held-out calibration, and its held-out normals are the ones
+    SPADE.fit holds out."""
+    import dataclasses
+
+    import torch
+
+    import spadecam.benchmark as bm
+    from spadecam import SPADE
+    from spadecam.recipes import get_elpv_recipe
+    from spadecam.threshold import holdout_split
+
+    root, split = fake_elpv(tmp_path)
+    r = dataclasses.replace(get_elpv_recipe("pretrained"), image_size=32,
+                            spade_params={"patch_bank_size": 500})
+    seen = {}
+    real_train = bm.train_cnn
+
+    def keep(x, y, cfg, train, loss):
+        seen["cnn"] = real_train(x, y, cfg, train, loss)
+        seen["n_train_normal"] = int((y == 0).sum())
+        return seen["cnn"]
+
+    monkeypatch.setattr(bm, "train_cnn", keep)
+    real_build = SPADE.build_patch_bank
+
+    def keep_bank(self, x, valid=None):
+        seen["bank"] = real_build(self, x, valid)
+        return seen["bank"]
+
+    monkeypatch.setattr(SPADE, "build_patch_bank", keep_bank)
+    data = elpv_data(0, 32, "test", split, root)
+    prot = next(p for p in data.protocols if p.name == "unseen_type")
+    only = bm.BenchmarkData(data.x_normal, data.x_test, data.y_test, [prot])
+    rows = bm.run_pretrained_benchmark(lambda seed: only, r, [0], progress=False,
+                                       log=lambda *a: None)
+    assert {q["method"] for q in rows} == {"patchcore", "cnn_pretrained", "spade_pretrained"}
+    hold = holdout_split(torch.zeros(len(data.x_normal), dtype=torch.long), 0.1, 0)
+    assert seen["n_train_normal"] == int((~hold).sum())
+    # the same scores from the library's detector on the same models
+    from spadecam.fusion import calibrate
+
+    held = data.x_normal[hold]
+    det = SPADE.from_models(None, seen["cnn"], patch_bank=seen["bank"], recipe="pretrained",
+                            image_size=32, precision="32")
+    cal = det.calibrate(held)
+    fused = det.decision_function(data.x_test.numpy())
+    ref = {(q["protocol"], q["subset"]): q["auroc"] for q in rows
+           if q["method"] == "spade_pretrained"}
+    from spadecam.evaluation import auroc
+
+    for (pname, subset), idx in prot.columns.items():
+        assert auroc(data.y_test[idx], fused[idx]) == pytest.approx(ref[(pname, subset)], abs=1e-9)
+    assert cal == calibrate(bm._max_errors(seen["bank"], held, 64),
+                            bm._logit_differences(seen["cnn"], held, 64))

@@ -131,3 +131,39 @@ def test_budget_settings_are_checked():
         train_vae(images(20), VAE_1, TrainConfig(steps=5, val_every=0, progress=False))
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train_vae(images(20), VAE_1, TrainConfig(epochs=0, progress=False))
+
+
+def test_a_head_only_classifier_is_the_class_balanced_regression_on_frozen_features():
+    """TrainConfig(head_only=True): the backbone keeps its weights; the logit difference is
+    scikit-learn's class-balanced logistic regression on the standardised pooled features."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from spadecam.models import CNNConfig
+    from spadecam.models.backbones import BACKBONES, backbone_name
+    from spadecam.scoring import cnn_score
+    from spadecam.training import _local_rng
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 1, 16, 16, generator=g)
+    x[20:, :, 4:10, 4:10] += 0.8
+    y = torch.tensor([0] * 20 + [1] * 10)
+    cfg = CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)).sized(1)
+    train = TrainConfig(head_only=True, head_c=0.5, batch_size=7, seed=3)
+    model = train_cnn(x.clamp(0, 1), y, cfg, train)
+    with _local_rng(3):
+        fresh = BACKBONES[backbone_name(cfg)][0](cfg)
+    for (k, v), (k2, v2) in zip(model.features.state_dict().items(),
+                                fresh.features.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k  # the backbone untouched
+    with torch.no_grad():
+        feats = fresh.eval().forward_features(x.clamp(0, 1)).mean((2, 3)).double().numpy()
+        diff = cnn_score(model(x.clamp(0, 1))).double().numpy()
+    ref = make_pipeline(StandardScaler(), LogisticRegression(
+        C=0.5, class_weight="balanced", max_iter=5000, random_state=3)).fit(feats, y.numpy())
+    np.testing.assert_allclose(diff, ref.decision_function(feats), rtol=1e-4, atol=1e-4)
+    assert model.training_log_["head_only"] is True
+    with pytest.raises(ValueError, match="head_only needs normal and known-anomaly"):
+        train_cnn(x.clamp(0, 1), torch.zeros(30, dtype=torch.long), cfg, train)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from spadecam.recipes import RECIPE_FIT
+
 __all__ = ["add_distributed_options", "add_image_commands"]
 
 
@@ -113,9 +115,9 @@ def _add_train(sub) -> None:
 
 def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
     """How images become model inputs, and the classifier backbone."""
-    tr.add_argument("--image-size", type=int, default=fit["image_size"], metavar="N",
-                    help="side of the square model input in pixels (default "
-                    f"{fit['image_size']})")
+    tr.add_argument("--image-size", type=int, default=None, metavar="N",
+                    help="side of the square model input in pixels (default: the recipe's, "
+                    f"{fit['image_size']}; pretrained {RECIPE_FIT['pretrained']['image_size']})")
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
@@ -125,8 +127,9 @@ def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
                     f"{fit['resize']})")
     tr.add_argument("--backbone", choices=["small", "resnet18", "efficientnet_lite0",
                                            "wide_resnet50_2"],
-                    default="small",
-                    help="classifier: small (default), the paper's 3-conv layout with kernels "
+                    default=None,
+                    help="classifier (default: the recipe's, small; pretrained "
+                    "efficientnet_lite0): small, the paper's 3-conv layout with kernels "
                     "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
                     "Grad-CAM grid = size / 8), resnet18, a ResNet-18 (needs --image-size "
                     ">= 32; Grad-CAM grid = size / 32), or efficientnet_lite0, EfficientNet-"
@@ -150,10 +153,13 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
                     help="train for this many epochs instead of a step budget")
     tr.add_argument("--seed", type=int, default=fit["seed"],
                     help=f"random seed (default {fit['seed']})")
-    tr.add_argument("--recipe", choices=["spadecam", "paper"], default="spadecam",
+    tr.add_argument("--recipe", choices=["spadecam", "paper", "pretrained"], default="spadecam",
                     help="defaults for the options below: spadecam (default; chosen on "
                     "Noisy-MNIST seed-0 numbers and ELPV's validation split, docs/elpv.md "
-                    "'Defaults') or paper (128-d latent, 3x3 CNN, |u - u_hat|)")
+                    "'Defaults'), paper (128-d latent, 3x3 CNN, |u - u_hat|) or pretrained "
+                    "(EfficientNet-Lite0 from ImageNet as the classifier, its linear head fitted "
+                    "on the frozen features; the feature-space error; the margin fusion; no "
+                    "VAE; 224 px)")
     tr.add_argument("--latent-dim", type=int, default=None,
                     help="VAE latent dimension (default: the recipe's, spadecam "
                     f"{ours['latent_dim']}, paper {paper['latent_dim']})")
@@ -162,6 +168,11 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
     tr.add_argument("--lr", type=float, default=fit["lr"],
                     help=f"learning rate of both models (AdamW, default {fit['lr']:g}); lower "
                     "it if training diverges")
+    tr.add_argument("--head-only", action=argparse.BooleanOptionalAction, default=None,
+                    help="train the classifier's linear head alone on its frozen pretrained "
+                    "backbone (a class-balanced logistic regression; no optimiser steps), or "
+                    "with --no-head-only the whole classifier (default: the recipe's, "
+                    "pretrained head only, else the whole)")
 
 
 def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,

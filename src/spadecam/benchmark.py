@@ -517,3 +517,85 @@ def format_columns_table(
             cells.append(f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}")
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _max_errors(bank: Any, x: torch.Tensor, batch: int) -> np.ndarray:
+    """The feature-space error's maximum (N,) float64 of uint8 images x (no padding)."""
+    with torch.inference_mode():
+        return torch.cat([bank.error_map(_float(x[i : i + batch])).flatten(1).amax(1)
+                          for i in range(0, len(x), batch)]).double().numpy()
+
+
+def _logit_differences(cnn: Any, x: torch.Tensor, batch: int) -> np.ndarray:
+    """The classifier's y_anomaly - y_normal (N,) float64 of uint8 images x, in fp32."""
+    with torch.inference_mode():
+        return torch.cat([cnn_score(cnn(_float(x[i : i + batch])))
+                          for i in range(0, len(x), batch)]).double().numpy()
+
+
+def run_pretrained_benchmark(
+    load: Callable[[int], BenchmarkData],
+    recipe: Any,
+    seeds: Sequence[int] = (0,),
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> list[dict]:
+    """:func:`run_benchmark` for the "pretrained" recipe: one row per (method, protocol,
+    subset, seed) of the one-class pretrained baseline, the CNN-based score on the
+    pretrained classifier and SPADE's margin fusion, each computed as the library does.
+
+    Per seed: a tenth of the normal training images held out (as ``SPADE.fit`` holds them
+    out, :func:`spadecam.threshold.holdout_split`); the patch bank built from the rest
+    (:meth:`SPADE.build_patch_bank`) and the maximum of each test and held-out image's
+    feature-space error computed once; the method ``"patchcore"`` is that maximum (patch
+    kNN on the frozen ImageNet backbone, no label used). Per protocol: the classifier
+    (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
+    and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
+    the held-out normals and the margin fusion (``"spade_pretrained"``,
+    :func:`spadecam.fusion.margin_score` with the recipe's weight and margin): the score
+    ``SPADE(recipe="pretrained").fit`` would give (tests/test_reproduce.py). Runs on the CPU
+    in fp32, one process. Protocols that score no SPADE (a supervised reference) are
+    skipped.
+    """
+    from spadecam.fusion import calibrate, margin_score
+    from spadecam.recipes import RECIPE_DEFAULTS
+    from spadecam.threshold import holdout_split
+
+    params = {**RECIPE_DEFAULTS["pretrained"], **getattr(recipe, "spade_params", {})}
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        data = load(seed)
+        y0 = torch.zeros(len(data.x_normal), dtype=torch.long)
+        hold = holdout_split(y0, 0.1, seed)
+        assert hold is not None
+        normal, held = data.x_normal[~hold], data.x_normal[hold]
+        train = dataclasses.replace(recipe.cnn_train, seed=seed, progress=progress)
+        det = SPADE(recipe="pretrained", cnn_train=train, batch_size=_BATCH,
+                    patch_bank_size=params.get("patch_bank_size", 16384))
+        bank = det.build_patch_bank(normal)
+        err_test, err_held = _max_errors(bank, data.x_test, 64), _max_errors(bank, held, 64)
+        log(f"seed {seed}: bank {tuple(bank.features.shape)} from {len(normal)} normal images "
+            f"({len(held)} held out), errors of {len(data.x_test)} test images: "
+            f"{time.perf_counter() - t0:.0f} s since the start")
+        for prot in data.protocols:
+            if "spade" not in prot.methods:
+                continue  # a supervised reference (the from-scratch run's rows)
+            x = torch.cat([normal, prot.x_known])
+            y = torch.cat([torch.zeros(len(normal)), torch.ones(len(prot.x_known))]).long()
+            cnn = train_cnn(x, y, recipe.cnn, train, recipe.loss)
+            logit_test = _logit_differences(cnn, data.x_test, 64)
+            cal = calibrate(err_held, _logit_differences(cnn, held, 64))
+            fused = margin_score(torch.as_tensor(err_test), torch.as_tensor(logit_test), cal,
+                                 params["evidence_weight"], params["evidence_margin"])
+            scores = {"patchcore": err_test, "cnn_pretrained": logit_test,
+                      "spade_pretrained": fused.double().numpy()}
+            res = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, recipe,
+                                 Execution())
+            new = res.rows(scores)
+            log(f"seed {seed} {prot.name} ({len(prot.x_known)} known): "
+                + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"
+                            for q in new))
+            rows += new
+        log(f"seed {seed} done: {time.perf_counter() - t0:.0f} s since the start")
+    return rows

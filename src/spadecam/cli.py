@@ -77,9 +77,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
     rep.add_argument(
-        "--recipe", default="spadecam", choices=["spadecam", "paper"],
-        help="spadecam (default: 8-d latent, larger CNN receptive field) or paper (the paper's "
-        "architecture: 128-d latent, 3x3 CNN); see the README",
+        "--recipe", default="spadecam", choices=["spadecam", "paper", "pretrained"],
+        help="spadecam (default: 8-d latent, larger CNN receptive field), paper (the paper's "
+        "architecture: 128-d latent, 3x3 CNN) or, for elpv only, pretrained (ImageNet "
+        "EfficientNet-Lite0 features, no VAE, with the one-class pretrained baseline); see "
+        "the README",
     )
     rep.add_argument(
         "--quick", action="store_true",
@@ -190,7 +192,7 @@ def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         names = ("backbone", "backbone_weights", "epochs", "steps", "seed", "recipe", "resize",
                  "latent_dim", "batch_size", "lr", "threshold_quantile", "threshold_holdout",
                  "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
-                 "knn_power", "error", "detector")
+                 "knn_power", "error", "detector", "head_only")
         workflow.train(  # prints its summary, ending with where the model went
             args.normal, args.anomaly, args.out, image_size=args.image_size,
             channels=args.channels, log=print, progress=progress,

@@ -236,6 +236,17 @@ def validate_config(config: dict[str, Any], path: Path) -> None:
             patch.fail("pool", "an odd integer >= 1", patch.data["pool"])
         patch.choice("in_channels", (1, 3))
         models.same_channels(patch, "in_channels")
+    cal = top.section("calibration")
+    if cal is not None:  # the margin fusion's held-out normal statistics (spadecam.fusion)
+        for key in ("error_mean", "error_std", "logit_mean", "logit_std", "n_images"):
+            if key not in cal.data:
+                cal.fail(key, "present", None)
+        for key in ("error_mean", "logit_mean"):
+            cal.number(key, lambda v: True, "")
+        for key in ("error_std", "logit_std"):
+            cal.number(key, lambda v: v > 0, "> 0")
+        cal.integer("n_images", low=2)
+        cal.choice("source", ("held_out", "train"))
     params = _detector_params(top, models)
     _same_resize(inp, pre, params)
     _top_level_values(top, config)
@@ -349,6 +360,8 @@ def _top_level_values(top: _Section, config: dict[str, Any]) -> None:
 #: What SPADE's error map e is: the VAE's reconstruction error (the paper's) or the
 #: feature-space error of a pretrained backbone (:mod:`spadecam.feature_error`).
 ERROR_SOURCES = ("reconstruction", "feature")
+#: SPADE's scores (``score``): Algorithm 1's weighted error, or the margin fusion.
+SCORES = ("weighted_error", "margin")
 
 
 def check_detector_params(owner: str, params: dict[str, Any],
@@ -407,6 +420,9 @@ def _check_params(params: _Section, cnn_layers: int | None) -> None:
     params.number("knn_power", lambda v: v >= 0, ">= 0", null=True)
     params.choice("error", ERROR_SOURCES, null=True)
     params.integer("patch_bank_size")
+    params.choice("score", SCORES, null=True)
+    params.number("evidence_weight", lambda v: v >= 0, ">= 0", null=True)
+    params.number("evidence_margin", lambda v: v >= 0, ">= 0 (standard deviations)", null=True)
     if "knn_layer" in params.data:
         layer = params.data["knn_layer"]
         if not is_int(layer) or (cnn_layers is not None and not -cnn_layers <= layer

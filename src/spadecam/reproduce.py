@@ -32,6 +32,7 @@ from spadecam.benchmark import (
     detector_params,
     format_columns_table,
     run_benchmark,
+    run_pretrained_benchmark,
     start,
 )
 from spadecam.cam import grad_cam
@@ -329,6 +330,8 @@ def _write_noisy_mnist(out: Path, rows: list[dict], ablation_rows: list[dict], t
 # --------------------------------------------------------------------------- ELPV
 
 ELPV_METHODS = ("vae", "cnn", "naive_spade", "spade", "cnn_all_labels")
+#: The rows of a "pretrained" recipe's run (:func:`spadecam.benchmark.run_pretrained_benchmark`).
+PRETRAINED_METHODS = ("patchcore", "cnn_pretrained", "spade_pretrained")
 #: SPADE variants scored on the same models as ablation rows of the ELPV table.
 ELPV_ABLATIONS: dict[str, dict] = {
     "spade_paper_roi": {"classifier_weight": 0.0, "roi_power": 1.0, "knn_power": 0.0},
@@ -337,7 +340,10 @@ ELPV_ABLATIONS: dict[str, dict] = {
 ELPV_LABELS = {"cnn_all_labels": "CNN, all defective cells labelled (reference)",
                "spade_paper_roi": "SPADE without the classifier weight and the feature bank "
                                   "(paper's score)",
-               "spade_no_knn": "SPADE without the feature bank (issue 19)"}
+               "spade_no_knn": "SPADE without the feature bank (issue 19)",
+               "patchcore": "Patch kNN, pretrained, no labels (PatchCore-style)",
+               "cnn_pretrained": "CNN-based, pretrained (linear head on ImageNet features)",
+               "spade_pretrained": "SPADE, pretrained (margin fusion)"}
 #: Which ELPV protocol sets ``run_elpv`` runs: ours (unseen_type, few_labels) and the field's.
 ELPV_PROTOCOL_SETS = ("all", "ours", "dra")
 #: Published image AUROC on ELPV under the DRA protocol (mean of 3 runs; ImageNet-pretrained
@@ -423,16 +429,20 @@ def run_elpv(
     size = int(r.image_size or 0)
     variants = ELPV_ABLATIONS if ablations else None
     rows: list[dict] = []
+    def run(load: Any) -> list[dict]:
+        if r.pretrained:
+            return run_pretrained_benchmark(load, r, seeds, progress, log)
+        return run_benchmark(load, r, seeds, progress, log, execution=ex, ablations=variants)
+
     if protocols in ("all", "ours"):
-        rows += run_benchmark(
-            lambda seed: _protocols.elpv_data(seed, size, eval_split, split_file, root, cache),
-            r, seeds, progress, log, execution=ex, ablations=variants)
+        rows += run(lambda seed: _protocols.elpv_data(seed, size, eval_split, split_file, root,
+                                                      cache))
     dra = protocols in ("all", "dra") and eval_split == "test"
     if dra:
-        rows += run_benchmark(lambda seed: _protocols.elpv_dra_data(seed, size, root, cache),
-                              r, seeds, progress, log, execution=ex, ablations=variants)
+        rows += run(lambda seed: _protocols.elpv_dra_data(seed, size, root, cache))
     wall = time.perf_counter() - t0
-    methods = ELPV_METHODS + (tuple(ELPV_ABLATIONS) if ablations else ())
+    methods = (PRETRAINED_METHODS if r.pretrained
+               else ELPV_METHODS + (tuple(ELPV_ABLATIONS) if ablations else ()))
     table = ""
     if protocols in ("all", "ours"):
         table = format_columns_table(rows, methods, _protocols.ELPV_COLUMNS, labels=ELPV_LABELS)

@@ -4,7 +4,9 @@
   of the normal-class score (eq. 3-4, :mod:`spadecam.cam`), the ROI L (eq. 5,
   :mod:`spadecam.roi`), the reconstruction error e (:mod:`spadecam.error`) and the weighted
   error e' = e * L / |L|; score = sum of e'. With the Naive SPADE parameters
-  (``input_branch="relu", recon_branch="none", normalise=False``) it is that baseline.
+  (``input_branch="relu", recon_branch="none", normalise=False``) it is that baseline. With
+  ``score="margin"`` (our option, :mod:`spadecam.fusion`): the error map's maximum and the
+  classifier's logit difference, fused by their spread over held-out normal images.
 * :class:`VAEScorer`: score = sum of e (the VAE-based baseline).
 * :class:`CNNScorer`: score = the classifier's logit difference (the CNN-based baseline).
 
@@ -26,7 +28,9 @@ from torch import nn
 from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
 from spadecam.feature_error import PatchBank
+from spadecam.fusion import EvidenceCalibration, margin_score
 from spadecam.knn import FeatureBank
+from spadecam.model_schema import SCORES
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
 from spadecam.roi import roi_weights, weighted_error
@@ -98,12 +102,24 @@ class SPADEScorer(nn.Module):
         distance to the nearest normal training patch in a frozen pretrained backbone's
         features) instead of the reconstruction error; the ROI, the classifier weight and
         the feature bank weight it as they weight the reconstruction error. Our option.
+    score : {"weighted_error", "margin"}
+        "weighted_error" (default): Algorithm 1's sum of e' (with the factors above).
+        "margin" (our option, :mod:`spadecam.fusion`): z(max of e) + evidence_weight *
+        max(0, z(l) - evidence_margin), l the classifier's logit difference, z in units of
+        ``calibration`` (held-out normal images); no ROI (validation preferred the error's
+        maximum to the ROI-weighted sum, docs/elpv.md), no VAE with a ``patch_bank``. The
+        map it returns is e (N, H, W), whose maximum is the error term.
+    calibration : EvidenceCalibration, optional
+        Needed by ``forward`` with ``score="margin"`` (:meth:`margin_parts` computes the raw
+        numbers it is made from).
+    evidence_weight, evidence_margin : float >= 0
+        The margin fusion's weight and margin (in held-out normal standard deviations).
 
     Raises
     ------
     ValueError
-        ``roi_power <= 0``, ``classifier_weight < 0``, ``knn_power < 0``, or ``knn_power > 0``
-        without a ``knn`` bank.
+        ``roi_power <= 0``, ``classifier_weight < 0``, ``knn_power < 0``, ``knn_power > 0``
+        without a ``knn`` bank, an unknown ``score``, or a negative evidence weight / margin.
 
     References
     ----------
@@ -128,9 +144,20 @@ class SPADEScorer(nn.Module):
         knn: FeatureBank | None = None,
         knn_power: float = 0.0,
         patch_bank: PatchBank | None = None,
+        score: str = "weighted_error",
+        calibration: EvidenceCalibration | None = None,
+        evidence_weight: float = 1.0,
+        evidence_margin: float = 3.0,
     ) -> None:
         super().__init__()
         self.patch_bank = patch_bank
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if not (evidence_weight >= 0 and evidence_margin >= 0):
+            raise ValueError(f"evidence_weight and evidence_margin must be >= 0, got "
+                             f"{evidence_weight!r}, {evidence_margin!r}")
+        self.score, self.calibration = score, calibration
+        self.evidence_weight, self.evidence_margin = float(evidence_weight), float(evidence_margin)
         if not (roi_power > 0 and classifier_weight >= 0):
             raise ValueError(f"roi_power must be > 0 and classifier_weight >= 0, got "
                              f"{roi_power!r}, {classifier_weight!r}")
@@ -237,12 +264,39 @@ class SPADEScorer(nn.Module):
     def forward(
         self, u: torch.Tensor, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(score (N,), e' (N, H, W)) of u (N, C, H, W) float in [0, 1]; score = sum of e'."""
+        """(score (N,), map (N, H, W)) of u (N, C, H, W) float in [0, 1]: score = sum of e'
+        and the map e' (Algorithm 1), or with ``score="margin"`` the fused score and e."""
+        if self.score == "margin":
+            if self.calibration is None:
+                raise ValueError("score='margin' needs the held-out normals' calibration "
+                                 "(SPADE.fit sets it)")
+            e, error_score, logit = self.margin_parts(u, valid)
+            return margin_score(error_score, logit, self.calibration, self.evidence_weight,
+                                self.evidence_margin), e
         if self.vae is None:
             raise ValueError("SPADEScorer without a VAE only computes error_map")
         u_hat = self.vae.reconstruct(u)
         m = self.error_map(u, u_hat, valid)
         return m.sum(dim=(1, 2)), m
+
+
+    def margin_parts(self, u: torch.Tensor, valid: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The margin fusion's raw numbers for u (N, C, H, W) in [0, 1]: the error e (N, H, W)
+        float32 (the feature error with a ``patch_bank``, else the VAE's reconstruction
+        error; 0 on letterbox padding), its maximum (N,) and the classifier's logit
+        difference y_anomaly - y_normal (N,) float32."""
+        if self.patch_bank is not None:
+            e = self.patch_bank.error_map(u, valid)
+        else:
+            if self.vae is None:
+                raise ValueError("score='margin' with the reconstruction error needs a VAE")
+            u_hat = self.vae.reconstruct(u)
+            with torch.autocast(u.device.type, enabled=False):
+                e = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
+                                         self.error_norm, valid)
+        e = e.float().sum(dim=1)
+        return e, e.flatten(1).amax(dim=1), cnn_score(self.cnn(u))
 
 
 class VAEScorer(nn.Module):

@@ -53,7 +53,7 @@ from spadecam.distributed import (
 )
 from spadecam.models.backbones import BACKBONES, backbone_name
 from spadecam.models.classifier import FeatureClassifier
-from spadecam.models.cnn import CNNConfig, classifier_loss
+from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, classifier_loss
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
 from spadecam.recipes import FIT_DEFAULTS
@@ -119,6 +119,17 @@ class TrainConfig:
     progress : bool
         Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
         (training and validation loss) on stderr.
+    head_only : bool
+        The classifier only (:func:`train_cnn`): keep the pretrained backbone as it is and fit
+        its linear head alone, as a class-balanced L2-regularised logistic regression
+        (scikit-learn, ``head_c``) on the globally pooled last-block features of the training
+        images, standardised and folded into the head (normal logit 0, known-anomaly logit
+        the regression's). No optimiser steps: ``steps``, ``epochs``, ``lr``, ``schedule``
+        and the devices are unused; the features are computed in fp32 on the CPU in
+        batches of ``batch_size``. Our option (the paper fine-tunes all of eq. 2's network).
+    head_c : float > 0
+        The regression's inverse regularisation strength (scikit-learn's ``C``) on the
+        standardised features (default 0.1).
     """
 
     steps: int = FIT_DEFAULTS["steps"]
@@ -137,6 +148,8 @@ class TrainConfig:
     strategy: str | None = None
     num_nodes: int | None = None
     progress: bool = True
+    head_only: bool = False
+    head_c: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -498,9 +511,52 @@ def train_cnn(
     with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
         model = BACKBONES[backbone_name(config)][0](config)
     model.load_pretrained()  # the weights the config names (ImageNet, a user's file), if any
+    if train.head_only:
+        return fit_linear_head(model, x, y, train)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)
         return classifier_loss(m(u).float(), batch[1], loss)
 
     return _fit(model, (x, y.long()), loss_fn, train, "classifier")
+
+
+@torch.no_grad()
+def fit_linear_head(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor,
+                    train: TrainConfig) -> FeatureClassifier:
+    """Fit ``model``'s linear head on its frozen backbone (``TrainConfig.head_only``).
+
+    x : (N, C, H, W) uint8 [0, 255] or float [0, 1]; y : (N,) 0 = normal, 1 = known anomaly.
+    A class-balanced logistic regression with ``C = train.head_c`` on the standardised,
+    globally pooled last-block features (float64), seeded by ``train.seed``; its weights,
+    divided by the features' spread, become the known-anomaly row of ``model.fc`` and the
+    normal row is 0, so the logit difference y_anomaly - y_normal is the regression's
+    decision function. Returns the model on the CPU in eval mode, its backbone unchanged,
+    with ``training_log_``. Raises ValueError without both classes, or for ``head_c <= 0``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    yv = y.long().numpy()
+    if not ((yv == 0).any() and (yv == 1).any()) or not train.head_c > 0:
+        raise ValueError(f"head_only needs normal and known-anomaly images and head_c > 0, got "
+                         f"classes {sorted(set(yv.tolist()))} and head_c={train.head_c!r}")
+    model = model.to("cpu").eval()
+    feats = torch.cat([
+        model.forward_features(_inputs.to_float_images(x[i : i + train.batch_size])).mean((2, 3))
+        for i in range(0, len(x), train.batch_size)]).double().numpy()
+    mean, sd = feats.mean(0), feats.std(0)
+    sd[sd == 0] = 1.0
+    reg = LogisticRegression(C=train.head_c, class_weight="balanced", max_iter=5000,
+                             random_state=train.seed).fit((feats - mean) / sd, yv)
+    w = reg.coef_[0] / sd
+    b = float(reg.intercept_[0] - (w * mean).sum())
+    anomaly = 1 - NORMAL_CLASS
+    model.fc.weight.zero_()
+    model.fc.bias.zero_()
+    model.fc.weight[anomaly] = torch.as_tensor(w, dtype=model.fc.weight.dtype)
+    model.fc.bias[anomaly] = b
+    log = {"steps": 0, "epochs": 0, "budget_steps": 0, "best_step": 0, "stopped_early": False,
+           "validation": [], "precision": "32-true", "head_only": True,
+           "iterations": int(reg.n_iter_[0])}
+    model.__dict__["training_log_"] = log  # as _finish sets it, for reports
+    return model

@@ -49,7 +49,7 @@ from spadecam._fs import atomic_write_bytes, json_text
 from spadecam.cam import closed_form_applies
 from spadecam.deploy.onnx_inferencer import checksum_entry
 from spadecam.detectors import SPADE, load_detector
-from spadecam.detectors._base import _BaseDetector, _require
+from spadecam.detectors._base import _BaseDetector
 from spadecam.inputs import min_input_size
 from spadecam.io import read_config
 
@@ -177,7 +177,7 @@ def export_onnx(
     else:
         config = read_config(model)
         det = load_detector(model, config=config)
-    _require(det, *det._model_attrs)
+    models = det.fitted_models()
     if getattr(det, "threshold_", None) is None:
         raise ExportError("the detector has no threshold_ (fit sets it; from_models does not): "
                           "set det.threshold_ before exporting")
@@ -192,7 +192,6 @@ def export_onnx(
     # an example batch of 2 (a batch of 1 would be specialised); the batch axis is dynamic
     example = (torch.rand(2, channels, size, size), torch.ones(2, 1, size, size))
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    models = [getattr(det, a) for a in det._model_attrs]
     modes = [m.training for m in models]
     # the exporters' notes ("torchvision is not installed", an empty attribute's type)
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]

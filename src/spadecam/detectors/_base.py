@@ -46,7 +46,7 @@ from spadecam.models.backbones import CLASSIFIER_CONFIGS
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import RECIPE_DEFAULTS, _check_recipe
+from spadecam.recipes import PRETRAINED_IMAGE_SIZE, RECIPE_DEFAULTS, _check_recipe
 from spadecam.threshold import (
     MIN_QUANTILE_NORMALS,
     choose_threshold,
@@ -99,11 +99,12 @@ _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
     "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
-    "knn_power", "knn_layer", "knn_k", "error", "patch_bank_size",
+    "knn_power", "knn_layer", "knn_k", "error", "patch_bank_size", "score", "evidence_weight",
+    "evidence_margin",
 )
 #: Scoring parameters that default (None) to the recipe's value.
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight",
-                  "knn_power", "error")
+                  "knn_power", "error", "score", "evidence_weight", "evidence_margin")
 
 
 def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
@@ -247,6 +248,17 @@ class _BaseDetector(BaseEstimator):
         """Scores (B,) and, if wanted, maps (B, S, S) of a batch at the model's input size."""
         raise NotImplementedError
 
+    def _required_models(self) -> tuple[str, ...]:
+        """The fitted networks this detector's score reads (of ``_model_attrs``)."""
+        return self._model_attrs
+
+    def fitted_models(self) -> list[nn.Module]:
+        """The fitted networks the score reads, in ``_model_attrs`` order (NotFittedError
+        before fit)."""
+        attrs = self._required_models()
+        _require(self, *attrs)
+        return [getattr(self, a) for a in attrs]
+
     def _param(self, name: str) -> Any:
         """A scoring parameter: the constructor's value, or the recipe's when it is None."""
         value = getattr(self, name, None)
@@ -289,6 +301,8 @@ class _BaseDetector(BaseEstimator):
             size, source = int(self.image_size), f"image_size={self.image_size}"
         elif cfg_size is not None:
             size, source = int(cfg_size), f"vae_config.image_size={cfg_size}"
+        elif getattr(self, "recipe", None) == "pretrained":
+            size, source = PRETRAINED_IMAGE_SIZE, f"recipe 'pretrained' ({PRETRAINED_IMAGE_SIZE} px)"
         else:
             size = int(max(max(hw) for hw in sizes))
             source = (f"X (images of {sizes[0][0]}x{sizes[0][1]} pixels; the model input is "
@@ -505,7 +519,7 @@ class _BaseDetector(BaseEstimator):
         NotFittedError
             Before ``fit`` / ``from_models``.
         """
-        _require(self, *self._model_attrs)
+        _require(self, *self._required_models())
         # resolved values, so a saved model scores the same whatever later recipes default to
         # resize is recorded once, in "input" (it was in params and preprocessing too)
         params = {k: (self._param(k) if k in _RECIPE_PARAMS else getattr(self, k))
@@ -537,6 +551,9 @@ class _BaseDetector(BaseEstimator):
                                "in_channels": self._input_spec()[1]}
             tensors["patch"] = {"bank": patch.features, **{
                 f"extractor.{k}": v for k, v in patch.extractor.state_dict().items()}}
+        calibration = getattr(self, "calibration_", None)
+        if calibration is not None:  # SPADE's margin fusion (spadecam.fusion)
+            config["calibration"] = calibration.to_dict()
         return save_models(path, getattr(self, "vae_", None), getattr(self, "cnn_", None),
                            extra=config, tensors=tensors or None)
 
@@ -568,13 +585,17 @@ class _BaseDetector(BaseEstimator):
         vae, cnn = load_model_parts(path, config)
         found = {"vae_": vae, "cnn_": cnn}
         models = [found[a] for a in cls._model_attrs]
-        if any(m is None for m in models):
-            raise ModelFormatError(
-                f"{path}/config.json lacks a model {cls.__name__} needs "
-                f"({', '.join(a.rstrip('_') for a in cls._model_attrs)})"
-            )
         allowed = cls._saved_params()
         params = {k: v for k, v in (saved.get("params") or {}).items() if k in allowed}
+        try:
+            needed = cls(**params)._required_models()
+        except TypeError as exc:
+            raise ModelFormatError(f"{path}/config.json: bad detector params ({exc})") from None
+        if any(found[a] is None for a in needed):
+            raise ModelFormatError(
+                f"{path}/config.json lacks a model {cls.__name__} needs "
+                f"({', '.join(a.rstrip('_') for a in needed)})"
+            )
         if isinstance(params.get("cam_layer"), list):  # a multi-layer ROI, stored as a list
             params["cam_layer"] = tuple(params["cam_layer"])
         pre = config.get("preprocessing") or {}
@@ -603,6 +624,14 @@ class _BaseDetector(BaseEstimator):
             params["knn_power"] = 0.0  # saved before the feature bank (issue 19): scored without
         if config.get("patch") is not None:
             extra["patch_bank"] = _load_patch_bank(path, config)
+        if config.get("calibration") is not None:
+            from spadecam.fusion import EvidenceCalibration
+
+            try:
+                extra["calibration"] = EvidenceCalibration.from_dict(config["calibration"])
+            except ValueError as exc:
+                raise ModelFormatError(f"{path}/config.json: bad calibration section "
+                                       f"({exc})") from None
         try:
             det = cls.from_models(*models, **extra, **params)
         except ValueError as exc:  # knn_power > 0 saved without its bank
@@ -652,7 +681,13 @@ class _BaseDetector(BaseEstimator):
             train(x[keep], yt[keep], size, channels, None if valid is None else valid[keep])
             self.image_size_, self.in_channels_ = size, channels
             self.fit_input_ = fit_input
+            self._calibrate(x, valid, yt, hold)
             self._set_threshold(x, valid, yt, hold)
+
+    def _calibrate(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
+                   hold: torch.Tensor | None) -> None:
+        """Set what the score needs from held-out normal images before the threshold is
+        taken (SPADE's margin fusion); nothing for the other detectors."""
 
     def _set_threshold(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
                        hold: torch.Tensor | None) -> None:

@@ -27,9 +27,10 @@ COMMON_PARAMETERS_DOC = """    batch_size : int
         runs low because the models have seen those images.
     image_size : int, optional
         Side of the square model input in pixels; images of any size are brought to it.
-        None (default): the VAE config's ``image_size`` if set, else the longest image side
-        seen by ``fit``. Must be at least the networks' minimum
-        (:func:`spadecam.inputs.min_input_size`, 16 for the default VAE).
+        None (default): the VAE config's ``image_size`` if set, else 224 with
+        ``recipe="pretrained"``, else the longest image side seen by ``fit``. Must be at
+        least the networks' minimum (:func:`spadecam.inputs.min_input_size`, 16 for the
+        default VAE).
     resize : {"letterbox", "resize"}
         How an image of another size reaches the input: "letterbox" (default) keeps the
         aspect ratio and pads, the padding never counting in the score; "resize" stretches.

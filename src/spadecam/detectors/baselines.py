@@ -17,7 +17,12 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import FIT_DEFAULTS, default_cnn_config, default_vae_config
+from spadecam.recipes import (
+    FIT_DEFAULTS,
+    default_cnn_config,
+    default_cnn_train,
+    default_vae_config,
+)
 from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
@@ -139,8 +144,9 @@ class CNNDetector(_BaseDetector):
         Default :func:`default_cnn_config` of ``recipe`` for the input size (3 conv layers
         with a GAP + linear head); a :class:`~spadecam.models.resnet.ResNetConfig` selects
         the ResNet-18-style backbone.
-    recipe : {"spadecam", "paper"}
-        Which default classifier (:func:`default_cnn_config`).
+    recipe : {"spadecam", "paper", "pretrained"}
+        Which default classifier (:func:`default_cnn_config`) and its training
+        (:func:`~spadecam.recipes.default_cnn_train`).
     cnn_train : TrainConfig, optional
     loss : {"eq2", "cross_entropy"}
         Classifier loss (eq. 2 by default).
@@ -182,7 +188,8 @@ class CNNDetector(_BaseDetector):
         def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
                   valid: torch.Tensor | None) -> None:
             cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
-            self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train, self.loss))
+            self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train or default_cnn_train(
+                self.recipe), self.loss))
 
         self._fit_with_threshold(X, y, None, cnn_config, True, train)
         return self

@@ -7,19 +7,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from spadecam._progress import warn
 from spadecam.detectors._base import (
     _BaseDetector,
     _prepare,
     _require,
 )
 from spadecam.detectors._docs import with_common_parameters
+from spadecam.exceptions import NotFittedError
 from spadecam.feature_error import PatchBank
+from spadecam.fusion import EvidenceCalibration, calibrate
 from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, default_cnn_config, default_vae_config
+from spadecam.recipes import (
+    FIT_DEFAULTS,
+    RECIPE_DEFAULTS,
+    default_cnn_config,
+    default_cnn_train,
+    default_vae_config,
+)
 from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
@@ -42,6 +51,9 @@ class SPADE(_BaseDetector):
         A :class:`~spadecam.models.resnet.ResNetConfig` as ``cnn_config`` selects the
         ResNet-18-style classifier (the paper's Table II).
     vae_train, cnn_train : TrainConfig, optional
+        Default ``TrainConfig()``; the classifier's takes the recipe's settings
+        (:func:`~spadecam.recipes.default_cnn_train`: "pretrained" fits the linear head alone
+        on the frozen ImageNet backbone, ``head_only``).
     loss : {"eq2", "cross_entropy"}
         Classifier loss.
     cam_layer : int
@@ -87,9 +99,21 @@ class SPADE(_BaseDetector):
     patch_bank_size : int >= 1
         Rows of the feature-space error's memory bank (a seeded uniform draw of the normal
         training images' patches; default 16,384: 16,384 x 152 floats, 10 MB).
-    recipe : {"spadecam", "paper"}
+    score : {"weighted_error", "margin"}, optional
+        "weighted_error": Algorithm 1's sum of e' (with the factors above). "margin" (our
+        option, :mod:`spadecam.fusion`): z(max of e) + evidence_weight * max(0, z(l) -
+        evidence_margin), l the classifier's logit difference y_anomaly - y_normal, both z in
+        units of their spread over held-out normal images (``calibration_``); no ROI, and no
+        VAE with ``error="feature"``. None: the recipe's.
+    evidence_weight, evidence_margin : float >= 0, optional
+        The margin fusion's weight and margin (in standard deviations of a held-out normal
+        image's logit difference). None: the recipe's (pretrained: 0.5 and 2, chosen on
+        ELPV's validation split).
+    recipe : {"spadecam", "paper", "pretrained"}
         Defaults for every argument left at None (:data:`RECIPE_DEFAULTS`); "paper" is the
-        paper's architecture and error, one argument away: ``SPADE(recipe="paper")``.
+        paper's architecture and error, one argument away: ``SPADE(recipe="paper")``;
+        "pretrained": the classifier on ImageNet EfficientNet-Lite0 (fine-tuned), the
+        feature-space error and the margin fusion, at 224 px unless ``image_size`` says.
 
     Attributes
     ----------
@@ -99,6 +123,9 @@ class SPADE(_BaseDetector):
         The normal training images' features (built by ``fit`` when ``knn_power`` > 0).
     patch_bank_ : PatchBank or None
         The feature-space error's memory bank (built by ``fit`` when ``error="feature"``).
+    calibration_ : EvidenceCalibration or None
+        The held-out normal images' statistics of the margin fusion (``score="margin"``;
+        the training normals' when ``threshold_holdout`` is 0, with a SpadecamWarning).
     threshold_ : float
         ``predict`` flags scores above it.
     threshold_source_ : str
@@ -116,6 +143,7 @@ class SPADE(_BaseDetector):
     """
 
     _model_attrs = ("vae_", "cnn_")
+    vae_: ConvVAE | None  # type: ignore[assignment]  # None: score="margin", error="feature"
     knn_: FeatureBank | None
     patch_bank_: PatchBank | None
 
@@ -148,6 +176,9 @@ class SPADE(_BaseDetector):
         knn_k: int = FIT_DEFAULTS["knn_k"],
         error: str | None = None,
         patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
+        score: str | None = None,
+        evidence_weight: float | None = None,
+        evidence_margin: float | None = None,
     ) -> None:
         self.vae_config = vae_config
         self.cnn_config = cnn_config
@@ -176,6 +207,16 @@ class SPADE(_BaseDetector):
         self.knn_k = knn_k
         self.error = error
         self.patch_bank_size = patch_bank_size
+        self.score = score
+        self.evidence_weight = evidence_weight
+        self.evidence_margin = evidence_margin
+
+    def _required_models(self) -> tuple[str, ...]:
+        return ("vae_", "cnn_") if self._needs_vae() else ("cnn_",)
+
+    def _needs_vae(self) -> bool:
+        """False for the margin fusion on the feature error (nothing reads a reconstruction)."""
+        return not (self._param("score") == "margin" and self._param("error") == "feature")
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -218,9 +259,10 @@ class SPADE(_BaseDetector):
             if self._param("error") == "feature" and channels not in (1, 3):
                 raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
                                  f"ImageNet backbone; X has {channels} channels")
-            self.vae_ = _prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
-                                           self.vae_train))
-            self.cnn_ = _prepare(train_cnn(x, y, cnn, self.cnn_train, self.loss))
+            self.vae_ = (_prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
+                                            self.vae_train)) if self._needs_vae() else None)
+            self.cnn_ = _prepare(train_cnn(x, y, cnn, self.cnn_train or default_cnn_train(
+                self.recipe), self.loss))
             self.knn_ = None
             if self._param("knn_power"):
                 self.build_feature_bank(x[y == 0])
@@ -231,10 +273,47 @@ class SPADE(_BaseDetector):
         self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
         return self
 
+    def _calibrate(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
+                   hold: torch.Tensor | None) -> None:
+        self.calibration_ = None
+        if self._param("score") != "margin":
+            return
+        source = "train" if hold is None else "held_out"
+        mask = (yt == 0) if hold is None else (hold & (yt == 0))
+        if source == "train":
+            warn("score='margin' with threshold_holdout=0: the fusion's scales come from the "
+                 "training normals, whose classifier logits were fitted to; hold some out "
+                 "(threshold_holdout > 0) for a margin that means what it says")
+        self.calibration_ = self.calibrate(x[mask], None if valid is None else valid[mask],
+                                           source)
+
+    def calibrate(self, x_normal: Any, valid: Any = None,
+                  source: str = "held_out") -> EvidenceCalibration:
+        """Set ``calibration_`` from normal images the models did not train on (at the
+        model's input size, (M, C, S, S) uint8 or float [0, 1], M >= 2; ``valid`` their
+        letterbox mask) and return it: the margin fusion's means and spreads
+        (:func:`spadecam.fusion.calibrate`). Raises ValueError for fewer than 2 images."""
+        from spadecam.inputs import to_float_images
+
+        x = torch.as_tensor(x_normal)
+        v = None if valid is None else torch.as_tensor(valid)
+        scorer = self.scorer(calibrated=False)
+        errors, logits = [], []
+        with scoring_context(self.precision, self.cnn_) as device:
+            for i in range(0, len(x), self.batch_size):
+                u = to_float_images(x[i : i + self.batch_size]).to(device)
+                _, e, lg = scorer.margin_parts(
+                    u, None if v is None else v[i : i + self.batch_size].to(device))
+                errors.append(e.cpu())
+                logits.append(lg.cpu())
+        cal = calibrate(torch.cat(errors).numpy(), torch.cat(logits).numpy(), source)
+        self.calibration_ = cal
+        return cal
+
     @classmethod
-    def from_models(cls, vae: ConvVAE, cnn: FeatureClassifier, x_normal: Any = None,
+    def from_models(cls, vae: ConvVAE | None, cnn: FeatureClassifier, x_normal: Any = None,
                     knn_bank: FeatureBank | None = None, patch_bank: PatchBank | None = None,
-                    **params: Any):
+                    calibration: EvidenceCalibration | None = None, **params: Any):
         """A fitted detector around a trained VAE and classifier (``threshold_`` unset).
 
         Used by the reproduction, which trains the VAE once and a classifier per known class.
@@ -242,21 +321,29 @@ class SPADE(_BaseDetector):
         (scoring runs in eval mode and restores them). ``x_normal``: the normal training
         images (M, C, S, S), uint8 or float [0, 1] at the model's input size, from which the
         feature bank is built (:meth:`build_feature_bank`) when ``knn_power`` > 0;
-        ``knn_bank``: a bank already built (a saved model's), used as it is.
+        ``knn_bank``: a bank already built (a saved model's), used as it is. ``vae`` may be
+        None where nothing reads a reconstruction (``score="margin"`` with
+        ``error="feature"``; then ``image_size`` is the model's input side); ``calibration``:
+        the margin fusion's (else set it with :meth:`calibrate` on held-out normal images).
 
         Raises
         ------
         ValueError
             ``knn_power`` > 0 (the spadecam recipe's default is 1) without ``x_normal``: the
-            message says to pass it or ``knn_power=0``.
+            message says to pass it or ``knn_power=0``; ``vae`` None where the score needs
+            one, or without ``image_size``.
         """
         det = cls(**params)
         det._check_params()
-        det.vae_ = _prepare(vae)
+        if vae is None and (det._needs_vae() or det.image_size is None):
+            raise ValueError(f"{cls.__name__}.from_models: vae is None, which only "
+                             "score='margin' with error='feature' allows, with image_size given")
+        det.vae_ = None if vae is None else _prepare(vae)
         det.cnn_ = _prepare(cnn)
         det.threshold_ = None
         det.knn_ = knn_bank
         det.patch_bank_ = patch_bank
+        det.calibration_ = calibration
         det._set_input_from_models()
         if det._param("error") == "feature" and patch_bank is None:
             if x_normal is None:
@@ -328,15 +415,25 @@ class SPADE(_BaseDetector):
         self.patch_bank_ = bank
         return bank
 
-    def scorer(self) -> SPADEScorer:
-        """The scoring graph of this detector: ``forward(u, valid) -> (score, e')``.
+    def scorer(self, calibrated: bool = True) -> SPADEScorer:
+        """The scoring graph of this detector: ``forward(u, valid) -> (score, map)``.
 
         A :class:`~spadecam.scoring.SPADEScorer` around the fitted models (not copies) with
         this detector's parameters (the recipe's where left at None). Inputs at the model's
         input size, (N, C, S, S) float in [0, 1]; run it inside
         :func:`~spadecam.scoring.scoring_context` for eval mode and the precision.
+        ``calibrated=False``: without ``calibration_`` (for :meth:`calibrate`).
+
+        Raises
+        ------
+        NotFittedError
+            Before fit; with ``score="margin"``, before ``calibration_`` is set.
         """
         _require(self, "cnn_")
+        if calibrated and self._param("score") == "margin" and getattr(
+                self, "calibration_", None) is None:
+            raise NotFittedError("score='margin' needs calibration_: fit sets it, or call "
+                                 "calibrate(x_normal) on held-out normal images")
         if self._param("error") == "feature" and getattr(self, "patch_bank_", None) is None:
             raise ValueError("error='feature' but the detector has no patch bank (it was fitted "
                              "with error='reconstruction'): fit again, or build_patch_bank(x)")
@@ -356,6 +453,10 @@ class SPADE(_BaseDetector):
             knn_power=self._param("knn_power"),
             patch_bank=(getattr(self, "patch_bank_", None) if self._param("error") == "feature"
                         else None),
+            score=self._param("score"),
+            calibration=getattr(self, "calibration_", None) if calibrated else None,
+            evidence_weight=self._param("evidence_weight"),
+            evidence_margin=self._param("evidence_margin"),
         )
 
     def error_map_from_reconstruction(
@@ -386,14 +487,15 @@ class SPADE(_BaseDetector):
     def _scores_and_maps(
         self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
     ) -> tuple[torch.Tensor, Any]:
-        _require(self, "vae_", "cnn_")
+        models = self.fitted_models()
         scorer = self.scorer()
-        with scoring_context(self.precision, self.cnn_, self.vae_) as device:
+        with scoring_context(self.precision, *models) as device:
             s, m = scorer(u.to(device), None if valid is None else valid.to(device))
         return s.cpu(), (m.cpu() if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
-        """Weighted reconstruction error e' per pixel, at each image's own size.
+        """Weighted reconstruction error e' per pixel, at each image's own size (with
+        ``score="margin"``: the error e, whose maximum is the score's error term).
 
         Returns
         -------
@@ -415,7 +517,8 @@ class NaiveSPADE(SPADE):
 
     def _param(self, name: str) -> Any:
         # the recipe's ROI options are SPADE's; the baseline keeps plain Grad-CAM unless told
-        if name in ("roi_power", "classifier_weight", "knn_power") and getattr(self, name) is None:
+        if name in ("roi_power", "classifier_weight", "knn_power", "score") and getattr(
+                self, name) is None:
             return RECIPE_DEFAULTS["paper"][name]
         return super()._param(name)
 
@@ -448,11 +551,14 @@ class NaiveSPADE(SPADE):
         knn_k: int = FIT_DEFAULTS["knn_k"],
         error: str | None = None,
         patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
+        score: str | None = None,
+        evidence_weight: float | None = None,
+        evidence_margin: float | None = None,
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
             recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
             batch_size, precision, threshold_quantile, threshold_holdout, image_size, resize,
             roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k, error,
-            patch_bank_size,
+            patch_bank_size, score, evidence_weight, evidence_margin,
         )

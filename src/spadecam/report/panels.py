@@ -17,6 +17,7 @@ import torch
 from spadecam.detectors import SPADE, VAEDetector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.inputs import iter_model_batches
+from spadecam.roi import roi_weights
 from spadecam.scoring import scoring_context
 
 __all__ = ["REPORT_GALLERY", "detector_panels", "write_detector_report"]
@@ -35,21 +36,31 @@ def detector_panels(det: _BaseDetector, images: Sequence[np.ndarray]) -> list[di
     list of dict name -> ndarray, at the model's input resolution: "input" and
     "reconstruction" (C, h, w) in [0, 1]; SPADE and NaiveSPADE add "ROI" (h, w), the weights
     of eq. 5 (L / |L| for SPADE), and "weighted error e'" (h, w), the map whose sum is the
-    score (Algorithm 1); VAEDetector adds "reconstruction error e"; CNNDetector has the input
-    alone (it gives no map).
+    score (Algorithm 1); with ``score="margin"`` SPADE has no reconstruction (none with the
+    feature error), its "ROI" is Grad-CAM's on the input alone (shown, not scored) and its map
+    "error e" (the map whose maximum is the score's error term); VAEDetector adds
+    "reconstruction error e"; CNNDetector has the input alone (it gives no map).
     """
     size, channels = det._input_spec()
-    models = [getattr(det, a) for a in det._model_attrs]
+    models = det.fitted_models()
     out: list[dict[str, np.ndarray]] = []
     for mb in iter_model_batches(list(images), det.batch_size, size, det.resize, channels):
         with scoring_context(det.precision, *models) as device:
             u = mb.u.to(device)
             v = None if mb.valid is None else mb.valid.to(device)
             panels: dict[str, torch.Tensor] = {"input": u}
-            if isinstance(det, (SPADE, VAEDetector)):
-                u_hat = det.vae_.reconstruct(u).float()
+            margin = isinstance(det, SPADE) and det._param("score") == "margin"
+            vae = getattr(det, "vae_", None) if isinstance(det, (SPADE, VAEDetector)) else None
+            if vae is not None:
+                u_hat = vae.reconstruct(u).float()
                 panels["reconstruction"] = u_hat
-            if isinstance(det, SPADE):
+            if margin:
+                scorer = det.scorer()
+                m_u = scorer.cams(u, u, scorer.layers[0]).m_u
+                panels["ROI"] = roi_weights(m_u, None, u.shape[-2:], input_branch="abs",
+                                            recon_branch="none", valid=v)
+                panels["error e"] = scorer(u, v)[1]
+            elif isinstance(det, SPADE):
                 scorer = det.scorer()
                 panels["ROI"] = scorer.roi(u, u_hat, v)
                 panels["weighted error e'"] = scorer.error_map(u, u_hat, v)

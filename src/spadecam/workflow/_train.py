@@ -4,6 +4,7 @@ its fit on folders of images (:func:`train`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
 from spadecam.recipes import FIT_DEFAULTS as FIT
-from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config
+from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, fit_default
 from spadecam.training import TrainConfig, trained_precision
 
 __all__ = ["BACKBONES", "DETECTOR_KINDS", "build_detector", "train"]
@@ -49,10 +50,10 @@ _OVERLAY_SAMPLE = 64
 
 
 def build_detector(
-    image_size: int,
+    image_size: int | None = None,
     channels: int | None = None,
     *,
-    backbone: str = "small",
+    backbone: str | None = None,
     backbone_weights: str | os.PathLike | None = None,
     epochs: int | None = None,
     steps: int | None = None,
@@ -60,6 +61,7 @@ def build_detector(
     latent_dim: int | None = None,
     batch_size: int = FIT["batch_size"],
     lr: float = FIT["lr"],
+    head_only: bool | None = None,
     threshold_quantile: float = FIT["threshold_quantile"],
     threshold_holdout: float = FIT["threshold_holdout"],
     resize: str = FIT["resize"],
@@ -90,10 +92,13 @@ def build_detector(
 
     Parameters
     ----------
-    image_size : int, side of the square model input in pixels
+    image_size : int, optional
+        Side of the square model input in pixels; None: the recipe's
+        (:func:`~spadecam.recipes.fit_default`: 224 for "pretrained", else 128).
     channels : {1, 3} or None
         The images' channel count; None (default): the data's, sized by ``fit``.
-    backbone : {"small", "resnet18", "efficientnet_lite0", "wide_resnet50_2"}
+    backbone : {"small", "resnet18", "efficientnet_lite0", "wide_resnet50_2"}, optional
+        None: the recipe's ("efficientnet_lite0" for "pretrained", else "small").
         The 3-conv classifier (its kernels follow the image size under the "spadecam"
         recipe, :func:`~spadecam.recipes.default_cnn_config`), the ResNet-18-style one
         (:mod:`spadecam.models.resnet`), or EfficientNet-Lite0 trained from its ImageNet
@@ -107,6 +112,10 @@ def build_detector(
     epochs, steps, seed, batch_size, lr : training settings shared by the VAE and the
         classifier (:class:`~spadecam.training.TrainConfig`); ``epochs`` None (default)
         trains for a budget of ``steps`` optimiser steps (default 2000) with early stopping
+    head_only : bool, optional
+        The classifier's linear head alone on its frozen pretrained backbone
+        (:class:`~spadecam.training.TrainConfig`'s ``head_only``); None: the recipe's (True
+        for "pretrained", else False).
     latent_dim : int, optional
         The VAE's latent dimension (eq. 1); None: the recipe's (spadecam 8, paper 128).
     threshold_quantile, threshold_holdout, resize : see :class:`SPADE`
@@ -114,9 +123,11 @@ def build_detector(
         recipe's (spadecam: 2 px blur, l2; paper: |u - u_hat|)
     precision : {"auto", "32", "bf16"}, the scoring precision (see :class:`SPADE`); training
         takes ``distributed["precision"]`` (default "auto", :class:`TrainConfig`)
-    recipe : {"spadecam", "paper"}
+    recipe : {"spadecam", "paper", "pretrained"}
         Defaults for everything left at None, and the classifier: spadecam's kernels from the
-        image size (:func:`spadecam.recipes.default_cnn_config`), or the paper's 3x3.
+        image size (:func:`spadecam.recipes.default_cnn_config`), the paper's 3x3, or
+        "pretrained": EfficientNet-Lite0 from ImageNet, the feature-space error and the
+        margin fusion, no VAE (see :class:`SPADE`).
     roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
         the score and the classifier layer Grad-CAM reads (see :class:`SPADE`); None: the
         recipe's (:data:`~spadecam.recipes.RECIPE_DEFAULTS`: roi_power 1 in both, the
@@ -149,6 +160,11 @@ def build_detector(
     if bad:
         raise ValueError(f"--detector {detector} does not take "
                          f"{', '.join('--' + k.replace('_', '-') for k in bad)} (SPADE's options)")
+    if recipe not in RECIPE_DEFAULTS:
+        raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
+    image_size = fit_default("image_size", recipe) if image_size is None else image_size
+    backbone = fit_default("backbone", recipe) if backbone is None else backbone
+    head_only = fit_default("head_only", recipe) if head_only is None else head_only
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if resize not in RESIZE_POLICIES:
@@ -158,8 +174,6 @@ def build_detector(
     for name, value in (("epochs", epochs), ("steps", steps), ("latent-dim", latent_dim)):
         if value is not None and value < 1:  # 0 is not "unset" (issue 17)
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    if recipe not in RECIPE_DEFAULTS:
-        raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=(
         RECIPE_DEFAULTS[recipe]["latent_dim"] if latent_dim is None else latent_dim))
     if backbone_weights is not None and backbone not in ("resnet18", "wide_resnet50_2"):
@@ -200,6 +214,7 @@ def build_detector(
         **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
         **cast(dict[str, Any], distributed or {}),
     )
+    cnn_train = dataclasses.replace(train_cfg, head_only=head_only)
     common: dict[str, Any] = dict(
         threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
         precision=precision, image_size=image_size, resize=resize, recipe=recipe)
@@ -207,13 +222,13 @@ def build_detector(
         return VAEDetector(vae_config=vae_cfg, vae_train=train_cfg,
                            error_smoothing=error_smoothing, error_norm=error_norm, **common)
     if detector == "cnn":
-        return CNNDetector(cnn_config=cnn_cfg, cnn_train=train_cfg, **common)
+        return CNNDetector(cnn_config=cnn_cfg, cnn_train=cnn_train, **common)
     if detector == "naive-spade":
         return NaiveSPADE(vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg,
-                          cnn_train=train_cfg, error_smoothing=error_smoothing,
+                          cnn_train=cnn_train, error_smoothing=error_smoothing,
                           error_norm=error_norm, cam_layer=cam_layer, **common)
     return SPADE(
-        vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=train_cfg,
+        vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=cnn_train,
         error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
         classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
         error=error, **common,
@@ -236,7 +251,7 @@ def train(
     normal: str | os.PathLike | Sequence[str | os.PathLike],
     anomaly: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
-    image_size: int = FIT["image_size"],
+    image_size: int | None = None,
     channels: int | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -249,8 +264,9 @@ def train(
         Normal images (the VAE learns these, eq. 1) and known anomalies (the classifier
         separates them from the normal ones, eq. 2).
     out : path of the model directory (new, empty, or an older spadecam model)
-    image_size, channels : the model input side and the channel count images are converted
-        to (None: the images' own, which must be the same for all); see the module notes
+    image_size, channels : the model input side (None: the recipe's, 224 for "pretrained",
+        else 128) and the channel count images are converted to (None: the images' own,
+        which must be the same for all); see the module notes
     log : callable, optional
         Receives a summary, one line at a time (rank 0 only): what was read (counts per
         class, image sizes, channels), how many images were held out, the threshold, the
@@ -290,6 +306,8 @@ def train(
     Narita et al., arXiv 1810.02607, Algorithm 1 (training of the VAE and the classifier).
     """
     out = Path(out)
+    if image_size is None:
+        image_size = fit_default("image_size", options.get("recipe", "spadecam"))
     # every option is checked before any image is read or any process started
     det = build_detector(image_size, channels, **options)
     _check_out_dir(out)

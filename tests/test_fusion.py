@@ -1,0 +1,160 @@
+"""The margin fusion (spadecam.fusion, SPADE(score="margin")): the one-class error score plus
+the classifier's evidence only beyond a margin, both in units of held-out normal images'
+spread; the "pretrained" recipe that uses it trains no VAE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spadecam.fusion import EvidenceCalibration, calibrate, margin_score
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_calibration_is_the_normals_mean_and_spread_and_refuses_what_it_cannot_use():
+    e, lg = np.array([1.0, 2.0, 3.0, 6.0]), np.array([-2.0, -1.0, 0.0, -1.0])
+    c = calibrate(e, lg)
+    assert (c.error_mean, c.logit_mean, c.n_images, c.source) == (3.0, -1.0, 4, "held_out")
+    assert c.error_std == pytest.approx(np.std(e)) and c.logit_std == pytest.approx(np.std(lg))
+    # identical scores: a tiny spread instead of a division by zero
+    flat = calibrate([5.0, 5.0], [1.0, 2.0])
+    assert 0 < flat.error_std <= 1e-5
+    for bad in (([1.0], [1.0]), ([1.0, 2.0], [1.0]), ([1.0, np.nan], [0.0, 0.0])):
+        with pytest.raises(ValueError, match="calibration"):
+            calibrate(*bad)
+    assert EvidenceCalibration.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="positive standard deviations"):
+        EvidenceCalibration(0.0, 0.0, 0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="missing or malformed field"):
+        EvidenceCalibration.from_dict({"error_mean": 1.0})
+
+
+def test_the_evidence_counts_only_beyond_the_margin_and_never_lowers_a_score():
+    c = EvidenceCalibration(error_mean=10.0, error_std=2.0, logit_mean=-3.0, logit_std=0.5,
+                            n_images=20)
+    error = torch.tensor([10.0, 14.0, 10.0, 10.0])
+    # logits at the normals' mean, at 2 sd (inside a margin of 3), at 5 sd and at 9 sd
+    logit = torch.tensor([-3.0, -2.0, -0.5, 1.5])
+    s = margin_score(error, logit, c, weight=0.5, margin=3.0)
+    torch.testing.assert_close(s, torch.tensor([0.0, 2.0, 0.5 * 2.0, 0.5 * 6.0]))
+    # the one-class term alone is a lower bound: the labels never subtract
+    assert (s >= (error - 10.0) / 2.0).all()
+    torch.testing.assert_close(margin_score(error, logit, c, 0.0, 3.0), (error - 10.0) / 2.0)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.normal(100, 10, (n, 32, 32)), 0, 255).astype(np.uint8)
+    x[:, :, ::8] = 40  # a regular texture
+    return x
+
+
+def _pretrained_spade(**kw):
+    from spadecam import SPADE
+    from spadecam.models import CNNConfig
+    from spadecam.training import TrainConfig
+
+    train = TrainConfig(epochs=2, batch_size=8, progress=False, seed=0)
+    return SPADE(**{"recipe": "pretrained", "image_size": 32, "cnn_train": train,
+                    "precision": "32", "batch_size": 8, "patch_bank_size": 300,
+                    "cnn_config": CNNConfig(channels=(4, 8), kernel_sizes=(3, 3),
+                                            strides=(2, 2)), **kw})
+
+
+def test_the_pretrained_recipe_trains_no_vae_calibrates_on_held_out_normals_and_round_trips(
+        tmp_path, monkeypatch):
+    """recipe="pretrained": the feature error and the margin fusion; no VAE is trained (none
+    reads a reconstruction); calibration_ is the held-out normals' statistics, so a held-out
+    normal's score is its z-scored error plus at most its own excess evidence; the model
+    directory and the ONNX graph give the same scores."""
+    import spadecam.detectors.spade as spade_module
+    from spadecam.detectors import load_detector
+
+    def no_vae(*_a, **_k):
+        raise AssertionError("a VAE was trained")
+
+    monkeypatch.setattr(spade_module, "train_vae", no_vae)
+    x = _images(40)
+    x[30:, 10:20, 10:20] = 250  # the known kind: a bright square
+    y = np.r_[np.zeros(30), np.ones(10)]
+    det = _pretrained_spade().fit(x, y)
+    assert det.vae_ is None and det._param("error") == "feature"
+    cal = det.calibration_
+    assert cal.source == "held_out" and cal.n_images == 3  # a tenth of 30 normals
+    hold = det._threshold_split(torch.as_tensor(y).long())
+    held = x[(hold & (torch.as_tensor(y) == 0)).numpy()]
+    scorer = det.scorer()
+    u = torch.as_tensor(held)[:, None].float() / 255
+    with torch.no_grad():
+        e, err, logit = scorer.margin_parts(u)
+    assert err.double().mean().item() == pytest.approx(cal.error_mean, rel=1e-5)
+    assert logit.double().mean().item() == pytest.approx(cal.logit_mean, rel=1e-5, abs=1e-6)
+    scores = det.decision_function(x)
+    z_e = (err.double().numpy() - cal.error_mean) / cal.error_std
+    held_scores = det.decision_function(held)
+    assert (held_scores >= z_e - 1e-4).all()
+    # the map is e, whose maximum is the error term
+    maps = det.anomaly_map(x[:4])
+    with torch.no_grad():
+        e4, err4, _ = scorer.margin_parts(torch.as_tensor(x[:4])[:, None].float() / 255)
+    np.testing.assert_allclose(maps.reshape(4, -1).max(1), err4.numpy(), rtol=1e-5)
+    det.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["calibration"]["n_images"] == 3 and "vae_config" not in saved
+    assert saved["detector"]["params"]["score"] == "margin"
+    assert not (tmp_path / "m" / "vae.safetensors").exists()
+    np.testing.assert_array_equal(load_detector(tmp_path / "m").decision_function(x), scores)
+    pytest.importorskip("onnxruntime")
+    from spadecam.deploy import OnnxSPADE, export_onnx
+
+    onnx = OnnxSPADE(export_onnx(tmp_path / "m", tmp_path / "m.onnx"))
+    np.testing.assert_allclose(onnx.decision_function(x), scores, rtol=1e-4,
+                               atol=1e-4 * np.abs(scores).max())
+
+
+def test_without_a_hold_out_the_training_normals_calibrate_with_a_warning():
+    from spadecam._progress import SpadecamWarning
+
+    x = _images(24)
+    x[18:, 8:16, 8:16] = 250
+    with pytest.warns(SpadecamWarning, match="threshold_holdout=0"):
+        det = _pretrained_spade(threshold_holdout=0.0).fit(x, np.r_[np.zeros(18), np.ones(6)])
+    assert det.calibration_.source == "train" and det.calibration_.n_images == 18
+
+
+def test_scoring_without_a_calibration_and_a_bad_calibration_section_are_refused(tmp_path):
+    from spadecam.detectors import load_detector
+    from spadecam.exceptions import ModelFormatError, NotFittedError
+
+    x = _images(24)
+    x[18:, 8:16, 8:16] = 250
+    det = _pretrained_spade().fit(x, np.r_[np.zeros(18), np.ones(6)])
+    det.save(tmp_path / "m")
+    det.calibration_ = None
+    with pytest.raises(NotFittedError, match="calibration_"):
+        det.decision_function(x[:2])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["calibration"]["logit_std"] = 0
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"calibration.logit_std must be a finite number > 0"):
+        load_detector(tmp_path / "m")
+    del config["calibration"]["logit_std"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"calibration.logit_std"):
+        load_detector(tmp_path / "m")
+
+
+def test_a_vae_less_spade_refuses_a_score_that_reads_a_reconstruction():
+    from spadecam import SPADE
+    from spadecam.models import CNNConfig
+    from spadecam.models.cnn import ConvClassifier
+
+    cnn = ConvClassifier(CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)))
+    with pytest.raises(ValueError, match="vae is None"):
+        SPADE.from_models(None, cnn, image_size=32)  # Algorithm 1 needs the reconstruction
+    with pytest.raises(ValueError, match="vae is None"):
+        SPADE.from_models(None, cnn, recipe="pretrained", x_normal=_images(4)[:, None])
