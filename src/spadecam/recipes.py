@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: the CLI reads the tables without importing torch
     # (or numpy: `spadecam --help` starts in about 0.1 s)
     from spadecam.data.noisy_mnist import NoisyMNISTConfig
-    from spadecam.models.cnn import CNNConfig
     from spadecam.models.vae import VAEConfig
     from spadecam.training import TrainConfig
 
@@ -207,7 +206,7 @@ class Recipe:
 
     name: str
     vae: VAEConfig
-    cnn: CNNConfig
+    cnn: Any  # CNNConfig, or a pretrained backbone's config (EfficientNetLiteConfig)
     vae_train: TrainConfig
     cnn_train: TrainConfig
     loss: str = "eq2"
