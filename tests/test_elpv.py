@@ -441,14 +441,16 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
     r = dataclasses.replace(get_elpv_recipe("pretrained"), image_size=32,
                             spade_params={"patch_bank_size": 500})
     seen = {}
-    real_train = bm.train_cnn
+    real_fit = bm.fit_linear_head
 
-    def keep(x, y, cfg, train, loss):
-        seen["cnn"] = real_train(x, y, cfg, train, loss)
+    def keep(net, x, y, train, features):
+        seen["cnn"] = real_fit(net, x, y, train, features)
         seen["n_train_normal"] = int((y == 0).sum())
+        # the cached features are those train_cnn's regression would compute
+        torch.testing.assert_close(features, bm.pooled_last_features(net, x, 64))
         return seen["cnn"]
 
-    monkeypatch.setattr(bm, "train_cnn", keep)
+    monkeypatch.setattr(bm, "fit_linear_head", keep)
     real_build = SPADE.build_patch_bank
 
     def keep_bank(self, x, valid=None):

@@ -38,7 +38,14 @@ from spadecam.inputs import _channels_last, to_float_images
 from spadecam.metrics import average_precision
 from spadecam.precision import resolve_training_precision
 from spadecam.scoring import cnn_score, scoring_context
-from spadecam.training import train_cnn, train_vae, trained_precision
+from spadecam.training import (
+    build_classifier,
+    fit_linear_head,
+    pooled_last_features,
+    train_cnn,
+    train_vae,
+    trained_precision,
+)
 
 __all__ = [
     "BenchmarkData",
@@ -551,7 +558,9 @@ def run_pretrained_benchmark(
     kNN on the frozen ImageNet backbone, no label used). Per protocol: the classifier
     (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
     and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
-    the held-out normals and the margin fusion (``"spade_pretrained"``,
+    the held-out normals and the margin fusion (``"spade_pretrained"``; with
+    ``head_only`` the frozen backbone's pooled features are computed once per seed and each
+    protocol fits its head on them,
     :func:`spadecam.fusion.margin_score` with the recipe's weight and margin): the score
     ``SPADE(recipe="pretrained").fit`` would give (tests/test_reproduce.py). Runs on the CPU
     in fp32, one process. Protocols that score no SPADE (a supervised reference) are
@@ -575,6 +584,12 @@ def run_pretrained_benchmark(
                     patch_bank_size=params.get("patch_bank_size", 16384))
         bank = det.build_patch_bank(normal)
         err_test, err_held = _max_errors(bank, data.x_test, 64), _max_errors(bank, held, 64)
+        # the frozen backbone's pooled features, once per seed when only the head is fitted
+        pooled: dict[str, torch.Tensor] = {}
+        if train.head_only:
+            net = build_classifier(recipe.cnn, normal.shape[1], seed)  # as train_cnn builds it
+            pooled = {k: pooled_last_features(net, v, 64)
+                      for k, v in (("normal", normal), ("held", held), ("test", data.x_test))}
         log(f"seed {seed}: bank {tuple(bank.features.shape)} from {len(normal)} normal images "
             f"({len(held)} held out), errors of {len(data.x_test)} test images: "
             f"{time.perf_counter() - t0:.0f} s since the start")
@@ -583,9 +598,17 @@ def run_pretrained_benchmark(
                 continue  # a supervised reference (the from-scratch run's rows)
             x = torch.cat([normal, prot.x_known])
             y = torch.cat([torch.zeros(len(normal)), torch.ones(len(prot.x_known))]).long()
-            cnn = train_cnn(x, y, recipe.cnn, train, recipe.loss)
-            logit_test = _logit_differences(cnn, data.x_test, 64)
-            cal = calibrate(err_held, _logit_differences(cnn, held, 64))
+            if train.head_only:  # the same regression as train_cnn's, on the cached features
+                cnn = fit_linear_head(net, x, y, train, torch.cat(
+                    [pooled["normal"], pooled_last_features(net, prot.x_known, 64)]))
+                with torch.inference_mode():
+                    logit_test = cnn_score(cnn.fc(pooled["test"])).double().numpy()
+                    logit_held = cnn_score(cnn.fc(pooled["held"])).double().numpy()
+            else:
+                cnn = train_cnn(x, y, recipe.cnn, train, recipe.loss)
+                logit_test = _logit_differences(cnn, data.x_test, 64)
+                logit_held = _logit_differences(cnn, held, 64)
+            cal = calibrate(err_held, logit_held)
             fused = margin_score(torch.as_tensor(err_test), torch.as_tensor(logit_test), cal,
                                  params["evidence_weight"], params["evidence_margin"])
             scores = {"patchcore": err_test, "cnn_pretrained": logit_test,

@@ -36,7 +36,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -506,11 +506,8 @@ def train_cnn(
     ValueError
         Fewer than 2 images, ``epochs < 1``, an unknown schedule or loss.
     """
-    config = (config or CNNConfig()).sized(x.shape[1])
     train = train or TrainConfig()
-    with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
-        model = BACKBONES[backbone_name(config)][0](config)
-    model.load_pretrained()  # the weights the config names (ImageNet, a user's file), if any
+    model = build_classifier(config, x.shape[1], train.seed)
     if train.head_only:
         return fit_linear_head(model, x, y, train)
 
@@ -521,9 +518,31 @@ def train_cnn(
     return _fit(model, (x, y.long()), loss_fn, train, "classifier")
 
 
+def build_classifier(config: Any, channels: int, seed: int) -> FeatureClassifier:
+    """The classifier of ``config`` (default ``CNNConfig()``) for images of ``channels``
+    channels, its initial weights drawn from ``seed`` (the caller's RNG untouched), then the
+    pretrained weights the config names (ImageNet, a user's file), if any."""
+    config = (config or CNNConfig()).sized(channels)
+    with _local_rng(seed):
+        model = BACKBONES[backbone_name(config)][0](config)
+    return model.load_pretrained()
+
+
+@torch.no_grad()
+def pooled_last_features(model: FeatureClassifier, x: torch.Tensor,
+                         batch_size: int = 32) -> torch.Tensor:
+    """The globally pooled last-block features (N, K) float32 of images x (N, C, H, W), uint8
+    [0, 255] or float [0, 1], the model in eval mode on the CPU: what its linear head reads."""
+    model = model.to("cpu").eval()
+    return torch.cat([
+        model.forward_features(_inputs.to_float_images(x[i : i + batch_size])).mean((2, 3))
+        for i in range(0, len(x), batch_size)])
+
+
 @torch.no_grad()
 def fit_linear_head(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor,
-                    train: TrainConfig) -> FeatureClassifier:
+                    train: TrainConfig, features: torch.Tensor | None = None
+                    ) -> FeatureClassifier:
     """Fit ``model``'s linear head on its frozen backbone (``TrainConfig.head_only``).
 
     x : (N, C, H, W) uint8 [0, 255] or float [0, 1]; y : (N,) 0 = normal, 1 = known anomaly.
@@ -531,7 +550,8 @@ def fit_linear_head(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor,
     globally pooled last-block features (float64), seeded by ``train.seed``; its weights,
     divided by the features' spread, become the known-anomaly row of ``model.fc`` and the
     normal row is 0, so the logit difference y_anomaly - y_normal is the regression's
-    decision function. Returns the model on the CPU in eval mode, its backbone unchanged,
+    decision function. ``features``: x's :func:`pooled_last_features`, already computed
+    (then x is not read). Returns the model on the CPU in eval mode, its backbone unchanged,
     with ``training_log_``. Raises ValueError without both classes, or for ``head_c <= 0``.
     """
     from sklearn.linear_model import LogisticRegression
@@ -541,9 +561,9 @@ def fit_linear_head(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"head_only needs normal and known-anomaly images and head_c > 0, got "
                          f"classes {sorted(set(yv.tolist()))} and head_c={train.head_c!r}")
     model = model.to("cpu").eval()
-    feats = torch.cat([
-        model.forward_features(_inputs.to_float_images(x[i : i + train.batch_size])).mean((2, 3))
-        for i in range(0, len(x), train.batch_size)]).double().numpy()
+    if features is None:
+        features = pooled_last_features(model, x, train.batch_size)
+    feats = features.double().numpy()
     mean, sd = feats.mean(0), feats.std(0)
     sd[sd == 0] = 1.0
     reg = LogisticRegression(C=train.head_c, class_weight="balanced", max_iter=5000,
