@@ -158,3 +158,29 @@ def test_a_vae_less_spade_refuses_a_score_that_reads_a_reconstruction():
         SPADE.from_models(None, cnn, image_size=32)  # Algorithm 1 needs the reconstruction
     with pytest.raises(ValueError, match="vae is None"):
         SPADE.from_models(None, cnn, recipe="pretrained", x_normal=_images(4)[:, None])
+
+
+def test_spadecam_train_says_what_it_does_every_interval_even_without_progress(
+        tmp_path, capsys, monkeypatch):
+    """`spadecam train --no-progress`: a line at least every HEARTBEAT_SECONDS (30) while it
+    reads, builds the bank, fits the head, calibrates and sets the threshold (the interval
+    set to 0 here, so every step writes one); the Python API outside the CLI writes none."""
+    import spadecam._progress as progress
+    from _own_images import make_folders
+    from spadecam.cli import main
+
+    folders = make_folders(tmp_path / "data", n_normal=24, n_anomaly=6, n_test=2)
+    monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.0)
+    assert main(["train", "--normal", str(folders["train/good"]), "--anomaly",
+                 str(folders["train/defect"]), "--out", str(tmp_path / "m"), "--recipe",
+                 "pretrained", "--image-size", "32", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    for what in ("reading images:", "patch bank: features of", "classifier head: pooled",
+                 "calibration:", "threshold: scored"):
+        assert what in err, what
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["calibration"]
+    # no heartbeat outside the CLI
+    x = _images(24)
+    x[18:, 8:16, 8:16] = 250
+    _pretrained_spade().fit(x, np.r_[np.zeros(18), np.ones(6)])
+    assert "patch bank: features of" not in capsys.readouterr().err

@@ -13,14 +13,20 @@ the other bars stay silent.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["SpadecamWarning", "bar", "interactive", "note", "warn"]
+__all__ = ["SpadecamWarning", "bar", "heartbeat", "interactive", "note", "tick", "warn"]
+
+#: Seconds between two heartbeat lines (:func:`heartbeat`).
+HEARTBEAT_SECONDS = 30.0
+_heartbeat: dict[str, float] = {}  # "every" and "last" while a heartbeat is on
 
 
 class SpadecamWarning(UserWarning):
@@ -49,9 +55,39 @@ def bar(iterable: Iterable | None = None, *, enabled: bool, **kwargs: Any) -> tq
     return tqdm(iterable, disable=not (enabled and interactive()), **kwargs)
 
 
+@contextlib.contextmanager
+def heartbeat(every: float | None = None) -> Iterator[None]:
+    """While the block runs, :func:`tick` writes a line (what the run is doing) whenever
+    ``every`` seconds (default :data:`HEARTBEAT_SECONDS`) have passed since the last line,
+    bars or not: ``spadecam train`` says what it is doing at least every 30 s, even under
+    ``--no-progress``. Outside the block :func:`tick` is silent (the Python API prints
+    nothing it was not asked for)."""
+    before = dict(_heartbeat)
+    every = HEARTBEAT_SECONDS if every is None else every
+    _heartbeat.update(every=float(every), last=time.monotonic())
+    try:
+        yield
+    finally:
+        _heartbeat.clear()
+        _heartbeat.update(before)
+
+
+def tick(message: str) -> None:
+    """Under :func:`heartbeat`, write ``message`` if its interval has passed since the last
+    line."""
+    if not _heartbeat:
+        return
+    now = time.monotonic()
+    if now - _heartbeat["last"] >= _heartbeat["every"]:
+        _heartbeat["last"] = now
+        note(message)
+
+
 def note(message: str) -> None:
     """One line on stderr: through tqdm when a bar may be open (keeps it intact), else plain."""
     if interactive():
         tqdm.write(message, file=sys.stderr)
     else:
         print(message, file=sys.stderr, flush=True)
+    if _heartbeat:  # any line resets the heartbeat's interval
+        _heartbeat["last"] = time.monotonic()

@@ -193,12 +193,15 @@ def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
                  "latent_dim", "batch_size", "lr", "threshold_quantile", "threshold_holdout",
                  "error_smoothing", "error_norm", "roi_power", "classifier_weight", "cam_layer",
                  "knn_power", "error", "detector", "head_only")
-        workflow.train(  # prints its summary, ending with where the model went
-            args.normal, args.anomaly, args.out, image_size=args.image_size,
-            channels=args.channels, log=print, progress=progress,
-            distributed=_distributed(args), precision=from_option(args.precision)[1],
-            **{k: getattr(args, k) for k in names},
-        )
+        from spadecam._progress import heartbeat
+
+        with heartbeat():  # a line at least every 30 s, bars or not (--no-progress)
+            workflow.train(  # prints its summary, ending with where the model went
+                args.normal, args.anomaly, args.out, image_size=args.image_size,
+                channels=args.channels, log=print, progress=progress,
+                distributed=_distributed(args), precision=from_option(args.precision)[1],
+                **{k: getattr(args, k) for k in names},
+            )
     elif args.command == "export":
         from pathlib import Path
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spadecam._progress import tick
 from spadecam._runtime import is_exporting
 
 __all__ = ["DEFAULT_PATCH_LAYERS", "PatchBank", "PatchFeatures", "build_patch_bank"]
@@ -246,6 +247,7 @@ def build_patch_bank(
             chosen = chosen & on_image
         rows.append(patches[chosen].cpu())
         seen += b
+        tick(f"patch bank: features of {seen}/{n_images} normal images")
     if seen != n_images:
         raise ValueError(f"the batches held {seen} images, not n_images={n_images}")
     return PatchBank(torch.cat(rows), extractor)

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from spadecam import inputs as _inputs
 from spadecam._progress import bar as progress_bar
-from spadecam._progress import interactive, note
+from spadecam._progress import interactive, note, tick
 from spadecam.distributed import (
     fabric_settings,
     launch,
@@ -372,6 +372,7 @@ def _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx):
             k = batch[0].shape[0]
             loss_sum, loss_count = loss_sum + value * k, loss_count + k
             bar.set_postfix(loss=f"{value:.4g}")
+            tick(f"{name}: step {step}/{steps}, training loss {value:.4g}")
             if val_loader is not None and (step % val_every == 0 or step == steps):
                 val = _validation_loss(fabric, model, module, val_loader, loss_fn)
                 if not math.isfinite(val):  # the same on every rank (all-reduced)
@@ -534,9 +535,12 @@ def pooled_last_features(model: FeatureClassifier, x: torch.Tensor,
     """The globally pooled last-block features (N, K) float32 of images x (N, C, H, W), uint8
     [0, 255] or float [0, 1], the model in eval mode on the CPU: what its linear head reads."""
     model = model.to("cpu").eval()
-    return torch.cat([
-        model.forward_features(_inputs.to_float_images(x[i : i + batch_size])).mean((2, 3))
-        for i in range(0, len(x), batch_size)])
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(model.forward_features(_inputs.to_float_images(x[i : i + batch_size]))
+                   .mean((2, 3)))
+        tick(f"classifier head: pooled features of {i + len(out[-1])}/{len(x)} images")
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from spadecam._progress import bar, warn
+from spadecam._progress import bar, tick, warn
 
 __all__ = [
     "GREY_MODES",
@@ -519,7 +519,8 @@ def load_images(
     out: list[np.ndarray] = []
     errors: list[ImageError] = []
     first: dict[int, Path] = {}  # channel count -> first file with it
-    for p in bar(paths, enabled=progress, desc=desc):
+    for n, p in enumerate(bar(paths, enabled=progress, desc=desc)):
+        tick(f"reading images: {n}/{len(paths)}")
         try:
             x = load_image(p, None, None, policy, min_size)
         except ImageError as exc:

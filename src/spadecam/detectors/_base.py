@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from spadecam._fs import json_float
-from spadecam._progress import warn
+from spadecam._progress import tick, warn
 from spadecam.data.images import RESIZE_POLICIES
 from spadecam.decision import flag_anomalous
 from spadecam.exceptions import NotFittedError, _check_finite
@@ -362,6 +362,7 @@ class _BaseDetector(BaseEstimator):
             v = None if valid is None else valid[i : i + self.batch_size]
             u = _channels_last(to_float_images(x[i : i + self.batch_size]))
             out.append(self._scores_and_maps(u, v, False)[0])
+            tick(f"threshold: scored {i + len(u)}/{len(x)} held-out images")
         scores = torch.cat(out).double().numpy()
         _check_finite(self, scores)
         return scores

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spadecam._progress import warn
+from spadecam._progress import tick, warn
 from spadecam.detectors._base import (
     _BaseDetector,
     _prepare,
@@ -306,6 +306,7 @@ class SPADE(_BaseDetector):
                     u, None if v is None else v[i : i + self.batch_size].to(device))
                 errors.append(e.cpu())
                 logits.append(lg.cpu())
+                tick(f"calibration: {i + len(u)}/{len(x)} held-out normal images")
         cal = calibrate(torch.cat(errors).numpy(), torch.cat(logits).numpy(), source)
         self.calibration_ = cal
         return cal
