@@ -81,7 +81,10 @@ def test_the_pretrained_recipe_trains_no_vae_calibrates_on_held_out_normals_and_
     x = _images(40)
     x[30:, 10:20, 10:20] = 250  # the known kind: a bright square
     y = np.r_[np.zeros(30), np.ones(10)]
-    det = _pretrained_spade().fit(x, y)
+    from spadecam._progress import SpadecamWarning
+
+    with pytest.warns(SpadecamWarning, match=r"rest on only 3 held-out normal image\(s\)"):
+        det = _pretrained_spade().fit(x, y)
     assert det.vae_ is None and det._param("error") == "feature"
     cal = det.calibration_
     assert cal.source == "held_out" and cal.n_images == 3  # a tenth of 30 normals

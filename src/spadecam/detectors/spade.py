@@ -107,7 +107,7 @@ class SPADE(_BaseDetector):
         VAE with ``error="feature"``. None: the recipe's.
     evidence_weight, evidence_margin : float >= 0, optional
         The margin fusion's weight and margin (in standard deviations of a held-out normal
-        image's logit difference). None: the recipe's (pretrained: 0.5 and 2, chosen on
+        image's logit difference). None: the recipe's (pretrained: 2 and 2, chosen on
         ELPV's validation split).
     recipe : {"spadecam", "paper", "pretrained"}
         Defaults for every argument left at None (:data:`RECIPE_DEFAULTS`); "paper" is the
@@ -286,6 +286,14 @@ class SPADE(_BaseDetector):
                  "(threshold_holdout > 0) for a margin that means what it says")
         self.calibration_ = self.calibrate(x[mask], None if valid is None else valid[mask],
                                            source)
+        from spadecam.threshold import MIN_QUANTILE_NORMALS
+
+        n = self.calibration_.n_images
+        if n < MIN_QUANTILE_NORMALS:
+            warn(f"score='margin': the fusion's means and spreads rest on only {n} "
+                 f"{'held-out' if source == 'held_out' else 'training'} normal image(s) "
+                 f"(fewer than {MIN_QUANTILE_NORMALS}), so how much the classifier's evidence "
+                 "counts is uncertain; give more normal images or a larger threshold_holdout")
 
     def calibrate(self, x_normal: Any, valid: Any = None,
                   source: str = "held_out") -> EvidenceCalibration:
