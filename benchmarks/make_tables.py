@@ -36,6 +36,7 @@ from spadecam.reproduce import (
     ELPV_ABLATIONS,
     ELPV_LABELS,
     ELPV_METHODS,
+    PRETRAINED_METHODS,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +95,62 @@ def tables() -> str:
     return "\n".join(parts)
 
 
+def _csv_rows(name: str) -> list[dict]:
+    """The rows of a results file, and of its "pretrained" recipe's companion
+    (``<name>_pretrained.csv``) when committed."""
+    rows: list[dict] = []
+    for f in (RESULTS / f"{name}.csv", RESULTS / f"{name}_pretrained.csv"):
+        if f.exists():
+            with open(f, newline="") as fh:
+                rows += list(csv.DictReader(fh))
+    return rows
+
+
 def _elpv_rows() -> list[dict]:
-    with open(RESULTS / "elpv.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return _csv_rows("elpv")
+
+
+def _methods(rows: list[dict], methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``methods`` and, where the rows hold them, the pretrained recipe's."""
+    have = {r["method"] for r in rows}
+    return methods + tuple(m for m in PRETRAINED_METHODS if m in have)
 
 
 def elpv_headline() -> str:
     """The README's ELPV table: every method and protocol, mean ± sd over seeds."""
-    return format_columns_table(_elpv_rows(), ELPV_METHODS, ELPV_COLUMNS, labels=ELPV_LABELS)
+    rows = _elpv_rows()
+    return format_columns_table(rows, _methods(rows, ELPV_METHODS), ELPV_COLUMNS,
+                                labels=ELPV_LABELS)
+
+
+def _pretrained_goal_check(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """The pretrained SPADE against the one-class pretrained row and every baseline, per
+    column (mean over seeds), and its worst seed against the one-class row."""
+    if not any(r["method"] == "spade_pretrained" for r in rows):
+        return ""
+    stats = summarise(rows, by=("method", "protocol", "subset"))
+    per_seed = {(r["method"], r["protocol"], r["subset"], r["seed"]): float(r["auroc"])
+                for r in rows}
+    others = ("patchcore", "vae", "cnn", "cnn_pretrained")
+    lines = ["", "**Goal check, pretrained SPADE** (`spade_pretrained`): >= max(one-class "
+             "pretrained row, VAE-based, CNN-based from scratch and pretrained) in every column, "
+             "and on no seed more than 0.01 below the one-class row", "",
+             "| column | SPADE, pretrained | best other (which) | worst seed vs one-class | verdict |",
+             "|---|---|---|---|---|"]
+    for p, sub, label in columns:
+        if ("spade_pretrained", p, sub) not in stats:
+            continue
+        spade = stats[("spade_pretrained", p, sub)][0]
+        best = max((stats[(m, p, sub)][0], m) for m in others if (m, p, sub) in stats)
+        seeds = sorted({k[3] for k in per_seed if k[:3] == ("spade_pretrained", p, sub)})
+        worst = min(per_seed[("spade_pretrained", p, sub, s)] - per_seed[("patchcore", p, sub, s)]
+                    for s in seeds)
+        verdict = ("above all" if spade >= best[0]
+                   else f"**missed by {best[0] - spade:.3f}** ({ELPV_LABELS.get(best[1], best[1])})")
+        verdict += "" if worst >= -0.01 else f"; **a seed {-worst:.3f} below the one-class row**"
+        lines.append(f"| {label} | {spade:.3f} | {best[0]:.3f} ({best[1]}) | {worst:+.3f} | "
+                     f"{verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def elpv_tables() -> str:
@@ -109,10 +158,13 @@ def elpv_tables() -> str:
     rows = _elpv_rows()
     seeds = sorted({int(r["seed"]) for r in rows})
     recipe = rows[0]["recipe"]
-    text = (f"AUROC on the ELPV test split, recipe `{recipe}`, mean ± sd over seeds {seeds} "
-            "(AUPR in `benchmarks/results/elpv.csv`).\n\n"
-            + format_columns_table(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS), ELPV_COLUMNS,
-                                   labels=ELPV_LABELS))
+    pre = any(r["recipe"] == "pretrained" for r in rows)
+    text = (f"AUROC on the ELPV test split, recipe `{recipe}`"
+            + (" and, for the three pretrained rows, recipe `pretrained` (224 px, "
+               "`benchmarks/results/elpv_pretrained.csv`)" if pre else "")
+            + f", mean ± sd over seeds {seeds} (AUPR in `benchmarks/results/elpv.csv`).\n\n"
+            + format_columns_table(rows, _methods(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS)),
+                                   ELPV_COLUMNS, labels=ELPV_LABELS))
     stats = summarise(rows, by=("method", "protocol", "subset"))
     lines = ["", "**Goal check**: SPADE >= max(VAE-based, CNN-based) in every column, and >= 0.90 "
              "on `unseen_type / all`", "", "| column | SPADE | max(VAE, CNN) | verdict |",
@@ -124,7 +176,8 @@ def elpv_tables() -> str:
         if (p, sub) == ("unseen_type", "all"):
             verdict += "; 0.90 met" if spade >= 0.90 else f"; **0.90 missed by {0.90 - spade:.3f}**"
         lines.append(f"| {p} / {sub} | {spade:.3f} | {other:.3f} | {verdict} |")
-    return text + "\n".join(lines) + "\n"
+    return text + "\n".join(lines) + "\n" + _pretrained_goal_check(
+        rows, [(p, sub, f"{p} / {sub}") for p, sub in ELPV_COLUMNS])
 
 
 def headline() -> str:
@@ -198,13 +251,22 @@ def elpv_dra_table() -> str:
     """The field's ELPV protocol (DRA): ours, mean ± sd over seeds, beside the published."""
     from spadecam.reproduce import dra_table
 
-    with open(RESULTS / "elpv_dra.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv_rows("elpv_dra")
     seeds = sorted({int(r["seed"]) for r in rows})
-    return (f"Image AUROC, recipe `{rows[0]['recipe']}` (48 px, trained from scratch), mean ± sd "
-            f"over seeds {seeds} (`benchmarks/results/elpv_dra.csv`); published rows: "
-            "ImageNet-pretrained ResNet-18 at 448 px, mean of 3 runs.\n\n"
-            + dra_table(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS)))
+    pre = any(r["recipe"] == "pretrained" for r in rows)
+    cols = [("dra_general_10", "all", "general, 10"), ("dra_general_1", "all", "general, 1"),
+            ("dra_hard_mono_10", "poly", "hard 10, seen mono"),
+            ("dra_hard_poly_10", "mono", "hard 10, seen poly"),
+            ("dra_hard_mono_1", "poly", "hard 1, seen mono"),
+            ("dra_hard_poly_1", "mono", "hard 1, seen poly")]
+    return (f"Image AUROC, recipe `{rows[0]['recipe']}` (48 px, trained from scratch)"
+            + (" and, for the three pretrained rows, recipe `pretrained` (ImageNet "
+               "EfficientNet-Lite0 at 224 px, `benchmarks/results/elpv_dra_pretrained.csv`)"
+               if pre else "")
+            + f", mean ± sd over seeds {seeds} (`benchmarks/results/elpv_dra.csv`); published "
+            "rows: ImageNet-pretrained ResNet-18 at 448 px, mean of 3 runs.\n\n"
+            + dra_table(rows, _methods(rows, ELPV_METHODS + tuple(ELPV_ABLATIONS)))
+            + _pretrained_goal_check(rows, cols))
 
 
 def blocks() -> dict[str, str]:

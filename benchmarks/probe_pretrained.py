@@ -44,6 +44,7 @@ from sklearn.preprocessing import StandardScaler
 from spadecam.cam import grad_cam_logits_features
 from spadecam.feature_error import PatchFeatures, build_patch_bank
 from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
+from spadecam.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 from spadecam.protocols import elpv_data
 from spadecam.roi import roi_weights
 from spadecam.training import TrainConfig, train_cnn
@@ -87,6 +88,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dump", default=None, help="an .npz file for every score")
     ap.add_argument("--no-finetune", action="store_true", help="the frozen head only")
+    ap.add_argument("--one-class", action="store_true",
+                    help="the patch error alone (no classifier): its validation AUROC per column")
+    ap.add_argument("--grid-stride", type=int, default=1, help="PatchFeatures' stride")
+    ap.add_argument("--imagenet-norm", action="store_true",
+                    help="ImageNet's mean and std instead of the weights' (v - 127) / 128")
     args = ap.parse_args()
     t0 = time.time()
     data = elpv_data(args.seed, args.size, eval_split="val")
@@ -98,13 +104,20 @@ def main() -> None:
     print(f"normal training cells {len(normal)} (+{len(held)} held out), validation cells "
           f"{len(test)} ({int(y.sum())} anomalous), side {args.size}; {time.time() - t0:.0f} s")
 
-    net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1)).load_imagenet()
-    extractor = PatchFeatures(net)
+    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if args.imagenet_norm else {}
+    net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1, **norm)).load_imagenet()
+    extractor = PatchFeatures(net, stride=args.grid_stride)
     bank = build_patch_bank(extractor, _batches(normal), len(normal), args.bank, args.seed)
     patch = _patch_maps(bank, test)
     patch_max = patch.flatten(1).amax(1).numpy()
     held_max = _patch_maps(bank, held).flatten(1).amax(1).numpy()
     dump: dict[str, np.ndarray] = {"y": y, "patch_max": patch_max, "held_patch_max": held_max}
+    if args.one_class:
+        for protocol in data.protocols:
+            for (name, column), idx in protocol.columns.items():
+                print(f"{name} / {column}: patch_max {roc_auc_score(y[idx], patch_max[idx]):.3f}")
+        print(f"({time.time() - t0:.0f} s)")
+        return
     pooled = {k: _pooled(net.eval(), v) for k, v in (("normal", normal), ("held", held), ("test", test))}
     print(f"bank {tuple(bank.features.shape)}, patch maps of the validation cells: "
           f"{time.time() - t0:.0f} s")

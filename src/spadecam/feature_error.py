@@ -59,15 +59,20 @@ class PatchFeatures(nn.Module):
         Blocks to read (ascending, >= 0), e.g. :data:`DEFAULT_PATCH_LAYERS`.
     pool : int
         Side of the average over each patch's neighbourhood (odd; 1 = none).
+    stride : int >= 1
+        The patch grid's step in cells of the finest layer read: 2 averages each 2 x 2 block
+        of cells into one patch (a 14 x 14 grid at 224 px instead of 28 x 28; the grid of the
+        issue's one-class probe). 1 (default): the finest grid.
 
     Raises
     ------
     ValueError
-        No layers, an index outside the backbone's blocks, or an even ``pool``.
+        No layers, an index outside the backbone's blocks, an even ``pool`` or a ``stride``
+        below 1.
     """
 
     def __init__(self, backbone: nn.Module, layers: Sequence[int] = DEFAULT_PATCH_LAYERS,
-                 pool: int = 3) -> None:
+                 pool: int = 3, stride: int = 1) -> None:
         super().__init__()
         blocks = backbone.get_submodule("features")
         assert isinstance(blocks, nn.ModuleList | nn.Sequential)
@@ -77,6 +82,9 @@ class PatchFeatures(nn.Module):
                              f"{tuple(layers)}")
         if pool < 1 or pool % 2 == 0:
             raise ValueError(f"pool must be an odd number >= 1, got {pool}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride = int(stride)
         # only the blocks up to the last one read: the rest of the backbone is never run
         self.blocks = nn.ModuleList(list(blocks)[: self.layers[-1] + 1])
         self.pool = int(pool)
@@ -109,7 +117,10 @@ class PatchFeatures(nn.Module):
             if m.shape[-2:] != size:
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             out.append(m)
-        return torch.cat(out, dim=1)
+        f = torch.cat(out, dim=1)
+        if self.stride > 1:
+            f = F.avg_pool2d(f, self.stride, ceil_mode=True)
+        return f
 
 
 class PatchBank(nn.Module):
