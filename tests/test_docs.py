@@ -98,8 +98,9 @@ NOT_SPADECAM = {"--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir"
                 "--main-address", "--main-port", "--node_rank", "--nnodes=2", "--change",
                 "--base", "--print", "--editable", "--no-deps",
                 # benchmark scripts (benchmarks/bench_sizes.py, profile_training.py,
-                # validate_recipe.py)
-                "--parts", "--sizes", "--threads", "--benchmark"}
+                # validate_recipe.py, probe_pretrained.py)
+                "--parts", "--sizes", "--threads", "--benchmark", "--bank", "--grid-stride",
+                "--imagenet-norm", "--one-class"}
 
 
 def _claims(text: str):
