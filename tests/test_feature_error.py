@@ -113,7 +113,7 @@ def test_spade_with_the_feature_error_fits_saves_loads_and_exports(tmp_path):
     np.testing.assert_allclose(maps.reshape(6, -1).sum(1), scores, rtol=1e-5)
     det.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved["patch"] == {"layers": [3, 5], "pool": 3, "in_channels": 1}
+    assert saved["patch"] == {"layers": [3, 5], "pool": 3, "stride": 1, "in_channels": 1}
     assert saved["detector"]["params"]["error"] == "feature"
     np.testing.assert_array_equal(load_detector(tmp_path / "m").decision_function(x[:6]), scores)
     pytest.importorskip("onnxruntime")
@@ -216,3 +216,29 @@ def test_a_reconstruction_fit_asked_for_the_feature_error_says_so():
     det.set_params(error="feature")
     with pytest.raises(ValueError, match="has no patch bank"):
         det.decision_function(x[:2])
+
+
+def test_a_coarser_patch_grid_averages_blocks_of_cells_and_round_trips(extractor, tmp_path):
+    """stride 2: each patch the mean of a 2 x 2 block of the finest grid's cells (14 x 14 at
+    224 px); SPADE(patch_stride=2) saves it in the patch section and loads it back."""
+    import numpy as np
+
+    from spadecam.detectors import load_detector
+
+    u = _images(2)
+    net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=1)).load_imagenet()
+    coarse = PatchFeatures(net, stride=2)
+    assert coarse(u).shape[-2:] == (4, 4) and extractor(u).shape[-2:] == (8, 8)
+    torch.testing.assert_close(coarse(u), torch.nn.functional.avg_pool2d(extractor(u), 2))
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        PatchFeatures(net, stride=0)
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(100, 10, (24, 32, 32)), 0, 255).astype(np.uint8)
+    x[18:, 8:16, 8:16] = 240
+    det = _tiny_feature_spade(patch_stride=2, patch_bank_size=10**6).fit(
+        x, np.r_[np.zeros(18), np.ones(6)])
+    assert det.patch_bank_.extractor.stride == 2
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    assert back.patch_bank_.extractor.stride == 2
+    np.testing.assert_array_equal(back.decision_function(x), det.decision_function(x))

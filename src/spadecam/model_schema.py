@@ -235,6 +235,8 @@ def validate_config(config: dict[str, Any], path: Path) -> None:
         if patch.data["pool"] % 2 == 0:
             patch.fail("pool", "an odd integer >= 1", patch.data["pool"])
         patch.choice("in_channels", (1, 3))
+        if "stride" in patch.data:
+            patch.integer("stride")
         models.same_channels(patch, "in_channels")
     cal = top.section("calibration")
     if cal is not None:  # the margin fusion's held-out normal statistics (spadecam.fusion)
@@ -421,6 +423,7 @@ def _check_params(params: _Section, cnn_layers: int | None) -> None:
     params.choice("error", ERROR_SOURCES, null=True)
     params.integer("patch_bank_size")
     params.choice("score", SCORES, null=True)
+    params.integer("patch_stride", null=True)
     params.number("evidence_weight", lambda v: v >= 0, ">= 0", null=True)
     params.number("evidence_margin", lambda v: v >= 0, ">= 0 (standard deviations)", null=True)
     if "knn_layer" in params.data:

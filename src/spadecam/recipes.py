@@ -41,11 +41,11 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "spadecam": {"latent_dim": 8, "error_smoothing": 2.0, "error_norm": "l2",
                  "roi_power": 1.0, "classifier_weight": 10.0, "knn_power": 1.0,
                  "error": "reconstruction", "score": "weighted_error",
-                 "evidence_weight": 1.0, "evidence_margin": 3.0},
+                 "evidence_weight": 1.0, "evidence_margin": 3.0, "patch_stride": 1},
     "paper": {"latent_dim": 128, "error_smoothing": 0.0, "error_norm": "l1",
               "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0,
               "error": "reconstruction", "score": "weighted_error",
-              "evidence_weight": 1.0, "evidence_margin": 3.0},
+              "evidence_weight": 1.0, "evidence_margin": 3.0, "patch_stride": 1},
     # "pretrained": an ImageNet EfficientNet-Lite0 as the classifier's backbone (eq. 2,
     # fine-tuned), the feature-space error of its frozen copy as e, and the margin fusion
     # (spadecam.fusion) instead of Algorithm 1's sum; no VAE is trained. The weight and the
@@ -56,7 +56,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrained": {"latent_dim": 8, "error_smoothing": 0.0, "error_norm": "l1",
                    "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0,
                    "error": "feature", "score": "margin",
-                   "evidence_weight": 2.0, "evidence_margin": 2.0},
+                   "evidence_weight": 2.0, "evidence_margin": 2.0, "patch_stride": 1},
 }
 
 #: Fit settings of a recipe where they differ from :data:`FIT_DEFAULTS` (the API's and

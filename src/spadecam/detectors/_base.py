@@ -100,11 +100,12 @@ _SAVED_PARAMS = (
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",
     "threshold_holdout", "image_size", "resize", "roi_power", "classifier_weight", "recipe",
     "knn_power", "knn_layer", "knn_k", "error", "patch_bank_size", "score", "evidence_weight",
-    "evidence_margin",
+    "evidence_margin", "patch_stride",
 )
 #: Scoring parameters that default (None) to the recipe's value.
 _RECIPE_PARAMS = ("error_smoothing", "error_norm", "roi_power", "classifier_weight",
-                  "knn_power", "error", "score", "evidence_weight", "evidence_margin")
+                  "knn_power", "error", "score", "evidence_weight", "evidence_margin",
+                  "patch_stride")
 
 
 def _checked_bank(tensors: dict[str, torch.Tensor], cnn: Any, layer: int,
@@ -174,7 +175,7 @@ def _load_patch_bank(path: str | os.PathLike, config: dict[str, Any]) -> Any:
             net = EfficientNetLiteClassifier(EfficientNetLiteConfig(
                 in_channels=int(section["in_channels"]), pretrained=False))
         extractor = PatchFeatures(net, tuple(int(v) for v in section["layers"]),
-                                  int(section["pool"]))
+                                  int(section["pool"]), int(section.get("stride", 1)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{Path(path) / 'config.json'}: bad patch section ({exc})") from None
     tensors = load_tensors(path, "patch", config)
@@ -549,6 +550,7 @@ class _BaseDetector(BaseEstimator):
         if patch is not None:  # the feature-space error's bank and its frozen backbone
             config["patch"] = {"layers": list(patch.extractor.layers),
                                "pool": patch.extractor.pool,
+                               "stride": patch.extractor.stride,
                                "in_channels": self._input_spec()[1]}
             tensors["patch"] = {"bank": patch.features, **{
                 f"extractor.{k}": v for k, v in patch.extractor.state_dict().items()}}

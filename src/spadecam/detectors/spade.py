@@ -96,6 +96,10 @@ class SPADE(_BaseDetector):
         :mod:`spadecam.feature_error`: each patch's distance to the nearest of
         ``patch_bank_size`` normal training patches, upsampled), weighted by the ROI and the
         classifier's evidence alike. None: the recipe's ("reconstruction" in both).
+    patch_stride : int >= 1, optional
+        The feature-space error's patch grid step in cells of its finest stage
+        (:class:`~spadecam.feature_error.PatchFeatures`' ``stride``: 2 gives a 14 x 14 grid at
+        224 px). None: the recipe's (1).
     patch_bank_size : int >= 1
         Rows of the feature-space error's memory bank (a seeded uniform draw of the normal
         training images' patches; default 16,384: 16,384 x 152 floats, 10 MB).
@@ -179,6 +183,7 @@ class SPADE(_BaseDetector):
         score: str | None = None,
         evidence_weight: float | None = None,
         evidence_margin: float | None = None,
+        patch_stride: int | None = None,
     ) -> None:
         self.vae_config = vae_config
         self.cnn_config = cnn_config
@@ -210,6 +215,7 @@ class SPADE(_BaseDetector):
         self.score = score
         self.evidence_weight = evidence_weight
         self.evidence_margin = evidence_margin
+        self.patch_stride = patch_stride
 
     def _required_models(self) -> tuple[str, ...]:
         return ("vae_", "cnn_") if self._needs_vae() else ("cnn_",)
@@ -410,7 +416,7 @@ class SPADE(_BaseDetector):
         v = None if valid is None else torch.as_tensor(valid)
         with torch.random.fork_rng(devices=[]):  # the ImageNet weights replace the random ones
             net = EfficientNetLiteClassifier(EfficientNetLiteConfig(in_channels=int(x.shape[1])))
-        extractor = PatchFeatures(net.load_imagenet())
+        extractor = PatchFeatures(net.load_imagenet(), stride=self._param("patch_stride"))
         seed = (self.cnn_train or TrainConfig()).seed
 
         def batches() -> Any:
@@ -563,11 +569,12 @@ class NaiveSPADE(SPADE):
         score: str | None = None,
         evidence_weight: float | None = None,
         evidence_margin: float | None = None,
+        patch_stride: int | None = None,
     ) -> None:
         super().__init__(
             vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
             recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
             batch_size, precision, threshold_quantile, threshold_holdout, image_size, resize,
             roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k, error,
-            patch_bank_size, score, evidence_weight, evidence_margin,
+            patch_bank_size, score, evidence_weight, evidence_margin, patch_stride,
         )
