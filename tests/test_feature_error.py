@@ -242,3 +242,26 @@ def test_a_coarser_patch_grid_averages_blocks_of_cells_and_round_trips(extractor
     back = load_detector(tmp_path / "m")
     assert back.patch_bank_.extractor.stride == 2
     np.testing.assert_array_equal(back.decision_function(x), det.decision_function(x))
+
+
+def test_large_batches_run_the_backbone_a_chunk_at_a_time_with_the_same_maps(extractor,
+                                                                             monkeypatch):
+    """The backbone's activations cost ~16 MB per 224-px image: a scoring batch runs it
+    IMAGE_CHUNK images at a time (eager mode), giving the maps a whole batch gives (to fp32
+    rounding: the convolution kernels may sum in another order for another batch size)."""
+    import spadecam.feature_error as fe
+
+    u = _images(5)
+    whole = extractor(u)
+    calls = []
+    real = extractor.blocks[0].forward
+
+    def counting(x):
+        calls.append(len(x))
+        return real(x)
+
+    monkeypatch.setattr(fe, "IMAGE_CHUNK", 2)
+    monkeypatch.setattr(extractor.blocks[0], "forward", counting)
+    chunked = extractor(u)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)

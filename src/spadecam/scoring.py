@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from spadecam._runtime import is_exporting
 from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
-from spadecam.feature_error import PatchBank
+from spadecam.feature_error import IMAGE_CHUNK, PatchBank
 from spadecam.fusion import EvidenceCalibration, margin_score
 from spadecam.knn import FeatureBank
 from spadecam.model_schema import SCORES
@@ -288,6 +289,12 @@ class SPADEScorer(nn.Module):
         difference y_anomaly - y_normal (N,) float32."""
         if self.patch_bank is not None:
             e = self.patch_bank.error_map(u, valid)
+            if not is_exporting() and len(u) > IMAGE_CHUNK:
+                # a pretrained classifier beside it: memory bounded as the backbone's is
+                logits = torch.cat([self.cnn(u[i : i + IMAGE_CHUNK])
+                                    for i in range(0, len(u), IMAGE_CHUNK)])
+            else:
+                logits = self.cnn(u)
         else:
             if self.vae is None:
                 raise ValueError("score='margin' with the reconstruction error needs a VAE")
@@ -295,8 +302,9 @@ class SPADEScorer(nn.Module):
             with torch.autocast(u.device.type, enabled=False):
                 e = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
                                          self.error_norm, valid)
+            logits = self.cnn(u)
         e = e.float().sum(dim=1)
-        return e, e.flatten(1).amax(dim=1), cnn_score(self.cnn(u))
+        return e, e.flatten(1).amax(dim=1), cnn_score(logits)
 
 
 class VAEScorer(nn.Module):
