@@ -35,3 +35,20 @@ def test_quick_recipe_step_counts_by_hand():
                           (q.cnn_train, MNIST_TRAIN_ZEROS + q.n_train_known, 444)):
         train, _ = _split(n, cfg)
         assert cfg.epochs * (len(train) // cfg.batch_size) == steps
+
+
+def test_the_benchmarks_paper_recipes_score_spade_as_the_paper_does():
+    """A benchmark recipe named "paper" scored SPADE with the detector's default recipe's
+    classifier weight (10) and feature bank (power 1): its SPADE row was not Algorithm 1.
+    Every paper recipe (Noisy-MNIST, its demo, ELPV) now reaches the detector as
+    recipe="paper"."""
+    from spadecam.benchmark import detector_params
+    from spadecam.detectors import SPADE
+    from spadecam.recipes import RECIPE_DEFAULTS, get_elpv_recipe, get_recipe
+
+    for r in (get_recipe("paper"), get_recipe("paper", quick=True), get_elpv_recipe("paper")):
+        det = SPADE(**detector_params(r))
+        for k in ("classifier_weight", "knn_power", "roi_power", "score"):
+            assert det._param(k) == RECIPE_DEFAULTS["paper"][k], (r.name, k)
+    det = SPADE(**detector_params(get_recipe("spadecam")))
+    assert det._param("classifier_weight") == RECIPE_DEFAULTS["spadecam"]["classifier_weight"]

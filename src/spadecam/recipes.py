@@ -244,6 +244,9 @@ def _paper_recipe() -> Recipe:
         cnn=default_cnn_config(recipe="paper"),
         vae_train=TrainConfig(epochs=20, batch_size=128, lr=1e-3, patience=4),
         cnn_train=TrainConfig(epochs=10, batch_size=128, lr=1e-3, patience=3),
+        # SPADE's score as the paper has it (Algorithm 1: no classifier weight, no feature
+        # bank): without this the detector's default recipe ("spadecam") filled them in
+        spade_params={"recipe": "paper"},
         **_error("paper"),
     )
 
@@ -373,7 +376,7 @@ def _elpv_paper_recipe() -> Recipe:
     r = _elpv_spadecam_recipe()
     return dataclasses.replace(
         r, name="paper", vae=default_vae_config("paper"), cnn=default_cnn_config(recipe="paper"),
-        spade_params={}, **_error("paper"),
+        spade_params={"recipe": "paper"}, **_error("paper"),
     )
 
 
