@@ -236,3 +236,33 @@ def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch, cam):
     np.testing.assert_allclose(res.scores["cnn"], cnn_own, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.scores["naive_spade"], naive_own, rtol=1e-5, atol=1e-9)
     assert np.ptp(res.scores["cnn"]) > 0 and np.ptp(res.scores["naive_spade"]) > 0
+
+
+def test_the_pretrained_recipe_puts_the_one_class_row_in_the_noisy_mnist_table(tmp_path):
+    """recipe "pretrained" on Noisy-MNIST: the one-class pretrained row ("patchcore", the same
+    scores whatever the known digit: no label used), the pretrained CNN-based row and SPADE's
+    margin fusion, per known digit, written as the other recipes' results are."""
+    from spadecam.reproduce import PRETRAINED_METHODS
+
+    r = dataclasses.replace(get_recipe("pretrained"), n_train_normal=48, n_train_known=24,
+                            n_test=80, spade_params={"patch_bank_size": 400})
+    rows = run_noisy_mnist(known=(3, 9), seeds=(0,), recipe=r, data_dir=DATA, out_dir=tmp_path,
+                           progress=False, log=lambda *_: None)
+    assert [(q["method"], q["known_class"]) for q in rows] == [
+        (m, k) for k in (3, 9) for m in PRETRAINED_METHODS]
+    one_class = [q["auroc"] for q in rows if q["method"] == "patchcore"]
+    assert one_class[0] == one_class[1]
+    assert all(0.0 <= q["auroc"] <= 1.0 and q["recipe"] == "pretrained" for q in rows)
+    table = (tmp_path / "table.md").read_text()
+    assert "Patch kNN, pretrained, no labels" in table and "SPADE (paper) | 0.87" not in table
+    with open(tmp_path / "results.csv") as f:
+        assert [q["method"] for q in csv.DictReader(f)] == [q["method"] for q in rows]
+    with pytest.raises(ValueError, match="ablations"):
+        run_noisy_mnist(known=(3,), recipe=r, data_dir=DATA, ablations=True,
+                        log=lambda *_: None)
+
+
+def test_the_pretrained_quick_recipe_cuts_the_data_only():
+    q, full = get_recipe("pretrained", quick=True), get_recipe("pretrained")
+    assert (q.n_train_known, q.n_test, q.pretrained) == (2000, 2000, True)
+    assert q.cnn_train == full.cnn_train and q.cnn == full.cnn

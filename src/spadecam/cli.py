@@ -79,8 +79,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--recipe", default="spadecam", choices=["spadecam", "paper", "pretrained"],
         help="spadecam (default: 8-d latent, larger CNN receptive field), paper (the paper's "
-        "architecture: 128-d latent, 3x3 CNN) or, for elpv only, pretrained (ImageNet "
-        "EfficientNet-Lite0 features, no VAE, with the one-class pretrained baseline); see "
+        "architecture: 128-d latent, 3x3 CNN) or pretrained (ImageNet EfficientNet-Lite0 "
+        "features, no VAE, with the one-class pretrained baseline; fp32, no figures); see "
         "the README",
     )
     rep.add_argument(
