@@ -331,7 +331,8 @@ def _quick(r: Recipe) -> Recipe:
     The schedule was chosen on the "spadecam" recipe; the "paper" recipe's quick run takes the
     same without a validation of its own.
     """
-    slices = {"n_train_normal": None, "n_train_known": 2000, "n_test": 2000, "train_copies": 1}
+    slices: dict[str, Any] = {"n_train_normal": None, "n_train_known": 2000, "n_test": 2000,
+                              "train_copies": 1}
     if r.pretrained:  # no optimiser steps to cut: the VAE is unused, the head a regression
         return dataclasses.replace(r, name=r.name + "-quick", **slices)
     # the Noisy-MNIST recipes count epochs (a steps budget has no epochs to cut)
