@@ -184,7 +184,7 @@ def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
     x, _ = load_mnist("test", data_dir)
     # the default path, its feature bank from 1,000 noisy images (its size does not grow with n)
     bank = make_noisy_mnist(x[:1000], TEST_SEED)[:, None]
-    det = SPADE.from_models(vae, cnn, bank)
+    det = SPADE.from_models(vae, cnn, bank, recipe="spadecam")
 
     def batches():
         for i in range(0, n, BATCH):
@@ -221,7 +221,8 @@ def _own_images(peak: float) -> None:
 
     for name, cnn in (("small", ConvClassifier(CNNConfig(in_channels=3))),
                       ("resnet18", ResNetClassifier(ResNetConfig(in_channels=3)))):
-        det = SPADE.from_models(vae, cnn.eval(), x, batch_size=32)  # x as the bank: speed only
+        det = SPADE.from_models(vae, cnn.eval(), x, batch_size=32,
+            recipe="spadecam")  # x as the bank: speed only
         rate = _best_rate(lambda d=det: d.decision_function(x), len(x))
         frac = rate * flops_per_image(det, x[:32]) / peak
         print(f"own images 256x256 RGB, {name} backbone: {rate:.1f} img/s, "
@@ -294,8 +295,8 @@ def main() -> None:
     kw = dict(cam_layer=r.cam_layer, upsample=r.upsample, error_smoothing=r.error_smoothing,
               error_norm=r.error_norm)
     normal = u_train[lab == 0]  # the feature bank of the default score
-    det = SPADE.from_models(vae, cnn, normal, **kw)  # precision "auto", the default
-    det32 = SPADE.from_models(vae, cnn, normal, precision="32", **kw)
+    det = SPADE.from_models(vae, cnn, normal, **kw, recipe="spadecam")  # precision "auto", the default
+    det32 = SPADE.from_models(vae, cnn, normal, precision="32", **kw, recipe="spadecam")
     ref = _captum_scores(det32, u8, r)
     ours32 = det32.decision_function(u8)
     rel = np.max(np.abs(ours32 - ref) / np.maximum(np.abs(ref), 1e-12))
@@ -305,9 +306,10 @@ def main() -> None:
     changes = []
     for name, extra in (("recipe error", {}), ("paper error", dict(error_smoothing=0.0,
                                                                    error_norm="l1"))):
-        a = auroc(labels, SPADE.from_models(vae, cnn, normal, **{**kw, **extra})
+        a = auroc(labels, SPADE.from_models(vae, cnn, normal, **{**kw, **extra}, recipe="spadecam")
                   .decision_function(u8))
-        b = auroc(labels, SPADE.from_models(vae, cnn, normal, precision="32", **{**kw, **extra})
+        b = auroc(labels, SPADE.from_models(vae, cnn, normal, precision="32", **{**kw, **extra},
+            recipe="spadecam")
                   .decision_function(u8))
         changes.append(abs(a - b))
         print(f"SPADE AUROC ({name}, known {KNOWN}, {n_img} images): default {a:.4f}, fp32 {b:.4f}")

@@ -93,7 +93,7 @@ def detector(size: int, channels: int, backbone: str, precision: str = "auto") -
     cnn_cfg = spec.cnn_config.sized(channels)
     cnn = BACKBONES[backbone_name(cnn_cfg)][0](cnn_cfg).eval()
     bank = _images(64, channels, size, seed=1)
-    return SPADE.from_models(vae, cnn, bank, precision=precision, batch_size=32)
+    return SPADE.from_models(vae, cnn, bank, precision=precision, batch_size=32, recipe="spadecam")
 
 
 def scoring_table(peak: float, sizes: tuple[int, ...] = SIZES) -> dict[str, float]:

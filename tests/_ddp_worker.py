@@ -56,7 +56,7 @@ def run(out: Path, data: Path, score_model: Path, score_inputs: Path) -> None:
                   str(out / f"rank{rank}_{name}.safetensors"))
     flags = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     assert main([
-        "train", "--normal", str(out.parent / "png" / "normal"), "--anomaly",
+        "train", "--recipe", "spadecam", "--normal", str(out.parent / "png" / "normal"), "--anomaly",
         str(out.parent / "png" / "anomaly"), "--out", str(out / "model_cli"),
         "--image-size", "28", "--latent-dim", "4", "--batch-size", "8", "--epochs", "1",
         "--no-progress", *flags,

@@ -46,7 +46,7 @@ def tiny_model(tmp_path_factory):
     try:
         out = workflow.train(folders["train/good"], folders["train/defect"], root / "model",
                              image_size=16, latent_dim=4, batch_size=8, epochs=2,
-                             progress=False)
+                             progress=False, recipe="spadecam")
     finally:
         torch.set_num_threads(n)
     return out, folders

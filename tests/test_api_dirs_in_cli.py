@@ -39,7 +39,7 @@ def _detector(name: str):
     common = dict(image_size=16, precision="32", batch_size=8)
     return {
         "SPADE": lambda: SPADE(vae_config=VAE, cnn_config=CNN, vae_train=TRAIN, cnn_train=TRAIN,
-                               **common),
+                               **common, recipe="spadecam"),
         "NaiveSPADE": lambda: NaiveSPADE(vae_config=VAE, cnn_config=CNN, vae_train=TRAIN,
                                          cnn_train=TRAIN, **common),
         "VAEDetector": lambda: VAEDetector(vae_config=VAE, vae_train=TRAIN, **common),

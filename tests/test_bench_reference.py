@@ -37,7 +37,7 @@ def test_the_captum_reference_equals_the_fp32_default_path(params, monkeypatch):
     r = get_recipe("spadecam")
     det = SPADE.from_models(vae, cnn, u8[:8, None], precision="32", cam_layer=r.cam_layer,
                             upsample=r.upsample, error_smoothing=r.error_smoothing,
-                            error_norm=r.error_norm, **params)
+                            error_norm=r.error_norm, **params, recipe="spadecam")
     ref = bench_scoring._captum_scores(det, u8, r)
     ours = det.decision_function(u8)
     np.testing.assert_allclose(ours, ref, rtol=1e-4)

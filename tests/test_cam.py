@@ -506,6 +506,7 @@ def test_spade_with_a_user_classifier_whose_cam_layer_feeds_an_inplace_relu():
     inplace, plain = VGGStyle(True).eval(), VGGStyle(False).eval()
     plain.load_state_dict(inplace.state_dict())
     x = torch.rand(4, 1, 12, 12)
-    a = SPADE.from_models(vae, inplace, cam_layer=inplace.conv2, knn_power=0.0).anomaly_map(x)
-    b = SPADE.from_models(vae, plain, cam_layer=plain.conv2, knn_power=0.0).anomaly_map(x)
+    a = SPADE.from_models(vae, inplace, cam_layer=inplace.conv2, knn_power=0.0,
+        recipe="spadecam").anomaly_map(x)
+    b = SPADE.from_models(vae, plain, cam_layer=plain.conv2, knn_power=0.0, recipe="spadecam").anomaly_map(x)
     assert (a == b).all()

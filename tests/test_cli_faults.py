@@ -80,7 +80,7 @@ def test_train_into_an_unwritable_place_fails_before_training(tiny_model, a_file
     monkeypatch.setattr("spadecam.detectors.spade.train_vae", no_training)  # what SPADE.fit calls
     with pytest.raises(ValueError, match="--out .*plain_file.* cannot be written"):
         workflow.train(folders["train/good"], folders["train/defect"], a_file / "model",
-                       image_size=16, latent_dim=4, epochs=1, progress=False)
+                       image_size=16, latent_dim=4, epochs=1, progress=False, recipe="spadecam")
 
 
 def test_evaluate_and_reproduce_check_out_first(tiny_model, a_file, capsys):

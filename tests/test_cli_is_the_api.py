@@ -9,6 +9,7 @@ on the same images in the same order give the same threshold and the same scores
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 from spadecam import SPADE
 from spadecam.cli import _build_parser, main
-from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
+from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, default_cnn_train
 from spadecam.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -33,7 +34,10 @@ def _images(rng: np.random.Generator, n: int, square: bool) -> list[np.ndarray]:
     return out
 
 
-def test_cli_train_and_spade_fit_give_the_same_detector(tmp_path):
+@pytest.mark.parametrize("recipe", [None, "spadecam"])
+def test_cli_train_and_spade_fit_give_the_same_detector(tmp_path, recipe):
+    """None: both defaults (the pretrained recipe: the head on the frozen ImageNet backbone,
+    the feature-space error, the margin fusion); "spadecam": the from-scratch recipe."""
     rng = np.random.default_rng(0)
     normal, known = _images(rng, 24, False), _images(rng, 8, True)
     for name, imgs in (("good", normal), ("defect", known)):
@@ -42,12 +46,18 @@ def test_cli_train_and_spade_fit_give_the_same_detector(tmp_path):
             Image.fromarray(x).save(tmp_path / name / f"{i:03d}.png")
     assert main(["train", "--normal", str(tmp_path / "good"), "--anomaly",
                  str(tmp_path / "defect"), "--out", str(tmp_path / "model"), "--image-size",
-                 "32", "--steps", "3", "--no-progress"]) == 0
+                 "32", "--steps", "3", "--no-progress",
+                 *(["--recipe", recipe] if recipe else [])]) == 0
     cli = SPADE.load(tmp_path / "model")
 
     budget = TrainConfig(steps=3, progress=False)
-    api = SPADE(image_size=32, vae_train=budget, cnn_train=budget).fit(
+    given = {"recipe": recipe} if recipe else {}
+    head = default_cnn_train(recipe or "pretrained").head_only
+    assert head is (recipe is None)
+    api = SPADE(image_size=32, vae_train=budget,
+                cnn_train=dataclasses.replace(budget, head_only=head), **given).fit(
         normal + known, np.r_[np.zeros(24), np.ones(8)].astype(int))
+    assert api.recipe == (recipe or "pretrained")
 
     test = _images(np.random.default_rng(1), 4, False) + _images(np.random.default_rng(2), 4, True)
     assert cli.threshold_ == api.threshold_
@@ -84,5 +94,5 @@ def test_every_train_default_is_the_tables():
         assert det.cnn_train.head_only == default_cnn_train(recipe).head_only
     assert TrainConfig().steps == FIT_DEFAULTS["steps"]
     assert TrainConfig().batch_size == FIT_DEFAULTS["batch_size"]
-    assert SPADE().threshold_holdout == FIT_DEFAULTS["threshold_holdout"]
+    assert SPADE(recipe="spadecam").threshold_holdout == FIT_DEFAULTS["threshold_holdout"]
     assert set(RECIPE_DEFAULTS) == {"spadecam", "paper", "pretrained"}

@@ -48,7 +48,7 @@ def written(tmp_path_factory, single_thread):
     and a folder of 16x16 grey PNGs to score."""
     root = tmp_path_factory.mktemp("config_validation")
     vae, cnn = tiny_models()
-    det = SPADE.from_models(vae, cnn, cam_layer=1, batch_size=4, knn_power=0.0)
+    det = SPADE.from_models(vae, cnn, cam_layer=1, batch_size=4, knn_power=0.0, recipe="spadecam")
     det.threshold_ = float(np.median(det.decision_function(X)))
     det.save(root / "model", PRE, {"overlay_scale": 1.0})
     vdet = VAEDetector.from_models(vae)

@@ -72,7 +72,7 @@ def mnist_like():
     rng = np.random.default_rng(0)
     x = np.concatenate([_mnist_like(rng, 24, 24, False), _mnist_like(rng, 8, 24, True)])
     y = np.r_[np.zeros(24), np.ones(8)]
-    det = SPADE(vae_train=TRAIN, cnn_train=TRAIN, precision="32", batch_size=16).fit(x, y)
+    det = SPADE(vae_train=TRAIN, cnn_train=TRAIN, precision="32", batch_size=16, recipe="spadecam").fit(x, y)
     test = np.concatenate([_mnist_like(rng, 6, 24, False), _mnist_like(rng, 6, 24, True)])
     return _four(det, test), test
 
@@ -84,7 +84,7 @@ def cell_like():
     x = [_cell_like(rng, *sizes[i % 4], crack=i >= 20) for i in range(28)]
     y = np.r_[np.zeros(20), np.ones(8)]
     det = SPADE(image_size=24, vae_train=TRAIN, cnn_train=TRAIN, precision="32",
-                batch_size=16).fit(x, y)
+                batch_size=16, recipe="spadecam").fit(x, y)
     test = [_cell_like(rng, *sizes[i % 4], crack=i % 2 == 1) for i in range(10)]
     test.append(_cell_like(rng, 24, 24, True))  # one at the model's size among letterboxed ones
     return _four(det, test), test
@@ -186,15 +186,16 @@ def test_metadata_says_how_to_use_the_graph(mnist_like, tmp_path, name):
 def test_export_refuses_a_grad_cam_without_closed_form(mnist_like, tmp_path):
     dets, _ = mnist_like
     det = SPADE.from_models(dets["SPADE"].vae_, dets["SPADE"].cnn_, cam_method="autograd",
-                            knn_power=0)
+                            knn_power=0, recipe="spadecam")
     det.threshold_ = 1.0
     with pytest.raises(ExportError, match="no closed form.*autograd"):
         export_onnx(det, tmp_path / "m.onnx")
-    det = SPADE.from_models(dets["SPADE"].vae_, dets["SPADE"].cnn_, cam_layer=-2, knn_power=0)
+    det = SPADE.from_models(dets["SPADE"].vae_, dets["SPADE"].cnn_, cam_layer=-2, knn_power=0,
+        recipe="spadecam")
     det.threshold_ = 1.0
     with pytest.raises(ExportError, match="cam_layer=-2"):
         export_onnx(det, tmp_path / "m.onnx")
-    det = SPADE.from_models(dets["SPADE"].vae_, dets["SPADE"].cnn_, knn_power=0)
+    det = SPADE.from_models(dets["SPADE"].vae_, dets["SPADE"].cnn_, knn_power=0, recipe="spadecam")
     with pytest.raises(ExportError, match="threshold_"):
         export_onnx(det, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
@@ -236,7 +237,7 @@ def test_cli_export_and_score_onnx_reproduce_the_torch_csv(tiny_model, tmp_path,
     if detector != "spade":
         model = workflow.train(folders["train/good"], folders["train/defect"],
                                tmp_path / detector, image_size=16, latent_dim=None,
-                               batch_size=8, epochs=2, progress=False, detector=detector)
+                               batch_size=8, epochs=2, progress=False, detector=detector, recipe="spadecam")
     inputs = [str(folders["test/good"]), str(folders["test/defect"])]
     maps = [] if detector == "cnn" else ["--maps", str(tmp_path / "ov_torch")]
     assert main(["score", str(model), *inputs, "--precision", "32",
@@ -297,7 +298,7 @@ def test_cnn_model_refuses_maps_before_any_work(tiny_model, tmp_path):
     _, folders = tiny_model
     model = workflow.train(folders["train/good"], folders["train/defect"], tmp_path / "cnn",
                            image_size=16, batch_size=8, epochs=1, progress=False,
-                           detector="cnn")
+                           detector="cnn", recipe="spadecam")
     with pytest.raises(ValueError, match="--maps: this model gives no per-pixel map"):
         workflow.score(model, [folders["test/good"], folders["test/defect"]],
                        maps=tmp_path / "ov", progress=False)

@@ -106,7 +106,7 @@ def test_constructor_only_stores_parameters(name):
 def test_naive_spade_defaults():
     det = NaiveSPADE()
     assert (det.input_branch, det.recon_branch, det.normalise) == ("relu", "none", False)
-    det = SPADE()
+    det = SPADE(recipe="spadecam")
     assert (det.input_branch, det.recon_branch, det.normalise) == ("abs", "relu", True)
 
 
@@ -328,11 +328,13 @@ def test_from_models_scores_like_fitted_and_needs_threshold_for_predict():
 
 def test_bf16_scoring_keeps_the_obvious_order():
     det = fitted("spade")
-    s = SPADE.from_models(det.vae_, det.cnn_, precision="bf16", knn_power=0.0).decision_function(X_TEST)
+    s = SPADE.from_models(det.vae_, det.cnn_, precision="bf16", knn_power=0.0,
+        recipe="spadecam").decision_function(X_TEST)
     assert s.dtype == np.float64 and np.isfinite(s).all()
     assert s[Y_TEST == 1].min() > s[Y_TEST == 0].max()
     with pytest.raises(ValueError, match="precision"):
-        SPADE.from_models(det.vae_, det.cnn_, precision="16", knn_power=0.0).decision_function(X_TEST)
+        SPADE.from_models(det.vae_, det.cnn_, precision="16", knn_power=0.0,
+            recipe="spadecam").decision_function(X_TEST)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -410,7 +412,7 @@ def test_decision_function_rejects_bad_images(name):
 
 def test_spade_with_intermediate_cam_layer():
     det = fitted("spade")
-    wrapped = SPADE.from_models(det.vae_, det.cnn_, cam_layer=0, knn_power=0.0)
+    wrapped = SPADE.from_models(det.vae_, det.cnn_, cam_layer=0, knn_power=0.0, recipe="spadecam")
     maps = wrapped.anomaly_map(X_TEST)
     assert maps.shape == (len(X_TEST), SIZE, SIZE) and np.isfinite(maps).all()
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), wrapped.decision_function(X_TEST), rtol=1e-5)
@@ -432,7 +434,7 @@ def test_divergent_training_stops_with_a_clear_error_and_stays_unfitted(
     small = dict(epochs=3, batch_size=8, progress=False, seed=0)
     det = SPADE(vae_config=vae_config, cnn_config=CNN_CFG,
                 vae_train=TrainConfig(lr=lr_vae, **small),
-                cnn_train=TrainConfig(lr=lr_cnn, **small))
+                cnn_train=TrainConfig(lr=lr_cnn, **small), recipe="spadecam")
     x = np.concatenate([X_TRAIN[:24], X_TRAIN[-8:]])  # 32 tiny images: 24 normal, 8 squares
     y = np.r_[np.zeros(24), np.ones(8)].astype(np.int64)
     with pytest.raises(TrainingDivergedError, match=rf"^{model} training diverged") as exc:
@@ -469,7 +471,7 @@ def test_non_finite_weights_give_an_error_naming_the_images_not_nan_scores():
     vae.load_state_dict(det.vae_.state_dict())
     with torch.no_grad():
         next(vae.parameters()).fill_(float("nan"))
-    broken = SPADE.from_models(vae, det.cnn_, knn_power=0.0)
+    broken = SPADE.from_models(vae, det.cnn_, knn_power=0.0, recipe="spadecam")
     broken.threshold_ = det.threshold_
     for call in (broken.decision_function, broken.anomaly_map, broken.predict):
         with pytest.raises(NonFiniteScoreError, match=r"non-finite scores for 16 image\(s\)"):

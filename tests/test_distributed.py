@@ -169,7 +169,8 @@ def run(tmp_path_factory, single_thread):
     # a model directory to score with (single-process models) and 37 PNGs of several digits,
     # an odd number so that the two shards differ in length
     xt, yt = load_mnist("test", DATA)
-    det = SPADE.from_models(single["vae"], single["cnn"], resize="resize", knn_power=0.0)  # as pre says
+    det = SPADE.from_models(single["vae"], single["cnn"], resize="resize", knn_power=0.0,
+        recipe="spadecam")  # as pre says
     det.threshold_ = float(np.median(det.decision_function(xt[1000:1037])))
     pre = {"image_size": 28, "channels": 1, "resize": "resize", "normalisation": "dtype_max",
            "min_input_size": 4}

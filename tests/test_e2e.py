@@ -68,7 +68,7 @@ def test_spade_separates_zeros_from_other_digits(single_thread):
         vae_config=VAEConfig(image_size=42, latent_dim=8, channels=(16, 32)),
         cnn_config=CNNConfig(channels=(8, 16, 16)),
         vae_train=train,
-        cnn_train=train,
+        cnn_train=train, recipe="spadecam",
     ).fit(x, y)
     scores = det.decision_function(x_eval)
     assert scores.shape == (len(x_eval),) and np.isfinite(scores).all()

@@ -129,7 +129,7 @@ def test_spade_on_efficientnet_fits_saves_loads_and_exports(tmp_path):
     train = TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
     det = SPADE(image_size=32, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
                 cnn_config=EfficientNetLiteConfig(), vae_train=train, cnn_train=train,
-                precision="32", batch_size=8).fit(x, y)
+                precision="32", batch_size=8, recipe="spadecam").fit(x, y)
     assert det.cnn_.config.in_channels == 1 and det.cnn_.config.pretrained
     # training started from the ImageNet weights: one epoch leaves the stem's conv close
     start = load_imagenet_weights()["0.conv.weight"]
@@ -153,7 +153,7 @@ def test_spadecam_train_takes_the_pretrained_backbone(tmp_path, capsys):
 
     folders = make_folders(tmp_path / "data", n_normal=12, n_anomaly=4, n_test=2)
     out = tmp_path / "model"
-    assert main(["train", "--normal", str(folders["train/good"]), "--anomaly",
+    assert main(["train", "--recipe", "spadecam", "--normal", str(folders["train/good"]), "--anomaly",
                  str(folders["train/defect"]), "--out", str(out), "--backbone",
                  "efficientnet_lite0", "--image-size", "32", "--latent-dim", "4", "--epochs",
                  "1", "--batch-size", "8", "--no-progress"]) == 0, capsys.readouterr().err

@@ -213,9 +213,9 @@ def test_every_score_of_a_run_is_in_its_one_precision(tmp_path, cpu_bf16):
         got = res.spade(**params)
         kw = {"cam_layer": TINY.cam_layer, "upsample": TINY.upsample,
               "error_smoothing": TINY.error_smoothing, "error_norm": TINY.error_norm, **params}
-        fp32 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="32", **kw),
+        fp32 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="32", **kw, recipe="spadecam"),
                             res.data.x_test, res.u_hat)
-        bf16 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="bf16", **kw),
+        bf16 = spade_scores(SPADE.from_models(res.vae, res.cnn, precision="bf16", **kw, recipe="spadecam"),
                             res.data.x_test, res.u_hat)
         seen.update(equal_fp32=np.array_equal(got, fp32), equal_bf16=np.array_equal(got, bf16),
                     precision=res.execution.score_precision)
@@ -404,9 +404,9 @@ def test_the_feature_bank_is_built_once_per_block_and_reused_by_the_variants(tmp
             got = res.spade(**params)
             assert not built  # every variant's bank was built before: reused
             bare = SPADE.from_models(res.vae, res.cnn, precision="32",
-                                     **{**kw, **params, "knn_power": 0.0})
+                                     **{**kw, **params, "knn_power": 0.0}, recipe="spadecam")
             fresh = SPADE.from_models(res.vae, res.cnn, precision="32", **kw, **params,
-                                      knn_bank=real(bare, res.data.x_normal))
+                                      knn_bank=real(bare, res.data.x_normal), recipe="spadecam")
             # allclose, not equal: the bank's query comes from a batch of another size (the
             # 2N-image Grad-CAM forward vs an N-image one), and CPU kernels may add in
             # another order there

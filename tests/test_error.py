@@ -144,7 +144,7 @@ def test_spade_score_uses_the_configured_error():
     x = torch.rand(5, 1, 28, 28)
     # the paper's score (classifier weight 0), so e' / e recovers L / |L| alone
     det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32",
-                            classifier_weight=0.0, knn_power=0.0)
+                            classifier_weight=0.0, knn_power=0.0, recipe="spadecam")
     with torch.no_grad():
         u_hat = vae.reconstruct(x)
         plain = spade_error_map(cnn, x, u_hat)
@@ -175,7 +175,8 @@ def test_bad_error_option_fails_before_any_work_with_its_name():
 
 def test_save_load_keeps_error_options(tmp_path):
     vae, cnn = _models()
-    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32", knn_power=0.0)
+    det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision="32", knn_power=0.0,
+        recipe="spadecam")
     det.threshold_ = 0.5
     loaded = SPADE.load(det.save(tmp_path / "m"))
     assert (loaded.error_smoothing, loaded.error_norm) == (2.0, "l2")
@@ -197,12 +198,12 @@ def test_roi_variants_on_cached_maps_equal_a_fresh_pass(precision):
     x = torch.rand(6, 1, 28, 28)
     u_hat = vae.reconstruct(x)
     base = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", precision=precision,
-                             knn_power=0.0)
+                             knn_power=0.0, recipe="spadecam")
     cams = base.signed_cams(x, u_hat)
     for variant in ({}, {"recon_branch": "abs"}, {"input_branch": "relu"}, {"normalise": False},
                     {"recon_branch": "none"}):
         det = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2",
-                                precision=precision, **variant, knn_power=0.0)
+                                precision=precision, **variant, knn_power=0.0, recipe="spadecam")
         fresh = det.error_map_from_reconstruction(x, u_hat)
         cached = det.error_map_from_reconstruction(x, u_hat, cams)
         if variant.get("recon_branch") == "none":  # M(u) from a batch of N vs 2N images
@@ -257,7 +258,8 @@ def test_exact_reconstruction_scores_zero_at_any_aspect_ratio(smoothing, shape):
     cnn = ConvClassifier(CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2))).eval()
     x = np.random.default_rng(1).uniform(0.2, 0.8, shape).astype(np.float32)
     kw = dict(error_smoothing=smoothing, error_norm="l2", precision="32")
-    for det in (VAEDetector.from_models(vae, **kw), SPADE.from_models(vae, cnn, **kw, knn_power=0.0),
+    for det in (VAEDetector.from_models(vae, **kw), SPADE.from_models(vae, cnn, **kw, knn_power=0.0,
+        recipe="spadecam"),
                 NaiveSPADE.from_models(vae, cnn, **kw)):
         np.testing.assert_array_equal(det.decision_function(x), 0.0, err_msg=type(det).__name__)
         assert max(float(m.max()) for m in det.anomaly_map(x)) == 0.0

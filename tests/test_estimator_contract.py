@@ -91,8 +91,9 @@ def test_the_same_rules_as_a_model_directory():
     # owner where the file check names the file
     with pytest.raises(ValueError, match=r'SPADE: error_norm must be one of "l1", "l2" or '
                                          r'null, got "l3"'):
-        SPADE(error_norm="l3")._check_params()
-    SPADE(cam_layer=(0, -1), batch_size=np.int64(4))._check_params()  # Python forms accepted
+        SPADE(error_norm="l3", recipe="spadecam")._check_params()
+    SPADE(cam_layer=(0, -1), batch_size=np.int64(4),
+        recipe="spadecam")._check_params()  # Python forms accepted
 
 
 @pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)

@@ -105,7 +105,7 @@ def test_spade_with_the_feature_error_fits_saves_loads_and_exports(tmp_path):
     det = SPADE(image_size=32, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
                 cnn_config=CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)),
                 vae_train=train, cnn_train=train, precision="32", batch_size=8,
-                error="feature", patch_bank_size=200).fit(x, y)
+                error="feature", patch_bank_size=200, recipe="spadecam").fit(x, y)
     assert det.patch_bank_ is not None and det.patch_bank_.features.shape == (200, 152)
     scores, maps = det.decision_function_and_map(x[:6])
     # e' is e x L / |L| with e the patch distances: its sum is the score (images at the
@@ -147,7 +147,7 @@ def _tiny_feature_spade(**kw):
     return SPADE(image_size=32, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
                  cnn_config=CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)),
                  vae_train=train, cnn_train=train, precision="32", batch_size=8,
-                 **{"error": "feature", **kw})
+                 **{"error": "feature", **kw}, recipe="spadecam")
 
 
 def test_letterbox_padding_never_enters_the_bank_and_rngs_are_left_alone(tmp_path):

@@ -158,7 +158,7 @@ def test_a_vae_less_spade_refuses_a_score_that_reads_a_reconstruction():
 
     cnn = ConvClassifier(CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)))
     with pytest.raises(ValueError, match="vae is None"):
-        SPADE.from_models(None, cnn, image_size=32)  # Algorithm 1 needs the reconstruction
+        SPADE.from_models(None, cnn, image_size=32, recipe="spadecam")  # Algorithm 1 needs the reconstruction
     with pytest.raises(ValueError, match="vae is None"):
         SPADE.from_models(None, cnn, recipe="pretrained", x_normal=_images(4)[:, None])
 

@@ -26,7 +26,8 @@ from spadecam.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-QUICK = ["--image-size", "16", "--latent-dim", "4", "--batch-size", "8", "--no-progress"]
+QUICK = ["--recipe", "spadecam",
+         "--image-size", "16", "--latent-dim", "4", "--batch-size", "8", "--no-progress"]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -189,7 +190,7 @@ def test_side_effects_the_callers_rng_is_untouched_by_train_score_evaluate(model
     np.random.seed(42)
     before = torch.random.get_rng_state(), np.random.get_state()[1].copy()
     workflow.train(folders["train/good"], folders["train/defect"], tmp_path / "again",
-                   image_size=16, latent_dim=4, batch_size=8, epochs=1, progress=False)
+                   image_size=16, latent_dim=4, batch_size=8, epochs=1, progress=False, recipe="spadecam")
     workflow.score(model, [folders["test/good"]], progress=False)
     workflow.evaluate(model, folders["test/good"], folders["test/defect"], progress=False)
     assert torch.equal(torch.random.get_rng_state(), before[0])

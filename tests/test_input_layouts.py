@@ -75,7 +75,7 @@ def test_one_pil_image_is_one_image_for_grey_and_rgb_models_torch_and_onnx(tiny_
     det3 = SPADE(image_size=16, vae_config=VAEConfig(latent_dim=4, channels=(4, 8)),
                  cnn_config=CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)),
                  vae_train=TRAIN, cnn_train=TRAIN, precision="32", threshold_holdout=0.0,
-                 batch_size=8).fit(x, y)
+                 batch_size=8, recipe="spadecam").fit(x, y)
     onnx3 = OnnxSPADE(export_onnx(det3, tmp_path / "rgb.onnx"))
     for scorer in (det3, onnx3):
         s = scorer.decision_function(rgb)

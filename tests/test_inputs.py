@@ -27,7 +27,7 @@ TINY_CNN = CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2))
 
 def tiny(**kw) -> SPADE:
     return SPADE(vae_config=kw.pop("vae_config", TINY_VAE), cnn_config=TINY_CNN,
-                 vae_train=TRAIN, cnn_train=TRAIN, **kw)
+                 vae_train=TRAIN, cnn_train=TRAIN, **kw, recipe="spadecam")
 
 
 def images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -109,18 +109,20 @@ def test_vae_detector_scores_exclude_padding():
 def test_below_the_minimum_size_is_a_clear_error():
     # the default-shaped VAE (4 stride-2 layers, kernel 4) needs 16 px
     with pytest.raises(ValueError, match=r"X \(images of 8x8.*minimum input side of 16"):
-        SPADE(vae_config=VAEConfig(latent_dim=4), cnn_train=TRAIN, vae_train=TRAIN).fit(
+        SPADE(vae_config=VAEConfig(latent_dim=4), cnn_train=TRAIN, vae_train=TRAIN, recipe="spadecam").fit(
             images(24, 8, 8), LABELS)
     with pytest.raises(ValueError, match=r"image_size=12 is below the minimum input side of 16"):
-        SPADE(image_size=12, vae_config=VAEConfig(latent_dim=4)).fit(images(24, 40, 40), LABELS)
+        SPADE(image_size=12, vae_config=VAEConfig(latent_dim=4),
+            recipe="spadecam").fit(images(24, 40, 40), LABELS)
     with pytest.raises(ValueError, match=r"image_size=32 differs from vae_config.image_size=28"):
-        SPADE(image_size=32, vae_config=VAEConfig(image_size=28)).fit(images(24, 40, 40), LABELS)
+        SPADE(image_size=32, vae_config=VAEConfig(image_size=28),
+            recipe="spadecam").fit(images(24, 40, 40), LABELS)
 
 
 def test_vae_config_without_a_size_is_sized_from_the_data():
     # the README's advice, VAEConfig(latent_dim=8), on 64 x 64 images (used to default to 84)
     det = SPADE(vae_config=VAEConfig(latent_dim=8), cnn_config=TINY_CNN, vae_train=TRAIN,
-                cnn_train=TRAIN).fit(images(24, 64, 64), LABELS)
+                cnn_train=TRAIN, recipe="spadecam").fit(images(24, 64, 64), LABELS)
     assert det.vae_.config.image_size == 64 and det.vae_.config.in_channels == 1
     assert det.anomaly_map(images(2, 64, 64)).shape == (2, 64, 64)
 
@@ -159,7 +161,8 @@ def test_cli_overlays_are_written_at_each_image_size(tmp_path):
     Image.fromarray(rng.integers(0, 40, (30, 70), dtype=np.uint8)).save(tmp_path / "new/a.png")
     Image.fromarray(rng.integers(0, 40, (64, 40), dtype=np.uint8)).save(tmp_path / "new/b.png")
     model = tmp_path / "model"
-    assert main(["train", "--normal", str(tmp_path / "good"), "--anomaly", str(tmp_path / "bad"),
+    assert main(["train",
+        "--recipe", "spadecam", "--normal", str(tmp_path / "good"), "--anomaly", str(tmp_path / "bad"),
                  "--out", str(model), "--image-size", "32", "--epochs", "1",
                  "--no-progress"]) == 0
     assert main(["score", str(model), str(tmp_path / "new"), "--maps", str(tmp_path / "maps"),
@@ -171,7 +174,8 @@ def test_cli_overlays_are_written_at_each_image_size(tmp_path):
 def test_recipes_set_the_defaults_and_the_paper_is_one_argument_away():
     from spadecam.detectors import default_cnn_config, default_vae_config
 
-    assert SPADE()._param("error_smoothing") == 2.0 and SPADE()._param("error_norm") == "l2"
+    ours = SPADE(recipe="spadecam")
+    assert ours._param("error_smoothing") == 2.0 and ours._param("error_norm") == "l2"
     paper = SPADE(recipe="paper")
     assert (paper._param("error_smoothing"), paper._param("error_norm")) == (0.0, "l1")
     assert SPADE(recipe="paper", error_norm="l2")._param("error_norm") == "l2"  # explicit wins
@@ -186,8 +190,8 @@ def test_recipes_set_the_defaults_and_the_paper_is_one_argument_away():
 
 
 def test_default_classifier_is_sized_from_the_data(tmp_path):
-    det = SPADE(vae_config=TINY_VAE, vae_train=TRAIN, cnn_train=TRAIN).fit(images(24, 64, 64),
-                                                                         LABELS)
+    det = SPADE(vae_config=TINY_VAE, vae_train=TRAIN, cnn_train=TRAIN,
+                recipe="spadecam").fit(images(24, 64, 64), LABELS)
     assert det.cnn_.config.kernel_sizes == (5, 5, 5)
     det.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())

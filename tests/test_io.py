@@ -44,8 +44,9 @@ def models(backbone: str = "small", seed: int = 0):
 def detector(backbone: str = "small", cls=SPADE, **params):
     # resize as PRE says: a model directory records one policy (issue 18); no feature bank
     # (random models; tests/test_knn.py saves and loads one)
-    if cls is SPADE:
+    if cls is SPADE:  # the from-scratch recipe: these are a VAE and a CNN
         params.setdefault("knn_power", 0.0)
+        params.setdefault("recipe", "spadecam")
     det = cls.from_models(*models(backbone), **{"resize": PRE["resize"], **params})
     det.threshold_ = 0.125
     return det
@@ -189,7 +190,7 @@ def test_save_before_fit_raises():
     from spadecam.detectors import NotFittedError
 
     with pytest.raises(NotFittedError):
-        SPADE().save("unused")
+        SPADE(recipe="spadecam").save("unused")
 
 
 def test_baseline_detectors_round_trip_with_one_model(tmp_path):

@@ -144,7 +144,7 @@ def fitted():
                 cnn_config=CNNConfig(channels=(8, 8, 8), kernel_sizes=(3, 3, 3),
                                      strides=(2, 1, 1)),
                 vae_train=train, cnn_train=train, knn_power=2.0, precision="32",
-                threshold_holdout=0.0)
+                threshold_holdout=0.0, recipe="spadecam")
     return det.fit(x, y), x, y
 
 
@@ -159,7 +159,7 @@ def test_fit_builds_the_bank_from_the_training_normals(fitted):
 def test_score_is_the_weighted_error_times_the_distance_to_the_power(fitted):
     det, _, _ = fitted
     u = _images(2, 6, True)
-    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0)
+    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0, recipe="spadecam")
     d = det.knn_(det.cnn_.eval(), torch.as_tensor(u[:, None]).float() / 255)
     want = plain.decision_function(u) * d.double().numpy() ** 2
     np.testing.assert_allclose(det.decision_function(u), want, rtol=1e-5)
@@ -199,7 +199,7 @@ def test_scoring_with_the_bank_runs_each_classifier_block_once_per_image(fitted)
     # for the bank's features
     assert seen == [2 * len(u)] * len(det.cnn_.features)
     d = det.knn_(det.cnn_.eval(), torch.as_tensor(u[:, None]).float() / 255)
-    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0)
+    plain = SPADE.from_models(det.vae_, det.cnn_, precision="32", knn_power=0.0, recipe="spadecam")
     np.testing.assert_allclose(scores, plain.decision_function(u) * d.double().numpy() ** 2,
                                rtol=1e-5)
 
@@ -232,13 +232,13 @@ def test_knn_power_needs_a_bank_and_a_valid_value(fitted):
     det, _, _ = fitted
     # the default (knn_power 1) around trained models needs the normal images for its bank
     with pytest.raises(ValueError, match="x_normal"):
-        SPADE.from_models(det.vae_, det.cnn_)
-    made = SPADE.from_models(det.vae_, det.cnn_, x_normal=_images(0, 24, False)[:, None])
+        SPADE.from_models(det.vae_, det.cnn_, recipe="spadecam")
+    made = SPADE.from_models(det.vae_, det.cnn_, x_normal=_images(0, 24, False)[:, None], recipe="spadecam")
     assert made.knn_ is not None and made.knn_power is None and made._param("knn_power") == 1.0
     with pytest.raises(ValueError, match="knn_power"):
-        SPADE(knn_power=-1.0).fit(np.zeros((4, SIZE, SIZE), np.uint8), np.r_[0, 0, 1, 1])
+        SPADE(knn_power=-1.0, recipe="spadecam").fit(np.zeros((4, SIZE, SIZE), np.uint8), np.r_[0, 0, 1, 1])
     with pytest.raises(ValueError, match="knn_layer"):
-        SPADE(knn_layer=7, cnn_config=CNNConfig()).fit(np.zeros((4, SIZE, SIZE), np.uint8),
+        SPADE(knn_layer=7, cnn_config=CNNConfig(), recipe="spadecam").fit(np.zeros((4, SIZE, SIZE), np.uint8),
                                                        np.r_[0, 0, 1, 1])
 
 
@@ -248,7 +248,7 @@ def test_cli_train_with_knn_power_saves_a_bank_that_scoring_uses(tmp_path):
     from spadecam.cli import main
 
     folders = make_folders(tmp_path / "data", n_normal=16, n_anomaly=6, n_test=3)
-    main(["train", "--normal", str(folders["train/good"]), "--anomaly",
+    main(["train", "--recipe", "spadecam", "--normal", str(folders["train/good"]), "--anomaly",
           str(folders["train/defect"]), "--out", str(tmp_path / "m"), "--image-size", "16",
           "--latent-dim", "4", "--batch-size", "8", "--epochs", "2", "--knn-power", "1",
           "--no-progress"])

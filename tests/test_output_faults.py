@@ -207,7 +207,8 @@ def test_a_full_disk_at_the_csv_takes_the_overlays_back(tiny_model, tmp_path, fu
 def test_a_full_disk_in_train_names_out_and_leaves_the_old_model_or_nothing(
         tiny_model, tmp_path, full_disk, capsys):
     _, folders = tiny_model
-    argv = ["train", "--normal", folders["train/good"], "--anomaly", folders["train/defect"],
+    argv = ["train",
+        "--recipe", "spadecam", "--normal", folders["train/good"], "--anomaly", folders["train/defect"],
             "--image-size", "16", "--latent-dim", "4", "--batch-size", "8", "--epochs", "1",
             "--no-progress"]
     new = tmp_path / "models" / "m"

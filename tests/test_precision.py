@@ -88,7 +88,7 @@ def _golden_scores(precision: str) -> dict[str, np.ndarray]:
     kw = dict(error_smoothing=2.0, error_norm="l2", batch_size=16, precision=precision)
     # 0.1 scored without the classifier weight (the recipe's default since issue 19 is 10;
     # test_default_spade_is_the_golden_score_weighted_by_the_classifier checks it)
-    spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw, knn_power=0.0)
+    spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw, knn_power=0.0, recipe="spadecam")
     return {
         "spade": spade.decision_function(x),
         "spade_paper": SPADE.from_models(vae, cnn, batch_size=16, precision=precision, recipe="paper")
@@ -157,7 +157,7 @@ def test_default_spade_is_the_golden_score_weighted_by_the_classifier():
     golden = np.load(GOLDEN / "scores.npz")
     x = golden["images"]
     got = SPADE.from_models(vae, cnn, error_smoothing=2.0, error_norm="l2", batch_size=16,
-                            precision="32", knn_power=0.0).decision_function(x)
+                            precision="32", knn_power=0.0, recipe="spadecam").decision_function(x)
     with torch.no_grad():
         u = torch.from_numpy(x).float().div(255)
         u = u[:, None] if u.ndim == 3 else u
@@ -209,14 +209,14 @@ def test_fit_with_auto_under_each_cpu_report(cpu_kind, single_thread):
               # every image trains (the default holds 0.1 out for the threshold, issue 18):
               # this test is about precision, on 40 images
               threshold_holdout=0.0)
-    det = SPADE(**kw).fit(x, y)
+    det = SPADE(**kw, recipe="spadecam").fit(x, y)
     bf16 = cpu_kind != "no_bf16"
     assert resolve_scoring_precision(det.precision) == ("bf16" if bf16 else "32")
     assert resolve_training_precision("auto", "cpu") == (
         "bf16-mixed" if cpu_kind == "amx" else "32-true")
     s = det.decision_function(test)
     assert np.isfinite(s).all() and s[-2:].min() > s[:-2].max()
-    again = SPADE(**kw).fit(x, y)
+    again = SPADE(**kw, recipe="spadecam").fit(x, y)
     np.testing.assert_array_equal(again.decision_function(test), s)
     assert again.threshold_ == det.threshold_
 

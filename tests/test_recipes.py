@@ -52,3 +52,35 @@ def test_the_benchmarks_paper_recipes_score_spade_as_the_paper_does():
             assert det._param(k) == RECIPE_DEFAULTS["paper"][k], (r.name, k)
     det = SPADE(**detector_params(get_recipe("spadecam")))
     assert det._param("classifier_weight") == RECIPE_DEFAULTS["spadecam"]["classifier_weight"]
+
+
+def test_the_default_recipe_is_pretrained_and_fits_the_head_alone_on_imagenet_weights_only():
+    """SPADE() and spadecam train default to the pretrained recipe; its head-only training
+    applies to a backbone that starts from ImageNet weights, and a from-scratch classifier
+    given with it is trained whole. The VAE-based baseline and Naive SPADE default to the
+    from-scratch recipe (the pretrained one trains no VAE) and refuse the pretrained one."""
+    import pytest
+
+    from spadecam.detectors import SPADE
+    from spadecam.models import CNNConfig
+    from spadecam.models.efficientnet import EfficientNetLiteConfig
+    from spadecam.models.resnet import ResNetConfig
+    from spadecam.recipes import default_cnn_train
+    from spadecam.workflow import build_detector, default_recipe
+
+    assert SPADE().recipe == "pretrained" and SPADE()._param("score") == "margin"
+    assert default_cnn_train("pretrained").head_only
+    assert default_cnn_train("pretrained", EfficientNetLiteConfig()).head_only
+    assert default_cnn_train("pretrained", ResNetConfig(weights="resnet18.pth")).head_only
+    assert not default_cnn_train("pretrained", CNNConfig()).head_only
+    assert not default_cnn_train("pretrained", EfficientNetLiteConfig(pretrained=False)).head_only
+    assert not default_cnn_train("spadecam", EfficientNetLiteConfig()).head_only
+    det = build_detector(progress=False)
+    assert det.recipe == "pretrained" and det.cnn_train.head_only and det.image_size == 224
+    assert not build_detector(backbone="small", progress=False).cnn_train.head_only
+    for kind in ("vae", "naive-spade"):
+        assert default_recipe(kind) == "spadecam"
+        assert build_detector(detector=kind, progress=False).recipe == "spadecam"
+        with pytest.raises(ValueError, match="--recipe spadecam"):
+            build_detector(detector=kind, recipe="pretrained", progress=False)
+    assert build_detector(detector="cnn", progress=False).recipe == "pretrained"

@@ -169,7 +169,7 @@ def test_spadecam_train_checks_the_weights_file_before_reading_any_image(tmp_pat
     from spadecam.cli import main
 
     folders = make_folders(tmp_path / "data", n_normal=12, n_anomaly=4, n_test=2)
-    base = ["train", "--normal", str(folders["train/good"]), "--anomaly",
+    base = ["train", "--recipe", "spadecam", "--normal", str(folders["train/good"]), "--anomaly",
             str(folders["train/defect"]), "--image-size", "32", "--latent-dim", "4", "--epochs",
             "1", "--batch-size", "8", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "a"), "--backbone", "small",

@@ -39,7 +39,8 @@ def test_each_detector_scores_through_its_module(models, cls, scorer_cls, has_ma
     vae, cnn = models
     args = {SPADE: (vae, cnn), NaiveSPADE: (vae, cnn), VAEDetector: (vae,),
             CNNDetector: (cnn,)}[cls]
-    extra = {"knn_power": 0.0} if cls is SPADE else {}  # no bank: random models
+    # the from-scratch recipe, no bank (random models)
+    extra = {"knn_power": 0.0, "recipe": "spadecam"} if cls is SPADE else {}
     det = cls.from_models(*args, precision="32", error_smoothing=1.0, **extra) \
         if cls is not CNNDetector else cls.from_models(*args, precision="32")
     scorer = det.scorer()
@@ -80,7 +81,8 @@ def test_classifier_weight_costs_no_second_classifier_pass(models):
     cnn.load_state_dict(models[1].state_dict())
     cnn.eval()
     calls = _count_classifier_passes(cnn)
-    det = SPADE.from_models(vae, cnn, precision="32", classifier_weight=10.0, knn_power=0.0)
+    det = SPADE.from_models(vae, cnn, precision="32", classifier_weight=10.0, knn_power=0.0,
+        recipe="spadecam")
     det.decision_function(_u(3).numpy())
     assert calls == [6]  # one pass of the 2N images u and u_hat
 

@@ -35,7 +35,8 @@ CNN = CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2))
 
 
 def spade(**params) -> SPADE:
-    return SPADE(vae_config=VAE, cnn_config=CNN, vae_train=TRAIN, cnn_train=TRAIN, **params)
+    return SPADE(vae_config=VAE, cnn_config=CNN, vae_train=TRAIN, cnn_train=TRAIN, **params,
+        recipe="spadecam")
 
 
 # --------------------------------------------------------------------------- fit_threshold
@@ -210,7 +211,7 @@ def test_predict_counts_a_score_equal_to_the_threshold_as_normal():
     from spadecam.models import ConvClassifier, ConvVAE
 
     torch.manual_seed(0)
-    det = SPADE.from_models(ConvVAE(VAE).eval(), ConvClassifier(CNN).eval(), knn_power=0.0)
+    det = SPADE.from_models(ConvVAE(VAE).eval(), ConvClassifier(CNN).eval(), knn_power=0.0, recipe="spadecam")
     x, _ = data(4, 0)
     s = det.decision_function(x)
     det.threshold_ = float(s[0])  # exactly the first image's score

@@ -18,7 +18,8 @@ from spadecam import SPADE
 from spadecam.cli import main
 from spadecam.models.resnet import ResNetClassifier
 
-QUICK = ["--image-size", "32", "--latent-dim", "16", "--batch-size", "8", "--no-progress"]
+QUICK = ["--recipe", "spadecam",
+         "--image-size", "32", "--latent-dim", "16", "--batch-size", "8", "--no-progress"]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -235,7 +236,8 @@ def test_train_refuses_bad_images_and_writes_nothing(small, tmp_path, capsys, ki
 def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "model"
-    base = ["train", "--normal", str(small["train/good"]), "--out", str(out), "--no-progress"]
+    base = ["train", "--recipe", "spadecam", "--normal", str(small["train/good"]), "--out",
+            str(out), "--no-progress"]
     fails([*base, "--anomaly", str(tmp_path / "empty")], capsys, "--anomaly", "empty",
           "holds no images")
     anomaly = ["--anomaly", str(small["train/defect"])]
@@ -251,7 +253,7 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
     assert not out.exists()
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "keep.txt").write_text("mine")
-    fails(["train", "--normal", str(small["train/good"]), *anomaly, "--out",
+    fails(["train", "--recipe", "spadecam", "--normal", str(small["train/good"]), *anomaly, "--out",
            str(tmp_path / "stuff")], capsys, "not a spadecam model directory")
     assert [p.name for p in (tmp_path / "stuff").iterdir()] == ["keep.txt"]
 
@@ -259,7 +261,7 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
 def test_train_reaches_every_spade_scoring_option(small, tmp_path, capsys):
     # issue 18: --classifier-weight, --roi-power and --cam-layer were API-only
     out = tmp_path / "model"
-    assert main(["train", "--normal", str(small["train/good"]), "--anomaly",
+    assert main(["train", "--recipe", "spadecam", "--normal", str(small["train/good"]), "--anomaly",
                  str(small["train/defect"]), "--out", str(out), "--image-size", "16",
                  "--latent-dim", "4", "--epochs", "1", "--no-progress",
                  "--classifier-weight", "10", "--roi-power", "2", "--cam-layer", "-2"]) == 0
@@ -336,8 +338,8 @@ def test_latent_dim_zero_is_refused_not_read_as_the_recipes(value):
     from spadecam.workflow import build_detector
 
     with pytest.raises(ValueError, match="--latent-dim must be >= 1"):
-        build_detector(32, 1, latent_dim=value)
+        build_detector(32, 1, latent_dim=value, recipe="spadecam")
     with pytest.raises(ValueError, match="--channels must be 1 or 3"):
-        build_detector(32, 0)
-    assert build_detector(32, 1, latent_dim=3).vae_config.latent_dim == 3
-    assert build_detector(32, 1).vae_config.latent_dim == 8
+        build_detector(32, 0, recipe="spadecam")
+    assert build_detector(32, 1, latent_dim=3, recipe="spadecam").vae_config.latent_dim == 3
+    assert build_detector(32, 1, recipe="spadecam").vae_config.latent_dim == 8

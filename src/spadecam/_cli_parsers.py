@@ -88,9 +88,11 @@ def _add_train(sub) -> None:
         "train",
         help="train SPADE on folders of normal and known-anomaly images",
         description=(
-            "Train SPADE on your own images: a VAE learns the normal images, a classifier\n"
-            "separates them from the known anomalies, and a decision threshold is set on\n"
-            "held-out images. Writes MODEL_DIR: safetensors weights and config.json."
+            "Train SPADE on your own images: a memory bank of the normal images' patch\n"
+            "features (a frozen ImageNet EfficientNet-Lite0; with --recipe spadecam or paper,\n"
+            "a VAE trained on them) gives the error map, a classifier separates them from\n"
+            "the known anomalies, and a decision threshold is set on held-out images.\n"
+            "Writes MODEL_DIR: safetensors weights and config.json."
         ),
         epilog=_TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -117,7 +119,8 @@ def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
     """How images become model inputs, and the classifier backbone."""
     tr.add_argument("--image-size", type=int, default=None, metavar="N",
                     help="side of the square model input in pixels (default: the recipe's, "
-                    f"{fit['image_size']}; pretrained {RECIPE_FIT['pretrained']['image_size']})")
+                    f"pretrained {RECIPE_FIT['pretrained']['image_size']}; spadecam and paper "
+                    f"{fit['image_size']})")
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
@@ -128,8 +131,8 @@ def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
     tr.add_argument("--backbone", choices=["small", "resnet18", "efficientnet_lite0",
                                            "wide_resnet50_2"],
                     default=None,
-                    help="classifier (default: the recipe's, small; pretrained "
-                    "efficientnet_lite0): small, the paper's 3-conv layout with kernels "
+                    help="classifier (default: the recipe's, pretrained efficientnet_lite0; "
+                    "spadecam and paper small): small, the paper's 3-conv layout with kernels "
                     "that follow --image-size under the spadecam recipe (7x7 at 128 px; "
                     "Grad-CAM grid = size / 8), resnet18, a ResNet-18 (needs --image-size "
                     ">= 32; Grad-CAM grid = size / 32), or efficientnet_lite0, EfficientNet-"
@@ -153,13 +156,14 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
                     help="train for this many epochs instead of a step budget")
     tr.add_argument("--seed", type=int, default=fit["seed"],
                     help=f"random seed (default {fit['seed']})")
-    tr.add_argument("--recipe", choices=["spadecam", "paper", "pretrained"], default="spadecam",
-                    help="defaults for the options below: spadecam (default; chosen on "
-                    "Noisy-MNIST seed-0 numbers and ELPV's validation split, docs/elpv.md "
-                    "'Defaults'), paper (128-d latent, 3x3 CNN, |u - u_hat|) or pretrained "
-                    "(EfficientNet-Lite0 from ImageNet as the classifier, its linear head fitted "
-                    "on the frozen features; the feature-space error; the margin fusion; no "
-                    "VAE; 224 px)")
+    tr.add_argument("--recipe", choices=["pretrained", "spadecam", "paper"], default=None,
+                    help="defaults for the options below: pretrained (the default for SPADE "
+                    "and --detector cnn, chosen on ELPV's validation split: EfficientNet-Lite0 "
+                    "from ImageNet as the classifier, its linear head fitted on the frozen "
+                    "features; the feature-space error; the margin fusion; no VAE; 224 px), "
+                    "spadecam (from scratch: 8-d latent VAE, the CNN's kernels from the image "
+                    "size; the default for --detector vae and naive-spade) or paper (128-d "
+                    "latent, 3x3 CNN, |u - u_hat|)")
     tr.add_argument("--latent-dim", type=int, default=None,
                     help="VAE latent dimension (default: the recipe's, spadecam "
                     f"{ours['latent_dim']}, paper {paper['latent_dim']})")
@@ -172,7 +176,8 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
                     help="train the classifier's linear head alone on its frozen pretrained "
                     "backbone (a class-balanced logistic regression; no optimiser steps), or "
                     "with --no-head-only the whole classifier (default: the recipe's, "
-                    "pretrained head only, else the whole)")
+                    "pretrained the head alone on a backbone from ImageNet weights, else the "
+                    "whole)")
 
 
 def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
@@ -181,24 +186,28 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
     tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
                     "reconstruction error; 0 = the paper's (default: the recipe's, spadecam "
-                    f"{ours['error_smoothing']:g})")
+                    f"{ours['error_smoothing']:g}; the pretrained recipe has no VAE)")
     tr.add_argument("--error-norm", choices=["l1", "l2"], default=None,
                     help="reconstruction error |r| (l1, the paper's) or r^2 (l2; default: the "
-                    f"recipe's, spadecam {ours['error_norm']})")
+                    f"recipe's, spadecam {ours['error_norm']}; the pretrained recipe has no VAE)")
     tr.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                     help="multiply the weighted error by (1 + W p), p the classifier's "
                     "probability of the known anomaly, so the known kind counts in the score; "
-                    f"0 = the paper's score (default: the recipe's, {ours['classifier_weight']:g})")
+                    f"0 = the paper's score (default: the recipe's, spadecam "
+                    f"{ours['classifier_weight']:g}; pretrained 0, its margin fusion counts "
+                    "the classifier instead)")
     tr.add_argument("--knn-power", type=float, default=None, metavar="G",
                     help="multiply the weighted error by d ** G, d the distance of the image's "
                     "classifier features to those of its 5 nearest normal training images (a "
                     "feature bank saved with the model; 1 = a typical normal); 0 = the paper's "
-                    f"score, no bank (default: the recipe's, {ours['knn_power']:g})")
+                    f"score, no bank (default: the recipe's, spadecam {ours['knn_power']:g}, "
+                    "pretrained 0)")
     tr.add_argument("--error", choices=["reconstruction", "feature"], default=None,
                     help="SPADE's error map: reconstruction, the VAE's |u - u_hat| (the "
                     "paper's), or feature, each patch's distance to the nearest normal training "
                     "patch in a frozen ImageNet EfficientNet-Lite0's features (a patch bank "
-                    f"saved with the model) (default: the recipe's, {ours['error']})")
+                    "saved with the model) (default: the recipe's, pretrained feature, spadecam "
+                    f"and paper {ours['error']})")
     tr.add_argument("--roi-power", type=float, default=None, metavar="P",
                     help="sharpen the ROI: L ** P before L / |L| (1 = the paper's; default: "
                     f"the recipe's, {ours['roi_power']:g})")

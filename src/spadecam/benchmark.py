@@ -230,8 +230,9 @@ def vae_scores(u8: torch.Tensor, u_hat: torch.Tensor, smoothing: float, norm: st
 
 
 def detector_params(recipe: Any) -> dict[str, Any]:
-    """The scoring parameters of SPADE and Naive SPADE a recipe sets."""
-    return {"cam_layer": recipe.cam_layer, "upsample": recipe.upsample,
+    """The scoring parameters of SPADE and Naive SPADE a recipe sets: the detector's recipe
+    is "spadecam" (the benchmarks' VAE and CNN recipes) unless ``spade_params`` names one."""
+    return {"recipe": "spadecam", "cam_layer": recipe.cam_layer, "upsample": recipe.upsample,
             "error_smoothing": recipe.error_smoothing, "error_norm": recipe.error_norm,
             **getattr(recipe, "spade_params", {})}
 

@@ -77,11 +77,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
     rep.add_argument(
-        "--recipe", default="spadecam", choices=["spadecam", "paper", "pretrained"],
-        help="spadecam (default: 8-d latent, larger CNN receptive field), paper (the paper's "
-        "architecture: 128-d latent, 3x3 CNN) or pretrained (ImageNet EfficientNet-Lite0 "
-        "features, no VAE, with the one-class pretrained baseline; fp32, no figures); see "
-        "the README",
+        "--recipe", default=None, choices=["spadecam", "paper", "pretrained"],
+        help="spadecam (8-d latent, larger CNN receptive field; the default for "
+        "noisy-mnist), paper (the paper's architecture: 128-d latent, 3x3 CNN) or pretrained "
+        "(ImageNet EfficientNet-Lite0 features, no VAE, with the one-class pretrained "
+        "baseline; fp32, no figures; the default for elpv, as for SPADE() and spadecam "
+        "train); see the README",
     )
     rep.add_argument(
         "--quick", action="store_true",
@@ -295,6 +296,15 @@ def _check_reproduce_options(parser: argparse.ArgumentParser, args: argparse.Nam
         if getattr(args, dest, None) not in (None, False):
             parser.error(f"reproduce {args.benchmark} does not take --{dest.replace('_', '-')}: "
                          f"{why}")
+    args.recipe = args.recipe or ("pretrained" if args.benchmark == "elpv" else "spadecam")
+    if args.recipe == "pretrained":
+        taken = [f"--{d.replace('_', '-')}" for d in ("ablations", "report", "precision",
+                                                      "accelerator", "devices", "strategy",
+                                                      "num_nodes")
+                 if getattr(args, d, None) not in (None, False)]
+        if taken:
+            parser.error(f"reproduce --recipe pretrained does not take {', '.join(taken)}: it "
+                         "runs in fp32 in one process and has no VAE to ablate or show")
     args.known = args.known or [1, 3, 5, 7, 9]
     args.eval_split = args.eval_split or "test"
     args.protocols = args.protocols or "all"

@@ -4,8 +4,12 @@ Layout of a model directory::
 
     MODEL_DIR/config.json        format_version, model configs, cnn_backbone, weights_sha256,
                                  preprocessing, threshold_, ...
-    MODEL_DIR/vae.safetensors    VAE weights (absent for the CNN-based baseline)
+    MODEL_DIR/vae.safetensors    VAE weights (absent for the CNN-based baseline and for
+                                 SPADE's default pretrained recipe, which trains no VAE)
     MODEL_DIR/cnn.safetensors    classifier weights (absent for the VAE-based baseline)
+    MODEL_DIR/patch.safetensors  the feature-space error's memory bank and frozen backbone
+                                 layers (``error="feature"``, the pretrained recipe)
+    MODEL_DIR/knn.safetensors    SPADE's image-level feature bank (``knn_power`` > 0)
 
 ``config.json`` is strict JSON (RFC 8259): an infinite ``threshold_`` is written as the string
 ``"Infinity"`` (or ``"-Infinity"``) and read back as a float; NaN is refused.

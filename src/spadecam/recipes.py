@@ -104,14 +104,24 @@ def fit_default(name: str, recipe: str = "spadecam") -> Any:
     return RECIPE_FIT.get(recipe, {}).get(name, FIT_DEFAULTS[name])
 
 
-def default_cnn_train(recipe: str = "spadecam") -> TrainConfig:
+def starts_pretrained(cnn_config: Any) -> bool:
+    """Whether a classifier config starts from ImageNet weights: EfficientNet-Lite0's shipped
+    ones (``pretrained``) or a ResNet's torchvision-format file (``weights``)."""
+    return bool(getattr(cnn_config, "pretrained", False) or getattr(cnn_config, "weights", None))
+
+
+def default_cnn_train(recipe: str = "spadecam", cnn_config: Any = None) -> TrainConfig:
     """The classifier's training when a detector is given no ``cnn_train``: ``TrainConfig()``
-    with the recipe's settings (:data:`RECIPE_FIT`: "pretrained" fits the head alone)."""
+    with the recipe's settings (:data:`RECIPE_FIT`: "pretrained" fits the head alone, on a
+    backbone that starts from ImageNet weights: ``cnn_config`` None (the recipe's) or one
+    :func:`starts_pretrained` accepts; a from-scratch backbone is trained whole)."""
     from spadecam.training import TrainConfig
 
     _check_recipe(recipe)
+    head_only = fit_default("head_only", recipe) and (
+        cnn_config is None or starts_pretrained(cnn_config))
     return TrainConfig(lr=fit_default("lr", recipe), steps=fit_default("steps", recipe),
-                       head_only=fit_default("head_only", recipe))
+                       head_only=head_only)
 
 
 def _check_recipe(recipe: Any) -> None:
@@ -424,7 +434,11 @@ ELPV_RECIPES = {"spadecam": _elpv_spadecam_recipe, "paper": _elpv_paper_recipe,
 
 
 def _elpv_quick(r: Recipe) -> Recipe:
-    """Half the steps at 32 px: a smoke run of the whole path in a few minutes on 2 cores."""
+    """Half the steps at 32 px: a smoke run of the whole path in a few minutes on 2 cores
+    (the pretrained recipe keeps its input side: it has no steps to halve, and its backbone
+    reads 224 px)."""
+    if r.pretrained:
+        return dataclasses.replace(r, name=r.name + "-quick")
     return dataclasses.replace(
         r, name=r.name + "-quick", image_size=min(r.image_size or 32, 32),
         vae_train=dataclasses.replace(r.vae_train, steps=max(1, r.vae_train.steps // 2)),

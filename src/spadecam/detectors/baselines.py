@@ -189,7 +189,7 @@ class CNNDetector(_BaseDetector):
                   valid: torch.Tensor | None) -> None:
             cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
             self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train or default_cnn_train(
-                self.recipe), self.loss))
+                self.recipe, cfg), self.loss))
 
         self._fit_with_threshold(X, y, None, cnn_config, True, train)
         return self

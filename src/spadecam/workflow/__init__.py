@@ -32,11 +32,12 @@ from spadecam.deploy.torch_inferencer import overlay
 from spadecam.inputs import min_input_size
 from spadecam.workflow._evaluate import evaluate
 from spadecam.workflow._score import rows_to_csv, score
-from spadecam.workflow._train import BACKBONES, build_detector, train
+from spadecam.workflow._train import BACKBONES, build_detector, default_recipe, train
 
 __all__ = [
     "BACKBONES",
     "build_detector",
+    "default_recipe",
     "evaluate",
     "min_input_size",
     "overlay",

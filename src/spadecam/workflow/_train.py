@@ -70,7 +70,7 @@ def build_detector(
     error_smoothing: float | None = None,
     error_norm: str | None = None,
     precision: str = "auto",
-    recipe: str = "spadecam",
+    recipe: str | None = None,
     roi_power: float | None = None,
     classifier_weight: float | None = None,
     cam_layer: int = FIT["cam_layer"],
@@ -115,7 +115,8 @@ def build_detector(
     head_only : bool, optional
         The classifier's linear head alone on its frozen pretrained backbone
         (:class:`~spadecam.training.TrainConfig`'s ``head_only``); None: the recipe's (True
-        for "pretrained", else False).
+        for "pretrained" on a backbone that starts from ImageNet weights:
+        efficientnet_lite0, or a ResNet with ``backbone_weights``; else False).
     latent_dim : int, optional
         The VAE's latent dimension (eq. 1); None: the recipe's (spadecam 8, paper 128).
     threshold_quantile, threshold_holdout, resize : see :class:`SPADE`
@@ -123,11 +124,13 @@ def build_detector(
         recipe's (spadecam: 2 px blur, l2; paper: |u - u_hat|)
     precision : {"auto", "32", "bf16"}, the scoring precision (see :class:`SPADE`); training
         takes ``distributed["precision"]`` (default "auto", :class:`TrainConfig`)
-    recipe : {"spadecam", "paper", "pretrained"}
-        Defaults for everything left at None, and the classifier: spadecam's kernels from the
-        image size (:func:`spadecam.recipes.default_cnn_config`), the paper's 3x3, or
-        "pretrained": EfficientNet-Lite0 from ImageNet, the feature-space error and the
-        margin fusion, no VAE (see :class:`SPADE`).
+    recipe : {"pretrained", "spadecam", "paper"}, optional
+        Defaults for everything left at None, and the classifier: "pretrained"
+        EfficientNet-Lite0 from ImageNet (its head alone), the feature-space error and the
+        margin fusion, no VAE (see :class:`SPADE`); spadecam's kernels from the image size
+        (:func:`spadecam.recipes.default_cnn_config`) or the paper's 3x3. None (default):
+        :func:`default_recipe` of ``detector`` ("pretrained" for SPADE and the CNN-based
+        baseline, "spadecam" for the two that need a VAE).
     roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
         the score and the classifier layer Grad-CAM reads (see :class:`SPADE`); None: the
         recipe's (:data:`~spadecam.recipes.RECIPE_DEFAULTS`: roi_power 1 in both, the
@@ -160,11 +163,17 @@ def build_detector(
     if bad:
         raise ValueError(f"--detector {detector} does not take "
                          f"{', '.join('--' + k.replace('_', '-') for k in bad)} (SPADE's options)")
+    recipe = default_recipe(detector) if recipe is None else recipe
     if recipe not in RECIPE_DEFAULTS:
         raise ValueError(f"--recipe must be one of {sorted(RECIPE_DEFAULTS)}, got {recipe!r}")
+    if recipe == "pretrained" and detector in ("vae", "naive-spade"):
+        raise ValueError(f"--detector {detector} scores a VAE's reconstruction, which the "
+                         "pretrained recipe does not train; use --recipe spadecam or paper")
     image_size = fit_default("image_size", recipe) if image_size is None else image_size
     backbone = fit_default("backbone", recipe) if backbone is None else backbone
-    head_only = fit_default("head_only", recipe) if head_only is None else head_only
+    if head_only is None:  # the recipe's, on a backbone that starts from ImageNet weights
+        head_only = fit_default("head_only", recipe) and (
+            backbone == "efficientnet_lite0" or backbone_weights is not None)
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if resize not in RESIZE_POLICIES:
@@ -235,6 +244,14 @@ def build_detector(
     )
 
 
+def default_recipe(detector: str = "spade") -> str:
+    """The recipe ``build_detector`` and ``spadecam train`` use when none is given:
+    "pretrained" (chosen on ELPV's validation split; docs/elpv.md) for SPADE and the
+    CNN-based baseline, "spadecam" for the VAE-based baseline and Naive SPADE, which score a
+    VAE's reconstruction that the pretrained recipe does not train."""
+    return "spadecam" if detector in ("vae", "naive-spade") else "pretrained"
+
+
 def _check_out_dir(out: Path) -> None:
     """Refuse an --out that would mix a model into an unrelated folder."""
     if out.exists() and not out.is_dir():
@@ -265,7 +282,7 @@ def train(
         separates them from the normal ones, eq. 2).
     out : path of the model directory (new, empty, or an older spadecam model)
     image_size, channels : the model input side (None: the recipe's, 224 for "pretrained",
-        else 128) and the channel count images are converted to (None: the images' own,
+        the default, else 128) and the channel count images are converted to (None: the images' own,
         which must be the same for all); see the module notes
     log : callable, optional
         Receives a summary, one line at a time (rank 0 only): what was read (counts per
@@ -307,7 +324,8 @@ def train(
     """
     out = Path(out)
     if image_size is None:
-        image_size = fit_default("image_size", options.get("recipe", "spadecam"))
+        image_size = fit_default("image_size", options.get("recipe") or default_recipe(
+            options.get("detector", "spade")))
     # every option is checked before any image is read or any process started
     det = build_detector(image_size, channels, **options)
     _check_out_dir(out)

@@ -24,11 +24,13 @@ x = np.random.default_rng(7).integers(0, 256, size=(40, 1, 32, 32), dtype=np.uin
 save_models("tests/data/golden_fp32", vae, cnn)
 out = {"images": x}
 kw = dict(error_smoothing=2.0, error_norm="l2", batch_size=16)
-out["spade"] = SPADE.from_models(vae, cnn, precision="32", **kw, knn_power=0.0).decision_function(x)
+out["spade"] = SPADE.from_models(vae, cnn, precision="32", **kw, knn_power=0.0,
+    recipe="spadecam").decision_function(x)
 out["spade_paper"] = SPADE.from_models(vae, cnn, precision="32", batch_size=16,
-                                      knn_power=0.0).decision_function(x)
+                                      knn_power=0.0, recipe="spadecam").decision_function(x)
 out["naive_spade"] = NaiveSPADE.from_models(vae, cnn, precision="32", **kw).decision_function(x)
 out["vae"] = VAEDetector.from_models(vae, precision="32", **kw).decision_function(x)
 out["cnn"] = CNNDetector.from_models(cnn, precision="32", batch_size=16).decision_function(x)
-out["spade_map"] = SPADE.from_models(vae, cnn, precision="32", **kw, knn_power=0.0).anomaly_map(x[:4])
+out["spade_map"] = SPADE.from_models(vae, cnn, precision="32", **kw, knn_power=0.0,
+    recipe="spadecam").anomaly_map(x[:4])
 np.savez_compressed("tests/data/golden_fp32/scores.npz", **out)
