@@ -150,7 +150,11 @@ def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_
     [(["elpv", "--known", "3"], "--known"), (["elpv", "--data-dir", "d"], "--data-dir"),
      (["elpv", "--download"], "--download"), (["elpv", "--no-figures"], "--no-figures"),
      (["noisy-mnist", "--eval-split", "val"], "--eval-split"),
-     (["noisy-mnist", "--protocols", "dra"], "--protocols")],
+     (["noisy-mnist", "--protocols", "dra"], "--protocols"),
+     # the pretrained recipe (elpv's default) has no VAE and runs in fp32, one process
+     (["elpv", "--ablations"], "--ablations"),
+     (["noisy-mnist", "--recipe", "pretrained", "--precision", "bf16"], "--precision"),
+     (["noisy-mnist", "--recipe", "pretrained", "--report", "r.html"], "--report")],
 )
 def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
     # reproduce elpv silently ignored all of these, noisy-mnist --eval-split; refused at
@@ -262,3 +266,17 @@ def test_score_in_chunks_gives_the_same_csv_and_writes_nothing_on_a_late_fault(
     assert err.value.indices == [len(whole) - 1]  # an index into all the inputs
     assert len(calls) == 3 and not (tmp_path / "c.csv").exists()
     assert not list((tmp_path / "ov_c").rglob("*"))
+
+
+def test_reproduce_takes_each_benchmarks_default_recipe():
+    """elpv runs the pretrained recipe (SPADE()'s default) unless told; noisy-mnist keeps the
+    from-scratch one, which won on its validation split."""
+    from spadecam.cli import _build_parser, _check_reproduce_options
+
+    parser = _build_parser()
+    for argv, want in ((["elpv"], "pretrained"), (["noisy-mnist"], "spadecam"),
+                       (["elpv", "--recipe", "spadecam"], "spadecam"),
+                       (["noisy-mnist", "--recipe", "paper"], "paper")):
+        args = parser.parse_args(["reproduce", *argv])
+        _check_reproduce_options(parser, args)
+        assert args.recipe == want, argv
