@@ -82,7 +82,7 @@ def make_images(root: Path, seed: int = 0) -> None:
 
 
 COMMANDS = [
-    "spadecam train --normal good --anomaly scratch --out model --image-size 64",
+    "spadecam train --normal good --anomaly scratch --out model",
     "spadecam score model test/bad/scratch00.png test/bad/spot00.png test/good/g000.png "
     "--out scores.csv --maps overlays",
     "cat scores.csv",
