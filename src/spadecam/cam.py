@@ -60,7 +60,7 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
 
     ``Module.train(flag)`` sets the flag of every submodule, so restoring only the top-level
     module's would reset an encoder the caller had put in train mode inside an eval VAE, or a
-    frozen (eval) batch norm inside a training classifier (issue 17). Here each submodule gets
+    frozen (eval) batch norm inside a training classifier. Here each submodule gets
     back exactly the flag it had.
     """
     flags = [(m, m.training) for model in models for m in model.modules()]
@@ -180,7 +180,7 @@ def grad_cam_logits_features(
     block ``feature_layer`` of a :class:`~spadecam.models.classifier.FeatureClassifier`, all
     from the same forward pass (None when ``feature_layer`` is None).
 
-    The feature bank's query (:func:`spadecam.knn.pooled_features`, issue 19) then costs no
+    The feature bank's query (:func:`spadecam.knn.pooled_features`) then costs no
     second classifier pass: block ``feature_layer`` runs once, on the way to the CAM layer
     (or past it, on the autograd path). Parameters, errors and notes as :func:`grad_cam`;
     ValueError also for an int ``feature_layer`` on a model that is not a FeatureClassifier.

@@ -207,7 +207,7 @@ class OneProcess:
     """What scoring uses of a ``Fabric`` (device, ranks, all_reduce, broadcast, barrier) for
     one process on the CPU, without importing Lightning: its import costs 3.2-3.4 s
     (torch._dynamo, scipy.signal), 4 ms per image of `spadecam score` on 1,000 images
-    (measured on a 2-core AVX2 EPYC, issue 21). Returned by :func:`launch_scoring`."""
+    (measured on a 2-core AVX2 EPYC). Returned by :func:`launch_scoring`."""
 
     device = torch.device("cpu")
     global_rank = 0

@@ -70,7 +70,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Used on the residual u - u_hat by :func:`reconstruction_error` (our extension; the paper
     has no blur). Computed as ``B_H @ x @ B_W.T`` with the blur matrices of
     :func:`blur_matrix`, two matrix products that run at the CPU's GEMM speed (a depthwise
-    convolution on one channel ran 10-14x slower on 84-px batches, issue 17); sides longer
+    convolution on one channel ran 10-14x slower on 84-px batches); sides longer
     than :data:`BLUR_MATRIX_MAX_SIDE` use two 1-D convolutions instead, whose cost does not
     grow with the side. Both give the same blur up to fp32 rounding.
 

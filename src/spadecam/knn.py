@@ -1,6 +1,6 @@
 """A memory bank of normal images in the classifier's feature space: the kNN distance.
 
-Our extension of SPADE (issue 19), not in the paper. The classifier of eq. 2, trained on the
+Our extension of SPADE, not in the paper. The classifier of eq. 2, trained on the
 normal images and the known anomalies, also learns features of what normal images look like;
 an image whose globally pooled features of one block lie far from every normal training
 image's is unlike the normals in a way the reconstruction error may miss (an unknown kind,

@@ -88,16 +88,16 @@ class SPADEScorer(nn.Module):
         The reconstruction error e, see :func:`~spadecam.error.reconstruction_error`
         (defaults: the paper's |u - u_hat|).
     roi_power : float > 0
-        L ** roi_power before L / |L| (1 = the paper; our option, issue 11).
+        L ** roi_power before L / |L| (1 = the paper; our option).
     classifier_weight : float >= 0
         Multiplies e' by (1 + classifier_weight * p), p the classifier's softmax probability
         of the known-anomaly class, read off the Grad-CAM forward of u (no second pass). 0 =
-        the paper. Our option (issue 11).
+        the paper. Our option.
     knn : FeatureBank, optional
         The normal training images' pooled classifier features (:mod:`spadecam.knn`).
     knn_power : float >= 0
         Multiplies e' by d ** knn_power, d the kNN distance of u's features to the bank
-        (1 = a typical normal image). 0 (default) = the paper; our option (issue 19).
+        (1 = a typical normal image). 0 (default) = the paper; our option.
     patch_bank : PatchBank, optional
         With it, e is the feature-space error (:mod:`spadecam.feature_error`: each patch's
         distance to the nearest normal training patch in a frozen pretrained backbone's

@@ -1,4 +1,4 @@
-"""Synthetic anomalies made from normal images, for the classifier (issue 19, "few labels").
+"""Synthetic anomalies made from normal images, for the classifier (for the "few labels" protocols).
 
 With 1-10 labelled anomalies a classifier trained from scratch learns almost nothing (the
 field's few-shot detectors add synthetic defects beside the seen ones: CutPaste, Li et al.

@@ -73,7 +73,7 @@ class TrainConfig:
 
     The training length is a budget of optimiser steps, not of epochs, so that a folder of
     600 images and one of 6,000 get the same number of updates; early stopping on the
-    validation loss ends training once it has converged (issue 11: with the old default of
+    validation loss ends training once it has converged (with an old default of
     10 epochs, 640 images and batches of 128 gave the VAE 50 steps, its validation loss
     still falling).
 

@@ -32,7 +32,7 @@ __all__ = ["SCORE_CHUNK", "StagedOverlays", "check_outputs", "map_names", "non_f
 
 def check_outputs(out: str | os.PathLike | None, maps: str | os.PathLike | None,
                   has_map: bool) -> None:
-    """Every output of ``spadecam score`` checked before any work (issue 17: a read-only
+    """Every output of ``spadecam score`` checked before any work (a read-only
     --maps used to fail after scoring, leaving a CSV that named overlays never written).
 
     Raises

@@ -1,4 +1,4 @@
-"""The parameter docs every detector shares, written once (issue 18: four copies drifted)."""
+"""The parameter docs every detector shares, written once (four copies had drifted apart)."""
 
 from __future__ import annotations
 

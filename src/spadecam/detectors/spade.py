@@ -91,7 +91,7 @@ class SPADE(_BaseDetector):
         factor (1 + classifier_weight * p_known_anomaly) on e' (:func:`spade_error_map`).
         None: the recipe's.
     knn_power : float >= 0, optional
-        Our option (issue 19, :mod:`spadecam.knn`): e' times d ** knn_power, d the mean
+        Our option (:mod:`spadecam.knn`): e' times d ** knn_power, d the mean
         distance of the image's pooled classifier features (block ``knn_layer``) to those of
         its ``knn_k`` nearest normal training images, 1 for a typical normal one. 0 = the
         paper (no feature bank is built). None: the recipe's (spadecam 1, paper 0).

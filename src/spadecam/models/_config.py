@@ -8,7 +8,7 @@ import numbers
 def check_optional_size(cls: str, name: str, value: object) -> None:
     """ValueError unless ``value`` is None (filled in from the data) or an integer >= 1.
 
-    A 0 is refused rather than taken for "unset" (the ``value or default`` fault: issue 17).
+    A 0 is refused rather than taken for "unset" (the ``value or default`` fault).
     """
     if value is None:
         return
