@@ -265,3 +265,46 @@ def test_large_batches_run_the_backbone_a_chunk_at_a_time_with_the_same_maps(ext
     chunked = extractor(u)
     assert calls == [2, 2, 1]
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_a_head_fitted_alone_shares_one_forward_with_the_patch_extractor(monkeypatch):
+    """SPADE()'s default classifier is the frozen ImageNet backbone under a head fitted alone:
+    its first blocks ARE the patch extractor's, so the score runs the backbone once (the
+    trunk in fp32, then the rest and the head) and gets what the two forwards give, a chunk
+    at a time for large batches; a classifier whose blocks differ (fine-tuned) runs both."""
+    import copy
+
+    import spadecam.scoring as sc
+    from spadecam import SPADE
+    from spadecam.scoring import scoring_context
+    from spadecam.training import TrainConfig
+
+    x = (_images(24, 32) * 255).round().to(torch.uint8)[:, 0].numpy()
+    x[18:, 8:16, 8:16] = 250
+    y = [0] * 18 + [1] * 6
+    det = SPADE(image_size=32, patch_bank_size=300, precision="32", batch_size=8,
+                threshold_holdout=0.25,
+                cnn_train=TrainConfig(head_only=True, progress=False)).fit(x, y)
+    scorer = det.scorer()
+    ext = det.patch_bank_.extractor
+    assert det.recipe == "pretrained" and ext.shares_blocks_with(det.cnn_)
+    u = _images(5, 32, seed=3)
+    forwards = []
+    real = det.cnn_.features[0].forward
+    monkeypatch.setattr(det.cnn_.features[0], "forward",
+                        lambda v: forwards.append(len(v)) or real(v))
+    monkeypatch.setattr(sc, "IMAGE_CHUNK", 2)
+    with scoring_context("32", scorer):
+        e, top, logit = scorer.margin_parts(u)
+    assert forwards == [2, 2, 1]  # one forward of the classifier's stem per chunk, no other
+    with torch.inference_mode():
+        want_e = det.patch_bank_.error_map(u).sum(dim=1)
+        want_logit = sc.cnn_score(det.cnn_(u))
+    torch.testing.assert_close(e, want_e, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logit, want_logit, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(top, want_e.flatten(1).amax(dim=1))
+    tuned = copy.deepcopy(det.cnn_)
+    with torch.no_grad():
+        tuned.features[2][0].project.weight.add_(1e-3)
+    assert not ext.shares_blocks_with(tuned)
+    assert not ext.shares_blocks_with(torch.nn.Linear(2, 2))

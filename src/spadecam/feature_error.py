@@ -106,13 +106,42 @@ class PatchFeatures(nn.Module):
         autocast is on: the bank, the threshold and the exported graph see the same numbers."""
         if not is_exporting() and len(u) > IMAGE_CHUNK:  # bounded memory (the export: one graph)
             return torch.cat([self(u[i : i + IMAGE_CHUNK]) for i in range(0, len(u), IMAGE_CHUNK)])
+        return self.combine(self.trunk(u, self.blocks)[1])
+
+    def trunk(self, u: torch.Tensor, blocks: nn.ModuleList
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run ``blocks`` (this extractor's, or a classifier's that :meth:`shares_blocks_with`
+        it) up to the last layer read, in fp32 whatever autocast is on: (the last block's
+        output, the maps of the layers read)."""
         maps = []
         x = u.float()
         with torch.autocast(u.device.type, enabled=False):
-            for i, block in enumerate(self.blocks):
-                x = block(x)
+            for i in range(len(self.blocks)):
+                x = blocks[i](x)
                 if i in self.layers:
                     maps.append(x)
+        return x, maps
+
+    def shares_blocks_with(self, net: nn.Module) -> bool:
+        """Whether ``net``'s first blocks are this extractor's, weights and buffers equal (a
+        classifier whose linear head alone was fitted on the same frozen backbone): then
+        one forward of ``net`` gives both the patch features and the logits."""
+        blocks = getattr(net, "features", None)
+        if not isinstance(blocks, nn.ModuleList | nn.Sequential) or len(blocks) < len(self.blocks):
+            return False
+        for mine, theirs in zip(self.blocks, blocks, strict=False):
+            a, b = mine.state_dict(), theirs.state_dict()
+            if type(mine) is not type(theirs) or a.keys() != b.keys():
+                return False
+            if any(a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+                   or not torch.equal(a[k], b[k].to(a[k].device)) for k in a):
+                return False
+        return True
+
+    def combine(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The patch features (N, D, h, w) float32 from the maps of the layers read: each
+        averaged over ``pool`` x ``pool`` neighbourhoods, brought to the first one's grid,
+        concatenated, then averaged over ``stride`` x ``stride`` cells."""
         size = maps[0].shape[-2:]
         out = []
         for m in maps:
@@ -192,7 +221,9 @@ class PatchBank(nn.Module):
         best = torch.full((len(qc),), float("inf"), device=qc.device)
         idx = torch.zeros(len(qc), dtype=torch.long, device=qc.device)
         for i in range(0, len(self.features), _CHUNK):
-            part = self.sq_norms[None, i : i + _CHUNK] - 2 * qc @ self.centred[i : i + _CHUNK].T
+            # ||bc||^2 - 2 qc.bc in one GEMM (the add folded in: one pass less over Q x chunk)
+            part = torch.addmm(self.sq_norms[None, i : i + _CHUNK], qc,
+                               self.centred[i : i + _CHUNK].T, alpha=-2)
             value, at = part.min(dim=1)
             better = value < best
             best = torch.where(better, value, best)
@@ -202,8 +233,14 @@ class PatchBank(nn.Module):
     def error_map(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """The feature-space error e (N, 1, H, W) float32 >= 0 of u (N, C, H, W) in [0, 1]:
         patch distances upsampled (bilinear) to the image, 0 on letterbox padding."""
-        dist = self.distances(self.extractor(u))[:, None]
-        e = F.interpolate(dist, size=u.shape[-2:], mode="bilinear", align_corners=False)
+        return self.error_from_features(self.extractor(u), u.shape[-2:], valid)
+
+    def error_from_features(self, f: torch.Tensor, size: Sequence[int],
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`error_map` from the patch features f (N, D, h, w) already extracted: the
+        distances upsampled (bilinear) to ``size`` (H, W), 0 on letterbox padding."""
+        dist = self.distances(f)[:, None]
+        e = F.interpolate(dist, size=tuple(size), mode="bilinear", align_corners=False)
         return e if valid is None else e * valid.to(e)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -287,7 +287,9 @@ class SPADEScorer(nn.Module):
         float32 (the feature error with a ``patch_bank``, else the VAE's reconstruction
         error; 0 on letterbox padding), its maximum (N,) and the classifier's logit
         difference y_anomaly - y_normal (N,) float32."""
-        if self.patch_bank is not None:
+        if self.patch_bank is not None and self.patch_bank.extractor.shares_blocks_with(self.cnn):
+            e, logits = self._shared_parts(u, valid)
+        elif self.patch_bank is not None:
             e = self.patch_bank.error_map(u, valid)
             if not is_exporting() and len(u) > IMAGE_CHUNK:
                 # a pretrained classifier beside it: memory bounded as the backbone's is
@@ -305,6 +307,27 @@ class SPADEScorer(nn.Module):
             logits = self.cnn(u)
         e = e.float().sum(dim=1)
         return e, e.flatten(1).amax(dim=1), cnn_score(logits)
+
+    def _shared_parts(self, u: torch.Tensor, valid: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature error (N, 1, H, W) and the logits (N, 2) from ONE forward of the
+        classifier, whose first blocks are the patch extractor's (the frozen backbone under a
+        head fitted alone): its trunk in fp32, as the extractor runs it, then the rest of the
+        classifier and its head. The same numbers as the two forwards, to fp32 rounding."""
+        if not is_exporting() and len(u) > IMAGE_CHUNK:  # memory bounded as the backbone's is
+            parts = [self._shared_parts(u[i : i + IMAGE_CHUNK],
+                                        None if valid is None else valid[i : i + IMAGE_CHUNK])
+                     for i in range(0, len(u), IMAGE_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        bank = self.patch_bank
+        assert bank is not None
+        ext = bank.extractor
+        blocks = cast(nn.ModuleList, self.cnn.features)
+        x, maps = ext.trunk(u, blocks)
+        e = bank.error_from_features(ext.combine(maps), u.shape[-2:], valid)
+        for block in list(blocks)[len(ext.blocks):]:
+            x = block(x)
+        return e, cast(Any, self.cnn).head(x)
 
 
 class VAEScorer(nn.Module):
