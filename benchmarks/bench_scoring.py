@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_sizes import flops_per_image, peak_flops  # the same measures for both
+from bench_sizes import flops_per_image, peak_flops, peak_rss_kib  # the same measures
 
 from spadecam import SPADE
 from spadecam._runtime import tune_malloc
@@ -178,7 +178,6 @@ def _interleaved_rates(fns: dict, n: int, repeats: int = 2 * REPEATS) -> dict[st
 
 def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
     """Score n images streamed in batches from a generator; return peak RSS in KiB."""
-    import resource
 
     vae, cnn = load_models(model_dir)
     x, _ = load_mnist("test", data_dir)
@@ -193,7 +192,7 @@ def _rss_child(model_dir: str, data_dir: str | None, n: int) -> int:
 
     scores = det.decision_function(batches())
     assert scores.shape == (n,)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_rss_kib()
 
 
 def _rss_ratio(vae, cnn, data_dir: str | None, n_img: int) -> float:

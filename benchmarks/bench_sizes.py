@@ -47,6 +47,14 @@ N_SCORE = {128: 128, 256: 32, 512: 8}
 REPEATS = 3
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory (KiB): VmHWM. Not ``ru_maxrss``, which Linux
+    carries over an exec from the forking parent, so a child started by a large benchmark
+    process reported the parent's peak, not its own."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 def _best_seconds(fn, repeats: int = REPEATS) -> float:
     fn()  # warm-up: oneDNN primitives, allocator
     best = float("inf")
@@ -153,15 +161,13 @@ def _model_dir(tmp: Path, size: int) -> Path:
 
 def _score_child(model: str, folder: str, maps: str | None) -> dict:
     """`spadecam score` in this process; wall seconds and peak RSS (KiB)."""
-    import resource
-
     from spadecam import workflow
 
     t = time.perf_counter()
     rows = workflow.score(model, [folder], out=Path(folder).parent / "scores.csv", maps=maps,
                           progress=False)
     return {"seconds": time.perf_counter() - t, "n": len(rows),
-            "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+            "rss_kib": peak_rss_kib()}
 
 
 def _setup_child(model: str, folder: str) -> dict:
