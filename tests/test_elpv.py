@@ -487,3 +487,17 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
     assert (cal.n_images, cal.source) == (want.n_images, want.source)
     for k in ("error_mean", "error_std", "logit_mean", "logit_std"):
         assert getattr(cal, k) == pytest.approx(getattr(want, k), rel=1e-5), k
+
+
+def test_the_pretrained_run_needs_no_argument_beyond_the_data_and_refuses_ablations(tmp_path):
+    """run_elpv's default recipe is "pretrained": called with no ablations argument it runs
+    without them (it has no VAE to ablate); asked for them, it says so before any work."""
+    from spadecam.reproduce import run_elpv
+
+    root, split = fake_elpv(tmp_path)
+    with pytest.raises(ValueError, match="ablations"):
+        run_elpv(seeds=[0], ablations=True, root=root, split_file=split, log=lambda *a: None)
+    import inspect
+
+    assert inspect.signature(run_elpv).parameters["recipe"].default == "pretrained"
+    assert inspect.signature(run_elpv).parameters["ablations"].default is None

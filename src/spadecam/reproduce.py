@@ -409,7 +409,7 @@ def run_elpv(
     log=print,
     root: str | Path | None = None,
     split_file: str | Path | None = None,
-    ablations: bool = True,
+    ablations: bool | None = None,
     precision: str | None = None,
     distributed: dict | None = None,
     protocols: str = "all",
@@ -430,9 +430,11 @@ def run_elpv(
         written atomically.
     root, split_file : the data folder and split file (defaults: the elpv-dataset package
         and src/spadecam/data/elpv_split.csv); tests pass small generated images.
-    ablations : bool
-        Also score SPADE without each of our modifications (:data:`ELPV_ABLATIONS`; default
-        True; ``spadecam reproduce elpv`` runs them with ``--ablations``).
+    ablations : bool, optional
+        Also score SPADE without each of our modifications (:data:`ELPV_ABLATIONS`). None
+        (default): True for the recipes with a VAE, False for "pretrained" (which has no
+        VAE to ablate and refuses True); ``spadecam reproduce elpv`` runs them with
+        ``--ablations``.
     precision : str, optional
         As in :func:`run_noisy_mnist`; None (default): the recipe's training precision (fp32)
         and fp32 scoring, as the committed ELPV tables were measured.
@@ -456,6 +458,8 @@ def run_elpv(
         An unknown recipe or one without ``image_size``.
     """
     r = _recipes.get_elpv_recipe(recipe, quick)
+    if ablations is None:
+        ablations = not r.pretrained
     if r.pretrained and (ablations or distributed):
         raise ValueError(f"recipe {r.name}: ablations and distributed training are for the "
                          "recipes with a VAE (spadecam, paper)")
