@@ -70,9 +70,10 @@ tables: $(STAMP)
 examples: $(STAMP)
 	$(BIN)/python benchmarks/make_examples.py
 
-bench: $(STAMP)  # Noisy-MNIST 84 px (bench_scoring.py), then real sizes (bench_sizes.py, issue 21)
+bench: $(STAMP)  # Noisy-MNIST 84 px (bench_scoring.py), real sizes (bench_sizes.py), the pretrained backbone (bench_pretrained.py)
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_sizes.py
+	$(BIN)/python benchmarks/bench_pretrained.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
