@@ -84,3 +84,40 @@ def test_model_modules_import_no_sibling_that_imports_them():
                    for d in graph.get(a, ()))
 
     assert not [m for m in graph if reaches(m, m)], graph
+
+
+def test_a_users_own_module_is_spades_classifier_through_the_python_api(tmp_path):
+    """Any torch trunk becomes SPADE's classifier by subclassing FeatureClassifier (blocks in
+    ``features``, a 2-logit ``fc`` on the pooled last block): SPADE.from_models scores with
+    it under both recipes (closed-form Grad-CAM for the ROI; the margin fusion beside the
+    pretrained patch error), and saving it is refused with a message naming the class,
+    since a model directory can only rebuild spadecam's own backbones."""
+    import numpy as np
+
+    from spadecam import SPADE
+    from spadecam.models.vae import ConvVAE, VAEConfig
+
+    class MyNet(FeatureClassifier):  # e.g. a trunk the user trained or loaded elsewhere
+        def __init__(self, trunk: nn.Module, width: int) -> None:
+            super().__init__()
+            self.features = nn.ModuleList([trunk])
+            self.fc = nn.Linear(width, 2)
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+    mine = MyNet(trunk, 8).eval()
+    x = np.random.default_rng(0).integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    vae = ConvVAE(VAEConfig(image_size=32, latent_dim=4, channels=(8, 8), in_channels=1)).eval()
+    det = SPADE.from_models(vae, mine, recipe="spadecam", knn_power=0.0, precision="32")
+    assert closed_form_applies(mine, -1)
+    s = det.decision_function(x)
+    assert s.shape == (12,) and np.isfinite(s).all()
+    assert det.anomaly_map(x[:2]).shape == (2, 32, 32)
+    pre = SPADE.from_models(None, mine, x_normal=x[:8, None], recipe="pretrained",
+                            image_size=32, precision="32", patch_bank_size=200)
+    pre.calibrate(x[8:, None])
+    assert np.isfinite(pre.decision_function(x)).all()
+    with pytest.raises((TypeError, ValueError), match="MyNet"):
+        det.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "config.json").exists()

@@ -93,11 +93,23 @@ def save_models(
     ------
     ValueError
         Both models None, or a NaN in ``extra`` (JSON cannot hold it; nothing is written).
+    TypeError
+        ``cnn`` is not one of :data:`~spadecam.models.backbones.BACKBONES` (a user's own
+        classifier); nothing is written.
         Infinite floats are written as ``"Infinity"`` / ``"-Infinity"``
         (:func:`spadecam._fs.json_text`).
     """
     if vae is None and cnn is None:
         raise ValueError("save_models needs a VAE, a classifier or both; got neither")
+    if cnn is not None:
+        try:
+            backbone_name(cnn)
+        except TypeError:  # a user's own FeatureClassifier: nothing could rebuild it on load
+            raise TypeError(
+                f"{type(cnn).__name__} is not one of spadecam's backbones ({', '.join(BACKBONES)}"
+                "), so a model directory could not rebuild it: save your classifier's weights "
+                "yourself (torch.save of its state_dict) and wrap it again with "
+                "SPADE.from_models") from None
     d = Path(model_dir)
     weights, hashes = {}, {}
     groups = {name: model.state_dict() for name, model in (("vae", vae), ("cnn", cnn))

@@ -280,7 +280,8 @@ class _BaseDetector(BaseEstimator):
         cnn = getattr(self, "cnn_", None)
         self.image_size_ = vae.config.image_size if vae is not None else self.image_size
         model = vae if vae is not None else cnn
-        self.in_channels_ = model.config.in_channels if model is not None else None
+        # a user's own classifier (any FeatureClassifier) may have no config: any channels
+        self.in_channels_ = getattr(getattr(model, "config", None), "in_channels", None)
 
     def _fit_size(
         self, imgs: torch.Tensor | list[torch.Tensor], vae_config: Any, cnn_config: Any
