@@ -33,10 +33,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
+from bench_sizes import _best_seconds, peak_rss_kib  # the same measures as the other benches
 from torch import nn
 
 SIZE, BATCH, REPEATS = 224, 32, 3
@@ -47,13 +47,7 @@ RSS_IMAGES = 4
 
 
 def _best(fn, repeats: int = REPEATS) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return _best_seconds(fn, repeats)  # best of ``repeats`` after a warm-up, as bench_sizes
 
 
 def _net() -> nn.Module:
@@ -170,9 +164,7 @@ def _rss_child(rows: int) -> dict[str, float]:
     bank = PatchBank(torch.randn(rows, 152), ext)
     with torch.inference_mode():
         bank.error_map(torch.rand(RSS_IMAGES, 1, SIZE, SIZE))
-    from bench_sizes import peak_rss_kib  # VmHWM: ru_maxrss carries the parent's over exec
-
-    return {"rows": rows, "rss_mb": peak_rss_kib() / 1024}
+    return {"rows": rows, "rss_mb": peak_rss_kib() / 1024}  # VmHWM, the child's own
 
 
 def rss_by_bank() -> float:
