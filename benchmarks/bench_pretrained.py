@@ -36,7 +36,6 @@ import sys
 
 import numpy as np
 import torch
-from bench_sizes import _best_seconds, peak_rss_kib  # the same measures as the other benches
 from torch import nn
 
 SIZE, BATCH, REPEATS = 224, 32, 3
@@ -47,7 +46,9 @@ RSS_IMAGES = 4
 
 
 def _best(fn, repeats: int = REPEATS) -> float:
-    return _best_seconds(fn, repeats)  # best of ``repeats`` after a warm-up, as bench_sizes
+    from bench_sizes import _best_seconds  # the same measure as the other benches
+
+    return _best_seconds(fn, repeats)  # best of ``repeats`` after a warm-up
 
 
 def _net() -> nn.Module:
@@ -164,7 +165,11 @@ def _rss_child(rows: int) -> dict[str, float]:
     bank = PatchBank(torch.randn(rows, 152), ext)
     with torch.inference_mode():
         bank.error_map(torch.rand(RSS_IMAGES, 1, SIZE, SIZE))
-    return {"rows": rows, "rss_mb": peak_rss_kib() / 1024}  # VmHWM, the child's own
+    # imported here, after the scoring: the child's peak is its scoring's, not bench_sizes'
+    # imports (spadecam's workflow, Pillow); VmHWM, the child's own (ru_maxrss survives exec)
+    from bench_sizes import peak_rss_kib
+
+    return {"rows": rows, "rss_mb": peak_rss_kib() / 1024}
 
 
 def rss_by_bank() -> float:
