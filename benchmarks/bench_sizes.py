@@ -1,8 +1,9 @@
 """Real-sized images (issue 21): scoring, training, memory and `spadecam score` end to end.
 
 Run by `make bench` after bench_scoring.py (or alone: `python benchmarks/bench_sizes.py`).
-The networks are the ones `spadecam train --image-size S` builds (workflow.build_detector:
-the recipe's VAE at S, the `small` classifier with kernels that follow S, or `resnet18`),
+The networks are the ones `spadecam train --recipe spadecam --image-size S` builds
+(workflow.build_detector: the from-scratch recipe's VAE at S, the `small` classifier with
+kernels that follow S, or `resnet18`; the default pretrained recipe is bench_pretrained.py's),
 with random weights (speed does not depend on them), in the default precision ("auto")
 unless said. Every ratio is measured in one run, on one machine.
 
@@ -95,7 +96,8 @@ def _images(n: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
 def detector(size: int, channels: int, backbone: str, precision: str = "auto") -> SPADE:
     """SPADE around the networks `spadecam train` builds for this input, random weights, the
     default score (its feature bank from 64 images: speed only)."""
-    spec = build_detector(size, channels, backbone=backbone, progress=False)
+    spec = build_detector(size, channels, backbone=backbone, progress=False,
+                          recipe="spadecam")
     torch.manual_seed(0)
     vae = ConvVAE(spec.vae_config.sized(channels, size)).eval()
     cnn_cfg = spec.cnn_config.sized(channels)
@@ -128,7 +130,7 @@ def training_rates(size: int, n: int = 64) -> dict[str, float]:
 
     x = torch.from_numpy(_images(n, 1, size))
     y = torch.from_numpy((np.arange(n) % 4 == 0).astype(np.int64))
-    spec = build_detector(size, 1, progress=False)
+    spec = build_detector(size, 1, progress=False, recipe="spadecam")
     vae_cfg, cnn_cfg = spec.vae_config.sized(1, size), spec.cnn_config.sized(1)
     rates = {}
     for name, precision in (("default", "auto"), ("fp32", "32-true")):

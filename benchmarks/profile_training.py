@@ -37,7 +37,7 @@ def profile_epoch(size: int, precision: str, n: int = 64, top: int = 15) -> floa
     unprofiled run after a warm-up."""
     x = torch.from_numpy(_images(n, 1, size))
     y = torch.from_numpy((np.arange(n) % 4 == 0).astype(np.int64))
-    spec = build_detector(size, 1, progress=False)
+    spec = build_detector(size, 1, progress=False, recipe="spadecam")
     vae_cfg, cnn_cfg = spec.vae_config.sized(1, size), spec.cnn_config.sized(1)
     cfg = TrainConfig(epochs=1, batch_size=16, progress=False, val_fraction=0.0,
                       precision=precision)
