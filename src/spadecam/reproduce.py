@@ -286,6 +286,14 @@ def run_noisy_mnist(
     return rows
 
 
+def _refuse_vae_options(r: _recipes.Recipe, **given: bool) -> None:
+    """ValueError naming the options given (True) that only the recipes with a VAE take."""
+    bad = [k for k, v in given.items() if v]
+    if bad:
+        raise ValueError(f"recipe {r.name}: {', '.join(bad)} are for the recipes with a VAE "
+                         "(spadecam, paper)")
+
+
 def _run_noisy_mnist_pretrained(
     r: _recipes.Recipe, known: Sequence[int], seeds: Sequence[int], data_dir: Any,
     out_dir: Any, progress: bool, ablations: bool, report: Any, distributed: Any, log: Any,
@@ -294,9 +302,8 @@ def _run_noisy_mnist_pretrained(
     the pretrained CNN-based score and SPADE's margin fusion
     (:func:`~spadecam.benchmark.run_pretrained_benchmark`), fp32 on the CPU in one process;
     no VAE, so no figures, ablations or report."""
-    if ablations or report is not None or distributed:
-        raise ValueError(f"recipe {r.name}: ablations, --report and distributed training "
-                         "are for the recipes with a VAE (spadecam, paper)")
+    _refuse_vae_options(r, ablations=ablations, report=report is not None,
+                        distributed=bool(distributed))
     t_start = time.perf_counter()
     source = _protocols.noisy_mnist_source(r, "test", data_dir)
     labels = (source.digits != _protocols.NORMAL_DIGIT).astype(np.int64)
@@ -460,9 +467,8 @@ def run_elpv(
     r = _recipes.get_elpv_recipe(recipe, quick)
     if ablations is None:
         ablations = not r.pretrained
-    if r.pretrained and (ablations or distributed):
-        raise ValueError(f"recipe {r.name}: ablations and distributed training are for the "
-                         "recipes with a VAE (spadecam, paper)")
+    if r.pretrained:
+        _refuse_vae_options(r, ablations=bool(ablations), distributed=bool(distributed))
     if protocols not in ELPV_PROTOCOL_SETS:
         raise ValueError(f"protocols must be one of {ELPV_PROTOCOL_SETS}, got {protocols!r}")
     if root is None:

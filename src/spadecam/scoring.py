@@ -152,6 +152,10 @@ class SPADEScorer(nn.Module):
     ) -> None:
         super().__init__()
         self.patch_bank = patch_bank
+        # checked once per scorer, not per batch: a head fitted alone on the extractor's
+        # frozen backbone lets one forward give the patch features and the logits
+        self._shares_trunk = (patch_bank is not None
+                              and patch_bank.extractor.shares_blocks_with(cnn))
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if not (evidence_weight >= 0 and evidence_margin >= 0):
@@ -287,7 +291,7 @@ class SPADEScorer(nn.Module):
         float32 (the feature error with a ``patch_bank``, else the VAE's reconstruction
         error; 0 on letterbox padding), its maximum (N,) and the classifier's logit
         difference y_anomaly - y_normal (N,) float32."""
-        if self.patch_bank is not None and self.patch_bank.extractor.shares_blocks_with(self.cnn):
+        if self._shares_trunk:
             e, logits = self._shared_parts(u, valid)
         elif self.patch_bank is not None:
             e = self.patch_bank.error_map(u, valid)
