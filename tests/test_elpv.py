@@ -469,9 +469,11 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
     # the same scores from the library's detector on the same models
     from spadecam.fusion import calibrate
 
-    held = data.x_normal[hold]
-    det = SPADE.from_models(None, seen["cnn"], patch_bank=seen["bank"], recipe="pretrained",
-                            image_size=32, precision="32")
+    held, kept = data.x_normal[hold], data.x_normal[~hold]
+    # the image-level bank (the recipe's knn_power 1) from the normals the models trained on
+    det = SPADE.from_models(None, seen["cnn"], x_normal=kept, patch_bank=seen["bank"],
+                            recipe="pretrained", image_size=32, precision="32")
+    assert det.knn_ is not None and len(det.knn_.features) == len(kept)
     cal = det.calibrate(held)
     fused = det.decision_function(data.x_test.numpy())
     ref = {(q["protocol"], q["subset"]): q["auroc"] for q in rows
@@ -482,10 +484,15 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
         assert auroc(data.y_test[idx], fused[idx]) == pytest.approx(ref[(pname, subset)], abs=1e-9)
     # the detector runs the backbone once for both parts (its head was fitted alone), the
     # benchmark twice: the same calibration to fp32 rounding
+    from spadecam.knn import FeatureBank
+
+    image_bank = FeatureBank(bm.pooled_last_features(seen["cnn"], kept, 64), -1, 5)
+    d_held = image_bank(seen["cnn"], held, features=bm.pooled_last_features(seen["cnn"], held))
     want = calibrate(bm._max_errors(seen["bank"], held, 64),
-                     bm._logit_differences(seen["cnn"], held, 64))
-    assert (cal.n_images, cal.source) == (want.n_images, want.source)
-    for k in ("error_mean", "error_std", "logit_mean", "logit_std"):
+                     bm._logit_differences(seen["cnn"], held, 64), "held_out", d_held.numpy())
+    assert (cal.n_images, cal.source, cal.knn_weight) == (want.n_images, want.source, 1.0)
+    for k in ("error_mean", "error_std", "logit_mean", "logit_std", "knn_mean", "knn_std",
+              "joint_std"):
         assert getattr(cal, k) == pytest.approx(getattr(want, k), rel=1e-5), k
 
 

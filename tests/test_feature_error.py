@@ -288,6 +288,15 @@ def test_a_head_fitted_alone_shares_one_forward_with_the_patch_extractor(monkeyp
     scorer = det.scorer()
     ext = det.patch_bank_.extractor
     assert det.recipe == "pretrained" and ext.shares_blocks_with(det.cnn_)
+    # the image-level bank's rows are the pooled features the head was fitted on: the
+    # training normals' (the hold-out left out), as build_feature_bank would compute them
+    from spadecam.knn import pooled_features
+
+    yt = torch.as_tensor(y)
+    kept = torch.as_tensor(x)[(yt == 0) & ~det._threshold_split(yt.long())]
+    with torch.inference_mode():
+        want_bank = pooled_features(det.cnn_, kept[:, None].float() / 255, -1)
+    torch.testing.assert_close(det.knn_.features, want_bank, rtol=1e-4, atol=1e-5)
     u = _images(5, 32, seed=3)
     forwards = []
     real = det.cnn_.features[0].forward
@@ -295,11 +304,15 @@ def test_a_head_fitted_alone_shares_one_forward_with_the_patch_extractor(monkeyp
                         lambda v: forwards.append(len(v)) or real(v))
     monkeypatch.setattr(sc, "IMAGE_CHUNK", 2)
     with scoring_context("32", scorer):
-        e, top, logit = scorer.margin_parts(u)
-    assert forwards == [2, 2, 1]  # one forward of the classifier's stem per chunk, no other
+        e, top, logit, d = scorer.margin_parts(u)
+    # one forward of the classifier's stem per chunk, no other: the image-level bank's
+    # pooled features too come from it
+    assert forwards == [2, 2, 1]
     with torch.inference_mode():
         want_e = det.patch_bank_.error_map(u).sum(dim=1)
         want_logit = sc.cnn_score(det.cnn_(u))
+        want_d = det.knn_(det.cnn_, u)
+    torch.testing.assert_close(d, want_d, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(e, want_e, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logit, want_logit, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(top, want_e.flatten(1).amax(dim=1))

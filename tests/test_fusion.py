@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from spadecam.fusion import EvidenceCalibration, calibrate, margin_score
+from spadecam.fusion import EvidenceCalibration, calibrate, error_term, margin_score
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,6 +44,66 @@ def test_the_evidence_counts_only_beyond_the_margin_and_never_lowers_a_score():
     # the one-class term alone is a lower bound: the labels never subtract
     assert (s >= (error - 10.0) / 2.0).all()
     torch.testing.assert_close(margin_score(error, logit, c, 0.0, 3.0), (error - 10.0) / 2.0)
+
+
+def test_the_image_level_bank_joins_the_error_term_in_held_out_units():
+    """With the bank's distances, the one-class term is (z_e + w z_d) / sd(z_e + w z_d) over
+    the calibration images: mean 0 and spread 1 there, as z_e alone is; the calibration
+    round-trips, is refused in part, and the score refuses a distance it was not made with
+    (or none when it was)."""
+    e = np.array([1.0, 2.0, 3.0, 6.0])
+    lg = np.array([-2.0, -1.0, 0.0, -1.0])
+    d = np.array([1.0, 1.0, 2.0, 0.0])
+    c = calibrate(e, lg, knn_distances=d, knn_weight=0.5)
+    assert c.uses_bank and (c.knn_mean, c.knn_weight) == (1.0, 0.5)
+    z_e = (e - 3.0) / np.std(e)
+    z_d = (d - 1.0) / np.std(d)
+    assert c.knn_std == pytest.approx(np.std(d))
+    assert c.joint_std == pytest.approx(np.std(z_e + 0.5 * z_d))
+    term = error_term(torch.as_tensor(e), c, torch.as_tensor(d)).double().numpy()
+    np.testing.assert_allclose(term, (z_e + 0.5 * z_d) / np.std(z_e + 0.5 * z_d), rtol=1e-6)
+    assert term.mean() == pytest.approx(0.0, abs=1e-6) and term.std() == pytest.approx(1.0)
+    # an image at the normals' mean patch maximum (z_e = 0) but far from every normal
+    # image in the bank's features scores above a typical normal's 0
+    assert error_term(torch.tensor([3.0]), c, torch.tensor([5.0])).item() > 1.0
+    # the evidence adds to the joint term as it adds to z_e
+    s = margin_score(torch.as_tensor(e), torch.as_tensor(lg), c, 2.0, 0.0, torch.as_tensor(d))
+    z_c = (lg - lg.mean()) / np.std(lg)
+    np.testing.assert_allclose(s.double().numpy(), term + 2.0 * np.maximum(z_c, 0), rtol=1e-5,
+                               atol=1e-6)
+    assert EvidenceCalibration.from_dict(c.to_dict()) == c
+    assert not calibrate(e, lg).uses_bank  # and an old file's section has no bank fields
+    old = {k: v for k, v in calibrate(e, lg).to_dict().items() if "knn" not in k
+           and k != "joint_std"}
+    assert EvidenceCalibration.from_dict(old) == calibrate(e, lg)
+    with pytest.raises(ValueError, match="without the image-level bank"):
+        error_term(torch.as_tensor(e), calibrate(e, lg), torch.as_tensor(d))
+    with pytest.raises(ValueError, match="with the image-level bank"):
+        margin_score(torch.as_tensor(e), torch.as_tensor(lg), c, 1.0, 3.0)
+    with pytest.raises(ValueError, match="image-level bank needs"):
+        EvidenceCalibration(0.0, 1.0, 0.0, 1.0, 3, "held_out", knn_mean=1.0)
+    with pytest.raises(ValueError, match="knn_weight must be > 0"):
+        calibrate(e, lg, knn_distances=d, knn_weight=0.0)
+    with pytest.raises(ValueError, match="kNN distances"):
+        calibrate(e, lg, knn_distances=d[:3])
+
+
+def test_a_scorer_refuses_a_calibration_made_with_another_bank_weight():
+    from spadecam.knn import FeatureBank
+    from spadecam.models import CNNConfig
+    from spadecam.scoring import SPADEScorer
+    from spadecam.training import build_classifier
+
+    cnn = build_classifier(CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)), 1, 0)
+    bank = FeatureBank(torch.randn(10, 8, generator=torch.Generator().manual_seed(0)), -1)
+    e, lg = [1.0, 2.0, 4.0], [0.0, 1.0, 0.5]
+    with_bank = calibrate(e, lg, knn_distances=[1.0, 2.0, 1.5], knn_weight=1.0)
+    with pytest.raises(ValueError, match="made with knn_power 1, the scorer has 2"):
+        SPADEScorer(None, cnn, knn=bank, knn_power=2.0, score="margin", calibration=with_bank)
+    with pytest.raises(ValueError, match="made with knn_power 0, the scorer has 1"):
+        SPADEScorer(None, cnn, knn=bank, knn_power=1.0, score="margin",
+                    calibration=calibrate(e, lg))
+    SPADEScorer(None, cnn, knn=bank, knn_power=1.0, score="margin", calibration=with_bank)
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -93,21 +153,29 @@ def test_the_pretrained_recipe_trains_no_vae_calibrates_on_held_out_normals_and_
     scorer = det.scorer()
     u = torch.as_tensor(held)[:, None].float() / 255
     with torch.no_grad():
-        e, err, logit = scorer.margin_parts(u)
+        e, err, logit, d = scorer.margin_parts(u)
     assert err.double().mean().item() == pytest.approx(cal.error_mean, rel=1e-5)
     assert logit.double().mean().item() == pytest.approx(cal.logit_mean, rel=1e-5, abs=1e-6)
+    # the recipe's image-level bank (knn_power 1): its distances calibrated on the same
+    # images, and the one-class term in units of a held-out normal's spread (mean 0, sd 1)
+    assert det.knn_ is not None and cal.uses_bank and cal.knn_weight == 1.0
+    assert d.double().mean().item() == pytest.approx(cal.knn_mean, rel=1e-5)
+    term = error_term(err, cal, d).double()
+    assert term.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert term.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-4)
     scores = det.decision_function(x)
-    z_e = (err.double().numpy() - cal.error_mean) / cal.error_std
     held_scores = det.decision_function(held)
-    assert (held_scores >= z_e - 1e-4).all()
-    # the map is e, whose maximum is the error term
+    assert (held_scores >= term.numpy() - 1e-4).all()
+    # the map is e, whose maximum is the error map's term
     maps = det.anomaly_map(x[:4])
     with torch.no_grad():
-        e4, err4, _ = scorer.margin_parts(torch.as_tensor(x[:4])[:, None].float() / 255)
+        e4, err4, _, _ = scorer.margin_parts(torch.as_tensor(x[:4])[:, None].float() / 255)
     np.testing.assert_allclose(maps.reshape(4, -1).max(1), err4.numpy(), rtol=1e-5)
     det.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["calibration"]["n_images"] == 3 and "vae_config" not in saved
+    assert saved["calibration"]["joint_std"] == pytest.approx(cal.joint_std)
+    assert (tmp_path / "m" / "knn.safetensors").exists()
     assert saved["detector"]["params"]["score"] == "margin"
     assert not (tmp_path / "m" / "vae.safetensors").exists()
     np.testing.assert_array_equal(load_detector(tmp_path / "m").decision_function(x), scores)
@@ -137,6 +205,7 @@ def test_scoring_without_a_calibration_and_a_bad_calibration_section_are_refused
     x[18:, 8:16, 8:16] = 250
     det = _pretrained_spade().fit(x, np.r_[np.zeros(18), np.ones(6)])
     det.save(tmp_path / "m")
+    saved_text = (tmp_path / "m" / "config.json").read_text()
     det.calibration_ = None
     with pytest.raises(NotFittedError, match="calibration_"):
         det.decision_function(x[:2])
@@ -148,6 +217,23 @@ def test_scoring_without_a_calibration_and_a_bad_calibration_section_are_refused
     del config["calibration"]["logit_std"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFormatError, match=r"calibration.logit_std"):
+        load_detector(tmp_path / "m")
+    # the image-level bank's statistics: all or none, each in its range
+    config = json.loads(saved_text)
+    config["calibration"]["joint_std"] = None
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"calibration.knn_mean must be knn_mean, knn_std"):
+        load_detector(tmp_path / "m")
+    config["calibration"]["joint_std"] = -1.0
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"calibration.joint_std must be a finite number"):
+        load_detector(tmp_path / "m")
+    # a calibration made without the bank, for a detector scoring with it: refused by name
+    config = json.loads(saved_text)
+    for k in ("knn_mean", "knn_std", "joint_std", "knn_weight"):
+        del config["calibration"][k]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"calibration was made with knn_power 0"):
         load_detector(tmp_path / "m")
 
 

@@ -183,6 +183,7 @@ def _add_train_budget_options(tr: argparse.ArgumentParser, fit: dict,
 def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                                ours: dict) -> None:
     """The reconstruction error, the ROI and the threshold."""
+    from spadecam.recipes import RECIPE_DEFAULTS
     tr.add_argument("--error-smoothing", type=float, default=None, metavar="PIXELS",
                     help="Gaussian blur (sigma, pixels) of the residual u - u_hat before the "
                     "reconstruction error; 0 = the paper's (default: the recipe's, spadecam "
@@ -200,8 +201,10 @@ def _add_train_scoring_options(tr: argparse.ArgumentParser, fit: dict,
                     help="multiply the weighted error by d ** G, d the distance of the image's "
                     "classifier features to those of its 5 nearest normal training images (a "
                     "feature bank saved with the model; 1 = a typical normal); 0 = the paper's "
-                    f"score, no bank (default: the recipe's, spadecam {ours['knn_power']:g}, "
-                    "pretrained 0)")
+                    "score, no bank. Under the pretrained recipe's margin fusion G is instead "
+                    "the weight of that distance's z-score beside the error maximum's "
+                    f"(default: the recipe's, spadecam {ours['knn_power']:g}, pretrained "
+                    f"{RECIPE_DEFAULTS['pretrained']['knn_power']:g})")
     tr.add_argument("--error", choices=["reconstruction", "feature"], default=None,
                     help="SPADE's error map: reconstruction, the VAE's |u - u_hat| (the "
                     "paper's), or feature, each patch's distance to the nearest normal training "

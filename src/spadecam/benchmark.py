@@ -559,7 +559,9 @@ def run_pretrained_benchmark(
     kNN on the frozen ImageNet backbone, no label used). Per protocol: the classifier
     (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
     and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
-    the held-out normals and the margin fusion (``"spade_pretrained"``; with
+    the held-out normals and the margin fusion (``"spade_pretrained"``, its error term
+    joined by the image-level bank of the kept normals' pooled last-block features when the
+    recipe's ``knn_power`` > 0, as ``SPADE.fit`` builds it; with
     ``head_only`` the frozen backbone's pooled features are computed once per seed and each
     protocol fits its head on them,
     :func:`spadecam.fusion.margin_score` with the recipe's weight and margin): the score
@@ -568,10 +570,15 @@ def run_pretrained_benchmark(
     skipped.
     """
     from spadecam.fusion import calibrate, margin_score
-    from spadecam.recipes import RECIPE_DEFAULTS
+    from spadecam.knn import FeatureBank
+    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
     from spadecam.threshold import holdout_split
 
     params = {**RECIPE_DEFAULTS["pretrained"], **getattr(recipe, "spade_params", {})}
+    knn_w = float(params.get("knn_power") or 0.0)
+    if knn_w and params.get("knn_layer", -1) != -1:
+        raise ValueError("the pretrained benchmark's image-level bank reads the last block "
+                         f"(knn_layer -1), got knn_layer {params['knn_layer']}")
     rows: list[dict] = []
     t0 = time.perf_counter()
     for seed in seeds:
@@ -602,6 +609,7 @@ def run_pretrained_benchmark(
             if train.head_only:  # the same regression as train_cnn's, on the cached features
                 cnn = fit_linear_head(net, x, y, train, torch.cat(
                     [pooled["normal"], pooled_last_features(net, prot.x_known, 64)]))
+                feats = pooled
                 with torch.inference_mode():
                     logit_test = cnn_score(cnn.fc(pooled["test"])).double().numpy()
                     logit_held = cnn_score(cnn.fc(pooled["held"])).double().numpy()
@@ -609,9 +617,20 @@ def run_pretrained_benchmark(
                 cnn = train_cnn(x, y, recipe.cnn, train, recipe.loss)
                 logit_test = _logit_differences(cnn, data.x_test, 64)
                 logit_held = _logit_differences(cnn, held, 64)
-            cal = calibrate(err_held, logit_held)
+                feats = ({k: pooled_last_features(cnn, v, 64) for k, v in
+                          (("normal", normal), ("held", held), ("test", data.x_test))}
+                         if knn_w else {})
+            d_held = d_test = None
+            if knn_w:  # the image-level bank: SPADE.fit builds it from the kept normals
+                image_bank = FeatureBank(feats["normal"], -1,
+                                         params.get("knn_k", FIT_DEFAULTS["knn_k"]))
+                with torch.inference_mode():
+                    d_held, d_test = (image_bank(cnn, torch.empty(0), features=feats[k])
+                                      for k in ("held", "test"))
+            cal = calibrate(err_held, logit_held, "held_out",
+                            None if d_held is None else d_held.numpy(), knn_w or 1.0)
             fused = margin_score(torch.as_tensor(err_test), torch.as_tensor(logit_test), cal,
-                                 params["evidence_weight"], params["evidence_margin"])
+                                 params["evidence_weight"], params["evidence_margin"], d_test)
             scores = {"patchcore": err_test, "cnn_pretrained": logit_test,
                       "spade_pretrained": fused.double().numpy()}
             res = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, recipe,

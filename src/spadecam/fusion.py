@@ -16,6 +16,19 @@ units of a normal image's spread; ``margin`` is in those units too (3: the evide
 only beyond three standard deviations of a held-out normal's). A held-out normal image's
 score is then its one-class score, and the known kinds' evidence adds where it is strong.
 The weight and the margin were chosen on ELPV's validation split (docs/elpv.md).
+
+With an image-level memory bank (:mod:`spadecam.knn`: the mean distance d of the image's
+globally pooled classifier features to its k nearest normal training images'), the error
+term becomes a second one-class score beside the patch maximum:
+
+    z_d = (d - mu_d) / sd_d
+    t = z_e + w * z_d,   error term = t / sd_t
+
+with sd_t the spread of t over the same held-out normals (its mean there is 0), so the error
+term stays in units of a held-out normal's spread and the margin means what it meant. w is
+SPADE's ``knn_power`` under ``score="margin"`` (1: the two one-class scores count equally).
+On ELPV's validation split this lifted every column, on each of three seeds
+(benchmarks/validate_image_bank.py, docs/elpv.md).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["EvidenceCalibration", "calibrate", "margin_score"]
+__all__ = ["EvidenceCalibration", "calibrate", "error_term", "margin_score"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,20 @@ class EvidenceCalibration:
         "held_out" (the threshold's hold-out) or "train" (the training normals, when nothing
         was held out; their logits are ones the classifier was fitted to, so the margin is
         then looser than it reads).
+    knn_mean, knn_std : float or None
+        Mean and standard deviation (> 0) of the image-level bank's kNN distance d; None
+        without a bank.
+    knn_weight : float >= 0
+        w, the weight of z_d in the error term (0 without a bank).
+    joint_std : float or None
+        Standard deviation (> 0) of z_e + w z_d over the same images; None without a bank.
+
+    Raises
+    ------
+    ValueError
+        Non-finite values, a standard deviation that is not > 0, an unknown source, or the
+        bank's fields given in part (all of knn_mean, knn_std, joint_std and a knn_weight > 0,
+        or none of them).
     """
 
     error_mean: float
@@ -54,6 +81,10 @@ class EvidenceCalibration:
     logit_std: float
     n_images: int
     source: str = "held_out"
+    knn_mean: float | None = None
+    knn_std: float | None = None
+    knn_weight: float = 0.0
+    joint_std: float | None = None
 
     def __post_init__(self) -> None:
         values = (self.error_mean, self.error_std, self.logit_mean, self.logit_std)
@@ -64,6 +95,21 @@ class EvidenceCalibration:
         if self.source not in ("held_out", "train"):
             raise ValueError(f"calibration source must be 'held_out' or 'train', got "
                              f"{self.source!r}")
+        bank = (self.knn_mean, self.knn_std, self.joint_std)
+        if all(v is None for v in bank) and self.knn_weight == 0:
+            return
+        if any(v is None for v in bank) or not (
+                all(math.isfinite(v) for v in bank)  # type: ignore[arg-type]
+                and self.knn_std > 0 and self.joint_std > 0  # type: ignore[operator]
+                and math.isfinite(self.knn_weight) and self.knn_weight > 0):
+            raise ValueError(f"calibration's image-level bank needs a finite knn_mean, positive "
+                             f"knn_std and joint_std and a knn_weight > 0, got "
+                             f"{bank + (self.knn_weight,)}")
+
+    @property
+    def uses_bank(self) -> bool:
+        """True when the error term joins the image-level bank's distance."""
+        return self.joint_std is not None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (config.json's ``calibration`` section)."""
@@ -72,42 +118,86 @@ class EvidenceCalibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvidenceCalibration:
         """The inverse of :meth:`to_dict`. Raises ValueError (naming the field) on bad data."""
+        def opt(key: str) -> float | None:
+            return None if d.get(key) is None else float(d[key])
+
         try:
             return cls(float(d["error_mean"]), float(d["error_std"]), float(d["logit_mean"]),
-                       float(d["logit_std"]), int(d["n_images"]), str(d.get("source", "held_out")))
+                       float(d["logit_std"]), int(d["n_images"]), str(d.get("source", "held_out")),
+                       opt("knn_mean"), opt("knn_std"), float(d.get("knn_weight") or 0.0),
+                       opt("joint_std"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"calibration: missing or malformed field ({exc})") from None
 
 
-def calibrate(error_scores: Any, logits: Any, source: str = "held_out") -> EvidenceCalibration:
+def calibrate(error_scores: Any, logits: Any, source: str = "held_out",
+              knn_distances: Any = None, knn_weight: float = 1.0) -> EvidenceCalibration:
     """The :class:`EvidenceCalibration` of normal images' error scores and logit differences.
 
-    error_scores, logits : array-like (M,) float, M >= 2, finite. A standard deviation of 0
+    error_scores, logits : array-like (M,) float, M >= 2, finite. knn_distances : array-like
+    (M,) float, finite, optional: the same images' image-level bank distances (then the
+    error term joins them with weight ``knn_weight`` > 0). A standard deviation of 0
     (identical scores) is replaced by 1e-6 of the mean's magnitude (or 1e-6), so the fusion
-    stays defined. Raises ValueError for fewer than 2 images, unequal lengths or non-finite
-    values.
+    stays defined. Raises ValueError for fewer than 2 images, unequal lengths, non-finite
+    values or a ``knn_weight`` that is not > 0 with distances given.
     """
     e = np.asarray(error_scores, dtype=np.float64).ravel()
     lg = np.asarray(logits, dtype=np.float64).ravel()
-    if len(e) < 2 or len(e) != len(lg):
-        raise ValueError(f"calibration needs the same number (>= 2) of error scores and logits, "
-                         f"got {len(e)} and {len(lg)}")
-    if not (np.isfinite(e).all() and np.isfinite(lg).all()):
-        raise ValueError("calibration: the normal images' error scores or logits are not finite")
+    d = None if knn_distances is None else np.asarray(knn_distances, dtype=np.float64).ravel()
+    if len(e) < 2 or len(e) != len(lg) or (d is not None and len(d) != len(e)):
+        raise ValueError(f"calibration needs the same number (>= 2) of error scores, logits "
+                         f"and kNN distances, got {len(e)}, {len(lg)} and "
+                         f"{'none' if d is None else len(d)}")
+    if not (np.isfinite(e).all() and np.isfinite(lg).all()
+            and (d is None or np.isfinite(d).all())):
+        raise ValueError("calibration: the normal images' error scores, logits or kNN distances "
+                         "are not finite")
 
     def sd(v: np.ndarray) -> float:
         return float(v.std()) or 1e-6 * (abs(float(v.mean())) or 1.0)
 
-    return EvidenceCalibration(float(e.mean()), sd(e), float(lg.mean()), sd(lg), len(e), source)
+    if d is None:
+        return EvidenceCalibration(float(e.mean()), sd(e), float(lg.mean()), sd(lg), len(e),
+                                   source)
+    if not (math.isfinite(knn_weight) and knn_weight > 0):
+        raise ValueError(f"calibration: knn_weight must be > 0 with kNN distances, got "
+                         f"{knn_weight!r}")
+    joint = (e - e.mean()) / sd(e) + knn_weight * (d - d.mean()) / sd(d)
+    return EvidenceCalibration(float(e.mean()), sd(e), float(lg.mean()), sd(lg), len(e), source,
+                               float(d.mean()), sd(d), float(knn_weight), sd(joint))
 
 
-def margin_score(error_score: torch.Tensor, logit: torch.Tensor, calibration: EvidenceCalibration,
-                 weight: float, margin: float) -> torch.Tensor:
-    """z_e + weight * max(0, z_c - margin) (N,) float32 (see the module docstring).
+def error_term(error_score: torch.Tensor, calibration: EvidenceCalibration,
+               knn_distance: torch.Tensor | None = None) -> torch.Tensor:
+    """The fusion's one-class term (N,) float32: z_e, or with the image-level bank
+    (z_e + w z_d) / sd_t (see the module docstring).
 
-    error_score : (N,) the error map's maximum; logit : (N,) y_anomaly - y_normal.
+    error_score : (N,) the error map's maximum; knn_distance : (N,) the bank's distance,
+    required exactly when ``calibration`` was made with one (ValueError otherwise).
     """
     c = calibration
     z_e = (error_score.float() - c.error_mean) / c.error_std
+    if c.uses_bank != (knn_distance is not None):
+        raise ValueError("the calibration was made " + ("with" if c.uses_bank else "without")
+                         + " the image-level bank's kNN distance, the score "
+                         + ("without" if c.uses_bank else "with")
+                         + " it: calibrate again with the same knn_power")
+    if knn_distance is None:
+        return z_e
+    z_d = (knn_distance.float() - c.knn_mean) / c.knn_std  # type: ignore[operator]
+    return (z_e + c.knn_weight * z_d) / c.joint_std  # type: ignore[operator]
+
+
+def margin_score(error_score: torch.Tensor, logit: torch.Tensor, calibration: EvidenceCalibration,
+                 weight: float, margin: float,
+                 knn_distance: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`error_term` + weight * max(0, z_c - margin) (N,) float32 (see the module
+    docstring).
+
+    error_score : (N,) the error map's maximum; logit : (N,) y_anomaly - y_normal;
+    knn_distance : (N,) the image-level bank's distance, exactly when ``calibration`` has
+    the bank's statistics (ValueError otherwise).
+    """
+    c = calibration
     z_c = (logit.float() - c.logit_mean) / c.logit_std
-    return z_e + weight * torch.clamp(z_c - margin, min=0.0)
+    return error_term(error_score, c, knn_distance) + weight * torch.clamp(z_c - margin, min=0.0)

@@ -249,6 +249,15 @@ def validate_config(config: dict[str, Any], path: Path) -> None:
             cal.number(key, lambda v: v > 0, "> 0")
         cal.integer("n_images", low=2)
         cal.choice("source", ("held_out", "train"))
+        # the image-level bank's statistics (knn_power > 0): all or none
+        cal.number("knn_mean", lambda v: True, "", null=True)
+        for key in ("knn_std", "joint_std"):
+            cal.number(key, lambda v: v > 0, "> 0", null=True)
+        cal.number("knn_weight", lambda v: v >= 0, ">= 0", null=True)
+        bank = [cal.data.get(k) is not None for k in ("knn_mean", "knn_std", "joint_std")]
+        if any(bank) and not (all(bank) and (cal.data.get("knn_weight") or 0) > 0):
+            cal.fail("knn_mean", "knn_mean, knn_std, joint_std and knn_weight > 0 all set, "
+                     "or none of them", cal.data.get("knn_mean"))
     params = _detector_params(top, models)
     _same_resize(inp, pre, params)
     _top_level_values(top, config)

@@ -52,9 +52,12 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # margin: ELPV's validation split, seeds 0-2 (benchmarks/choose_fusion.py, its log
     # benchmarks/results/choose_fusion_val.log; docs/elpv.md, "A pretrained backbone"): the
     # largest mean gain over the one-class score (+0.024) among the pairs that lower no
-    # column of any seed by more than 0.005
+    # column of any seed by more than 0.005. knn_power 1: the image-level feature bank on
+    # the head's pooled features joins the error term with the patch maximum's weight; on
+    # the same split it lifted every column of every seed (benchmarks/validate_image_bank.py,
+    # logs benchmarks/results/elpv_validation_image_bank_seed0.log and _seeds12.log)
     "pretrained": {"latent_dim": 8, "error_smoothing": 0.0, "error_norm": "l1",
-                   "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 0.0,
+                   "roi_power": 1.0, "classifier_weight": 0.0, "knn_power": 1.0,
                    "error": "feature", "score": "margin",
                    "evidence_weight": 2.0, "evidence_margin": 2.0, "patch_stride": 1},
 }

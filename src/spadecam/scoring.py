@@ -32,6 +32,7 @@ from spadecam.feature_error import IMAGE_CHUNK, PatchBank
 from spadecam.fusion import EvidenceCalibration, margin_score
 from spadecam.knn import FeatureBank
 from spadecam.model_schema import SCORES
+from spadecam.models.classifier import has_linear_head
 from spadecam.models.cnn import NORMAL_CLASS
 from spadecam.precision import resolve_scoring_precision
 from spadecam.roi import roi_weights, weighted_error
@@ -46,6 +47,18 @@ __all__ = [
     "signed_cams",
     "spade_error_map",
 ]
+
+
+class MarginParts(NamedTuple):
+    """The margin fusion's raw numbers for a batch of N images
+    (:meth:`SPADEScorer.margin_parts`): the error map e (N, H, W), its maximum (N,), the
+    logit difference y_anomaly - y_normal (N,) and the feature bank's kNN distance (N,) or
+    None (``knn_power`` 0), all float32."""
+
+    e: torch.Tensor
+    error_score: torch.Tensor
+    logit: torch.Tensor
+    knn_distance: torch.Tensor | None
 
 
 class SignedCams(NamedTuple):
@@ -97,7 +110,9 @@ class SPADEScorer(nn.Module):
         The normal training images' pooled classifier features (:mod:`spadecam.knn`).
     knn_power : float >= 0
         Multiplies e' by d ** knn_power, d the kNN distance of u's features to the bank
-        (1 = a typical normal image). 0 (default) = the paper; our option.
+        (1 = a typical normal image). 0 (default) = the paper; our option. Under
+        ``score="margin"`` it is instead w, the weight of d's z-score beside the error
+        maximum's in the fusion's one-class term (:mod:`spadecam.fusion`).
     patch_bank : PatchBank, optional
         With it, e is the feature-space error (:mod:`spadecam.feature_error`: each patch's
         distance to the nearest normal training patch in a frozen pretrained backbone's
@@ -105,14 +120,16 @@ class SPADEScorer(nn.Module):
         the feature bank weight it as they weight the reconstruction error. Our option.
     score : {"weighted_error", "margin"}
         "weighted_error" (default): Algorithm 1's sum of e' (with the factors above).
-        "margin" (our option, :mod:`spadecam.fusion`): z(max of e) + evidence_weight *
-        max(0, z(l) - evidence_margin), l the classifier's logit difference, z in units of
+        "margin" (our option, :mod:`spadecam.fusion`): z(max of e) (joined by the feature
+        bank's z(d) when ``knn_power`` > 0) + evidence_weight * max(0, z(l) -
+        evidence_margin), l the classifier's logit difference, z in units of
         ``calibration`` (held-out normal images); no ROI (validation preferred the error's
         maximum to the ROI-weighted sum, docs/elpv.md), no VAE with a ``patch_bank``. The
         map it returns is e (N, H, W), whose maximum is the error term.
     calibration : EvidenceCalibration, optional
         Needed by ``forward`` with ``score="margin"`` (:meth:`margin_parts` computes the raw
-        numbers it is made from).
+        numbers it is made from); made with the feature bank exactly when ``knn_power`` > 0,
+        with w = ``knn_power``.
     evidence_weight, evidence_margin : float >= 0
         The margin fusion's weight and margin (in held-out normal standard deviations).
 
@@ -120,7 +137,8 @@ class SPADEScorer(nn.Module):
     ------
     ValueError
         ``roi_power <= 0``, ``classifier_weight < 0``, ``knn_power < 0``, ``knn_power > 0``
-        without a ``knn`` bank, an unknown ``score``, or a negative evidence weight / margin.
+        without a ``knn`` bank, an unknown ``score``, a negative evidence weight / margin, or
+        a ``calibration`` made with another ``knn_power`` (or with / without the bank).
 
     References
     ----------
@@ -170,6 +188,11 @@ class SPADEScorer(nn.Module):
             raise ValueError(f"knn_power must be >= 0 and needs a feature bank (fit builds "
                              f"it), got {knn_power!r} with knn={knn!r}")
         self.knn, self.knn_power = knn, knn_power
+        if score == "margin" and calibration is not None and (
+                calibration.knn_weight != float(knn_power)):
+            raise ValueError(f"the margin fusion's calibration was made with knn_power "
+                             f"{calibration.knn_weight:g}, the scorer has {knn_power:g}: "
+                             "calibrate again on held-out normal images")
         self.vae, self.cnn = vae, cnn
         self.layers = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else (cam_layer,)
         self.input_branch, self.recon_branch = input_branch, recon_branch
@@ -275,9 +298,10 @@ class SPADEScorer(nn.Module):
             if self.calibration is None:
                 raise ValueError("score='margin' needs the held-out normals' calibration "
                                  "(SPADE.fit sets it)")
-            e, error_score, logit = self.margin_parts(u, valid)
-            return margin_score(error_score, logit, self.calibration, self.evidence_weight,
-                                self.evidence_margin), e
+            parts = self.margin_parts(u, valid)
+            return margin_score(parts.error_score, parts.logit, self.calibration,
+                                self.evidence_weight, self.evidence_margin,
+                                parts.knn_distance), parts.e
         if self.vae is None:
             raise ValueError("SPADEScorer without a VAE only computes error_map")
         u_hat = self.vae.reconstruct(u)
@@ -285,22 +309,27 @@ class SPADEScorer(nn.Module):
         return m.sum(dim=(1, 2)), m
 
 
-    def margin_parts(self, u: torch.Tensor, valid: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The margin fusion's raw numbers for u (N, C, H, W) in [0, 1]: the error e (N, H, W)
-        float32 (the feature error with a ``patch_bank``, else the VAE's reconstruction
-        error; 0 on letterbox padding), its maximum (N,) and the classifier's logit
-        difference y_anomaly - y_normal (N,) float32."""
+    def margin_parts(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> MarginParts:
+        """The margin fusion's raw numbers for u (N, C, H, W) in [0, 1] (a
+        :class:`MarginParts`): the error e (N, H, W) float32 (the feature error with a
+        ``patch_bank``, else the VAE's reconstruction error; 0 on letterbox padding), its
+        maximum (N,), the classifier's logit difference y_anomaly - y_normal (N,) float32
+        and, with ``knn_power`` > 0, the feature bank's kNN distance (N,) float32 (its
+        pooled features read in the classifier's forward when the bank reads the last
+        block), else None."""
         if self._shares_trunk:
-            e, logits = self._shared_parts(u, valid)
+            e, logits, pooled = self._shared_parts(u, valid)
         elif self.patch_bank is not None:
             e = self.patch_bank.error_map(u, valid)
             if not is_exporting() and len(u) > IMAGE_CHUNK:
                 # a pretrained classifier beside it: memory bounded as the backbone's is
-                logits = torch.cat([self.cnn(u[i : i + IMAGE_CHUNK])
-                                    for i in range(0, len(u), IMAGE_CHUNK)])
+                chunks = [self._logits_pooled(u[i : i + IMAGE_CHUNK])
+                          for i in range(0, len(u), IMAGE_CHUNK)]
+                logits = torch.cat([c[0] for c in chunks])
+                pooled = None if chunks[0][1] is None else torch.cat(
+                    [cast(torch.Tensor, c[1]) for c in chunks])
             else:
-                logits = self.cnn(u)
+                logits, pooled = self._logits_pooled(u)
         else:
             if self.vae is None:
                 raise ValueError("score='margin' with the reconstruction error needs a VAE")
@@ -308,21 +337,42 @@ class SPADEScorer(nn.Module):
             with torch.autocast(u.device.type, enabled=False):
                 e = reconstruction_error(u.float(), u_hat.float(), self.error_smoothing,
                                          self.error_norm, valid)
-            logits = self.cnn(u)
+            logits, pooled = self._logits_pooled(u)
         e = e.float().sum(dim=1)
-        return e, e.flatten(1).amax(dim=1), cnn_score(logits)
+        d = None
+        if self.knn_power:
+            assert self.knn is not None  # __init__ checked
+            d = self.knn(self.cnn, u, features=pooled).float()
+        return MarginParts(e, e.flatten(1).amax(dim=1), cnn_score(logits), d)
+
+    def _reads_last_pooled(self) -> bool:
+        """True when the feature bank reads the pooled last block, the linear head's input."""
+        return self._bank_layer() == len(cast(Any, self.cnn).features) - 1 and has_linear_head(
+            self.cnn)
+
+    def _logits_pooled(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits (N, 2) of u and, when the feature bank reads the last block, its pooled
+        features (N, K) float32 from the same forward (else None)."""
+        if not self._reads_last_pooled():
+            return self.cnn(u), None
+        a = cast(Any, self.cnn).forward_features(u, -1)
+        return cast(Any, self.cnn).head(a), a.float().mean(dim=(2, 3))
 
     def _shared_parts(self, u: torch.Tensor, valid: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The feature error (N, 1, H, W) and the logits (N, 2) from ONE forward of the
-        classifier, whose first blocks are the patch extractor's (the frozen backbone under a
-        head fitted alone): its trunk in fp32, as the extractor runs it, then the rest of the
-        classifier and its head. The same numbers as the two forwards, to fp32 rounding."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The feature error (N, 1, H, W), the logits (N, 2) and, when the feature bank reads
+        the last block, its pooled features (N, K) float32 (else None) from ONE forward of
+        the classifier, whose first blocks are the patch extractor's (the frozen backbone
+        under a head fitted alone): its trunk in fp32, as the extractor runs it, then the
+        rest of the classifier and its head. The same numbers as the separate forwards, to
+        fp32 rounding."""
         if not is_exporting() and len(u) > IMAGE_CHUNK:  # memory bounded as the backbone's is
             parts = [self._shared_parts(u[i : i + IMAGE_CHUNK],
                                         None if valid is None else valid[i : i + IMAGE_CHUNK])
                      for i in range(0, len(u), IMAGE_CHUNK)]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            pooled = None if parts[0][2] is None else torch.cat(
+                [cast(torch.Tensor, p[2]) for p in parts])
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), pooled
         bank = self.patch_bank
         assert bank is not None
         ext = bank.extractor
@@ -331,7 +381,8 @@ class SPADEScorer(nn.Module):
         e = bank.error_from_features(ext.combine(maps), u.shape[-2:], valid)
         for block in list(blocks)[len(ext.blocks):]:
             x = block(x)
-        return e, cast(Any, self.cnn).head(x)
+        pooled = x.float().mean(dim=(2, 3)) if self._reads_last_pooled() else None
+        return e, cast(Any, self.cnn).head(x), pooled
 
 
 class VAEScorer(nn.Module):

@@ -482,6 +482,7 @@ def train_cnn(
     config: CNNConfig | ResNetConfig | None = None,
     train: TrainConfig | None = None,
     loss: str = "eq2",
+    features: torch.Tensor | None = None,
 ) -> FeatureClassifier:
     """Train the normal-vs-known-anomaly classifier (eq. 2).
 
@@ -493,6 +494,10 @@ def train_cnn(
         The backbone: the paper's small conv stack, or ResNet-18 (paper Table II).
     loss : {"eq2", "cross_entropy"}
         See :func:`spadecam.models.cnn.classifier_loss`.
+    features : Tensor (N, K) float32, optional
+        With ``train.head_only``: x's :func:`pooled_last_features` on the network
+        ``build_classifier(config, C, train.seed)`` builds, already computed (then x is not
+        read again). Ignored otherwise.
 
     Returns
     -------
@@ -510,7 +515,7 @@ def train_cnn(
     train = train or TrainConfig()
     model = build_classifier(config, x.shape[1], train.seed)
     if train.head_only:
-        return fit_linear_head(model, x, y, train)
+        return fit_linear_head(model, x, y, train, features)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         u = _inputs.to_float_images(batch[0]).contiguous(memory_format=torch.channels_last)

@@ -30,7 +30,13 @@ from spadecam.recipes import (
     default_vae_config,
 )
 from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
-from spadecam.training import TrainConfig, train_cnn, train_vae
+from spadecam.training import (
+    TrainConfig,
+    build_classifier,
+    pooled_last_features,
+    train_cnn,
+    train_vae,
+)
 
 
 @with_common_parameters
@@ -94,7 +100,9 @@ class SPADE(_BaseDetector):
         Our option (:mod:`spadecam.knn`): e' times d ** knn_power, d the mean
         distance of the image's pooled classifier features (block ``knn_layer``) to those of
         its ``knn_k`` nearest normal training images, 1 for a typical normal one. 0 = the
-        paper (no feature bank is built). None: the recipe's (spadecam 1, paper 0).
+        paper (no feature bank is built). Under ``score="margin"``: w, the weight of d's
+        z-score beside the error maximum's in the fusion's one-class term
+        (:mod:`spadecam.fusion`). None: the recipe's (spadecam 1, pretrained 1, paper 0).
     knn_layer : int
         Classifier block of the feature bank (default -1, the last, the one Grad-CAM reads;
         the middle block -2 is the ELPV recipe's).
@@ -115,10 +123,11 @@ class SPADE(_BaseDetector):
         training images' patches; default 16,384: 16,384 x 152 floats, 10 MB).
     score : {"weighted_error", "margin"}, optional
         "weighted_error": Algorithm 1's sum of e' (with the factors above). "margin" (our
-        option, :mod:`spadecam.fusion`): z(max of e) + evidence_weight * max(0, z(l) -
-        evidence_margin), l the classifier's logit difference y_anomaly - y_normal, both z in
-        units of their spread over held-out normal images (``calibration_``); no ROI, and no
-        VAE with ``error="feature"``. None: the recipe's.
+        option, :mod:`spadecam.fusion`): t / sd(t), t = z(max of e) + knn_power * z(d)
+        (t = z(max of e) without the bank), plus evidence_weight * max(0, z(l) -
+        evidence_margin), l the classifier's logit difference y_anomaly - y_normal, every z
+        and sd in units of their spread over held-out normal images (``calibration_``); no
+        ROI, and no VAE with ``error="feature"``. None: the recipe's.
     evidence_weight, evidence_margin : float >= 0, optional
         The margin fusion's weight and margin (in standard deviations of a held-out normal
         image's logit difference). None: the recipe's (pretrained: 2 and 2, chosen on
@@ -279,11 +288,20 @@ class SPADE(_BaseDetector):
                                  f"ImageNet backbone; X has {channels} channels")
             self.vae_ = (_prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
                                             self.vae_train)) if self._needs_vae() else None)
-            self.cnn_ = _prepare(train_cnn(x, y, cnn, self.cnn_train or default_cnn_train(
-                self.recipe, cnn), self.loss))
+            cnn_train = self.cnn_train or default_cnn_train(self.recipe, cnn)
+            pooled = None
+            if cnn_train.head_only and self._param("knn_power") and self.knn_layer == -1:
+                # the frozen backbone's pooled last block is the head's input and the image
+                # bank's rows: one pass over the images gives both
+                pooled = pooled_last_features(build_classifier(cnn, channels, cnn_train.seed),
+                                              x, self.batch_size)
+            self.cnn_ = _prepare(train_cnn(x, y, cnn, cnn_train, self.loss, pooled))
             self.knn_ = None
             if self._param("knn_power"):
-                self.build_feature_bank(x[y == 0])
+                if pooled is not None:
+                    self.knn_ = FeatureBank(pooled[y == 0], self.knn_layer, self.knn_k)
+                else:
+                    self.build_feature_bank(x[y == 0])
             self.patch_bank_ = None
             if self._param("error") == "feature":
                 self.build_patch_bank(x[y == 0], None if valid is None else valid[y == 0])
@@ -318,22 +336,27 @@ class SPADE(_BaseDetector):
         """Set ``calibration_`` from normal images the models did not train on (at the
         model's input size, (M, C, S, S) uint8 or float [0, 1], M >= 2; ``valid`` their
         letterbox mask) and return it: the margin fusion's means and spreads
-        (:func:`spadecam.fusion.calibrate`). Raises ValueError for fewer than 2 images."""
+        (:func:`spadecam.fusion.calibrate`), with the feature bank's distance when
+        ``knn_power`` > 0 (its weight). Raises ValueError for fewer than 2 images."""
         from spadecam.inputs import to_float_images
 
         x = torch.as_tensor(x_normal)
         v = None if valid is None else torch.as_tensor(valid)
         scorer = self.scorer(calibrated=False)
-        errors, logits = [], []
+        errors, logits, dists = [], [], []
         with scoring_context(self.precision, self.cnn_) as device:
             for i in range(0, len(x), self.batch_size):
                 u = to_float_images(x[i : i + self.batch_size]).to(device)
-                _, e, lg = scorer.margin_parts(
+                parts = scorer.margin_parts(
                     u, None if v is None else v[i : i + self.batch_size].to(device))
-                errors.append(e.cpu())
-                logits.append(lg.cpu())
+                errors.append(parts.error_score.cpu())
+                logits.append(parts.logit.cpu())
+                if parts.knn_distance is not None:
+                    dists.append(parts.knn_distance.cpu())
                 tick(f"calibration: {i + len(u)}/{len(x)} held-out normal images")
-        cal = calibrate(torch.cat(errors).numpy(), torch.cat(logits).numpy(), source)
+        cal = calibrate(torch.cat(errors).numpy(), torch.cat(logits).numpy(), source,
+                        torch.cat(dists).numpy() if dists else None,
+                        float(self._param("knn_power") or 1.0))
         self.calibration_ = cal
         return cal
 
@@ -358,7 +381,8 @@ class SPADE(_BaseDetector):
         ValueError
             ``knn_power`` > 0 (the spadecam recipe's default is 1) without ``x_normal``: the
             message says to pass it or ``knn_power=0``; ``vae`` None where the score needs
-            one, or without ``image_size``.
+            one, or without ``image_size``; a ``calibration`` made with another
+            ``knn_power`` (with or without the feature bank).
         """
         det = cls(**params)
         det._check_params()
@@ -370,6 +394,12 @@ class SPADE(_BaseDetector):
         det.threshold_ = None
         det.knn_ = knn_bank
         det.patch_bank_ = patch_bank
+        if calibration is not None and det._param("score") == "margin" and (
+                calibration.knn_weight != float(det._param("knn_power") or 0.0)):
+            raise ValueError(f"{cls.__name__}.from_models: the margin fusion's calibration was "
+                             f"made with knn_power {calibration.knn_weight:g}, the detector "
+                             f"has {det._param('knn_power') or 0:g}: pass the same knn_power, "
+                             "or calibrate again on held-out normal images")
         det.calibration_ = calibration
         det._set_input_from_models()
         if det._param("error") == "feature" and patch_bank is None:
