@@ -463,7 +463,8 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
     only = bm.BenchmarkData(data.x_normal, data.x_test, data.y_test, [prot])
     rows = bm.run_pretrained_benchmark(lambda seed: only, r, [0], progress=False,
                                        log=lambda *a: None)
-    assert {q["method"] for q in rows} == {"patchcore", "cnn_pretrained", "spade_pretrained"}
+    assert {q["method"] for q in rows} == {"patchcore", "one_class_pretrained", "cnn_pretrained",
+                                           "spade_pretrained"}
     hold = holdout_split(torch.zeros(len(data.x_normal), dtype=torch.long), 0.1, 0)
     assert seen["n_train_normal"] == int((~hold).sum())
     # the same scores from the library's detector on the same models
@@ -482,6 +483,14 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
 
     for (pname, subset), idx in prot.columns.items():
         assert auroc(data.y_test[idx], fused[idx]) == pytest.approx(ref[(pname, subset)], abs=1e-9)
+    # the one-class row is the same detector's score without the classifier's evidence
+    det.set_params(evidence_weight=0.0)
+    alone = det.decision_function(data.x_test.numpy())
+    one_class = {(q["protocol"], q["subset"]): q["auroc"] for q in rows
+                 if q["method"] == "one_class_pretrained"}
+    for (pname, subset), idx in prot.columns.items():
+        assert auroc(data.y_test[idx], alone[idx]) == pytest.approx(one_class[(pname, subset)],
+                                                                    abs=1e-9)
     # the detector runs the backbone once for both parts (its head was fitted alone), the
     # benchmark twice: the same calibration to fp32 rounding
     from spadecam.knn import FeatureBank

@@ -250,8 +250,9 @@ def test_the_pretrained_recipe_puts_the_one_class_row_in_the_noisy_mnist_table(t
                            progress=False, log=lambda *_: None)
     assert [(q["method"], q["known_class"]) for q in rows] == [
         (m, k) for k in (3, 9) for m in PRETRAINED_METHODS]
-    one_class = [q["auroc"] for q in rows if q["method"] == "patchcore"]
-    assert one_class[0] == one_class[1]
+    for method in ("patchcore", "one_class_pretrained"):  # no label used: per digit the same
+        one_class = [q["auroc"] for q in rows if q["method"] == method]
+        assert one_class[0] == one_class[1], method
     assert all(0.0 <= q["auroc"] <= 1.0 and q["recipe"] == "pretrained" for q in rows)
     table = (tmp_path / "table.md").read_text()
     assert "Patch kNN, pretrained, no labels" in table and "SPADE (paper) | 0.87" not in table

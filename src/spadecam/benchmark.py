@@ -556,7 +556,10 @@ def run_pretrained_benchmark(
     out, :func:`spadecam.threshold.holdout_split`); the patch bank built from the rest
     (:meth:`SPADE.build_patch_bank`) and the maximum of each test and held-out image's
     feature-space error computed once; the method ``"patchcore"`` is that maximum (patch
-    kNN on the frozen ImageNet backbone, no label used). Per protocol: the classifier
+    kNN on the frozen ImageNet backbone, no label used), ``"one_class_pretrained"`` SPADE's
+    one-class term (:func:`spadecam.fusion.error_term`: the maximum joined by the image-level
+    bank's distance; with a head fitted alone the bank reads the frozen backbone, so no label
+    is used either: the same scores in every protocol of a seed). Per protocol: the classifier
     (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
     and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
     the held-out normals and the margin fusion (``"spade_pretrained"``, its error term
@@ -569,7 +572,7 @@ def run_pretrained_benchmark(
     in fp32, one process. Protocols that score no SPADE (a supervised reference) are
     skipped.
     """
-    from spadecam.fusion import calibrate, margin_score
+    from spadecam.fusion import calibrate, error_term, margin_score
     from spadecam.knn import FeatureBank
     from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
     from spadecam.threshold import holdout_split
@@ -631,8 +634,10 @@ def run_pretrained_benchmark(
                             None if d_held is None else d_held.numpy(), knn_w or 1.0)
             fused = margin_score(torch.as_tensor(err_test), torch.as_tensor(logit_test), cal,
                                  params["evidence_weight"], params["evidence_margin"], d_test)
-            scores = {"patchcore": err_test, "cnn_pretrained": logit_test,
-                      "spade_pretrained": fused.double().numpy()}
+            # SPADE's one-class term alone (no label): what the labels add is measured on it
+            one_class = error_term(torch.as_tensor(err_test), cal, d_test)
+            scores = {"patchcore": err_test, "one_class_pretrained": one_class.double().numpy(),
+                      "cnn_pretrained": logit_test, "spade_pretrained": fused.double().numpy()}
             res = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, recipe,
                                  Execution())
             new = res.rows(scores)

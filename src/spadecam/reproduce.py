@@ -374,7 +374,7 @@ def _write_noisy_mnist(out: Path, rows: list[dict], ablation_rows: list[dict], t
 
 ELPV_METHODS = ("vae", "cnn", "naive_spade", "spade", "cnn_all_labels")
 #: The rows of a "pretrained" recipe's run (:func:`spadecam.benchmark.run_pretrained_benchmark`).
-PRETRAINED_METHODS = ("patchcore", "cnn_pretrained", "spade_pretrained")
+PRETRAINED_METHODS = ("patchcore", "one_class_pretrained", "cnn_pretrained", "spade_pretrained")
 #: SPADE variants scored on the same models as ablation rows of the ELPV table.
 ELPV_ABLATIONS: dict[str, dict] = {
     "spade_paper_roi": {"classifier_weight": 0.0, "roi_power": 1.0, "knn_power": 0.0},
@@ -385,6 +385,8 @@ ELPV_LABELS = {"cnn_all_labels": "CNN, all defective cells labelled (reference)"
                                   "(paper's score)",
                "spade_no_knn": "SPADE without the feature bank",
                "patchcore": "Patch kNN, pretrained, no labels (PatchCore-style)",
+               "one_class_pretrained": "SPADE's one-class term, pretrained, no labels (patch "
+                                       "kNN + image kNN)",
                "cnn_pretrained": "CNN-based, pretrained (linear head on ImageNet features)",
                "spade_pretrained": "SPADE, pretrained (margin fusion)"}
 #: Table labels of the "pretrained" recipe's rows (ELPV and Noisy-MNIST).

@@ -15,7 +15,7 @@ from spadecam.detectors._base import (
 )
 from spadecam.detectors._docs import with_common_parameters
 from spadecam.exceptions import NotFittedError
-from spadecam.feature_error import PatchBank
+from spadecam.feature_error import IMAGE_CHUNK, PatchBank
 from spadecam.fusion import EvidenceCalibration, calibrate
 from spadecam.knn import FeatureBank, pooled_features
 from spadecam.models.classifier import FeatureClassifier
@@ -293,8 +293,9 @@ class SPADE(_BaseDetector):
             if cnn_train.head_only and self._param("knn_power") and self.knn_layer == -1:
                 # the frozen backbone's pooled last block is the head's input and the image
                 # bank's rows: one pass over the images gives both
+                # (in chunks of IMAGE_CHUNK: at 224 px a larger batch is slower on a CPU)
                 pooled = pooled_last_features(build_classifier(cnn, channels, cnn_train.seed),
-                                              x, self.batch_size)
+                                              x, IMAGE_CHUNK)
             self.cnn_ = _prepare(train_cnn(x, y, cnn, cnn_train, self.loss, pooled))
             self.knn_ = None
             if self._param("knn_power"):
