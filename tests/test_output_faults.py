@@ -102,6 +102,9 @@ def test_a_real_sigint_during_the_overlay_commit_leaves_nothing(tiny_model, tmp_
     argv = [str(a) for a in score_argv(tiny_model, out)]
     script = f"""
 import os, signal, sys
+# Python's own Ctrl-C handler, as in an interactive run (a shell's background job starts
+# with SIGINT ignored, and an ignored interrupt stays ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real, seen = os.replace, []
 
 def replace(src, dst, *a, **kw):
@@ -125,12 +128,32 @@ sys.exit(code)
     assert tree(out) == {}
 
 
-def test_the_interrupt_held_back_during_a_commit_is_delivered_afterwards():
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for a test (a shell starts background jobs with it ignored) and
+    put the one found back afterwards."""
+    found = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, found)
+
+
+def test_the_interrupt_held_back_during_a_commit_is_delivered_afterwards(sigint_handler):
+    sigint_handler(signal.default_int_handler)  # Python's own, as in an interactive run
     with pytest.raises(KeyboardInterrupt):
         with _fs.interrupts_held() as held:
             signal.raise_signal(signal.SIGINT)
             assert held.pending  # recorded, not raised inside the block
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_interrupt_stays_ignored_while_held(sigint_handler):
+    """Under nohup or as a shell's background job SIGINT is ignored: holding it must not
+    turn it into a pending stop."""
+    sigint_handler(signal.SIG_IGN)
+    with _fs.interrupts_held() as held:
+        signal.raise_signal(signal.SIGINT)
+        assert not held.pending
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 # --------------------------------------------------------------------------- full disk

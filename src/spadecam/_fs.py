@@ -119,7 +119,8 @@ def interrupts_held() -> Iterator[_Held]:
     (``state.pending``) and delivered once the block ends (KeyboardInterrupt under Python's
     own handler), unless the block raised. Loops check ``pending`` to stop at a safe point.
     Nested blocks share the outer one's state. Only the main thread receives signals; in
-    other threads nothing is held.
+    other threads nothing is held. A process that ignores SIGINT (started in the background
+    by a shell, or under ``nohup``-style wrappers) keeps ignoring it: nothing is recorded.
     """
     state = _Held()
     if threading.current_thread() is not threading.main_thread():
@@ -132,6 +133,9 @@ def interrupts_held() -> Iterator[_Held]:
     def hold(_signum: int, _frame: Any) -> None:
         state.pending = True
 
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield state  # an ignored Ctrl-C stays ignored: no stop at a safe point either
+        return
     try:
         previous = signal.signal(signal.SIGINT, hold)
     except ValueError:  # not the main interpreter's main thread

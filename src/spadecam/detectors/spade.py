@@ -423,16 +423,20 @@ class SPADE(_BaseDetector):
         """Set ``knn_`` from normal images (the training normals, at the model's input size).
 
         x_normal: (M, C, S, S) uint8 [0, 255] or float [0, 1], M > ``knn_k``. Features are
-        computed in the detector's precision, in batches of ``batch_size``. Returns the bank.
+        computed in the detector's precision, in batches of ``batch_size`` (of 32 with
+        ``error="feature"``, the pretrained backbone). Returns the bank.
         """
         _require(self, "cnn_")
         from spadecam.inputs import to_float_images
 
         x = to_float_images(torch.as_tensor(x_normal))
+        # a pretrained backbone at 224 px in chunks of IMAGE_CHUNK, as scoring runs it (a
+        # batch of 256 ran at a third of the speed on a 2-core CPU)
+        step = IMAGE_CHUNK if self._param("error") == "feature" else self.batch_size
         with scoring_context(self.precision, self.cnn_) as device:
-            feats = torch.cat([pooled_features(self.cnn_, x[i : i + self.batch_size].to(device),
+            feats = torch.cat([pooled_features(self.cnn_, x[i : i + step].to(device),
                                                self.knn_layer).cpu()
-                               for i in range(0, len(x), self.batch_size)])
+                               for i in range(0, len(x), step)])
         bank = FeatureBank(feats, self.knn_layer, self.knn_k)
         self.knn_ = bank
         return bank
