@@ -159,7 +159,7 @@ def reconstruction_error(
         r = r * v
         if smoothing > 0:
             # normalised convolution: the blur's weights renormalised over image pixels, so
-            # the padding's residual never leaks into the image's border (issue 17)
+            # the padding's residual never leaks into the image's border
             full = v.flatten(1).amin(1).view(-1, 1, 1, 1) > 0  # no padding at all
             # no image padded: the plain blur (w = 1), one blur fewer; an exported graph
             # (ONNX, spadecam.deploy) cannot branch on data and takes the general path,

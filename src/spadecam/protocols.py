@@ -154,7 +154,7 @@ def noisy_mnist_val_data(
 # --------------------------------------------------------------------------- ELPV
 
 #: The committed ELPV split, package data (it was found through the repository root, which
-#: an installed wheel does not have; issue 18).
+#: an installed wheel does not have).
 ELPV_SPLIT = Path(__file__).resolve().parent / "data" / "elpv_split.csv"
 #: Test columns of the ELPV benchmark, in table order: (protocol, subset).
 ELPV_COLUMNS = (

@@ -31,11 +31,12 @@ if TYPE_CHECKING:  # imported where used: the CLI reads the tables without impor
 #: "Defaults and how they were chosen".
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # classifier_weight 10: e' x (1 + 10 p(known anomaly)), chosen on both validation splits
-    # (issue 19): Noisy-MNIST's, full recipe, known 3 / 9, SPADE 0.861 / 0.864 at 0 -> 0.955 /
-    # 0.974 at 10 (30: 0.957 / 0.972); ELPV's, unseen_type/all 0.693 -> 0.766 (48 px) and
-    # 0.688 -> 0.780 (64 px), the unknown kind (poly) 0.742 -> 0.730 and 0.762 -> 0.758
+    # (benchmarks/validate_scores.py): Noisy-MNIST's, full recipe, known 3 / 9, SPADE 0.861 /
+    # 0.864 at 0 -> 0.955 / 0.974 at 10 (30: 0.957 / 0.972); ELPV's, unseen_type/all 0.693 ->
+    # 0.766 (48 px) and 0.688 -> 0.780 (64 px), the unknown kind (poly) 0.742 -> 0.730 and
+    # 0.762 -> 0.758
     # knn_power 1 (the feature bank's distance d at the last block, e' x d): chosen on both
-    # validation splits (issue 19, benchmarks/validate_scores.py): Noisy-MNIST known 3 / 9
+    # validation splits (benchmarks/validate_scores.py): Noisy-MNIST known 3 / 9
     # 0.955 / 0.974 with and without (powers 2 and 4 lose 0.006-0.045); ELPV seeds 0-2
     # few_labels_10 / few_labels_50 / unseen_type 0.724 / 0.732 / 0.781 -> 0.785 / 0.788 / 0.812
     "spadecam": {"latent_dim": 8, "error_smoothing": 2.0, "error_norm": "l2",
@@ -79,7 +80,7 @@ PRETRAINED_IMAGE_SIZE = RECIPE_FIT["pretrained"]["image_size"]
 
 #: What fitting a detector uses for an argument left unset, the same for the Python API
 #: (the detectors' and :class:`~spadecam.training.TrainConfig`'s defaults) and for
-#: ``spadecam train`` (its option defaults): issue 18 found the CLI holding out 10 % for the
+#: ``spadecam train`` (its option defaults): the CLI once held out 10 % for the
 #: threshold and training in batches of 32 while ``SPADE()`` held out nothing and trained in
 #: batches of 128. ``image_size`` is ``spadecam train``'s model input side; the API sizes the
 #: input from the data (the longest side ``fit`` sees) unless given one.

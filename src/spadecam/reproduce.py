@@ -51,7 +51,7 @@ from spadecam.roi import apply_branch, normalise_roi, roi_weights, upsample_roi
 
 __all__ = ["ABLATIONS", "ELPV_ABLATIONS", "run_elpv", "run_noisy_mnist"]
 
-#: Names that moved in issue 18 (one release with a DeprecationWarning): recipes to
+#: Names that moved in 0.2 (one release with a DeprecationWarning): recipes to
 #: spadecam.recipes, the data descriptions to spadecam.protocols.
 _MOVED = {
     **{n: _recipes for n in ("Recipe", "RECIPES", "ELPV_RECIPES", "get_recipe")},
@@ -79,11 +79,11 @@ ABLATIONS: dict[str, dict] = {
     "spade_abs_both": {"recon_branch": "abs"},
     "spade_cam_layer_-2": {"cam_layer": -2},
     "spade_paper_error": {"error_smoothing": 0.0, "error_norm": "l1"},
-    # issue 11's ROI option, the recipe's default since issue 19 (it won on the ELPV and
-    # Noisy-MNIST validation splits): this row is SPADE's own now; the next one is the paper's
+    # our ROI option, the recipe's default since it won on the ELPV and Noisy-MNIST
+    # validation splits: this row is SPADE's own now; the next one is the paper's
     "spade_classifier_weight_10": {"classifier_weight": 10.0},
     "spade_no_classifier_weight": {"classifier_weight": 0.0, "knn_power": 0.0},
-    # issue 19's feature bank (the default's e' x d); without it
+    # the feature bank (the default's e' x d); without it
     "spade_no_knn": {"knn_power": 0.0},
 }
 ABLATION_LABELS = {

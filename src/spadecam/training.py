@@ -156,7 +156,7 @@ class TrainConfig:
 
 
 def __getattr__(name: str):
-    if name == "to_float_images":  # moved in 0.2 (issue 18), goes in 0.3
+    if name == "to_float_images":  # moved to spadecam.inputs in 0.2, goes in 0.3
         import warnings
 
         warnings.warn("spadecam.training.to_float_images moved to "

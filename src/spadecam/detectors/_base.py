@@ -625,7 +625,7 @@ class _BaseDetector(BaseEstimator):
             except (TypeError, ValueError) as exc:
                 raise ModelFormatError(f"{path}/config.json: bad knn section ({exc})") from None
         elif "knn_power" in allowed and "knn_power" not in params:
-            params["knn_power"] = 0.0  # saved before the feature bank (issue 19): scored without
+            params["knn_power"] = 0.0  # saved before the feature bank existed: scored without
         if config.get("patch") is not None:
             extra["patch_bank"] = _load_patch_bank(path, config)
         if config.get("calibration") is not None:

@@ -264,7 +264,7 @@ def _pixel_metrics(fabric: Any, data: LabelledImages, mine: range,
     m, use = mask_arr
     missing = [str(data.paths[i]) for i in range(len(data))
                if data.labels[i] == 1 and data.masks[i] is None]
-    if missing and rank0:  # the rule: left out of pixel AUROC, and said so (issue 17)
+    if missing and rank0:  # the rule: left out of pixel AUROC, and said so
         warn(f"--masks: {len(missing)} anomalous image(s) have no mask and are left out of "
              f"pixel AUROC: {', '.join(missing[:5])}"
              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))

@@ -181,7 +181,7 @@ def build_detector(
     if channels is not None and channels not in (1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
     for name, value in (("epochs", epochs), ("steps", steps), ("latent-dim", latent_dim)):
-        if value is not None and value < 1:  # 0 is not "unset" (issue 17)
+        if value is not None and value < 1:  # 0 is not "unset": it is refused, not replaced
             raise ValueError(f"--{name} must be >= 1, got {value}")
     vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=(
         RECIPE_DEFAULTS[recipe]["latent_dim"] if latent_dim is None else latent_dim))
