@@ -11,7 +11,8 @@ BIN    := $(VENV)/bin
 # Override on a GPU machine, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url ..."`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
-# MNIST: ../shared/data/mnist when it exists, else $SPADECAM_DATA, else download into the cache.
+# MNIST: $SPADECAM_DATA when set, else ../shared/data/mnist when it exists, else download into
+# the cache.
 SPADECAM_DATA ?= $(shell test -d ../shared/data/mnist && cd ../shared/data/mnist && pwd)
 DATA_ARGS := $(if $(SPADECAM_DATA),--data-dir $(SPADECAM_DATA),--download)
 OUT    ?= runs

@@ -146,3 +146,19 @@ def test_the_claims_checker_catches_a_wrong_default():
     # the checks above could pass by matching nothing: they find these
     assert list(_claims("`--resize stretch` (the default) and `--lr` (default 0.5)")) == [
         ("--resize", "stretch"), ("--lr", "0.5")]
+
+
+def test_the_readme_is_short_and_says_how_to_reach_the_installed_cli():
+    """A newcomer reads the README whole: at most 200 lines, and after `make demo` it says
+    where the `spadecam` command is (the .venv the set-up made) and how the ONNX extra is
+    installed."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert ".venv/bin/spadecam" in readme and "source .venv/bin/activate" in readme
+    assert "pip install -e '.[onnx]'" in readme
+    # --mvtec is evaluate's option only: the README must not offer it to train or score
+    import re
+
+    for line in readme.splitlines():
+        if "--mvtec" in line:
+            assert not re.search(r"spadecam (train|score)\b", line), line
