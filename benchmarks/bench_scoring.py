@@ -8,8 +8,8 @@ Scoring paths (recipe `spadecam`: blurred, squared reconstruction error):
     bf16, else fp32), closed-form Grad-CAM, u and u_hat in one CNN batch;
 (a32) the same with ``precision="32"``;
 (b) a reference built from captum's LayerGradCam (signed, relu_attributions=False) on u and
-    u_hat, batch-wise, plus the same VAE and error, in fp32 — as a user would run it; since
-    issue 19 it computes the default score whole: the classifier weight's probability and
+    u_hat, batch-wise, plus the same VAE and error, in fp32 — as a user would run it; it
+    computes the default score whole: the classifier weight's probability and
     the feature bank's query from one more classifier forward of u;
 (c) the forward-only bound of the default path: the networks' forward passes of (a) itself,
     same batches, same precision and input conversion (VAE, then the CNN on u and u_hat as
@@ -99,7 +99,7 @@ def _captum_scores(det: SPADE, u8: np.ndarray, r) -> np.ndarray:
     """The default score of ``det`` (fp32) with captum's Grad-CAM, as a user would write it.
 
     e' of eq. 5 from captum's maps, times (1 + classifier_weight p(known anomaly)) and the
-    feature bank's distance ** knn_power (issue 19's default), p and the bank's query from
+    feature bank's distance ** knn_power (the default), p and the bank's query from
     one more classifier forward of u (captum does not return the logits or features).
     """
     from captum.attr import LayerGradCam
@@ -229,7 +229,7 @@ def _own_images(peak: float) -> None:
 
 
 def _onnx_line(det32: SPADE, u8: np.ndarray) -> None:
-    """The exported graph (issue 20) on onnxruntime beside torch fp32, same images: img/s of
+    """The exported graph on onnxruntime beside torch fp32, same images: img/s of
     each (timed in turn), the file's size and the largest relative score difference. A
     report, no target."""
     from spadecam.deploy.onnx_export import export_onnx

@@ -1,4 +1,4 @@
-"""Real-sized images (issue 21): scoring, training, memory and `spadecam score` end to end.
+"""Real-sized images: scoring, training, memory and `spadecam score` end to end.
 
 Run by `make bench` after bench_scoring.py (or alone: `python benchmarks/bench_sizes.py`).
 The networks are the ones `spadecam train --recipe spadecam --image-size S` builds

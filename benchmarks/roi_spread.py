@@ -1,5 +1,5 @@
 """Why the ROI changes little on ELPV: how spread the ROI is, and how close SPADE is to the
-VAE-based score (issue 11, item 4). VALIDATION split, seed 0, protocol unseen_type, the ELPV
+VAE-based score. VALIDATION split, seed 0, protocol unseen_type, the ELPV
 spadecam recipe.
 
     .venv/bin/python benchmarks/roi_spread.py

@@ -4,7 +4,7 @@
 
 Noisy-MNIST's validation split (MNIST training images [50000:52000], made noisy with VAL_SEED;
 models trained on images [:50000]; the MNIST test set is not read) with the full `spadecam`
-recipe (30 VAE epochs: the fully trained VAE that issue 11's short-budget check lacked), known
+recipe (30 VAE epochs: the fully trained VAE that an earlier short-budget check lacked), known
 digits 3 and 9; SPADE scored with each ``classifier_weight`` on the same models (the runner's
 variants). Prints AUROC per (weight, known class) beside the VAE- and CNN-based baselines and
 appends the rows to benchmarks/results/noisy_mnist_validation_classifier_weight.csv.

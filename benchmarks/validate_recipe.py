@@ -1,4 +1,4 @@
-"""Measure one setting of a recipe on a VALIDATION split (issues 19 and 21).
+"""Measure one setting of a recipe on a VALIDATION split.
 
     python benchmarks/validate_recipe.py synthetic_anomalies=0,0.25,1 [--seeds 0]
     python benchmarks/validate_recipe.py image_size=48,64,96

@@ -1,4 +1,4 @@
-"""make bench's captum reference computes the default score (issue 19: it had drifted).
+"""make bench's captum reference computes the default score (it had drifted).
 
 When the default score gained the classifier weight and the feature bank, the reference in
 benchmarks/bench_scoring.py kept the paper's score and `make bench` stopped at its 1e-4

@@ -69,7 +69,7 @@ def test_one_backbone_name_set():
 
 
 def test_model_modules_import_no_sibling_that_imports_them():
-    # cnn.py and resnet.py imported each other (issue 18); now the graph has no cycle
+    # cnn.py and resnet.py imported each other; now the graph has no cycle
     graph = {}
     for f in MODELS.glob("*.py"):
         deps = set()

@@ -1,4 +1,4 @@
-"""Outputs that describe files that are not there (issue 17, kind 4): every output is checked
+"""Outputs that describe files that are not there: every output is checked
 before any work, the CSV is written after the overlays it names, and Ctrl-C is one line."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_score_with_unwritable_maps_writes_no_csv(tiny_model, tmp_path, a_file, 
 
 def test_score_interrupted_while_writing_overlays_leaves_no_csv(tiny_model, tmp_path,
                                                                monkeypatch, capsys):
-    """Overlays are staged and moved into place once every image was scored (issue 21: scored
+    """Overlays are staged and moved into place once every image was scored (scored
     in chunks with flat memory): an interruption leaves neither the CSV nor any overlay."""
     model, folders = tiny_model
     written: list[Path] = []
@@ -103,7 +103,7 @@ def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
     assert err[-1] == "spadecam: interrupted; no output was left half-written"
 
 
-# --------------------------------------------------------------------------- options (kind 6)
+# --------------------------------------------------------------------------- options
 
 
 def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_bf16, capsys):
@@ -158,7 +158,7 @@ def test_score_and_evaluate_keep_the_stored_precision(tiny_model, tmp_path, cpu_
 )
 def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
     # reproduce elpv silently ignored all of these, noisy-mnist --eval-split; refused at
-    # parse time, before torch is imported and before any work (since issue 18 both run on
+    # parse time, before torch is imported and before any work (both run on
     # one runner, so elpv takes --precision and the distributed options)
     import subprocess
     import sys
@@ -171,7 +171,7 @@ def test_reproduce_refuses_options_its_benchmark_would_ignore(argv, option):
     assert f"does not take {option}" in out.stderr
 
 
-# --------------------------------------------------------------------------- masks (kind 1)
+# --------------------------------------------------------------------------- masks
 
 
 def test_evaluate_names_anomalies_without_a_mask(tiny_model, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""config.json of a model directory is validated on load (issue 17, "Kind 5": a model
-directory that a user edited or damaged).
+"""config.json of a model directory is validated on load (a model directory that a user
+edited or damaged).
 
 One model directory of tiny untrained models is written per module; each test copies it,
 edits config.json and expects one :class:`ModelFormatError` line that names the file, the

@@ -1,4 +1,4 @@
-"""The whole detector as one ONNX graph, run without torch (issue 20).
+"""The whole detector as one ONNX graph, run without torch.
 
 Parity: on Noisy-MNIST-like images (a digit-like stroke at a random place in noise, square)
 and ELPV-like ones (grey cell textures with a crack; non-square and of mixed sizes, so the

@@ -1,4 +1,4 @@
-"""Docs that cannot drift (issue 18, item 6).
+"""Docs that cannot drift.
 
 * The generated blocks (tables from the committed results, the ``spadecam train`` option table,
   the recipe table of defaults) are what ``make tables`` writes from the current code.

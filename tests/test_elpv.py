@@ -1,4 +1,4 @@
-"""ELPV benchmark (issue 11): labels, the committed split file, and the whole runner on small
+"""ELPV benchmark: labels, the committed split file, and the whole runner on small
 generated cell images (nothing is downloaded and elpv-dataset is not needed)."""
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def test_quick_recipe_is_smaller():
 
 
 def test_the_split_file_is_package_data():
-    # issue 18: it was found through the repository root (parents[2] / "benchmarks"), which
+    # it was found through the repository root (parents[2] / "benchmarks"), which
     # an installed wheel does not have
     import spadecam
 
@@ -196,7 +196,7 @@ def test_the_split_file_is_package_data():
 
 
 def test_every_score_of_a_run_is_in_its_one_precision(tmp_path, cpu_bf16):
-    # the fault (issue 18): ELPV's ablation rows (and validate.py's variants) were scored with
+    # the fault: ELPV's ablation rows (and validate.py's variants) were scored with
     # SPADE's default precision "auto" -- bf16 on AVX512-BF16 / AMX CPUs -- beside fp32 rows
     from spadecam.benchmark import run_benchmark, spade_scores
     from spadecam.detectors import SPADE
@@ -283,7 +283,7 @@ def test_dra_files_follow_the_protocols_rules(tmp_path):
 
 def test_the_committed_dra_files_are_the_rules_applied_to_labels_csv():
     # the real data set: 1,508 normals split 1,131 / 377, 715 anomalies (313 mono, 402 poly),
-    # as the protocol's paper and issue 19 state them
+    # as the protocol's paper states them
     pytest.importorskip("elpv_dataset")
     from spadecam.data.elpv_dra import (
         DRA_KNOWN,
@@ -378,7 +378,7 @@ def test_synthetic_anomalies_join_the_known_class_once_per_seed(tmp_path, monkey
 
 def test_the_feature_bank_is_built_once_per_block_and_reused_by_the_variants(tmp_path,
                                                                               monkeypatch):
-    # issue 19's hot path: every ablation variant rebuilt the bank (a classifier pass over
+    # the hot path: every ablation variant rebuilt the bank (a classifier pass over
     # all training normals)
     from spadecam.benchmark import run_benchmark, spade_scores
     from spadecam.detectors import SPADE

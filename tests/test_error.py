@@ -167,7 +167,7 @@ def test_vae_detector_score_uses_the_configured_error():
 
 
 def test_bad_error_option_fails_before_any_work_with_its_name():
-    # issue 18: it used to fail only when scoring (and after training, in fit)
+    # it used to fail only when scoring (and after training, in fit)
     vae, cnn = _models()
     with pytest.raises(ValueError, match='NaiveSPADE: error_norm must be one of .*"squared"'):
         NaiveSPADE.from_models(vae, cnn, error_norm="squared")

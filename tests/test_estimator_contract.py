@@ -1,4 +1,4 @@
-"""The scikit-learn estimator contract, over all four detectors (issue 18).
+"""The scikit-learn estimator contract, over all four detectors.
 
 The constructor only stores its arguments; ``get_params`` / ``set_params`` expose them, so
 ``sklearn.base.clone`` works; every parameter is checked at the start of ``fit`` (and of
@@ -99,7 +99,7 @@ def test_the_same_rules_as_a_model_directory():
 @pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
 def test_every_constructor_parameter_is_documented_once(cls):
     # the shared ones come from one fragment (detectors._docs.COMMON_PARAMETERS_DOC); the
-    # threshold_holdout entry said "0 (default)" after the default became 0.1 (issue 18)
+    # threshold_holdout entry said "0 (default)" after the default became 0.1
     import inspect
 
     doc = (SPADE if cls is NaiveSPADE else cls).__doc__

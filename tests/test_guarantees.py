@@ -1,7 +1,7 @@
 """What spadecam promises about inputs and outputs (README, "Guarantees"), tried as a new user
 would: through the CLI on small generated folders, one test per promise.
 
-Each test started as a fault found this way (issue 12): an input silently dropped or misread,
+Each test started as a fault found this way: an input silently dropped or misread,
 a non-finite number passed on, a side effect on the caller, two rules for one decision, an
 output that could not be used.
 """

@@ -1,4 +1,4 @@
-"""Any image size through the API (issue 11): non-square, mixed sizes, maps at each image's
+"""Any image size through the API: non-square, mixed sizes, maps at each image's
 own size, letterbox padding that never counts, the minimum size and sizing from the data."""
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def models(backbone: str = "small", seed: int = 0):
 
 
 def detector(backbone: str = "small", cls=SPADE, **params):
-    # resize as PRE says: a model directory records one policy (issue 18); no feature bank
+    # resize as PRE says: a model directory records one policy; no feature bank
     # (random models; tests/test_knn.py saves and loads one)
     if cls is SPADE:  # the from-scratch recipe: these are a VAE and a CNN
         params.setdefault("knn_power", 0.0)
@@ -93,7 +93,7 @@ def test_resnet_is_a_feature_classifier_with_closed_form_grad_cam():
 
     _, cnn = models("resnet18")
     # the classifier protocol (features + GAP + linear head), not a skipped ConvClassifier
-    # __init__ (issue 18)
+    # __init__
     assert isinstance(cnn, FeatureClassifier) and not isinstance(cnn, ConvClassifier)
     assert closed_form_applies(cnn, -1)
     x = torch.rand(3, 1, SIZE, SIZE)
@@ -297,7 +297,7 @@ def test_loading_a_model_leaves_the_callers_rng_untouched(tmp_path):
 
 
 def test_a_model_directory_records_one_resize_policy(tmp_path):
-    # issue 18: the policy was stored three times (input, preprocessing, detector params) and
+    # the policy was stored three times (input, preprocessing, detector params) and
     # nothing made them agree; save refuses a disagreeing preprocessing, load a damaged file
     det = detector(resize="letterbox")
     with pytest.raises(ValueError, match="records one policy"):

@@ -1,4 +1,4 @@
-"""The feature bank (spadecam.knn) and SPADE's knn_power (issue 19)."""
+"""The feature bank (spadecam.knn) and SPADE's knn_power."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _counting_whole_bank(monkeypatch, bank):
 
 @pytest.mark.parametrize("offset", [0.0, 40.0])
 def test_nearest_distances_are_the_exact_ones_bit_for_bit(offset, monkeypatch):
-    # issue 21: candidates from the matrix product, measured exactly: the k + 1 smallest
+    # candidates from the matrix product, measured exactly: the k + 1 smallest
     # distances must be those of the exact all-pairs distances, bit for bit, on a bank large
     # enough for the shortcut (features far from the origin: offset 40)
     from spadecam.knn import _nearest

@@ -298,7 +298,7 @@ def test_a_zero_channel_or_size_is_refused_not_taken_for_unset(value):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_in_place_activations_give_the_same_values_and_gradients(monkeypatch, bf16):
-    # issue 21: the VAE's leaky ReLUs and the classifiers' ReLUs run in place (one
+    # the VAE's leaky ReLUs and the classifiers' ReLUs run in place (one
     # activation less to allocate and write per layer in training); the outputs and every
     # parameter's gradient must be those of out-of-place activations, bit for bit
     import torch.nn.functional as F

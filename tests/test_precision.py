@@ -86,7 +86,7 @@ def _golden_scores(precision: str) -> dict[str, np.ndarray]:
     vae, cnn = load_models(GOLDEN)
     x = np.load(GOLDEN / "scores.npz")["images"]
     kw = dict(error_smoothing=2.0, error_norm="l2", batch_size=16, precision=precision)
-    # 0.1 scored without the classifier weight (the recipe's default since issue 19 is 10;
+    # 0.1 scored without the classifier weight (the spadecam recipe's default is 10;
     # test_default_spade_is_the_golden_score_weighted_by_the_classifier checks it)
     spade = SPADE.from_models(vae, cnn, classifier_weight=0.0, **kw, knn_power=0.0, recipe="spadecam")
     return {
@@ -124,7 +124,7 @@ def test_precision_32_matches_spadecam_0_1_within_fp32_rounding():
     # scores.npz was written by the scoring code of spadecam 0.1 (commit fe5f1b3, fp32 only)
     # on these models and images, on a CPU without AMX; "32" reproduces it up to the order
     # of fp32 additions (on that CPU bit for bit for the unblurred error; the blurred ones
-    # within 1.4e-7 of the maximum, since the blur became two matrix products, issue 17)
+    # within 1.4e-7 of the maximum, since the blur became two matrix products)
     assert_fp32_close(_golden_scores("32"), np.load(GOLDEN / "scores.npz"))
 
 
@@ -149,7 +149,7 @@ def test_precision_32_is_bit_identical_within_one_machine(tmp_path):
 
 
 def test_default_spade_is_the_golden_score_weighted_by_the_classifier():
-    # the default score since issue 19: e' (1 + 10 p), p the classifier's probability of the
+    # the spadecam recipe's score: e' (1 + 10 p), p the classifier's probability of the
     # known anomaly; each image's e' is 0.1's (golden), so its score is golden * (1 + 10 p)
     from spadecam.models.cnn import NORMAL_CLASS
 
@@ -206,7 +206,7 @@ def test_fit_with_auto_under_each_cpu_report(cpu_kind, single_thread):
               cnn_config=CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2)),
               vae_train=TrainConfig(epochs=8, batch_size=8, lr=3e-3, progress=False),
               cnn_train=TrainConfig(epochs=8, batch_size=8, lr=3e-3, progress=False),
-              # every image trains (the default holds 0.1 out for the threshold, issue 18):
+              # every image trains (the default holds 0.1 out for the threshold):
               # this test is about precision, on 40 images
               threshold_holdout=0.0)
     det = SPADE(**kw, recipe="spadecam").fit(x, y)
@@ -239,7 +239,7 @@ def test_cli_help_and_argument_errors_do_not_import_torch(argv):
     code = ("from spadecam.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
     assert not _imports_torch(code)
-    # nor numpy (issue 18: train's defaults read from spadecam.recipes pulled spadecam.data,
+    # nor numpy (train's defaults read from spadecam.recipes pulled spadecam.data,
     # numpy and urllib in: --help went from 0.10 to 0.29 s)
     assert not _imports_torch(code, "numpy")
 

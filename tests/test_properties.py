@@ -126,7 +126,7 @@ def test_any_image_file_gives_a_finite_score_and_map_or_a_clear_error(tiny_model
             assert len(rows) == 1 and rows[0]["path"] == str(path)
             assert math.isfinite(float(rows[0]["score"])) and rows[0]["label"] in ("0", "1")
             overlay = Image.open(rows[0]["map"])
-            # the overlay is at the image's own size as displayed (issue 11), not the model's
+            # the overlay is at the image's own size as displayed, not the model's
             h, w = image_hw(path)
             assert overlay.size == (w, h) and overlay.mode == "RGB"
         else:

@@ -1,4 +1,4 @@
-"""The Noisy-MNIST recipes: the demo's (``--quick``) training lengths (issue 21)."""
+"""The Noisy-MNIST recipes: the demo's (``--quick``) training lengths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTML report of an evaluation (issue 20): one self-contained file, checked as text and
+"""The HTML report of an evaluation: one self-contained file, checked as text and
 in a real browser (headless Chromium: every image decodes, no console error, a screenshot)."""
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def _tiny_with_bank():
 
 @pytest.mark.slow
 def test_figures_and_report_reuse_the_runs_detector(tmp_path, single_thread, monkeypatch):
-    # issue 21: the figures and the report each built the first classifier's feature bank
+    # the figures and the report each built the first classifier's feature bank
     # again (a classifier pass over every normal image) and the gallery ran Grad-CAM on the
     # test images again; one bank per classifier is what the scores need
     from spadecam.detectors import SPADE
@@ -190,7 +190,7 @@ def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkey
 @pytest.mark.slow
 @pytest.mark.parametrize("cam", [{}, {"cam_method": "autograd"}])
 def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch, cam):
-    # issue 21: the CNN-based baseline ran the classifier over the test images again and Naive
+    # the CNN-based baseline ran the classifier over the test images again and Naive
     # SPADE ran Grad-CAM on them again, after SPADE's Grad-CAM forward had both the logits of
     # u and the maps M(u); the scores must be those of the baselines' own passes
     import numpy as np

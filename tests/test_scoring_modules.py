@@ -1,4 +1,4 @@
-"""One scoring nn.Module per detector kind: forward(u, valid) -> (score, map) (issue 18)."""
+"""One scoring nn.Module per detector kind: forward(u, valid) -> (score, map)."""
 
 from __future__ import annotations
 

@@ -202,7 +202,7 @@ def test_holdout_needs_enough_normals_and_a_valid_fraction():
 
 def test_zero_holdout_keeps_the_training_quantile():
     x, y = data(20, 6)
-    det = spade(threshold_holdout=0.0).fit(x, y)  # the default holds out 0.1 (issue 18)
+    det = spade(threshold_holdout=0.0).fit(x, y)  # the default holds out 0.1
     assert det.threshold_holdout == 0.0 and det.threshold_source_ == "quantile_train"
     assert det.threshold_ == pytest.approx(np.quantile(det.decision_function(x[y == 0]), 0.99))
 

@@ -1,5 +1,5 @@
 """The training loops: local seeds, a clear stop on divergence, progress that suits its output,
-and the step budget with early stopping (issue 11), on tiny data."""
+and the step budget with early stopping, on tiny data."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_progress_false_prints_nothing(capsys):
     assert capsys.readouterr().err == ""
 
 
-# --------------------------------------------------------------------------- step budget (issue 11)
+# --------------------------------------------------------------------------- step budget
 
 VAE_1 = VAEConfig(latent_dim=2, channels=(4,))
 CNN_1 = CNNConfig(channels=(4,), kernel_sizes=(3,), strides=(2,))

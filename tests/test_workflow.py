@@ -55,7 +55,7 @@ def test_train_writes_a_loadable_model_directory(model8):
         "cnn.safetensors", "config.json", "knn.safetensors", "vae.safetensors"
     ]
     config = json.loads((model8 / "config.json").read_text())
-    # the input side and policy are recorded once, in "input" (issue 18); preprocessing_
+    # the input side and policy are recorded once, in "input"; preprocessing_
     # shows them with the rest, as before
     assert config["preprocessing"] == {"channels": 1, "normalisation": "dtype_max",
                                        "min_input_size": 16}
@@ -148,7 +148,7 @@ def test_resnet18_backbone(folders8, tmp_path):
     assert main(train_args(folders8, out, "--epochs", "1", "--backbone", "resnet18")) == 0
     det = SPADE.load(out)
     assert isinstance(det.cnn_, ResNetClassifier)
-    # one backbone vocabulary: the CLI's name is the one stored (issue 18; 0.1 wrote "resnet")
+    # one backbone vocabulary: the CLI's name is the one stored (0.1 wrote "resnet")
     assert json.loads((out / "config.json").read_text())["cnn_backbone"] == "resnet18"
     assert main(["score", str(out), str(folders8["test/defect"]), "--no-progress"]) == 0
 
@@ -259,7 +259,7 @@ def test_train_refuses_empty_folder_and_bad_options(small, tmp_path, capsys):
 
 
 def test_train_reaches_every_spade_scoring_option(small, tmp_path, capsys):
-    # issue 18: --classifier-weight, --roi-power and --cam-layer were API-only
+    # --classifier-weight, --roi-power and --cam-layer were API-only
     out = tmp_path / "model"
     assert main(["train", "--recipe", "spadecam", "--normal", str(small["train/good"]), "--anomaly",
                  str(small["train/defect"]), "--out", str(out), "--image-size", "16",
