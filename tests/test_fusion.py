@@ -273,3 +273,27 @@ def test_spadecam_train_says_what_it_does_every_interval_even_without_progress(
     x[18:, 8:16, 8:16] = 250
     _pretrained_spade().fit(x, np.r_[np.zeros(18), np.ones(6)])
     assert "patch bank: features of" not in capsys.readouterr().err
+
+
+def test_every_tensor_a_loaded_detector_holds_moves_with_the_inferencer(tmp_path, tiny_model):
+    """TorchInferencer.to (the detector's own .to) moves the networks AND the memory banks
+    (patch and image-level): checked on the `meta` device, tensor by tensor, for the
+    pretrained recipe's detector and for a from-scratch one (VAE, classifier, feature bank)."""
+    from spadecam.deploy.torch_inferencer import TorchInferencer
+
+    x = _images(24)
+    x[18:, 8:16, 8:16] = 250
+    _pretrained_spade().fit(x, np.r_[np.zeros(18), np.ones(6)]).save(tmp_path / "pre")
+    for model_dir, held in ((tmp_path / "pre", ("cnn_", "knn_", "patch_bank_")),
+                            (tiny_model[0], ("vae_", "cnn_", "knn_"))):
+        inf = TorchInferencer.load(model_dir).to("meta")
+        det = inf.detector
+        tensors = {}
+        for attr in held:
+            module = getattr(det, attr)
+            assert module is not None, (model_dir, attr)
+            tensors.update({f"{attr}.{k}": v for k, v in module.state_dict().items()})
+        for attr, value in vars(det).items():  # nothing else the detector holds is a tensor
+            assert not isinstance(value, torch.Tensor), attr
+        assert tensors and all(t.device.type == "meta" for t in tensors.values()), [
+            k for k, t in tensors.items() if t.device.type != "meta"]

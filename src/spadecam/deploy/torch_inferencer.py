@@ -118,11 +118,7 @@ class TorchInferencer:
 
     def to(self, device: Any) -> TorchInferencer:
         """Move the models to ``device`` (a GPU under ``--accelerator cuda``); returns self."""
-        det = self.detector
-        for attr in (*det._model_attrs, "knn_", "patch_bank_"):  # the networks and the banks
-            module = getattr(det, attr, None)
-            if module is not None:
-                setattr(det, attr, module.to(device))
+        self.detector.to(device)  # the networks and the memory banks
         return self
 
     def read(self, paths: Sequence[Path], progress: bool = False) -> list[np.ndarray]:

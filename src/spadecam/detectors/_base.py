@@ -253,6 +253,19 @@ class _BaseDetector(BaseEstimator):
         """The fitted networks this detector's score reads (of ``_model_attrs``)."""
         return self._model_attrs
 
+    #: Fitted modules beside the networks: SPADE's image-level feature bank and patch bank.
+    _bank_attrs = ("knn_", "patch_bank_")
+
+    def to(self, device: Any) -> Any:
+        """Move every fitted module the detector holds (its networks and its memory banks)
+        to ``device`` (a ``torch.device`` or its name); returns self. The threshold and the
+        calibration are numbers and stay as they are."""
+        for attr in (*self._model_attrs, *self._bank_attrs):
+            module = getattr(self, attr, None)
+            if module is not None:
+                setattr(self, attr, module.to(device))
+        return self
+
     def fitted_models(self) -> list[nn.Module]:
         """The fitted networks the score reads, in ``_model_attrs`` order (NotFittedError
         before fit)."""
