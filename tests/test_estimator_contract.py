@@ -112,3 +112,21 @@ def test_every_constructor_parameter_is_documented_once(cls):
                    and name in [p.strip() for p in line.split(":")[0].split(",")]]
         assert len(entries) == 1, (name, entries)
     assert "Default 0.1" in doc and "0 (default)" not in doc
+
+
+def test_every_parameter_reaches_its_own_attribute_through_the_subclass():
+    """NaiveSPADE passes SPADE's parameters on by keyword: each one, given alone with a value
+    no other parameter has, lands on its own attribute (a positional call would misassign
+    them silently after any reordering)."""
+    import inspect
+
+    from spadecam.detectors import SPADE, NaiveSPADE
+
+    names = [p for p in inspect.signature(SPADE.__init__).parameters if p != "self"]
+    assert names == [p for p in inspect.signature(NaiveSPADE.__init__).parameters
+                     if p != "self"]
+    for name in names:
+        marker = object()
+        det = NaiveSPADE(**{name: marker})
+        assert getattr(det, name) is marker, name
+        assert [k for k, v in det.get_params().items() if v is marker] == [name]

@@ -618,10 +618,16 @@ class NaiveSPADE(SPADE):
         evidence_margin: float | None = None,
         patch_stride: int | None = None,
     ) -> None:
+        # by keyword: SPADE's parameters are many, and a reordering must not misassign them
         super().__init__(
-            vae_config, cnn_config, vae_train, cnn_train, loss, cam_layer, input_branch,
-            recon_branch, normalise, upsample, cam_method, error_smoothing, error_norm,
-            batch_size, precision, threshold_quantile, threshold_holdout, image_size, resize,
-            roi_power, classifier_weight, recipe, knn_power, knn_layer, knn_k, error,
-            patch_bank_size, score, evidence_weight, evidence_margin, patch_stride,
+            vae_config=vae_config, cnn_config=cnn_config, vae_train=vae_train, cnn_train=cnn_train, loss=loss,
+            cam_layer=cam_layer, input_branch=input_branch, recon_branch=recon_branch,
+            normalise=normalise, upsample=upsample, cam_method=cam_method,
+            error_smoothing=error_smoothing, error_norm=error_norm, batch_size=batch_size,
+            precision=precision, threshold_quantile=threshold_quantile,
+            threshold_holdout=threshold_holdout, image_size=image_size, resize=resize,
+            roi_power=roi_power, classifier_weight=classifier_weight, recipe=recipe,
+            knn_power=knn_power, knn_layer=knn_layer, knn_k=knn_k, error=error,
+            patch_bank_size=patch_bank_size, score=score, evidence_weight=evidence_weight,
+            evidence_margin=evidence_margin, patch_stride=patch_stride,
         )
