@@ -41,16 +41,26 @@ from spadecam.training import (
 
 @with_common_parameters
 class SPADE(_BaseDetector):
-    """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607, Algorithm 1).
+    """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607).
 
-    score(u) = sum_ij e_ij * L_ij / |L|, with e = |u - VAE(u)| the reconstruction error and
-    L = Abs(M(u)) + ReLU(M(u_hat)) the ROI from the signed Grad-CAM map M of the classifier's
-    normal-class logit (eq. 3-5), bilinearly upsampled to the image.
+    Three scores, one per recipe (``score`` and the factors below choose among them):
+
+    * ``recipe="paper"``, Algorithm 1: score(u) = sum_ij e_ij * L_ij / |L|, with
+      e = |u - VAE(u)| the reconstruction error and L = Abs(M(u)) + ReLU(M(u_hat)) the ROI
+      from the signed Grad-CAM map M of the classifier's normal-class logit (eq. 3-5),
+      bilinearly upsampled to the image (:class:`~spadecam.scoring.SPADEScorer`'s
+      ``score="weighted_error"``, no factors).
+    * ``recipe="spadecam"`` (ours): the same sum with a blurred squared error, times
+      (1 + 10 p) (p the classifier's known-anomaly probability) and times d, the feature
+      bank's kNN distance (:mod:`spadecam.knn`).
+    * ``recipe="pretrained"`` (ours, the default): :func:`spadecam.fusion.margin_score`, the
+      one-class term (the feature-space error's maximum joined by the image-level bank's
+      distance) plus the classifier's evidence beyond a margin; no ROI, no VAE.
 
     Which recipe a bare ``SPADE()`` uses: "pretrained" (chosen on ELPV's validation split,
     docs/elpv.md): the classifier of eq. 2 as a linear head on a frozen ImageNet
     EfficientNet-Lite0 at 224 px, the feature-space error of that backbone as e (no VAE is
-    trained) and the margin fusion of the two. ``SPADE(recipe="spadecam")`` is the
+    trained), the image-level memory bank and the margin fusion. ``SPADE(recipe="spadecam")`` is the
     from-scratch VAE and CNN of the Noisy-MNIST reproduction (it keeps that recipe: the
     pretrained one did not win on Noisy-MNIST's validation split), ``SPADE(recipe="paper")``
     Algorithm 1 with the paper's architecture. The pretrained backbone needs its weights, in
