@@ -84,3 +84,12 @@ def test_the_default_recipe_is_pretrained_and_fits_the_head_alone_on_imagenet_we
         with pytest.raises(ValueError, match="--recipe spadecam"):
             build_detector(detector=kind, recipe="pretrained", progress=False)
     assert build_detector(detector="cnn", progress=False).recipe == "pretrained"
+
+
+def test_the_classifier_kernels_follow_the_documented_rule():
+    """default_cnn_config's kernels at the sides docs/elpv.md and its docstring name: the
+    receptive field 1 + 7 (k - 1) nearest a third of the side, raised to odd."""
+    from spadecam.recipes import default_cnn_config
+
+    want = {32: 3, 48: 3, 64: 5, 84: 5, 128: 7}
+    assert {s: default_cnn_config(s).kernel_sizes[0] for s in want} == want

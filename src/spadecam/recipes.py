@@ -153,10 +153,11 @@ def default_cnn_config(image_size: int | None = None, recipe: str = "spadecam") 
     (:class:`~spadecam.models.efficientnet.EfficientNetLiteConfig`), any side.
 
     "paper": three 3x3 stride-2 conv layers (32, 64, 64 channels). "spadecam": three
-    stride-2 layers (32, 32, 64 channels) with odd kernels k chosen so the receptive field of
-    the last layer, 1 + 7 (k - 1) pixels, is closest to a third of the image side (k in
-    3..9): 5 at 84 px (29 px, the Noisy-MNIST recipe: CNN-based AUROC known 3 0.84 -> 0.91
-    with 3 -> 5) and at 64 px, 3 at 32 px, 7 at 128 px. Grad-CAM reads the last layer, a
+    stride-2 layers (32, 32, 64 channels) with odd kernels k: the k whose receptive field of
+    the last layer, 1 + 7 (k - 1) pixels, is closest to a third of the image side, raised to
+    the next odd number when even (k in 3..9): 5 at 84 px (29 px, the Noisy-MNIST recipe:
+    CNN-based AUROC known 3 0.84 -> 0.91 with 3 -> 5) and at 64 px, 3 at 32 and 48 px, 7 at
+    128 px. Grad-CAM reads the last layer, a
     grid of side / 8 cells.
     """
     from spadecam.models.cnn import CNNConfig
