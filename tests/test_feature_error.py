@@ -274,6 +274,7 @@ def test_a_head_fitted_alone_shares_one_forward_with_the_patch_extractor(monkeyp
     at a time for large batches; a classifier whose blocks differ (fine-tuned) runs both."""
     import copy
 
+    import spadecam.feature_error as fe
     import spadecam.scoring as sc
     from spadecam import SPADE
     from spadecam.scoring import scoring_context
@@ -302,7 +303,7 @@ def test_a_head_fitted_alone_shares_one_forward_with_the_patch_extractor(monkeyp
     real = det.cnn_.features[0].forward
     monkeypatch.setattr(det.cnn_.features[0], "forward",
                         lambda v: forwards.append(len(v)) or real(v))
-    monkeypatch.setattr(sc, "IMAGE_CHUNK", 2)
+    monkeypatch.setattr(fe, "IMAGE_CHUNK", 2)  # every backbone pass chunks by it
     with scoring_context("32", scorer):
         e, top, logit, d = scorer.margin_parts(u)
     # one forward of the classifier's stem per chunk, no other: the image-level bank's

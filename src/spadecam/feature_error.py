@@ -30,7 +30,8 @@ exactly from the difference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,22 @@ IMAGE_CHUNK = 32
 #: Bank rows and query patches one distance product holds at a time (eager mode).
 _CHUNK = 4096
 _QUERY_CHUNK = 4096
+
+
+def in_chunks(fn: Callable[..., Any], u: torch.Tensor, *others: torch.Tensor | None) -> Any:
+    """``fn(u, *others)`` run :data:`IMAGE_CHUNK` images at a time (``others`` sliced like u;
+    None passed as None) and its outputs concatenated along the batch: a tensor, or a tuple
+    of tensors position by position (a None position stays None). One call when exporting
+    (the graph has no loop) or for at most IMAGE_CHUNK images. The memory bound of every
+    pass through a pretrained backbone."""
+    n = IMAGE_CHUNK
+    if is_exporting() or len(u) <= n:
+        return fn(u, *others)
+    outs = [fn(u[i : i + n], *(None if o is None else o[i : i + n] for o in others))
+            for i in range(0, len(u), n)]
+    if isinstance(outs[0], torch.Tensor):
+        return torch.cat(outs)
+    return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
 
 
 class PatchFeatures(nn.Module):
@@ -104,9 +121,7 @@ class PatchFeatures(nn.Module):
         """(N, D, h, w) float32 of images u (N, C, H, W) in [0, 1]; (h, w) the grid of the
         first layer read, D the sum of the layers' channel counts. Always in fp32, whatever
         autocast is on: the bank, the threshold and the exported graph see the same numbers."""
-        if not is_exporting() and len(u) > IMAGE_CHUNK:  # bounded memory (the export: one graph)
-            return torch.cat([self(u[i : i + IMAGE_CHUNK]) for i in range(0, len(u), IMAGE_CHUNK)])
-        return self.combine(self.trunk(u, self.blocks)[1])
+        return in_chunks(lambda v: self.combine(self.trunk(v, self.blocks)[1]), u)
 
     def trunk(self, u: torch.Tensor, blocks: nn.ModuleList
               ) -> tuple[torch.Tensor, list[torch.Tensor]]:

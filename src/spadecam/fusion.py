@@ -111,6 +111,14 @@ class EvidenceCalibration:
         """True when the error term joins the image-level bank's distance."""
         return self.joint_std is not None
 
+    def check_knn_power(self, knn_power: float | None, who: str) -> None:
+        """Raise ValueError, naming ``who`` (what scores with it), unless this calibration was
+        made with the bank weight ``knn_power`` (None or 0: without the bank)."""
+        if self.knn_weight != float(knn_power or 0.0):
+            raise ValueError(f"the margin fusion's calibration was made with knn_power "
+                             f"{self.knn_weight:g}, the {who} has {knn_power or 0:g}: pass the "
+                             "same knn_power, or calibrate again on held-out normal images")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (config.json's ``calibration`` section)."""
         return asdict(self)

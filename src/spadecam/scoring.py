@@ -25,10 +25,9 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import nn
 
-from spadecam._runtime import is_exporting
 from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
-from spadecam.feature_error import IMAGE_CHUNK, PatchBank
+from spadecam.feature_error import PatchBank, in_chunks
 from spadecam.fusion import EvidenceCalibration, margin_score
 from spadecam.knn import FeatureBank
 from spadecam.model_schema import SCORES
@@ -188,11 +187,8 @@ class SPADEScorer(nn.Module):
             raise ValueError(f"knn_power must be >= 0 and needs a feature bank (fit builds "
                              f"it), got {knn_power!r} with knn={knn!r}")
         self.knn, self.knn_power = knn, knn_power
-        if score == "margin" and calibration is not None and (
-                calibration.knn_weight != float(knn_power)):
-            raise ValueError(f"the margin fusion's calibration was made with knn_power "
-                             f"{calibration.knn_weight:g}, the scorer has {knn_power:g}: "
-                             "calibrate again on held-out normal images")
+        if score == "margin" and calibration is not None:
+            calibration.check_knn_power(knn_power, "scorer")
         self.vae, self.cnn = vae, cnn
         self.layers = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else (cam_layer,)
         self.input_branch, self.recon_branch = input_branch, recon_branch
@@ -318,18 +314,11 @@ class SPADEScorer(nn.Module):
         pooled features read in the classifier's forward when the bank reads the last
         block), else None."""
         if self._shares_trunk:
-            e, logits, pooled = self._shared_parts(u, valid)
+            e, logits, pooled = in_chunks(self._shared_parts, u, valid)
         elif self.patch_bank is not None:
             e = self.patch_bank.error_map(u, valid)
-            if not is_exporting() and len(u) > IMAGE_CHUNK:
-                # a pretrained classifier beside it: memory bounded as the backbone's is
-                chunks = [self._logits_pooled(u[i : i + IMAGE_CHUNK])
-                          for i in range(0, len(u), IMAGE_CHUNK)]
-                logits = torch.cat([c[0] for c in chunks])
-                pooled = None if chunks[0][1] is None else torch.cat(
-                    [cast(torch.Tensor, c[1]) for c in chunks])
-            else:
-                logits, pooled = self._logits_pooled(u)
+            # a pretrained classifier beside it: memory bounded as the backbone's is
+            logits, pooled = in_chunks(self._logits_pooled, u)
         else:
             if self.vae is None:
                 raise ValueError("score='margin' with the reconstruction error needs a VAE")
@@ -365,14 +354,7 @@ class SPADEScorer(nn.Module):
         the classifier, whose first blocks are the patch extractor's (the frozen backbone
         under a head fitted alone): its trunk in fp32, as the extractor runs it, then the
         rest of the classifier and its head. The same numbers as the separate forwards, to
-        fp32 rounding."""
-        if not is_exporting() and len(u) > IMAGE_CHUNK:  # memory bounded as the backbone's is
-            parts = [self._shared_parts(u[i : i + IMAGE_CHUNK],
-                                        None if valid is None else valid[i : i + IMAGE_CHUNK])
-                     for i in range(0, len(u), IMAGE_CHUNK)]
-            pooled = None if parts[0][2] is None else torch.cat(
-                [cast(torch.Tensor, p[2]) for p in parts])
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), pooled
+        fp32 rounding. One batch as given: :meth:`margin_parts` runs it in chunks."""
         bank = self.patch_bank
         assert bank is not None
         ext = bank.extractor

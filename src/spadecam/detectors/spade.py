@@ -405,12 +405,8 @@ class SPADE(_BaseDetector):
         det.threshold_ = None
         det.knn_ = knn_bank
         det.patch_bank_ = patch_bank
-        if calibration is not None and det._param("score") == "margin" and (
-                calibration.knn_weight != float(det._param("knn_power") or 0.0)):
-            raise ValueError(f"{cls.__name__}.from_models: the margin fusion's calibration was "
-                             f"made with knn_power {calibration.knn_weight:g}, the detector "
-                             f"has {det._param('knn_power') or 0:g}: pass the same knn_power, "
-                             "or calibrate again on held-out normal images")
+        if calibration is not None and det._param("score") == "margin":
+            calibration.check_knn_power(det._param("knn_power"), f"{cls.__name__} detector")
         det.calibration_ = calibration
         det._set_input_from_models()
         if det._param("error") == "feature" and patch_bank is None:
