@@ -50,17 +50,17 @@ from bench_sizes import flops_per_image, peak_flops, peak_rss_kib  # the same me
 
 from spadecam import SPADE
 from spadecam._runtime import tune_malloc
+from spadecam.bench.configs import noisy_mnist_benchmark
+from spadecam.bench.protocols import TEST_SEED
 from spadecam.data import load_mnist, make_noisy_mnist
 from spadecam.error import reconstruction_error
-from spadecam.evaluation import auroc
 from spadecam.inputs import iter_model_batches
 from spadecam.io import load_models, save_models
+from spadecam.metrics import auroc
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import resolve_scoring_precision, resolve_training_precision
-from spadecam.protocols import TEST_SEED
-from spadecam.recipes import get_recipe
 from spadecam.roi import roi_weights
 from spadecam.scoring import scoring_context
 from spadecam.training import train_cnn, train_vae
@@ -278,7 +278,7 @@ def main() -> None:
                                                 int(args.rss_child[1]))}))
         return
 
-    n_img, r = args.n, get_recipe(args.recipe)
+    n_img, r = args.n, noisy_mnist_benchmark(args.recipe)
     default = resolve_scoring_precision("auto")
     train_default = resolve_training_precision("auto")
     print(f"default precision here: scoring {default}, training {train_default}")

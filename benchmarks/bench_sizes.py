@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from spadecam import SPADE
+from spadecam.defaults import default_cnn_config, default_vae_config
 from spadecam.inputs import iter_model_batches
 from spadecam.models.backbones import BACKBONES, backbone_name
 from spadecam.models.vae import ConvVAE
@@ -99,8 +100,9 @@ def detector(size: int, channels: int, backbone: str, precision: str = "auto") -
     spec = build_detector(size, channels, backbone=backbone, progress=False,
                           recipe="spadecam")
     torch.manual_seed(0)
-    vae = ConvVAE(spec.vae_config.sized(channels, size)).eval()
-    cnn_cfg = spec.cnn_config.sized(channels)
+    # the recipe's networks when the detector leaves them to fit (None), sized as fit sizes them
+    vae = ConvVAE((spec.vae_config or default_vae_config("spadecam")).sized(channels, size)).eval()
+    cnn_cfg = (spec.cnn_config or default_cnn_config(size, "spadecam")).sized(channels)
     cnn = BACKBONES[backbone_name(cnn_cfg)][0](cnn_cfg).eval()
     bank = _images(64, channels, size, seed=1)
     return SPADE.from_models(vae, cnn, bank, precision=precision, batch_size=32, recipe="spadecam")
@@ -131,7 +133,8 @@ def training_rates(size: int, n: int = 64) -> dict[str, float]:
     x = torch.from_numpy(_images(n, 1, size))
     y = torch.from_numpy((np.arange(n) % 4 == 0).astype(np.int64))
     spec = build_detector(size, 1, progress=False, recipe="spadecam")
-    vae_cfg, cnn_cfg = spec.vae_config.sized(1, size), spec.cnn_config.sized(1)
+    vae_cfg = (spec.vae_config or default_vae_config("spadecam")).sized(1, size)
+    cnn_cfg = (spec.cnn_config or default_cnn_config(size, "spadecam")).sized(1)
     rates = {}
     for name, precision in (("default", "auto"), ("fp32", "32-true")):
         cfg = TrainConfig(epochs=1, batch_size=16, progress=False, val_fraction=0.0,

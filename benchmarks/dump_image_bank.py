@@ -18,9 +18,9 @@ import argparse
 import numpy as np
 import torch
 
+from spadecam.bench.protocols import elpv_data
 from spadecam.knn import FeatureBank
 from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
-from spadecam.protocols import elpv_data
 from spadecam.training import pooled_last_features
 
 

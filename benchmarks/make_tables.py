@@ -7,8 +7,9 @@ Each block lives between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in wh
 Markdown file holds it (README.md or docs/*.md):
 
 * ``tables`` (docs/noisy-mnist.md), from benchmarks/results/noisy_mnist.csv (method,
-  known_class,seed,auroc,recipe) and ablations.csv: one Table-I-style table per recipe (mean ±
-  sd over seeds beside the paper's figures), the target check and the ablation table;
+  known_class,seed,auroc,recipe,train_precision,score_precision) and ablations.csv: one
+  Table-I-style table per recipe (mean ± sd over seeds beside the paper's figures), the
+  target check and the ablation table;
 * ``noisy-mnist-headline`` (README.md): the table of the recipe with the most seeds;
 * ``elpv`` (docs/elpv.md), from benchmarks/results/elpv.csv (method,protocol,subset,seed,auroc,
   aupr,recipe): the ELPV table and its goal check; ``elpv-headline`` (README.md): the table;
@@ -27,23 +28,17 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from spadecam.benchmark import format_columns_table
-from spadecam.evaluation import (
+from spadecam.bench.elpv import ELPV_ABLATIONS, ELPV_LABELS, ELPV_METHODS
+from spadecam.bench.pretrained import PRETRAINED_LABELS, PRETRAINED_METHODS
+from spadecam.bench.protocols import ELPV_COLUMNS
+from spadecam.bench.reproduce import ABLATION_LABELS, ABLATIONS
+from spadecam.bench.tables import (
     METHODS,
     atomic_write_text,
+    format_columns_table,
     format_table,
     read_results_csv,
     summarise,
-)
-from spadecam.protocols import ELPV_COLUMNS
-from spadecam.reproduce import (
-    ABLATION_LABELS,
-    ABLATIONS,
-    ELPV_ABLATIONS,
-    ELPV_LABELS,
-    ELPV_METHODS,
-    PRETRAINED_LABELS,
-    PRETRAINED_METHODS,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,8 +268,10 @@ def defaults_table() -> str:
     for k, v in FIT_DEFAULTS.items():
         where = "`TrainConfig." + k + "`" if k in ("steps", "batch_size", "lr", "seed",
                                                    "head_only") else (
-            "`image_size`; None: 224 (pretrained), else the data's longest side"
-            if k == "image_size" else "`cnn_config`" if k == "backbone" else f"`{k}`")
+            "`image_size`; None: 224 (pretrained), else the training images' longest side, "
+            "at most `max_image_size`" if k == "image_size"
+            else "the cap of `image_size` None (spadecam.inputs.model_input_side)"
+            if k == "max_image_size" else "`cnn_config`" if k == "backbone" else f"`{k}`")
         lines.append(f"| {k} | `{fit_default(k, 'pretrained')}` | `{v}` | `{v}` | "
                      f"`{cli.get(k, '–')}` | {where} |")
     return "\n".join(lines) + "\n"
@@ -282,7 +279,7 @@ def defaults_table() -> str:
 
 def elpv_dra_table() -> str:
     """The field's ELPV protocol (DRA): ours, mean ± sd over seeds, beside the published."""
-    from spadecam.reproduce import dra_table
+    from spadecam.bench.elpv import dra_table
 
     rows = _csv_rows("elpv_dra")
     seeds = sorted({int(r["seed"]) for r in rows})

@@ -41,11 +41,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from spadecam.bench.protocols import elpv_data
 from spadecam.cam import grad_cam_logits_features
 from spadecam.feature_error import PatchFeatures, build_patch_bank
 from spadecam.models.efficientnet import EfficientNetLiteClassifier, EfficientNetLiteConfig
 from spadecam.models.resnet import IMAGENET_MEAN, IMAGENET_STD
-from spadecam.protocols import elpv_data
 from spadecam.roi import roi_weights
 from spadecam.training import TrainConfig, train_cnn
 

@@ -1,7 +1,7 @@
 """Where training time goes, by operator: one epoch of VAE + CNN training under torch.profiler.
 
-Issue 21 asks why bf16-mixed training is slower than fp32 on CPUs with AVX512-BF16 but no AMX
-(0.48x-0.62x measured) and whether it is 2x faster on AMX. This prints, for each precision
+Why is bf16-mixed training slower than fp32 on CPUs with AVX512-BF16 but no AMX (0.48x-0.62x
+measured), and is it 2x faster on AMX? This prints, for each precision
 asked, img/s and the operators with the most self CPU time (the same networks as
 `spadecam train --image-size S`: bench_sizes.training_rates), so the two precisions can be
 read side by side on the machine at hand. It names the CPU kind first.
@@ -19,6 +19,7 @@ import torch
 from bench_sizes import _images
 from torch.profiler import ProfilerActivity, profile
 
+from spadecam.defaults import default_cnn_config, default_vae_config
 from spadecam.precision import _cpu_name
 from spadecam.training import TrainConfig, train_cnn, train_vae
 from spadecam.workflow import build_detector
@@ -38,7 +39,8 @@ def profile_epoch(size: int, precision: str, n: int = 64, top: int = 15) -> floa
     x = torch.from_numpy(_images(n, 1, size))
     y = torch.from_numpy((np.arange(n) % 4 == 0).astype(np.int64))
     spec = build_detector(size, 1, progress=False, recipe="spadecam")
-    vae_cfg, cnn_cfg = spec.vae_config.sized(1, size), spec.cnn_config.sized(1)
+    vae_cfg = (spec.vae_config or default_vae_config("spadecam")).sized(1, size)
+    cnn_cfg = (spec.cnn_config or default_cnn_config(size, "spadecam")).sized(1)
     cfg = TrainConfig(epochs=1, batch_size=16, progress=False, val_fraction=0.0,
                       precision=precision)
 

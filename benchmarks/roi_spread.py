@@ -16,16 +16,16 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from spadecam.benchmark import ProtocolResult, run_benchmark
+from spadecam.bench.configs import elpv_benchmark
+from spadecam.bench.protocols import elpv_data
+from spadecam.bench.runner import ProtocolResult, run_benchmark
 from spadecam.cam import grad_cam
 from spadecam.inputs import to_float_images
-from spadecam.protocols import elpv_data
-from spadecam.recipes import get_elpv_recipe
 from spadecam.roi import roi_weights
 
 
 def main() -> None:
-    r = get_elpv_recipe("spadecam")
+    r = elpv_benchmark("spadecam")
     size = int(r.image_size or 48)
 
     def load(seed):

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 
 def make_folders(work: Path) -> dict[str, int]:
-    from spadecam.protocols import elpv_dir
+    from spadecam.bench.protocols import elpv_dir
 
     root = Path(elpv_dir())
     rows = [ln.split() for ln in (root / "labels.csv").read_text().splitlines() if ln.strip()]

@@ -82,7 +82,7 @@ def make_data(seed: int) -> dict[str, np.ndarray]:
 
 def detectors(seed: int) -> dict:
     from spadecam import SPADE, CNNDetector, VAEDetector
-    from spadecam.recipes import default_cnn_train
+    from spadecam.defaults import default_cnn_train
     from spadecam.training import TrainConfig
 
     def train(recipe: str) -> TrainConfig:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from spadecam.benchmark import ProtocolResult, run_benchmark, vae_scores
+from spadecam.bench.configs import elpv_benchmark, noisy_mnist_benchmark
+from spadecam.bench.protocols import ELPV_COLUMNS, elpv_data, noisy_mnist_val_data
+from spadecam.bench.runner import ProtocolResult, run_benchmark, vae_scores
+from spadecam.bench.tables import write_rows_csv
 from spadecam.data import load_mnist
-from spadecam.evaluation import auroc, write_rows_csv
-from spadecam.metrics import average_precision
+from spadecam.metrics import auroc, average_precision
 from spadecam.models import CNNConfig, VAEConfig
-from spadecam.protocols import ELPV_COLUMNS, elpv_data, noisy_mnist_val_data
-from spadecam.recipes import get_elpv_recipe, get_recipe
 
 #: Scoring variants: (name, error options or None for the recipe's, SPADE parameters).
 VARIANTS = [
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     mnist = a.benchmark == "noisy-mnist"
-    r = get_recipe("spadecam") if mnist else get_elpv_recipe("spadecam")
+    r = noisy_mnist_benchmark("spadecam") if mnist else elpv_benchmark("spadecam")
     k = a.cnn_kernel
     r = dataclasses.replace(
         r, image_size=None if mnist else a.image_size, vae=VAEConfig(latent_dim=a.latent),

@@ -16,11 +16,11 @@ import argparse
 import time
 from pathlib import Path
 
-from spadecam.benchmark import run_benchmark
+from spadecam.bench.configs import noisy_mnist_benchmark
+from spadecam.bench.protocols import noisy_mnist_data, noisy_mnist_source
+from spadecam.bench.runner import run_benchmark
+from spadecam.bench.tables import write_rows_csv
 from spadecam.data import load_mnist
-from spadecam.evaluation import write_rows_csv
-from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
-from spadecam.recipes import get_recipe
 
 OUT = Path(__file__).resolve().parent / "results" / "noisy_mnist_validation_classifier_weight.csv"
 
@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     weights = [float(w) for w in a.weights.split(",")]
     known = [int(k) for k in a.known.split(",")]
-    r = get_recipe("spadecam")
+    r = noisy_mnist_benchmark("spadecam")
     source = noisy_mnist_source(r, "val", mnist=load_mnist("train"))
     t0 = time.perf_counter()
     rows = run_benchmark(lambda seed: noisy_mnist_data(seed, r, known, source), r,

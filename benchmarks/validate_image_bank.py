@@ -32,12 +32,13 @@ import time
 import numpy as np
 import torch
 
-from spadecam.benchmark import _max_errors
+from spadecam.bench.configs import elpv_benchmark
+from spadecam.bench.pretrained import max_feature_errors
+from spadecam.bench.protocols import elpv_data
 from spadecam.detectors import SPADE
-from spadecam.evaluation import auroc
 from spadecam.fusion import calibrate, margin_score
-from spadecam.protocols import elpv_data
-from spadecam.recipes import RECIPE_DEFAULTS, get_elpv_recipe
+from spadecam.metrics import auroc
+from spadecam.recipes import RECIPE_DEFAULTS
 from spadecam.scoring import cnn_score
 from spadecam.threshold import holdout_split
 from spadecam.training import build_classifier, fit_linear_head, pooled_last_features
@@ -59,7 +60,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load "
           f"{' '.join(open('/proc/loadavg').read().split()[:3])}; seed {seed}", flush=True)
     t0 = time.perf_counter()
-    r = get_elpv_recipe("pretrained")
+    r = elpv_benchmark("pretrained")
     p = RECIPE_DEFAULTS["pretrained"]
     data = elpv_data(seed, r.image_size, "val")
     hold = holdout_split(torch.zeros(len(data.x_normal), dtype=torch.long), 0.1, seed)
@@ -67,7 +68,7 @@ def main() -> None:
     train = dataclasses.replace(r.cnn_train, seed=seed, progress=False)
     det = SPADE(cnn_train=train, batch_size=64)
     bank = det.build_patch_bank(normal)
-    e_test, e_held = _max_errors(bank, data.x_test, 64), _max_errors(bank, held, 64)
+    e_test, e_held = max_feature_errors(bank, data.x_test), max_feature_errors(bank, held)
     net = build_classifier(r.cnn, normal.shape[1], seed)
     pooled = {k: pooled_last_features(net, v, 64)
               for k, v in (("normal", normal), ("held", held), ("test", data.x_test))}

@@ -2,7 +2,7 @@
 
 Trained on MNIST training images [:50000] (the demo's data: every training 0, 2,000 images of
 the known digit), scored on 2,000 noisy images from [50000:]; the MNIST test set is not read.
-The pretrained recipe as ELPV runs it (:func:`spadecam.benchmark.run_pretrained_benchmark`:
+The pretrained recipe as ELPV runs it (:func:`spadecam.bench.pretrained.run_pretrained_benchmark`:
 the one-class patch error, the linear head on frozen ImageNet EfficientNet-Lite0 features, the
 margin fusion), at the canvas's own 84 px. Compare with the from-scratch demo recipe on the
 same split (``benchmarks/results/demo_validation_*.csv``: SPADE 0.917 / 0.967 for known 3 / 9).
@@ -17,10 +17,10 @@ import argparse
 import dataclasses
 import time
 
-from spadecam.benchmark import run_pretrained_benchmark
+from spadecam.bench.configs import elpv_benchmark, noisy_mnist_benchmark
+from spadecam.bench.pretrained import run_pretrained_benchmark
+from spadecam.bench.protocols import noisy_mnist_val_data
 from spadecam.data.mnist import load_mnist
-from spadecam.protocols import noisy_mnist_val_data
-from spadecam.recipes import get_elpv_recipe, get_recipe
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     known = [int(k) for k in args.known.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    demo = get_recipe("spadecam", quick=True)  # the data slices make demo trains on
-    pretrained = dataclasses.replace(get_elpv_recipe("pretrained"), image_size=None)
+    demo = noisy_mnist_benchmark("spadecam", quick=True)  # the data slices make demo trains on
+    pretrained = dataclasses.replace(elpv_benchmark("pretrained"), image_size=None)
     mnist = load_mnist("train")
     t0 = time.perf_counter()
     rows = run_pretrained_benchmark(

@@ -1,7 +1,7 @@
 """The pretrained recipe's input side on ELPV's VALIDATION split: 224 px (the default) or 448.
 
 The field's open-set detectors read 448-px cells (ImageNet ResNet-18); the pretrained recipe
-reads 224. Runs :func:`spadecam.reproduce.run_elpv` on the validation split (our protocols,
+reads 224. Runs :func:`spadecam.bench.elpv.run_elpv` on the validation split (our protocols,
 never the test split or the DRA anomalies) with the pretrained recipe at each side, and
 prints the mean AUROC over the seeds of the one-class pretrained row, the pretrained
 CNN-based row and SPADE's margin fusion in each column, with the wall time. The rule, fixed
@@ -23,8 +23,9 @@ import time
 
 import numpy as np
 
-from spadecam.recipes import get_elpv_recipe
-from spadecam.reproduce import PRETRAINED_METHODS, run_elpv
+from spadecam.bench.configs import elpv_benchmark
+from spadecam.bench.elpv import run_elpv
+from spadecam.bench.pretrained import PRETRAINED_METHODS
 
 COLUMNS = (("unseen_type", "mono"), ("unseen_type", "poly"), ("unseen_type", "all"),
            ("few_labels_10", "all"), ("few_labels_50", "all"))
@@ -40,7 +41,7 @@ def main() -> None:
           f"{' '.join(open('/proc/loadavg').read().split()[:3])}; seeds {seeds}", flush=True)
     head = " | ".join(f"{p} / {s}" for p, s in COLUMNS)
     for size in (int(s) for s in args.sizes.split(",")):
-        r = dataclasses.replace(get_elpv_recipe("pretrained"), image_size=size)
+        r = dataclasses.replace(elpv_benchmark("pretrained"), image_size=size)
         t0 = time.perf_counter()
         rows = run_elpv(seeds, r, eval_split="val", protocols="ours", progress=False,
                         log=lambda *a: None)

@@ -8,7 +8,7 @@
     python benchmarks/validate_recipe.py vae.channels=16/32/32/64 --benchmark demo
 
 ``--benchmark elpv`` (default): the ELPV recipe on the ELPV validation split.
-``--benchmark demo``: the demo's recipe (``get_recipe("spadecam", quick=True)``, what
+``--benchmark demo``: the demo's recipe (``noisy_mnist_benchmark("spadecam", quick=True)``, what
 ``make demo`` trains) on the Noisy-MNIST validation split (trained on MNIST training images
 [:50000], scored on 2,000 noisy images from [50000:]; the MNIST test set is not read), known
 classes ``--known`` (default 3,9), with each value's wall time (training dominates it: the
@@ -18,10 +18,10 @@ FIELD may name a field of the recipe's TrainConfig (``vae_train.steps``) or a SP
 (``spade_params.classifier_weight``); ``--base FIELD=V`` (repeatable) fixes a setting for
 every value.
 
-For each value of one :class:`spadecam.recipes.Recipe` field, runs the ELPV benchmark on its
+For each value of one :class:`spadecam.bench.configs.BenchmarkConfig` field, runs the ELPV benchmark on its
 validation split (our protocols: unseen_type, few_labels_10 / _50; never the test split, never
 the DRA test anomalies) and prints the AUROC of each method per column
-(:data:`spadecam.protocols.ELPV_COLUMNS`: unseen_type mono, poly, all, uncertain, few_labels_10
+(:data:`spadecam.bench.protocols.ELPV_COLUMNS`: unseen_type mono, poly, all, uncertain, few_labels_10
 all, few_labels_50 all). Rows are appended to
 benchmarks/results/elpv_validation_<field>.csv (demo: demo_validation_<field>.csv, with
 wall_s and the CPU's name).
@@ -37,23 +37,23 @@ from typing import Any
 
 from profile_training import cpu_kind
 
-from spadecam.benchmark import run_benchmark, start
+from spadecam.bench.configs import BenchmarkConfig, elpv_benchmark, noisy_mnist_benchmark
+from spadecam.bench.elpv import run_elpv
+from spadecam.bench.protocols import ELPV_COLUMNS, noisy_mnist_val_data
+from spadecam.bench.runner import run_benchmark, start
+from spadecam.bench.tables import write_rows_csv
 from spadecam.data import load_mnist
-from spadecam.evaluation import write_rows_csv
-from spadecam.protocols import ELPV_COLUMNS, noisy_mnist_val_data
-from spadecam.recipes import Recipe, get_elpv_recipe, get_recipe
-from spadecam.reproduce import run_elpv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _get(recipe: Recipe, field: str) -> Any:
+def _get(recipe: BenchmarkConfig, field: str) -> Any:
     head, _, tail = field.partition(".")
     obj = getattr(recipe, head)
     return (obj.get(tail) if isinstance(obj, dict) else getattr(obj, tail)) if tail else obj
 
 
-def _with(recipe: Recipe, field: str, text: str) -> Recipe:
+def _with(recipe: BenchmarkConfig, field: str, text: str) -> BenchmarkConfig:
     """``recipe`` with ``field`` (``name``, ``train.name`` or ``spade_params.name``) = text."""
     head, _, tail = field.partition(".")
     old = getattr(recipe, head)
@@ -71,7 +71,7 @@ def _with(recipe: Recipe, field: str, text: str) -> Recipe:
     return dataclasses.replace(recipe, **{head: value})
 
 
-def _training(recipe: Recipe) -> str:
+def _training(recipe: BenchmarkConfig) -> str:
     """Both models' training lengths as run, e.g. "vae 4 epochs x 32 lr 0.002; cnn ..."."""
     parts = []
     for name, t in (("vae", recipe.vae_train), ("cnn", recipe.cnn_train)):
@@ -83,7 +83,7 @@ def _training(recipe: Recipe) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("setting", help="FIELD=V1,V2,... (a Recipe field and its values)")
+    ap.add_argument("setting", help="FIELD=V1,V2,... (a BenchmarkConfig field and its values)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--base", action="append", default=[], metavar="FIELD=V")
     ap.add_argument("--benchmark", choices=["elpv", "demo"], default="elpv")
@@ -91,7 +91,7 @@ def main() -> None:
     a = ap.parse_args()
     field, _, values = a.setting.partition("=")
     demo = a.benchmark == "demo"
-    base = get_recipe("spadecam", quick=True) if demo else get_elpv_recipe("spadecam")
+    base = noisy_mnist_benchmark("spadecam", quick=True) if demo else elpv_benchmark("spadecam")
     for fixed in a.base:
         f, _, v = fixed.partition("=")
         base = _with(base, f, v)

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spadecam.benchmark import ProtocolResult, _float, reconstruct, run_benchmark
+from spadecam.bench.runner import ProtocolResult, _float, reconstruct, run_benchmark
+from spadecam.bench.tables import write_rows_csv
 from spadecam.error import gaussian_blur, reconstruction_error
-from spadecam.evaluation import write_rows_csv
 from spadecam.metrics import auroc
 from spadecam.roi import roi_weights
 
@@ -122,21 +122,21 @@ def main() -> None:
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.data == "elpv":
-        from spadecam import protocols
-        from spadecam.recipes import get_elpv_recipe
+        from spadecam.bench import protocols
+        from spadecam.bench.configs import elpv_benchmark
 
-        recipe = get_elpv_recipe("spadecam")
+        recipe = elpv_benchmark("spadecam")
         cache: dict = {}
 
         def load(seed: int):  # type: ignore[no-untyped-def]
             return protocols.elpv_data(seed, int(recipe.image_size or 0), "val", None, None,
                                        cache)
     else:
+        from spadecam.bench.configs import noisy_mnist_benchmark
+        from spadecam.bench.protocols import noisy_mnist_data, noisy_mnist_source
         from spadecam.data import load_mnist
-        from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
-        from spadecam.recipes import get_recipe
 
-        recipe = get_recipe("spadecam")
+        recipe = noisy_mnist_benchmark("spadecam")
         known = [int(k) for k in a.known.split(",")]
         source = noisy_mnist_source(recipe, "val", mnist=load_mnist("train"))
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from spadecam import SPADE
+from spadecam.bench.configs import noisy_mnist_benchmark
 from spadecam.models.cnn import CNNConfig, ConvClassifier
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import get_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
@@ -34,7 +34,7 @@ def test_the_captum_reference_equals_the_fp32_default_path(params, monkeypatch):
     cnn = ConvClassifier(CNNConfig(in_channels=1, channels=(8, 8, 8))).eval()
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
-    r = get_recipe("spadecam")
+    r = noisy_mnist_benchmark("spadecam")
     det = SPADE.from_models(vae, cnn, u8[:8, None], precision="32", cam_layer=r.cam_layer,
                             upsample=r.upsample, error_smoothing=r.error_smoothing,
                             error_norm=r.error_norm, **params, recipe="spadecam")

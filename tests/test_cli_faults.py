@@ -217,7 +217,7 @@ def test_preprocessing_without_channels_is_one_error(tiny_model, tmp_path, capsy
 def test_benchmark_reconstruct_leaves_the_callers_vae_in_its_mode():
     import torch
 
-    from spadecam.benchmark import reconstruct
+    from spadecam.bench.runner import reconstruct
     from spadecam.models import ConvVAE, VAEConfig
 
     vae = ConvVAE(VAEConfig(image_size=16, latent_dim=2, channels=(4,))).train()

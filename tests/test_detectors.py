@@ -304,15 +304,17 @@ def test_same_seed_same_scores(name):
 
 def test_other_seed_other_scores():
     train = TrainConfig(epochs=2, batch_size=8, lr=3e-3, progress=False)
-    a = VAEDetector(VAE_CFG, train).fit(X_TRAIN[:16])
-    b = VAEDetector(VAE_CFG, TrainConfig(**{**train.to_dict(), "seed": 1})).fit(X_TRAIN[:16])
+    a = VAEDetector(vae_config=VAE_CFG, vae_train=train).fit(X_TRAIN[:16])
+    other = TrainConfig(**{**train.to_dict(), "seed": 1})
+    b = VAEDetector(vae_config=VAE_CFG, vae_train=other).fit(X_TRAIN[:16])
     assert not np.array_equal(a.decision_function(X_TEST), b.decision_function(X_TEST))
 
 
 def test_vae_fit_accepts_float_images_like_uint8():
     train = TrainConfig(epochs=2, batch_size=8, lr=3e-3, progress=False)
-    a = VAEDetector(VAE_CFG, train).fit(X_TRAIN[:16])
-    b = VAEDetector(VAE_CFG, train).fit((X_TRAIN[:16].astype(np.float32) / 255)[:, None])
+    a = VAEDetector(vae_config=VAE_CFG, vae_train=train).fit(X_TRAIN[:16])
+    b = VAEDetector(vae_config=VAE_CFG, vae_train=train).fit(
+        (X_TRAIN[:16].astype(np.float32) / 255)[:, None])
     np.testing.assert_allclose(a.decision_function(X_TEST), b.decision_function(X_TEST), rtol=1e-5)
 
 

@@ -122,10 +122,10 @@ def test_cli_options_reach_fabric():
 
 
 def test_reproduce_keeps_the_recipe_global_batch():
-    from spadecam.benchmark import _per_process_batch
-    from spadecam.recipes import get_recipe
+    from spadecam.bench.configs import noisy_mnist_benchmark
+    from spadecam.bench.runner import _per_process_batch
 
-    r = get_recipe("paper")
+    r = noisy_mnist_benchmark("paper")
     split = _per_process_batch(r, 4)
     assert (split.vae_train.batch_size, split.cnn_train.batch_size) == (
         r.vae_train.batch_size // 4, r.cnn_train.batch_size // 4)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import spadecam.protocols
+import spadecam.bench.protocols
 from spadecam import SPADE
 from spadecam.cli import main
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
-from spadecam.evaluation import auroc
+from spadecam.metrics import auroc
 from spadecam.models import CNNConfig, VAEConfig
 from spadecam.training import TrainConfig
 
@@ -86,7 +86,7 @@ def no_reproduction(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the CLI started loading data despite invalid arguments")
 
-    monkeypatch.setattr(spadecam.protocols, "load_mnist", refuse)
+    monkeypatch.setattr(spadecam.bench.protocols, "load_mnist", refuse)
 
 
 @pytest.mark.parametrize("known", ["0", "1,1", "10", "3,-1"])

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spadecam.bench.configs import BenchmarkConfig
+from spadecam.bench.elpv import run_elpv
+from spadecam.bench.protocols import ELPV_SPLIT, elpv_data
 from spadecam.cli import main
 from spadecam.data.elpv import (
     ElpvCell,
@@ -24,9 +27,6 @@ from spadecam.data.elpv import (
     split_to_csv,
 )
 from spadecam.models import CNNConfig, VAEConfig
-from spadecam.protocols import ELPV_SPLIT, elpv_data
-from spadecam.recipes import Recipe
-from spadecam.reproduce import run_elpv
 from spadecam.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -116,7 +116,7 @@ def fake_elpv(tmp_path, n_normal=60, n_defect=45, n_uncertain=10):
     return tmp_path, split
 
 
-TINY = Recipe(
+TINY = BenchmarkConfig(
     name="tiny",
     vae=VAEConfig(latent_dim=4, channels=(8, 8)),
     cnn=CNNConfig(channels=(8, 8), kernel_sizes=(3, 3), strides=(2, 2)),
@@ -177,9 +177,9 @@ def test_cli_reproduce_elpv_without_the_package(without_elpv_package, capsys):
 
 
 def test_quick_recipe_is_smaller():
-    from spadecam.recipes import _elpv_quick, _elpv_spadecam_recipe
+    from spadecam.bench.configs import _elpv_quick, _elpv_spadecam
 
-    r = _elpv_spadecam_recipe()
+    r = _elpv_spadecam()
     q = _elpv_quick(r)
     assert q.image_size < r.image_size and q.vae_train.steps < r.vae_train.steps
     assert dataclasses.replace(q, name=r.name, image_size=r.image_size, vae_train=r.vae_train,
@@ -198,9 +198,9 @@ def test_the_split_file_is_package_data():
 def test_every_score_of_a_run_is_in_its_one_precision(tmp_path, cpu_bf16):
     # the fault: ELPV's ablation rows (and validate.py's variants) were scored with
     # SPADE's default precision "auto" -- bf16 on AVX512-BF16 / AMX CPUs -- beside fp32 rows
-    from spadecam.benchmark import run_benchmark, spade_scores
+    from spadecam.bench.elpv import ELPV_ABLATIONS
+    from spadecam.bench.runner import run_benchmark, spade_scores
     from spadecam.detectors import SPADE
-    from spadecam.reproduce import ELPV_ABLATIONS
 
     cpu_bf16(True, True)  # "auto" resolves to bf16 here, whatever this CPU is
     root, split = fake_elpv(tmp_path)
@@ -303,10 +303,10 @@ def test_the_committed_dra_files_are_the_rules_applied_to_labels_csv():
 
 
 def test_dra_benchmark_runs_on_the_one_runner(tmp_path):
-    from spadecam.benchmark import run_benchmark
+    from spadecam.bench.elpv import dra_table
+    from spadecam.bench.protocols import DRA_COLUMNS, elpv_dra_data
+    from spadecam.bench.runner import run_benchmark
     from spadecam.data.elpv_dra import make_dra_files
-    from spadecam.protocols import DRA_COLUMNS, elpv_dra_data
-    from spadecam.reproduce import dra_table
 
     root, _ = fake_elpv(tmp_path)
     split, known = make_dra_files(read_labels(root / "labels.csv"))
@@ -335,7 +335,7 @@ def test_dra_benchmark_runs_on_the_one_runner(tmp_path):
 
 
 def test_dra_lists_that_do_not_fit_the_data_are_one_clear_error(tmp_path):
-    from spadecam.protocols import elpv_dra_data
+    from spadecam.bench.protocols import elpv_dra_data
 
     root, _ = fake_elpv(tmp_path)  # the committed lists name the real data set's cells
     with pytest.raises(ValueError, match="make_dra_files"):
@@ -347,12 +347,12 @@ def test_dra_lists_that_do_not_fit_the_data_are_one_clear_error(tmp_path):
 def test_synthetic_anomalies_join_the_known_class_once_per_seed(tmp_path, monkeypatch):
     import dataclasses as _dc
 
-    from spadecam import benchmark
+    from spadecam.bench import runner as benchmark
 
     root, split = fake_elpv(tmp_path)
     seen, made = [], []
     real_train, real_cutpaste = benchmark.train_cnn, __import__(
-        "spadecam.synthetic", fromlist=["cutpaste"]).cutpaste
+        "spadecam.bench.synthetic", fromlist=["cutpaste"]).cutpaste
 
     def train_cnn(x, y, *a, **k):
         seen.append((int((y == 0).sum()), int((y == 1).sum())))
@@ -363,7 +363,7 @@ def test_synthetic_anomalies_join_the_known_class_once_per_seed(tmp_path, monkey
         return real_cutpaste(x, n, seed)
 
     monkeypatch.setattr(benchmark, "train_cnn", train_cnn)
-    monkeypatch.setattr("spadecam.synthetic.cutpaste", cutpaste)
+    monkeypatch.setattr("spadecam.bench.synthetic.cutpaste", cutpaste)
     data = lambda seed: elpv_data(seed, 16, "test", split, root)  # noqa: E731
     benchmark.run_benchmark(data, _dc.replace(TINY, synthetic_anomalies=0.5), [0],
                             progress=False, log=lambda *a: None)
@@ -380,7 +380,7 @@ def test_the_feature_bank_is_built_once_per_block_and_reused_by_the_variants(tmp
                                                                               monkeypatch):
     # the hot path: every ablation variant rebuilt the bank (a classifier pass over
     # all training normals)
-    from spadecam.benchmark import run_benchmark, spade_scores
+    from spadecam.bench.runner import run_benchmark, spade_scores
     from spadecam.detectors import SPADE
 
     root, split = fake_elpv(tmp_path)
@@ -432,13 +432,13 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
 
     import torch
 
-    import spadecam.benchmark as bm
+    import spadecam.bench.pretrained as bm
     from spadecam import SPADE
-    from spadecam.recipes import get_elpv_recipe
+    from spadecam.bench.configs import elpv_benchmark
     from spadecam.threshold import holdout_split
 
     root, split = fake_elpv(tmp_path)
-    r = dataclasses.replace(get_elpv_recipe("pretrained"), image_size=32,
+    r = dataclasses.replace(elpv_benchmark("pretrained"), image_size=32,
                             spade_params={"patch_bank_size": 500})
     seen = {}
     real_fit = bm.fit_linear_head
@@ -479,7 +479,7 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
     fused = det.decision_function(data.x_test.numpy())
     ref = {(q["protocol"], q["subset"]): q["auroc"] for q in rows
            if q["method"] == "spade_pretrained"}
-    from spadecam.evaluation import auroc
+    from spadecam.metrics import auroc
 
     for (pname, subset), idx in prot.columns.items():
         assert auroc(data.y_test[idx], fused[idx]) == pytest.approx(ref[(pname, subset)], abs=1e-9)
@@ -497,8 +497,8 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
 
     image_bank = FeatureBank(bm.pooled_last_features(seen["cnn"], kept, 64), -1, 5)
     d_held = image_bank(seen["cnn"], held, features=bm.pooled_last_features(seen["cnn"], held))
-    want = calibrate(bm._max_errors(seen["bank"], held, 64),
-                     bm._logit_differences(seen["cnn"], held, 64), "held_out", d_held.numpy())
+    want = calibrate(bm.max_feature_errors(seen["bank"], held),
+                     bm.logit_differences(seen["cnn"], held), "held_out", d_held.numpy())
     assert (cal.n_images, cal.source, cal.knn_weight) == (want.n_images, want.source, 1.0)
     for k in ("error_mean", "error_std", "logit_mean", "logit_std", "knn_mean", "knn_std",
               "joint_std"):
@@ -508,7 +508,7 @@ def test_the_pretrained_run_scores_as_the_library_detector_on_the_same_models(tm
 def test_the_pretrained_run_needs_no_argument_beyond_the_data_and_refuses_ablations(tmp_path):
     """run_elpv's default recipe is "pretrained": called with no ablations argument it runs
     without them (it has no VAE to ablate); asked for them, it says so before any work."""
-    from spadecam.reproduce import run_elpv
+    from spadecam.bench.elpv import run_elpv
 
     root, split = fake_elpv(tmp_path)
     with pytest.raises(ValueError, match="ablations"):

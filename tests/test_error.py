@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from spadecam import SPADE, NaiveSPADE, VAEDetector
+from spadecam.bench.configs import noisy_mnist_benchmark
+from spadecam.bench.reproduce import ABLATIONS
 from spadecam.detectors import gaussian_blur, reconstruction_error, spade_error_map
 from spadecam.models import CNNConfig, ConvClassifier, ConvVAE, VAEConfig
-from spadecam.recipes import get_recipe
-from spadecam.reproduce import ABLATIONS
 
 
 def test_blur_zero_sigma_is_identity():
@@ -185,8 +185,9 @@ def test_save_load_keeps_error_options(tmp_path):
 
 
 def test_recipes_error_settings():
-    assert (get_recipe("paper").error_smoothing, get_recipe("paper").error_norm) == (0.0, "l1")
-    r = get_recipe("spadecam")
+    paper = noisy_mnist_benchmark("paper")
+    assert (paper.error_smoothing, paper.error_norm) == (0.0, "l1")
+    r = noisy_mnist_benchmark("spadecam")
     assert (r.error_smoothing, r.error_norm) == (2.0, "l2")
     assert ABLATIONS["spade_paper_error"] == {"error_smoothing": 0.0, "error_norm": "l1"}
 

@@ -1,4 +1,4 @@
-"""Tests for spadecam.evaluation: AUROC, summaries, the Table I layout and results CSVs."""
+"""Tests for spadecam.bench.tables: AUROC, summaries, the Table I layout and results CSVs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from spadecam.evaluation import (
+from spadecam.bench.tables import (
     PAPER_TABLE_I,
     RESULT_COLUMNS,
-    auroc,
     format_table,
     read_results_csv,
     summarise,
     write_results_csv,
 )
+from spadecam.metrics import auroc
 
 
 def pairwise_auroc(labels, scores) -> float:
@@ -178,7 +178,7 @@ def test_read_results_csv_missing_column(tmp_path):
 
 
 def test_write_rows_csv_appends_under_one_header_and_formats_the_named_floats(tmp_path):
-    from spadecam.evaluation import write_rows_csv
+    from spadecam.bench.tables import write_rows_csv
 
     out = tmp_path / "log.csv"
     cols = ["variant", "lr", "auroc"]

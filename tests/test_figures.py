@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from spadecam.figures import plot_gallery, plot_roc_curves, plot_samples
+from spadecam.bench.figures import plot_gallery, plot_roc_curves, plot_samples
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ from PIL import Image
 from _own_images import png_rgb16, save
 from spadecam.data.images import (
     ImageError,
-    content_box,
     image_hw,
+    image_sizes,
     load_image,
-    load_images,
     load_mask,
     read_image,
-    resize_image,
+    read_images,
     to_channels,
 )
+from spadecam.preprocess import content_box, resize_image
 
 RNG = np.random.default_rng(0)
 GREY8 = RNG.integers(0, 256, (12, 20), dtype=np.uint8)
@@ -143,8 +143,13 @@ def test_letterbox_keeps_aspect_ratio_and_pads_with_zeros():
 def test_mixed_sizes_load_into_one_batch(tmp_path):
     a = save(tmp_path / "a.png", GREY8)  # 20x12
     b = save(tmp_path / "b.png", RNG.integers(0, 256, (40, 33), dtype=np.uint8))
-    x, c = load_images([a, b], None, 24, "letterbox", progress=False)
-    assert x.shape == (2, 1, 24, 24) and c == 1 and x.dtype == np.float32
+    sizes: list = []
+    x = read_images([a, b], None, 24, "letterbox", sizes=sizes)
+    assert [t.shape for t in x] == [(1, 24, 24)] * 2 and x[0].dtype == np.float32
+    assert sizes == [(12, 20), (40, 33)] == image_sizes([a, b])
+    own = read_images([a, b])  # without a size: each at its own
+    assert [t.shape for t in own] == [(1, 12, 20), (1, 40, 33)]
+    assert read_images([a, b], keep=False) == []
 
 
 def test_masks_are_binary_after_nearest_resizing(tmp_path):
@@ -167,17 +172,19 @@ def test_mixed_channel_counts_need_explicit_channels(tmp_path):
     g = save(tmp_path / "grey.png", GREY8)
     c = save(tmp_path / "colour.png", RGB8)
     with pytest.raises(ImageError, match=r"grey.png.*colour.png.*--channels"):
-        load_images([g, c], None, 16, progress=False)
+        read_images([g, c], None, 16)
     for channels in (1, 3):
-        x, used = load_images([g, c], channels, 16, progress=False)
-        assert x.shape == (2, channels, 16, 16) and used == channels
+        x = read_images([g, c], channels, 16)
+        assert [t.shape for t in x] == [(channels, 16, 16)] * 2
 
 
 def test_image_smaller_than_network_minimum_is_named(tmp_path):
     tiny = save(tmp_path / "tiny.png", GREY8[:8, :8])
     ok = save(tmp_path / "ok.png", GREY8[:, :16])  # 16 x 12: above a minimum of 12
     with pytest.raises(ImageError, match=r"tiny.png.*8x8.*minimum of 12x12"):
-        load_images([ok, tiny], 1, 32, min_size=12, progress=False)
+        read_images([ok, tiny], 1, 32, min_size=12)
+    with pytest.raises(ImageError, match=r"tiny.png.*8x8.*minimum of 12x12"):
+        image_sizes([ok, tiny], min_size=12)  # the headers alone (spadecam train's sizing)
 
 
 # --------------------------------------------------------------------------- read as displayed
@@ -232,8 +239,8 @@ def test_grey_palette_pngs_count_as_one_channel(tmp_path):
     x = read_image(tmp_path / "grey_p.png")
     assert x.shape == (1, 12, 20)
     np.testing.assert_array_equal(x[0], GREY8 / np.float32(255))
-    batch, c = load_images([tmp_path / "grey_p.png", tmp_path / "plain_l.png"], None, 8)
-    assert c == 1 and batch.shape == (2, 1, 8, 8)  # used to fail "mixed channel counts"
+    batch = read_images([tmp_path / "grey_p.png", tmp_path / "plain_l.png"], None, 8)
+    assert [t.shape for t in batch] == [(1, 8, 8)] * 2  # used to fail "mixed channel counts"
     with_alpha = Image.fromarray(GREY8).convert("P")
     with_alpha.info["transparency"] = 0
     with_alpha.save(tmp_path / "grey_pt.png", transparency=0)
@@ -256,7 +263,7 @@ def test_every_unusable_file_is_listed_in_one_error(tmp_path):
     save(tmp_path / "tiny.png", np.zeros((2, 2), np.uint8))
     bad = [tmp_path / "zero.png", tmp_path / "junk.png", tmp_path / "tiny.png"]
     with pytest.raises(ImageError) as exc:
-        load_images([good[0], bad[0], good[1], bad[1], bad[2], good[2]], None, 8, min_size=4)
+        read_images([good[0], bad[0], good[1], bad[1], bad[2], good[2]], None, 8, min_size=4)
     text = str(exc.value)
     assert text.startswith("3 of 6 images cannot be used")
     assert all(str(p) in text for p in bad) and not any(str(p) in text for p in good)

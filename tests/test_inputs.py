@@ -108,7 +108,7 @@ def test_vae_detector_scores_exclude_padding():
 
 def test_below_the_minimum_size_is_a_clear_error():
     # the default-shaped VAE (4 stride-2 layers, kernel 4) needs 16 px
-    with pytest.raises(ValueError, match=r"X \(images of 8x8.*minimum input side of 16"):
+    with pytest.raises(ValueError, match=r"X \(images up to 8 px.*minimum input side of 16"):
         SPADE(vae_config=VAEConfig(latent_dim=4), cnn_train=TRAIN, vae_train=TRAIN, recipe="spadecam").fit(
             images(24, 8, 8), LABELS)
     with pytest.raises(ValueError, match=r"image_size=12 is below the minimum input side of 16"):

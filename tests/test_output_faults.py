@@ -319,13 +319,13 @@ def test_score_onnx_is_all_or_nothing_too(tmp_path, full_disk, capsys, monkeypat
 def test_a_full_disk_in_reproduce_names_out_and_keeps_what_it_wrote(tmp_path, full_disk,
                                                                      capsys, monkeypatch):
     # a benchmark's finished parts are kept (it undoes nothing); the error names --out
-    from spadecam import reproduce
+    from spadecam.bench import elpv
 
     def run_elpv(out_dir, **_kw):
         _fs.atomic_write_text(Path(out_dir) / "seed0.csv", "finished\n")
         _fs.atomic_write_text(Path(out_dir) / "table.md", "| table |\n")
 
-    monkeypatch.setattr(reproduce, "run_elpv", run_elpv)
+    monkeypatch.setattr(elpv, "run_elpv", run_elpv)
     out = tmp_path / "run"
     full_disk(tmp_path, match="table.md")
     code, err = run(["reproduce", "elpv", "--out", out, "--no-progress"], capsys)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spadecam.evaluation import METHODS, RESULT_COLUMNS
+from spadecam.bench.configs import noisy_mnist_benchmark
+from spadecam.bench.reproduce import ABLATIONS, run_noisy_mnist
+from spadecam.bench.tables import METHODS, RESULT_COLUMNS
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
-from spadecam.recipes import get_recipe
-from spadecam.reproduce import ABLATIONS, run_noisy_mnist
 
 DATA = Path(os.environ.get("SPADECAM_DATA", Path(__file__).resolve().parents[2] / "shared/data/mnist"))
 pytestmark = pytest.mark.skipif(
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def tiny_recipe():
-    r = get_recipe("paper", quick=True)
+    r = noisy_mnist_benchmark("paper", quick=True)
     return dataclasses.replace(
         r,
         name="tiny",
@@ -84,10 +84,10 @@ def test_bad_known_class_is_rejected():
 @pytest.mark.slow
 def test_figures_with_more_test_images_than_the_gallery_uses(tmp_path, single_thread, monkeypatch):
     # the gallery reads the first 2,000 images; 2,100 is not a multiple of the batch (256)
-    from spadecam import reproduce
-    from spadecam.benchmark import run_benchmark
-    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
-    from spadecam.reproduce import _figures_for_model
+    from spadecam.bench import reproduce
+    from spadecam.bench.protocols import noisy_mnist_data, noisy_mnist_source
+    from spadecam.bench.reproduce import _figures_for_model
+    from spadecam.bench.runner import run_benchmark
 
     seen = {}
     real = reproduce.plot_gallery
@@ -161,10 +161,10 @@ def test_figures_and_report_reuse_the_runs_detector(tmp_path, single_thread, mon
 
 @pytest.mark.slow
 def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkeypatch):
-    from spadecam import benchmark
-    from spadecam.benchmark import detector_params, run_benchmark, spade_map_batches
+    from spadecam.bench import runner as benchmark
+    from spadecam.bench.protocols import noisy_mnist_data, noisy_mnist_source
+    from spadecam.bench.runner import detector_params, run_benchmark, spade_map_batches
     from spadecam.detectors import SPADE
-    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
 
     monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
@@ -195,10 +195,11 @@ def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch, cam):
     # u and the maps M(u); the scores must be those of the baselines' own passes
     import numpy as np
 
-    from spadecam import benchmark, scoring
-    from spadecam.benchmark import detector_params, run_benchmark, spade_scores
+    from spadecam import scoring
+    from spadecam.bench import runner as benchmark
+    from spadecam.bench.protocols import noisy_mnist_data, noisy_mnist_source
+    from spadecam.bench.runner import detector_params, run_benchmark, spade_scores
     from spadecam.detectors import CNNDetector, NaiveSPADE
-    from spadecam.protocols import noisy_mnist_data, noisy_mnist_source
 
     monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
@@ -242,9 +243,9 @@ def test_the_pretrained_recipe_puts_the_one_class_row_in_the_noisy_mnist_table(t
     """recipe "pretrained" on Noisy-MNIST: the one-class pretrained row ("patchcore", the same
     scores whatever the known digit: no label used), the pretrained CNN-based row and SPADE's
     margin fusion, per known digit, written as the other recipes' results are."""
-    from spadecam.reproduce import PRETRAINED_METHODS
+    from spadecam.bench.pretrained import PRETRAINED_METHODS
 
-    r = dataclasses.replace(get_recipe("pretrained"), n_train_normal=48, n_train_known=24,
+    r = dataclasses.replace(noisy_mnist_benchmark("pretrained"), n_train_normal=48, n_train_known=24,
                             n_test=80, spade_params={"patch_bank_size": 400})
     rows = run_noisy_mnist(known=(3, 9), seeds=(0,), recipe=r, data_dir=DATA, out_dir=tmp_path,
                            progress=False, log=lambda *_: None)
@@ -264,6 +265,6 @@ def test_the_pretrained_recipe_puts_the_one_class_row_in_the_noisy_mnist_table(t
 
 
 def test_the_pretrained_quick_recipe_cuts_the_data_only():
-    q, full = get_recipe("pretrained", quick=True), get_recipe("pretrained")
+    q, full = noisy_mnist_benchmark("pretrained", quick=True), noisy_mnist_benchmark("pretrained")
     assert (q.n_train_known, q.n_test, q.pretrained) == (2000, 2000, True)
     assert q.cnn_train == full.cnn_train and q.cnn == full.cnn

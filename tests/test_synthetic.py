@@ -1,4 +1,4 @@
-"""Synthetic anomalies for the classifier (spadecam.synthetic.cutpaste)."""
+"""Synthetic anomalies for the classifier (spadecam.bench.synthetic.cutpaste)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spadecam.synthetic import cutpaste
+from spadecam.bench.synthetic import cutpaste
 
 
 def _ramp(n: int = 3, size: int = 32) -> torch.Tensor:

@@ -175,7 +175,7 @@ def test_spade_holdout_sets_threshold_by_f1_on_held_out_images():
 
 def test_normal_only_validation_uses_held_out_quantile():
     x, _ = data(30, 0)
-    det = VAEDetector(VAE, TRAIN, threshold_holdout=0.2).fit(x)
+    det = VAEDetector(vae_config=VAE, vae_train=TRAIN, threshold_holdout=0.2).fit(x)
     assert det.threshold_source_ == "quantile_held_out"
     _, _, xn, xa = split(det, x, np.zeros(30, dtype=np.int64))
     assert len(xn) == 6 and len(xa) == 0
@@ -228,7 +228,7 @@ def test_a_quantile_of_few_held_out_normals_gives_a_warning():
     # 24 normals with threshold_holdout 0.1 hold out 2: their "99th percentile" is no such thing
     x, _ = data(24, 0)
     with pytest.warns(SpadecamWarning, match=r"0.99 quantile of only 2 held-out normal score"):
-        det = VAEDetector(VAE, TRAIN, threshold_holdout=0.1).fit(x)
+        det = VAEDetector(vae_config=VAE, vae_train=TRAIN, threshold_holdout=0.1).fit(x)
     assert det.threshold_n_images_ == {"normal": 2, "anomaly": 0}
 
 
@@ -236,7 +236,7 @@ def test_the_few_normals_warning_is_true_for_a_low_quantile():
     # the median of 2 held-out normals is halfway between them, not "about their maximum"
     x, _ = data(24, 0)
     with pytest.warns(SpadecamWarning, match="quantile of only") as record:
-        VAEDetector(VAE, TRAIN, threshold_holdout=0.1, threshold_quantile=0.5).fit(x)
+        VAEDetector(vae_config=VAE, vae_train=TRAIN, threshold_holdout=0.1, threshold_quantile=0.5).fit(x)
     text = next(str(w.message) for w in record if "quantile of only" in str(w.message))
     assert "0.5 quantile of only 2 held-out normal" in text
     assert "maximum" not in text
@@ -271,7 +271,7 @@ def test_printed_thresholds_and_scores_read_back_to_the_same_decisions():
 
 
 def test_threshold_story_names_each_source_and_no_unknown_one_as_a_quantile():
-    from spadecam.workflow._train import _threshold_story
+    from spadecam.threshold import describe_threshold as _threshold_story
 
     n = {"normal": 12, "anomaly": 3}
     assert _threshold_story("quantile_train", n, 0.99) == (

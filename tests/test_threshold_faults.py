@@ -47,8 +47,9 @@ def test_a_vae_blind_to_the_known_anomalies_keeps_the_quantile_threshold():
     rng = np.random.default_rng(0)
     x = np.concatenate([noise(rng, 80), flat(12)])
     y = np.r_[np.zeros(80), np.ones(12)].astype(np.int64)
-    det = VAEDetector(VAEConfig(image_size=SIZE, latent_dim=4, channels=(8, 8)),
-                      TrainConfig(epochs=3, batch_size=16, lr=3e-3, progress=False, seed=0),
+    det = VAEDetector(vae_config=VAEConfig(image_size=SIZE, latent_dim=4, channels=(8, 8)),
+                      vae_train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, progress=False,
+                                            seed=0),
                       threshold_holdout=0.25, threshold_quantile=QUANTILE)
     with pytest.warns(SpadecamWarning) as record:
         det.fit(x, y)

@@ -342,4 +342,6 @@ def test_latent_dim_zero_is_refused_not_read_as_the_recipes(value):
     with pytest.raises(ValueError, match="--channels must be 1 or 3"):
         build_detector(32, 0, recipe="spadecam")
     assert build_detector(32, 1, latent_dim=3, recipe="spadecam").vae_config.latent_dim == 3
-    assert build_detector(32, 1, recipe="spadecam").vae_config.latent_dim == 8
+    # unset: the recipe's VAE, built by fit as SPADE() builds it
+    assert build_detector(32, 1, recipe="spadecam").vae_config is None
+    assert SPADE(recipe="spadecam")._fit_configs()[0].latent_dim == 8

@@ -1,14 +1,32 @@
-"""The argument parsers of spadecam train / score / evaluate and the option groups every
-command shares (distributed, precision), for :mod:`spadecam.cli`. No torch import: the
+"""The argument parsers of spadecam train / score / evaluate / reproduce and the option groups
+every command shares (distributed, precision), for :mod:`spadecam.cli`. No torch import: the
 defaults come from :mod:`spadecam.recipes`' tables."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from spadecam.recipes import RECIPE_FIT
 
-__all__ = ["add_distributed_options", "add_image_commands"]
+__all__ = ["add_distributed_options", "add_image_commands", "add_reproduce_command"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 1,3,5, got {text!r}"
+        ) from None
+
+
+def _known_digits(text: str) -> list[int]:
+    """--known: distinct digits 1-9, checked at parse time (no torch import for a typo)."""
+    digits = _int_list(text)
+    if not digits or any(d < 1 or d > 9 for d in digits) or len(set(digits)) != len(digits):
+        raise argparse.ArgumentTypeError(f"expected distinct digits in 1-9 like 1,3,5, got {text!r}")
+    return digits
 
 
 #: What --precision auto means, for every command's help (spadecam.precision).
@@ -62,9 +80,10 @@ example (three folders of PNGs):
 Images: PNG, TIFF, JPEG or BMP; 8- or 16-bit grey (16-bit kept at full precision and
 divided by 65535), RGB, RGBA (alpha dropped) or palette (grey palettes count as grey),
 read as displayed (EXIF orientation applied), of any size. Each is brought to the model's
---image-size x --image-size input (--resize letterbox, the default, keeps the aspect ratio
-and pads with black that never counts; resize stretches); score and evaluate return maps and
-overlays at each image's own size. The folders of train and evaluate are read without
+--image-size x --image-size input (by default the training images' longest side, at most
+128, or 224 for the pretrained recipe; --resize letterbox, the default, keeps the aspect
+ratio and pads with black that never counts; resize stretches); score and evaluate return
+maps and overlays at each image's own size. The folders of train and evaluate are read without
 recursion (a sub-folder never changes a label unseen); score reads folders recursively. Every
 unreadable file is named in one error, and nothing is written then. A score exactly at
 the threshold is normal: anomalous means score > threshold."""
@@ -119,8 +138,9 @@ def _add_train_input_options(tr: argparse.ArgumentParser, fit: dict) -> None:
     """How images become model inputs, and the classifier backbone."""
     tr.add_argument("--image-size", type=int, default=None, metavar="N",
                     help="side of the square model input in pixels (default: the recipe's, "
-                    f"pretrained {RECIPE_FIT['pretrained']['image_size']}; spadecam and paper "
-                    f"{fit['image_size']})")
+                    f"pretrained {RECIPE_FIT['pretrained']['image_size']}; spadecam and paper: "
+                    "the images' longest side, at most "
+                    f"{fit['max_image_size']}, as SPADE() sizes them)")
     tr.add_argument("--channels", type=int, choices=[1, 3], default=None,
                     help="convert every image to 1 (grey) or 3 (colour) channels; default: "
                     "the images' own count, which must then be the same for all")
@@ -310,3 +330,61 @@ def _add_evaluate(sub) -> None:
     _add_scoring_precision(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_distributed_options(ev, precision=False)
+
+
+def add_reproduce_command(sub: Any) -> None:
+    """``spadecam reproduce noisy-mnist | elpv`` and its options (the benchmark harness)."""
+    rep = sub.add_parser(
+        "reproduce",
+        help="reproduce a benchmark of the paper",
+        description="Reproduce a benchmark of the paper and print its table.",
+    )
+    rep.add_argument("benchmark", choices=["noisy-mnist", "elpv"],
+                     help="noisy-mnist (the paper's Table I) or elpv (real solar-cell images; "
+                     "needs pip install -e '.[benchmarks]')")
+    rep.add_argument(
+        "--known", type=_known_digits, default=None,
+        help="known anomaly digits, comma-separated (default 1,3,5,7,9)",
+    )
+    rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
+    rep.add_argument(
+        "--recipe", default=None, choices=["spadecam", "paper", "pretrained"],
+        help="spadecam (8-d latent, larger CNN receptive field; the default for "
+        "noisy-mnist), paper (the paper's architecture: 128-d latent, 3x3 CNN) or pretrained "
+        "(ImageNet EfficientNet-Lite0 features, no VAE, with the one-class pretrained "
+        "baseline; fp32, no figures; the default for elpv, as for SPADE() and spadecam "
+        "train); see the README",
+    )
+    rep.add_argument(
+        "--quick", action="store_true",
+        help="smaller data slices and fewer epochs (a few minutes on 2 CPU cores)",
+    )
+    rep.add_argument(
+        "--data-dir", default=None,
+        help="folder with the MNIST IDX files (else $SPADECAM_DATA, ../shared/data/mnist, cache)",
+    )
+    rep.add_argument(
+        "--download", action="store_true",
+        help="download MNIST into the cache folder (sha256-checked) if no data folder is found",
+    )
+    rep.add_argument("--out", default=None,
+                     help="output folder (default runs/noisy-mnist or runs/elpv)")
+    rep.add_argument("--eval-split", choices=["test", "val"], default=None,
+                     help="elpv: score the test split (the table) or the validation split "
+                     "(for choosing settings)")
+    rep.add_argument("--protocols", choices=["all", "ours", "dra"], default=None,
+                     help="elpv: our protocols (unseen_type, few_labels), the field's (DRA: "
+                     "general and hard settings with 1 or 10 labelled anomalies), or all "
+                     "(default)")
+    rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    rep.add_argument(
+        "--ablations", action="store_true",
+        help="also score SPADE without each of the paper's modifications (ablations.csv)",
+    )
+    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    rep.add_argument("--report", metavar="HTML",
+                     help="noisy-mnist: also write a self-contained HTML report of SPADE for the "
+                     "first known digit and seed (results table, AUROC by digit, curves, "
+                     "galleries with input | reconstruction | ROI | weighted error)")
+    add_distributed_options(rep, precision_default=None, precision_note=(
+        "default: noisy-mnist auto, elpv 32, as its table was measured"))

@@ -1,12 +1,13 @@
-"""Process-level tuning shared by the CLI and the benchmarks."""
+"""Process-level tuning shared by the CLI and the benchmarks, and the thread count of image IO."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["is_exporting", "tune_malloc"]
+__all__ = ["io_threads", "is_exporting", "tune_malloc"]
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -48,3 +49,8 @@ def is_exporting() -> bool:
 
     probe = getattr(torch.compiler, "is_exporting", None)
     return bool(probe()) if probe is not None else False
+
+
+def io_threads() -> int:
+    """Threads for decoding and encoding images (Pillow releases the GIL): the cores, <= 4."""
+    return max(1, min(4, os.cpu_count() or 1))

@@ -23,26 +23,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spadecam._cli_parsers import add_distributed_options, add_image_commands
+from spadecam._cli_parsers import add_image_commands, add_reproduce_command
 
 __all__ = ["main"]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,3,5, got {text!r}"
-        ) from None
-
-
-def _known_digits(text: str) -> list[int]:
-    """--known: distinct digits 1-9, checked at parse time (no torch import for a typo)."""
-    digits = _int_list(text)
-    if not digits or any(d < 1 or d > 9 for d in digits) or len(set(digits)) != len(digits):
-        raise argparse.ArgumentTypeError(f"expected distinct digits in 1-9 like 1,3,5, got {text!r}")
-    return digits
 
 
 def _distributed(args: argparse.Namespace) -> dict:
@@ -63,60 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    rep = sub.add_parser(
-        "reproduce",
-        help="reproduce a benchmark of the paper",
-        description="Reproduce a benchmark of the paper and print its table.",
-    )
-    rep.add_argument("benchmark", choices=["noisy-mnist", "elpv"],
-                     help="noisy-mnist (the paper's Table I) or elpv (real solar-cell images; "
-                     "needs pip install -e '.[benchmarks]')")
-    rep.add_argument(
-        "--known", type=_known_digits, default=None,
-        help="known anomaly digits, comma-separated (default 1,3,5,7,9)",
-    )
-    rep.add_argument("--seeds", type=_int_list, default=[0], help="model seeds (default 0)")
-    rep.add_argument(
-        "--recipe", default=None, choices=["spadecam", "paper", "pretrained"],
-        help="spadecam (8-d latent, larger CNN receptive field; the default for "
-        "noisy-mnist), paper (the paper's architecture: 128-d latent, 3x3 CNN) or pretrained "
-        "(ImageNet EfficientNet-Lite0 features, no VAE, with the one-class pretrained "
-        "baseline; fp32, no figures; the default for elpv, as for SPADE() and spadecam "
-        "train); see the README",
-    )
-    rep.add_argument(
-        "--quick", action="store_true",
-        help="smaller data slices and fewer epochs (a few minutes on 2 CPU cores)",
-    )
-    rep.add_argument(
-        "--data-dir", default=None,
-        help="folder with the MNIST IDX files (else $SPADECAM_DATA, ../shared/data/mnist, cache)",
-    )
-    rep.add_argument(
-        "--download", action="store_true",
-        help="download MNIST into the cache folder (sha256-checked) if no data folder is found",
-    )
-    rep.add_argument("--out", default=None,
-                     help="output folder (default runs/noisy-mnist or runs/elpv)")
-    rep.add_argument("--eval-split", choices=["test", "val"], default=None,
-                     help="elpv: score the test split (the table) or the validation split "
-                     "(for choosing settings)")
-    rep.add_argument("--protocols", choices=["all", "ours", "dra"], default=None,
-                     help="elpv: our protocols (unseen_type, few_labels), the field's (DRA: "
-                     "general and hard settings with 1 or 10 labelled anomalies), or all "
-                     "(default)")
-    rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    rep.add_argument(
-        "--ablations", action="store_true",
-        help="also score SPADE without each of the paper's modifications (ablations.csv)",
-    )
-    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    rep.add_argument("--report", metavar="HTML",
-                     help="noisy-mnist: also write a self-contained HTML report of SPADE for the "
-                     "first known digit and seed (results table, AUROC by digit, curves, "
-                     "galleries with input | reconstruction | ROI | weighted error)")
-    add_distributed_options(rep, precision_default=None, precision_note=(
-        "default: noisy-mnist auto, elpv 32, as its table was measured"))
+    add_reproduce_command(sub)
 
     dl = sub.add_parser(
         "download",
@@ -176,7 +106,7 @@ def _image_command(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
     """Run the command; returns (exit code, what prints its result once its outputs are in
     place)."""
     from spadecam import workflow
-    from spadecam._fs import json_text
+    from spadecam._json import json_text
     from spadecam.distributed import global_rank
     from spadecam.precision import from_option
 
@@ -407,7 +337,7 @@ def _data_command(args: argparse.Namespace, torch: Any) -> int:
         if args.report is not None:
             check_writable(args.report, "--report")
     if args.command == "reproduce" and args.benchmark == "elpv":
-        from spadecam.reproduce import run_elpv
+        from spadecam.bench.elpv import run_elpv
 
         run_elpv(seeds=args.seeds, recipe=args.recipe, quick=args.quick,
                  eval_split=args.eval_split, out_dir=args.out or "runs/elpv",
@@ -416,7 +346,7 @@ def _data_command(args: argparse.Namespace, torch: Any) -> int:
                  precision=args.precision, distributed=_distributed(args))
         return 0
     if args.command == "reproduce":
-        from spadecam.reproduce import run_noisy_mnist
+        from spadecam.bench.reproduce import run_noisy_mnist
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         run_noisy_mnist(

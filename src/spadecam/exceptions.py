@@ -35,3 +35,18 @@ def _check_finite(det: Any, values: np.ndarray, offset: int = 0) -> None:
             "learning rate.",
             idx,
         )
+
+
+def _require(det: Any, *attrs: str) -> None:
+    """NotFittedError unless ``det`` has each fitted attribute (``threshold_`` named apart:
+    ``from_models`` leaves it for the caller to set)."""
+    for a in attrs:
+        if getattr(det, a, None) is None:
+            if a == "threshold_" and hasattr(det, "decision_function"):
+                raise NotFittedError(
+                    f"{type(det).__name__}.threshold_ is not set: fit(X, y) learns it; after "
+                    "from_models(...) set it yourself (e.g. a quantile of normal scores)"
+                )
+            raise NotFittedError(
+                f"{type(det).__name__} is not fitted: call fit(X, y) or from_models(...) first"
+            )

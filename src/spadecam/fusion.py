@@ -1,7 +1,14 @@
-"""The margin fusion: a one-class error score plus the classifier's evidence above a margin.
+"""SPADE's image scores, one per recipe, side by side:
 
-Our score for SPADE's ``score="margin"`` (not in the paper; the paper's is Algorithm 1's
-sum of the weighted error e'). With labelled anomalies of some kinds only, a classifier's
+* :func:`algorithm1_score` — the paper's (Algorithm 1; ``recipe="paper"``): the sum over
+  pixels of the weighted error e' = e * L / |L|.
+* :func:`evidence_weighted_error` — ``recipe="spadecam"`` (ours): e' times (1 + w p) and
+  times d ** k per pixel (p the classifier's known-anomaly probability, d the image-level
+  memory bank's kNN distance); its sum is the score.
+* :func:`margin_score` — the default (``recipe="pretrained"``, ``score="margin"``; ours): a
+  one-class error score plus the classifier's evidence above a margin, below.
+
+The margin fusion (not in the paper). With labelled anomalies of some kinds only, a classifier's
 evidence helps on the kinds it was shown and can hurt on the others: its false alarms on
 normal images push them above anomalies of unknown kinds, which only the error map sees.
 The margin fusion lets the evidence count only where it is unlike any normal image's:
@@ -40,7 +47,39 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["EvidenceCalibration", "calibrate", "error_term", "margin_score"]
+__all__ = ["EvidenceCalibration", "algorithm1_score", "calibrate", "error_term",
+           "evidence_weighted_error", "margin_score"]
+
+
+def algorithm1_score(weighted_error: torch.Tensor) -> torch.Tensor:
+    """The paper's anomaly score (Algorithm 1, ``recipe="paper"``): the sum over pixels of
+    the weighted error e' = e * L / |L| (:func:`spadecam.roi.weighted_error`).
+
+    weighted_error : (N, H, W) float, >= 0. Returns (N,) of its dtype.
+    """
+    return weighted_error.sum(dim=(1, 2))
+
+
+def evidence_weighted_error(weighted_error: torch.Tensor, p_anomaly: torch.Tensor | None = None,
+                            classifier_weight: float = 0.0,
+                            knn_distance: torch.Tensor | None = None,
+                            knn_power: float = 0.0) -> torch.Tensor:
+    """``recipe="spadecam"``'s map (ours, not in the paper): e' * (1 + w p) * d ** k per pixel,
+    whose :func:`algorithm1_score` is the score; w = 0 and k = 0 give e' itself.
+
+    weighted_error : (N, H, W) float, >= 0, e'; p_anomaly : (N,) in [0, 1], the classifier's
+    softmax probability of the known-anomaly class (needed when w > 0); knn_distance : (N,)
+    >= 0, the image-level memory bank's mean kNN distance (:mod:`spadecam.knn`; needed when
+    k > 0). Returns (N, H, W) float32.
+    """
+    m = weighted_error
+    if classifier_weight:
+        assert p_anomaly is not None
+        m = m * (1 + classifier_weight * p_anomaly)[:, None, None]
+    if knn_power:
+        assert knn_distance is not None
+        m = m * (knn_distance ** knn_power)[:, None, None]
+    return m.float()
 
 
 @dataclass(frozen=True)
@@ -199,8 +238,8 @@ def error_term(error_score: torch.Tensor, calibration: EvidenceCalibration,
 def margin_score(error_score: torch.Tensor, logit: torch.Tensor, calibration: EvidenceCalibration,
                  weight: float, margin: float,
                  knn_distance: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`error_term` + weight * max(0, z_c - margin) (N,) float32 (see the module
-    docstring).
+    """The default score (``recipe="pretrained"``, ``score="margin"``; ours):
+    :func:`error_term` + weight * max(0, z_c - margin), (N,) float32 (the module notes).
 
     error_score : (N,) the error map's maximum; logit : (N,) y_anomaly - y_normal;
     knn_distance : (N,) the image-level bank's distance, exactly when ``calibration`` has

@@ -13,7 +13,7 @@ models were built for (``image_size`` x ``image_size``, recorded in the model di
   image (48, 64, 3) is one image, never 48 grey images 3 pixels wide. Numpy views with
   negative strides (``X[::-1]``, ``np.flip``, ``np.rot90``) are copied.
 * **Resizing** uses the one function the CLI uses too,
-  :func:`spadecam.data.images.resize_image` (Pillow, bilinear, antialiased, float), with a
+  :func:`spadecam.preprocess.resize_image` (Pillow, bilinear, antialiased, float), with a
   policy: ``"letterbox"`` (default of the API and of ``spadecam train``) scales the longer
   side to ``image_size``, keeps the aspect ratio and pads the rest with zeros; ``"resize"``
   stretches. Images already at the model's size are not touched.
@@ -29,17 +29,16 @@ models were built for (``image_size`` x ``image_size``, recorded in the model di
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from spadecam.data.images import RESIZE_POLICIES
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.vae import VAEConfig
-from spadecam.preprocess import (  # noqa: F401 (re-exported)
-    CHANNEL_COUNTS,
+from spadecam.preprocess import (
+    RESIZE_POLICIES,  # noqa: F401 (re-exported)
+    ModelBatch,
     batch_layout,
     image_layout,
     letterbox_mask,
@@ -47,16 +46,17 @@ from spadecam.preprocess import (  # noqa: F401 (re-exported)
     stack_maps,
     to_model_input,
 )
+from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, fit_default
 
 __all__ = [
     "ModelBatch",
-    "PreparedImages",
     "as_image_tensor",
     "image_list",
     "iter_model_batches",
     "letterbox_mask",
     "maps_to_images",
     "min_input_size",
+    "model_input_side",
     "stack_maps",
 ]
 
@@ -147,6 +147,47 @@ def min_input_size(vae_config: VAEConfig | None, cnn_config: Any) -> int:
     return max(vae_min, cnn_min)
 
 
+def model_input_side(
+    sizes: Sequence[tuple[int, int]],
+    image_size: int | None = None,
+    config_size: int | None = None,
+    recipe: str | None = None,
+) -> tuple[int, str]:
+    """The side S of the square model input a fit uses: the one rule of the detectors'
+    ``fit`` and of ``spadecam train``, so both train the same networks from the same images
+    (the classifier's kernels follow S, :func:`spadecam.defaults.default_cnn_config`).
+
+    In order: ``image_size`` when given; else the VAE config's ``config_size``; else the
+    recipe's fixed side (:data:`spadecam.recipes.RECIPE_FIT`: 224 for "pretrained", the
+    ImageNet backbone's); else the longest side among ``sizes`` (the training images' own
+    (H, W), in pixels), at most :data:`spadecam.recipes.FIT_DEFAULTS` ``["max_image_size"]``
+    (128): small images keep their size, larger ones are shrunk to it.
+
+    Returns
+    -------
+    (S, where S came from, in words for error messages)
+
+    Raises
+    ------
+    ValueError
+        ``image_size`` and ``config_size`` both given and different.
+    """
+    if image_size is not None and config_size is not None and image_size != config_size:
+        raise ValueError(f"image_size={image_size} differs from vae_config.image_size="
+                         f"{config_size}; give one of them")
+    if image_size is not None:
+        return int(image_size), f"image_size={image_size}"
+    if config_size is not None:
+        return int(config_size), f"vae_config.image_size={config_size}"
+    fixed = fit_default("image_size", recipe) if recipe in RECIPE_DEFAULTS else None
+    if fixed is not None:
+        return int(fixed), f"recipe {recipe!r} ({fixed} px)"
+    longest, cap = int(max(max(hw) for hw in sizes)), int(FIT_DEFAULTS["max_image_size"])
+    side = min(longest, cap)
+    return side, (f"X (images up to {longest} px on their longest side; the model input is "
+                  f"that side, at most {cap} px)")
+
+
 def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
     """The images of ``X`` as one (N, C, H, W) tensor, or a list of (1, C, H, W) tensors.
 
@@ -180,45 +221,6 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
                 return torch.cat(out)
             return out
     return as_image_tensor(X, name)
-
-
-@dataclass
-class PreparedImages:
-    """Images already brought to the model's input elsewhere, with their letterbox mask.
-
-    ``spadecam train`` reads files straight to the model's size (memory stays that of the
-    model-size batch) and passes this to ``fit``, so that the padding is excluded from the
-    threshold's scores exactly as when the API letterboxes images itself.
-
-    Attributes
-    ----------
-    x : ndarray or Tensor (N, C, S, S), uint8 or float in [0, 1]
-    valid : ndarray or Tensor (N, 1, S, S) in {0, 1}, or None (every pixel is an image pixel)
-    """
-
-    x: Any
-    valid: Any = None
-
-
-@dataclass
-class ModelBatch:
-    """A batch at the model's input size, with what is needed to map results back.
-
-    Attributes
-    ----------
-    u : Tensor (B, C, S, S), float32 in [0, 1], channels-last
-    valid : Tensor (B, 1, S, S) float32 in {0, 1}, or None
-        1 on image pixels, 0 on letterbox padding; None when every pixel is an image pixel.
-    sizes : list of (H, W)
-        Each image's own size.
-    boxes : list of (top, left, h, w) or None
-        Where each image lies in the S x S input; None when the images were not resized.
-    """
-
-    u: torch.Tensor
-    valid: torch.Tensor | None
-    sizes: list[tuple[int, int]]
-    boxes: list[tuple[int, int, int, int]] | None
 
 
 def to_float_images(x: torch.Tensor) -> torch.Tensor:

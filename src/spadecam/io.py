@@ -40,7 +40,8 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from spadecam._fs import atomic_write_bytes, atomic_write_text, json_text
+from spadecam._fs import atomic_write_bytes, atomic_write_text
+from spadecam._json import json_text
 from spadecam.exceptions import ModelFormatError
 from spadecam.model_schema import backbone_of, check_detector_params, validate_config
 from spadecam.model_schema import is_int as _is_int
@@ -97,7 +98,7 @@ def save_models(
         ``cnn`` is not one of :data:`~spadecam.models.backbones.BACKBONES` (a user's own
         classifier); nothing is written.
         Infinite floats are written as ``"Infinity"`` / ``"-Infinity"``
-        (:func:`spadecam._fs.json_text`).
+        (:func:`spadecam._json.json_text`).
     """
     if vae is None and cnn is None:
         raise ValueError("save_models needs a VAE, a classifier or both; got neither")

@@ -9,15 +9,32 @@ MVTec-style data (Bergmann et al. 2019).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from spadecam.decision import flag_anomalous, threshold_flagging
-from spadecam.evaluation import auroc
 
-__all__ = ["auroc_by_kind", "average_precision", "f1_max", "image_metrics", "pixel_auroc"]
+__all__ = ["auroc", "auroc_by_kind", "average_precision", "f1_max", "image_metrics", "pixel_auroc"]
+
+
+def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn), anomalous = 1, higher score = more anomalous.
+
+    Raises
+    ------
+    ValueError
+        When ``labels`` hold a single class (AUROC is undefined) or lengths differ.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    if np.unique(labels).size < 2:
+        raise ValueError("AUROC needs both normal and anomalous labels; got a single class")
+    return float(roc_auc_score(labels, scores))
 
 
 def _check(labels: Any, scores: Any, what: str = "labels") -> tuple[np.ndarray, np.ndarray]:

@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spadecam._fs import NON_FINITE_JSON
-from spadecam.data.images import RESIZE_POLICIES
+from spadecam._json import NON_FINITE_JSON
 from spadecam.exceptions import ModelFormatError
 from spadecam.inputs import min_input_size
 from spadecam.models.backbones import BACKBONE_ALIASES, BACKBONES
@@ -52,6 +51,7 @@ from spadecam.models.efficientnet import EfficientNetLiteConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
 from spadecam.precision import SCORING_PRECISIONS
+from spadecam.preprocess import RESIZE_POLICIES
 from spadecam.recipes import RECIPE_DEFAULTS
 from spadecam.roi import BRANCHES
 

@@ -7,7 +7,7 @@ not installed. So the exported graph and the torch path see the same pixels.
 
 * :func:`check_images`: validate images given as numpy arrays (or lists of them) and return
   them as a list of (C, H, W) arrays, channels-last layouts recognised.
-* :func:`to_model_input`: a list of images (C, H_i, W_i) -> the model batch (N, C, S, S)
+* :func:`to_model_input`: a list of images (C, H_i, W_i) -> the :class:`ModelBatch` (N, C, S, S)
   float32 in [0, 1], the letterbox mask ``valid`` (N, 1, S, S), each image's size and box.
 * :func:`maps_to_sizes`: maps on the model grid (N, S, S) -> each image's region, resized
   bilinearly to the image's own H x W.
@@ -22,25 +22,99 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from spadecam.data.images import RESIZE_POLICIES, content_box, resize_image
-
 __all__ = [
     "ACCEPTED_LAYOUTS",
+    "RESIZE_POLICIES",
+    "content_box",
+    "resize_image",
+    "resize_mask",
     "CHANNEL_COUNTS",
     "LAYOUTS",
     "batch_layout",
     "image_layout",
-    "ModelInput",
+    "ModelBatch",
     "check_images",
     "is_channels_last",
     "letterbox_mask",
     "maps_to_sizes",
-    "read_files",
     "resize_map",
     "stack_maps",
     "to_float",
     "to_model_input",
 ]
+
+#: Ways of bringing an image to size x size: stretch, or keep the aspect ratio and pad.
+RESIZE_POLICIES = ("resize", "letterbox")
+
+
+def content_box(
+    height: int, width: int, size: int, policy: str = "resize"
+) -> tuple[int, int, int, int]:
+    """Where an image of height x width lands inside the size x size output.
+
+    Returns
+    -------
+    (top, left, h, w) : the pasted region; ``(0, 0, size, size)`` for ``"resize"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``policy`` or a size below 1.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    if size < 1:
+        raise ValueError(f"image size must be >= 1, got {size}")
+    if policy == "resize":
+        return 0, 0, size, size
+    scale = size / max(height, width)
+    h = min(size, max(1, round(height * scale)))
+    w = min(size, max(1, round(width * scale)))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def _resize_plane(plane: np.ndarray, hw: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    if plane.shape == hw:
+        return plane
+    out = Image.fromarray(plane).resize((hw[1], hw[0]), resample)
+    return np.asarray(out)
+
+
+def resize_image(x: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
+    """Bring a (C, H, W) float image to (C, size, size) by ``policy`` (bilinear, float).
+
+    Parameters
+    ----------
+    x : ndarray (C, H, W), float32 in [0, 1]
+    size : int, >= 1
+    policy : {"resize", "letterbox"}
+        See the module notes; letterbox pads with zeros.
+
+    Returns
+    -------
+    ndarray (C, size, size), float32 in [0, 1]
+    """
+    top, left, h, w = content_box(x.shape[1], x.shape[2], size, policy)
+    out = np.zeros((x.shape[0], size, size), dtype=np.float32)
+    for c in range(x.shape[0]):
+        plane = _resize_plane(x[c].astype(np.float32), (h, w), Image.Resampling.BILINEAR)
+        out[c, top : top + h, left : left + w] = plane
+    return np.clip(out, 0.0, 1.0)
+
+
+def resize_mask(m: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
+    """Bring a (H, W) binary mask to (size, size) with nearest-neighbour resampling.
+
+    Returns
+    -------
+    ndarray (size, size), uint8 in {0, 1}; letterbox padding is 0 (normal).
+    """
+    top, left, h, w = content_box(m.shape[0], m.shape[1], size, policy)
+    out = np.zeros((size, size), dtype=np.uint8)
+    plane = _resize_plane((m > 0).astype(np.uint8), (h, w), Image.Resampling.NEAREST)
+    out[top : top + h, left : left + w] = plane
+    return out
+
 
 #: Channel counts an image layout is recognised by: grey, RGB, RGBA.
 CHANNEL_COUNTS = (1, 3, 4)
@@ -179,38 +253,6 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
     return list(a)
 
 
-def read_files(paths: Sequence[Any], channels: int, min_size: int = 1,
-               progress: bool = False, keep: bool = True) -> list[np.ndarray]:
-    """Each image file at its own size in ``channels``, (C, H_i, W_i) float32 in [0, 1]
-    (:func:`spadecam.data.images.load_image`), for ``spadecam score`` and ``evaluate``.
-
-    Every file is tried before an error: one ImageError lists all unusable files
-    (unreadable, or a side below ``min_size``, the networks' minimum). ``keep=False`` only
-    checks them (each decoded, nothing kept: memory stays flat) and returns [].
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from spadecam._progress import bar
-    from spadecam.data.images import ImageError, load_image
-    from spadecam.deploy.outputs import io_threads
-
-    def load(p: Any) -> np.ndarray | ImageError | None:
-        try:
-            x = load_image(p, channels, None, min_size=min_size)
-        except ImageError as exc:
-            return exc
-        return x if keep else None
-
-    # decoding runs on every core (Pillow releases the GIL); results in input order
-    with ThreadPoolExecutor(io_threads()) as pool:
-        done = list(bar(pool.map(load, paths), total=len(paths), enabled=progress,
-                        desc="reading images"))
-    errors = [r for r in done if isinstance(r, ImageError)]
-    if errors:
-        raise ImageError.combine(errors, len(paths))
-    return [r for r in done if isinstance(r, np.ndarray)]
-
-
 def letterbox_mask(
     sizes: Sequence[tuple[int, int]], size: int, policy: str = "letterbox"
 ) -> np.ndarray | None:
@@ -225,7 +267,7 @@ def letterbox_mask(
     Returns
     -------
     ndarray (N, 1, size, size) float32 in {0, 1} (1 on the image,
-    :func:`spadecam.data.images.content_box`), or None when no pixel is padding ("resize",
+    :func:`content_box`), or None when no pixel is padding ("resize",
     or every image already square). The one mask the detectors, ``spadecam train`` and the
     ONNX runner use.
     """
@@ -237,28 +279,34 @@ def letterbox_mask(
 
 
 @dataclass
-class ModelInput:
-    """A batch at the model's input size, with what is needed to map results back.
+class ModelBatch:
+    """A batch at the model's input size, with what is needed to map results back: the one
+    batch type of training and scoring, numpy (the ONNX runner, :func:`to_model_input`) or
+    torch (the detectors, :func:`spadecam.inputs.to_model_batch`; ``spadecam train`` passes
+    one to ``fit``).
 
     Attributes
     ----------
-    u : ndarray (N, C, S, S) float32 in [0, 1]
-    valid : ndarray (N, 1, S, S) float32 in {0, 1}, or None (every pixel is an image pixel)
-    sizes : list of (H, W), each image's own size
-    boxes : list of (top, left, h, w), or None when the images were not resized
+    u : ndarray or Tensor (N, C, S, S), float32 in [0, 1] (uint8 [0, 255] accepted by ``fit``)
+    valid : ndarray or Tensor (N, 1, S, S) float32 in {0, 1}, or None
+        1 on image pixels, 0 on letterbox padding; None when every pixel is an image pixel.
+    sizes : list of (H, W)
+        Each image's own size in pixels.
+    boxes : list of (top, left, h, w) or None
+        Where each image lies in the S x S input; None when the images were not resized.
     """
 
-    u: np.ndarray
-    valid: np.ndarray | None
+    u: Any
+    valid: Any
     sizes: list[tuple[int, int]]
     boxes: list[tuple[int, int, int, int]] | None
 
 
-def to_model_input(images: Sequence[np.ndarray], size: int, policy: str = "letterbox") -> ModelInput:
+def to_model_input(images: Sequence[np.ndarray], size: int, policy: str = "letterbox") -> ModelBatch:
     """Bring images (each (C, H_i, W_i), uint8 or float [0, 1]) to the model's input.
 
     Images already ``size`` x ``size`` are only converted to float; others are resized with
-    :func:`spadecam.data.images.resize_image` (Pillow, bilinear, antialiased) by ``policy``.
+    :func:`resize_image` (Pillow, bilinear, antialiased) by ``policy``.
 
     Raises
     ------
@@ -269,9 +317,9 @@ def to_model_input(images: Sequence[np.ndarray], size: int, policy: str = "lette
         raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {policy!r}")
     sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
     if all(s == (size, size) for s in sizes):
-        return ModelInput(np.stack([to_float(x) for x in images]), None, sizes, None)
+        return ModelBatch(np.stack([to_float(x) for x in images]), None, sizes, None)
     u = np.stack([resize_image(to_float(x), size, policy) for x in images])
-    return ModelInput(u, letterbox_mask(sizes, size, policy), sizes,
+    return ModelBatch(u, letterbox_mask(sizes, size, policy), sizes,
                       [content_box(h, w, size, policy) for h, w in sizes])
 
 

@@ -28,7 +28,12 @@ from torch import nn
 from spadecam.cam import eval_mode, grad_cam_logits_features
 from spadecam.error import reconstruction_error
 from spadecam.feature_error import PatchBank, in_chunks
-from spadecam.fusion import EvidenceCalibration, margin_score
+from spadecam.fusion import (
+    EvidenceCalibration,
+    algorithm1_score,
+    evidence_weighted_error,
+    margin_score,
+)
 from spadecam.knn import FeatureBank
 from spadecam.model_schema import SCORES
 from spadecam.models.classifier import has_linear_head
@@ -247,16 +252,16 @@ class SPADEScorer(nn.Module):
             error = feature_error if feature_error is not None else reconstruction_error(
                 u.float(), u_hat.float(), self.error_smoothing, self.error_norm, valid)
             m = weighted_error(error, roi)
+        p = d = None
         if self.classifier_weight:
             if logits is None:  # maps given without logits: one classifier pass for them
                 logits = self.cnn(u)
             p = logits.float().softmax(dim=1)[:, 1 - NORMAL_CLASS]
-            m = m * (1 + self.classifier_weight * p)[:, None, None]
         if self.knn_power:
             assert self.knn is not None  # __init__ checked
             d = self.knn(self.cnn, u, features=pooled)  # pooled: read in the CAM's forward
-            m = m * (d ** self.knn_power)[:, None, None]
-        return m.float()
+        return evidence_weighted_error(m, p, self.classifier_weight or 0.0, d,
+                                       self.knn_power or 0.0)
 
     def roi(self, u: torch.Tensor, u_hat: torch.Tensor,
             valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,7 +307,7 @@ class SPADEScorer(nn.Module):
             raise ValueError("SPADEScorer without a VAE only computes error_map")
         u_hat = self.vae.reconstruct(u)
         m = self.error_map(u, u_hat, valid)
-        return m.sum(dim=(1, 2)), m
+        return algorithm1_score(m), m
 
 
     def margin_parts(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> MarginParts:

@@ -237,3 +237,25 @@ def holdout_split(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor |
         if k > 0:
             hold[idx[torch.randperm(len(idx), generator=g)[:k]]] = True
     return hold
+
+
+def describe_threshold(source: Any, n: dict[str, int], quantile: float) -> str:
+    """How the threshold was set, in words, from a detector's ``threshold_source_``, its
+    ``threshold_n_images_`` ({"normal": n, "anomaly": m}) and ``threshold_quantile``: what
+    ``spadecam train`` prints and the evaluation report shows. An unknown source is named,
+    not refused (a model from a newer version)."""
+    normal, anomaly = n.get("normal", "?"), n.get("anomaly", "?")
+    q = f"the {format_threshold(quantile)} quantile of {normal}"
+    if source == "f1_max_held_out":
+        return (f"the F1-max point on {normal} held-out normal and {anomaly} held-out "
+                f"known-anomaly images (among thresholds flagging no more of those normal "
+                f"images than the {format_threshold(quantile)} quantile of their scores)")
+    if source == "quantile_held_out_f1_rejected":
+        return (f"{q} held-out normal images' scores, not the F1-max point on them and "
+                f"{anomaly} held-out known-anomaly images: no threshold flagging no more of "
+                "those normal images catches a known anomaly (they do not score above them)")
+    if source == "quantile_held_out":
+        return f"{q} held-out normal images' scores"
+    if source == "quantile_train":
+        return f"{q} training normal images' scores"
+    return f"set by a rule this version does not know ({source!r})"

@@ -30,13 +30,11 @@ batch. What agrees and what differs across ranks:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -51,108 +49,17 @@ from spadecam.distributed import (
     rank_seed,
     shard,
 )
-from spadecam.models.backbones import BACKBONES, backbone_name
+from spadecam.linear_head import build_classifier, fit_linear_head, pooled_last_features
 from spadecam.models.classifier import FeatureClassifier
-from spadecam.models.cnn import NORMAL_CLASS, CNNConfig, classifier_loss
+from spadecam.models.cnn import CNNConfig, classifier_loss
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
-from spadecam.recipes import FIT_DEFAULTS
+from spadecam.train_config import TrainConfig, TrainingDivergedError, _local_rng
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
-__all__ = ["TrainConfig", "TrainingDivergedError", "train_cnn", "train_vae"]
-
-
-class TrainingDivergedError(ValueError):
-    """A training loss became NaN or infinite; the message names the model, epoch and a hint."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and device settings shared by both training loops.
-
-    The training length is a budget of optimiser steps, not of epochs, so that a folder of
-    600 images and one of 6,000 get the same number of updates; early stopping on the
-    validation loss ends training once it has converged (with an old default of
-    10 epochs, 640 images and batches of 128 gave the VAE 50 steps, its validation loss
-    still falling).
-
-    Attributes
-    ----------
-    steps : int
-        Budget of optimiser steps (default 2000, :data:`spadecam.recipes.FIT_DEFAULTS` as
-        every default here and ``spadecam train``'s), used when ``epochs`` is None. Batches are
-        drawn epoch after epoch (a new permutation each) until the budget is spent or early
-        stopping ends training.
-    epochs : int or None
-        An epoch budget instead (``epochs * ceil(n_train / batch_size)`` steps, validation
-        after every epoch): the recipes of the Noisy-MNIST reproduction use it.
-    val_every : int or None
-        Steps between validations; None: once per epoch with ``epochs``, else
-        ``ceil(steps / 50)`` (at most 50 validations whatever the data size).
-    lr, weight_decay : float
-        AdamW settings.
-    schedule : {"constant", "cosine"}
-        Learning-rate schedule over the step budget (cosine decays to 0 by its last step).
-    val_fraction : float in [0, 1)
-        Share of the training images held out for early stopping (0 disables it).
-    patience : int
-        Validations without a better validation loss before stopping.
-    batch_size : int
-        Images per step and process (default 32): a DDP step over W processes sees
-        W * batch_size.
-    seed : int
-        Seeds the weights, the split, the batch order and the VAE's sampling.
-    accelerator, devices, num_nodes, precision, strategy :
-        Passed to ``lightning.fabric.Fabric`` (e.g. "cpu", 2, 1, "32-true" or "bf16-mixed",
-        "ddp"); ``devices`` is processes per node. ``None`` takes the launcher's value under
-        torchrun or ``fabric run``, else one process on the CPU
-        (:func:`spadecam.distributed.fabric_settings`). ``precision="auto"`` (default): on
-        a CPU with native bf16 (AMX or AVX512-BF16), one process and at least
-        ``MEASURE_MIN_STEPS`` (100) steps, the faster of "bf16-mixed" and "32-true" as
-        timed on this model and batch before training
-        (:func:`spadecam.precision.measure_training_precision`, kept per machine); else
-        "bf16-mixed" on CPUs with AMX and on CUDA with bf16, "32-true" elsewhere
-        (:func:`spadecam.precision.resolve_training_precision`). The precision that trained
-        is in the model's ``training_log_["precision"]``. "32-true" gives exact fp32
-        training.
-    progress : bool
-        Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
-        (training and validation loss) on stderr.
-    head_only : bool
-        The classifier only (:func:`train_cnn`): keep the pretrained backbone as it is and fit
-        its linear head alone, as a class-balanced L2-regularised logistic regression
-        (scikit-learn, ``head_c``) on the globally pooled last-block features of the training
-        images, standardised and folded into the head (normal logit 0, known-anomaly logit
-        the regression's). No optimiser steps: ``steps``, ``epochs``, ``lr``, ``schedule``
-        and the devices are unused; the features are computed in fp32 on the CPU in
-        batches of ``batch_size``. Our option (the paper fine-tunes all of eq. 2's network).
-    head_c : float > 0
-        The regression's inverse regularisation strength (scikit-learn's ``C``) on the
-        standardised features (default 0.1).
-    """
-
-    steps: int = FIT_DEFAULTS["steps"]
-    epochs: int | None = None
-    val_every: int | None = None
-    batch_size: int = FIT_DEFAULTS["batch_size"]
-    lr: float = FIT_DEFAULTS["lr"]
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    val_fraction: float = 0.1
-    patience: int = 5
-    seed: int = FIT_DEFAULTS["seed"]
-    accelerator: str | None = None
-    devices: int | None = None
-    precision: str | None = "auto"
-    strategy: str | None = None
-    num_nodes: int | None = None
-    progress: bool = True
-    head_only: bool = False
-    head_c: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["TrainConfig", "TrainingDivergedError", "build_classifier", "fit_linear_head",
+           "pooled_last_features", "train_cnn", "train_vae"]
 
 
 def __getattr__(name: str):
@@ -164,24 +71,6 @@ def __getattr__(name: str):
                       DeprecationWarning, stacklevel=2)
         return _inputs.to_float_images
     raise AttributeError(f"module 'spadecam.training' has no attribute {name!r}")
-
-
-@contextlib.contextmanager
-def _local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Seed torch's global RNG (CPU, and ``device`` if CUDA) for the block; restore after.
-
-    Module initialisers, ``randn_like`` and DataLoader draw from the global generators, so
-    they are seeded here rather than given a ``torch.Generator``; ``fork_rng`` puts the
-    caller's states back when the block ends, even on an error.
-    """
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if (
-        device is not None and device.type == "cuda") else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _diverged(name: str, what: str, value: float, where: str, cfg: TrainConfig) -> Exception:
@@ -522,70 +411,3 @@ def train_cnn(
         return classifier_loss(m(u).float(), batch[1], loss)
 
     return _fit(model, (x, y.long()), loss_fn, train, "classifier")
-
-
-def build_classifier(config: Any, channels: int, seed: int) -> FeatureClassifier:
-    """The classifier of ``config`` (default ``CNNConfig()``) for images of ``channels``
-    channels, its initial weights drawn from ``seed`` (the caller's RNG untouched), then the
-    pretrained weights the config names (ImageNet, a user's file), if any."""
-    config = (config or CNNConfig()).sized(channels)
-    with _local_rng(seed):
-        model = BACKBONES[backbone_name(config)][0](config)
-    return model.load_pretrained()
-
-
-@torch.no_grad()
-def pooled_last_features(model: FeatureClassifier, x: torch.Tensor,
-                         batch_size: int = 32) -> torch.Tensor:
-    """The globally pooled last-block features (N, K) float32 of images x (N, C, H, W), uint8
-    [0, 255] or float [0, 1], the model in eval mode on the CPU: what its linear head reads."""
-    model = model.to("cpu").eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(model.forward_features(_inputs.to_float_images(x[i : i + batch_size]))
-                   .mean((2, 3)))
-        tick(f"classifier head: pooled features of {i + len(out[-1])}/{len(x)} images")
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def fit_linear_head(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor,
-                    train: TrainConfig, features: torch.Tensor | None = None
-                    ) -> FeatureClassifier:
-    """Fit ``model``'s linear head on its frozen backbone (``TrainConfig.head_only``).
-
-    x : (N, C, H, W) uint8 [0, 255] or float [0, 1]; y : (N,) 0 = normal, 1 = known anomaly.
-    A class-balanced logistic regression with ``C = train.head_c`` on the standardised,
-    globally pooled last-block features (float64), seeded by ``train.seed``; its weights,
-    divided by the features' spread, become the known-anomaly row of ``model.fc`` and the
-    normal row is 0, so the logit difference y_anomaly - y_normal is the regression's
-    decision function. ``features``: x's :func:`pooled_last_features`, already computed
-    (then x is not read). Returns the model on the CPU in eval mode, its backbone unchanged,
-    with ``training_log_``. Raises ValueError without both classes, or for ``head_c <= 0``.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    yv = y.long().numpy()
-    if not ((yv == 0).any() and (yv == 1).any()) or not train.head_c > 0:
-        raise ValueError(f"head_only needs normal and known-anomaly images and head_c > 0, got "
-                         f"classes {sorted(set(yv.tolist()))} and head_c={train.head_c!r}")
-    model = model.to("cpu").eval()
-    if features is None:
-        features = pooled_last_features(model, x, train.batch_size)
-    feats = features.double().numpy()
-    mean, sd = feats.mean(0), feats.std(0)
-    sd[sd == 0] = 1.0
-    reg = LogisticRegression(C=train.head_c, class_weight="balanced", max_iter=5000,
-                             random_state=train.seed).fit((feats - mean) / sd, yv)
-    w = reg.coef_[0] / sd
-    b = float(reg.intercept_[0] - (w * mean).sum())
-    anomaly = 1 - NORMAL_CLASS
-    model.fc.weight.zero_()
-    model.fc.bias.zero_()
-    model.fc.weight[anomaly] = torch.as_tensor(w, dtype=model.fc.weight.dtype)
-    model.fc.bias[anomaly] = b
-    log = {"steps": 0, "epochs": 0, "budget_steps": 0, "best_step": 0, "stopped_early": False,
-           "validation": [], "precision": "32-true", "head_only": True,
-           "iterations": int(reg.n_iter_[0])}
-    model.__dict__["training_log_"] = log  # as _finish sets it, for reports
-    return model

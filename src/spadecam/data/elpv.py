@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spadecam.data.images import read_image, resize_image
+from spadecam.data.images import read_image
+from spadecam.preprocess import resize_image
 
 __all__ = [
     "SPLITS",

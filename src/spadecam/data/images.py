@@ -19,9 +19,10 @@ Choices, and what this module does
 * **Channels**: ``channels=1`` turns colour into grey with the ITU-R 601-2 luma weights
   (0.299 R + 0.587 G + 0.114 B, Pillow's own), computed in float so 16 bits survive;
   ``channels=3`` repeats a grey image three times; ``None`` keeps the image's own count.
-* **Size policy** (:data:`RESIZE_POLICIES`): ``"resize"`` (default) stretches every image to
-  size x size and may change its aspect ratio; ``"letterbox"`` scales the longer side to
-  ``size``, keeps the aspect ratio and pads the rest with zeros (black), centred. Both use
+* **Size policy** (:data:`spadecam.preprocess.RESIZE_POLICIES`): ``"resize"`` (default)
+  stretches every image to size x size and may change its aspect ratio; ``"letterbox"``
+  scales the longer side to ``size``, keeps the aspect ratio and pads the rest with zeros
+  (black), centred. Both use
   Pillow's bilinear filter in 32-bit float mode ("F"; antialiased when shrinking, never
   overshoots [0, 1]).
 * **Masks**: any non-zero pixel is anomalous; masks go through the same size policy with
@@ -34,207 +35,48 @@ Choices, and what this module does
 * **Large images**: above Pillow's decompression-bomb limit (89 megapixels) a
   ``SpadecamWarning`` names the file and the memory scoring it takes (about
   :data:`BYTES_PER_PIXEL_SCORED` bytes per pixel); above twice the limit the file is refused.
-* **Errors**: :func:`load_images` reads every file before it fails and lists every file it
+* **Errors**: :func:`read_images` reads every file before it fails and lists every file it
   cannot use in one :class:`ImageError`, so one run shows all of them.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
-from spadecam._progress import bar, tick, warn
+from spadecam._progress import bar, tick
+from spadecam.data._pillow import (  # noqa: F401 (the public names re-exported)
+    _ORIENTATION,
+    _TRANSPOSED,
+    BYTES_PER_PIXEL_SCORED,
+    COLOUR_MODES,
+    GREY_MODES,
+    ImageError,
+    _check_one_frame,
+    _missing,
+    _open,
+    _open_file,
+)
+from spadecam.preprocess import resize_image, resize_mask
 
 __all__ = [
     "GREY_MODES",
     "COLOUR_MODES",
-    "RESIZE_POLICIES",
     "ImageError",
-    "content_box",
     "image_channels",
     "image_hw",
+    "image_sizes",
     "load_image",
-    "load_images",
     "load_mask",
     "read_image",
-    "resize_image",
-    "resize_mask",
+    "read_images",
     "to_channels",
 ]
 
-#: Pillow modes read as one grey channel (``LA`` loses its alpha).
-GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
-#: Pillow modes read as three colour channels (alpha dropped; palette expanded). Palette
-#: modes ("P", "PA") whose used entries are all grey are read as one channel instead.
-COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr")
-#: EXIF Orientation values that swap width and height (rotations by 90 or 270 degrees).
-_TRANSPOSED = (5, 6, 7, 8)
-_ORIENTATION = 0x0112
-#: Ways of bringing an image to size x size: stretch, or keep the aspect ratio and pad.
-RESIZE_POLICIES = ("resize", "letterbox")
-
-
-class ImageError(ValueError):
-    """An image or mask file cannot be used; the message names the file(s) and the reason.
-
-    Attributes
-    ----------
-    paths : list of str
-        The files at fault (several when :func:`load_images` lists every unusable file).
-    """
-
-    def __init__(self, message: str, paths: Sequence[str | os.PathLike] = ()) -> None:
-        super().__init__(message)
-        self.paths = [str(p) for p in paths]
-
-    @classmethod
-    def combine(
-        cls, errors: Sequence[ImageError], total: int | None = None, what: str = "images"
-    ) -> ImageError:
-        """One error listing several (one per line); a single error is returned as it is."""
-        if len(errors) == 1:
-            return errors[0]
-        lines = [line for e in errors for line in str(e).splitlines() if line.strip()
-                 and not line.endswith("(nothing was written):")]
-        return cls(
-            f"{len(lines)}{'' if total is None else f' of {total}'} {what} cannot be used "
-            "(nothing was written):\n  "
-            + "\n  ".join(line.strip() for line in lines),
-            [p for e in errors for p in e.paths],
-        )
-
-
-def _missing(path: Path) -> ImageError:
-    if path.is_symlink():
-        return ImageError(
-            f"{path}: broken symbolic link (points to {os.readlink(path)}, which does not "
-            "exist)", [path],
-        )
-    if path.exists():
-        return ImageError(f"{path}: not a file", [path])
-    return ImageError(f"{path}: no such file", [path])
-
-
-def _misread_tiff(im: Image.Image) -> bool:
-    """An uncompressed TIFF turned by 90/270 degrees, which Pillow's own decoder scrambles.
-
-    Pillow (13.0 measured) swaps such an image's size for display but then decodes the
-    stored rows with the swapped width; its libtiff path reads the same file correctly.
-    """
-    return (im.format == "TIFF" and im.getexif().get(_ORIENTATION) in _TRANSPOSED
-            and not getattr(im, "use_load_libtiff", True))
-
-
-_LIBTIFF_LOCK = threading.Lock()
-
-
-def _open_with_libtiff(path: Path) -> ImageFile.ImageFile:
-    from PIL import TiffImagePlugin
-
-    # the flag is read when the file is opened; set it for this one open only
-    with _LIBTIFF_LOCK:
-        saved = TiffImagePlugin.READ_LIBTIFF
-        TiffImagePlugin.READ_LIBTIFF = True
-        try:
-            with warnings.catch_warnings():  # _open_file said it once already
-                warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-                return Image.open(path)
-        finally:
-            TiffImagePlugin.READ_LIBTIFF = saved
-
-
-#: Bytes of memory per pixel that scoring one large image was measured to take at its peak
-#: (a 10000 x 10000 grey PNG: 4.4 GB with torch, 1.65 GB with onnxruntime).
-BYTES_PER_PIXEL_SCORED = 44
-
-
-def _check_one_frame(im: Image.Image, path: Path) -> None:
-    """ImageError for a file of several pages or frames (multi-page TIFF, animated GIF or
-    PNG, ...): spadecam scores one image per file, and reading its first page alone would
-    silently leave the others unscored. A JPEG of the MPO kind (phones write one: the picture
-    and a preview or a second view) is read as its first, primary, picture."""
-    frames = int(getattr(im, "n_frames", 1) or 1)
-    if frames > 1 and im.format == "TIFF":
-        frames = _full_resolution_pages(im)
-    if frames > 1 and im.format != "MPO":
-        raise ImageError(
-            f"{path}: holds {frames} pages or frames ({im.format}); spadecam reads one image per "
-            "file and would score only the first: save each page as its own file (e.g. "
-            "with Pillow's ImageSequence or `convert file.tif page-%d.png`)", [path])
-
-
-def _full_resolution_pages(im: Image.Image) -> int:
-    """Pages of a TIFF that are images of their own: a page whose NewSubfileType (tag 254)
-    marks it a reduced-resolution copy (a thumbnail or a pyramid level, bit 0) is not
-    counted. Leaves ``im`` on its first page."""
-    count = 0
-    try:
-        for i in range(int(getattr(im, "n_frames", 1))):
-            im.seek(i)
-            count += not (int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1)
-    finally:
-        im.seek(0)
-    return count
-
-
-_OPEN_LOCK = _LIBTIFF_LOCK  # one lock: both swap process-wide settings for one open
-
-
-def _open_file(path: Path) -> ImageFile.ImageFile:
-    """``Image.open`` with Pillow's DecompressionBombWarning replaced by a SpadecamWarning that
-    names the file and the memory scoring it takes (Pillow's own names neither).
-
-    Pillow checks the size in ``Image.open``; only its bomb warning is silenced there (other
-    warnings follow the caller's filters), and the lock keeps the reading threads from
-    swapping the warning filters under each other.
-    """
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        f = Image.open(path)
-    limit = Image.MAX_IMAGE_PIXELS
-    pixels = f.width * f.height
-    if limit is not None and pixels > limit:
-        warn(f"{path}: {f.width}x{f.height} pixels ({pixels / 1e6:.0f} megapixels) is above "
-             f"Pillow's decompression-bomb limit ({limit / 1e6:.0f} megapixels); scoring it "
-             f"takes up to about {pixels * BYTES_PER_PIXEL_SCORED / 1e9:.1f} GB of memory. Make "
-             "sure the file is what you meant to score, or shrink it")
-    return f
-
-
-def _open(path: Path) -> Image.Image:
-    """Open, fully decode and orient an image; Pillow's many failure types become ImageError."""
-    if not path.is_file():
-        raise _missing(path)
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)", [path])
-    try:
-        f = _open_file(path)
-        _check_one_frame(f, path)
-        if _misread_tiff(f):
-            f = _open_with_libtiff(path)
-        # Pillow decodes 16-bit colour PNGs straight to 8 bits; refuse instead of clipping
-        if f.mode in COLOUR_MODES and any(";16" in str(t.args) for t in f.tile):
-            raise ImageError(
-                f"{path}: 16-bit colour images cannot be read at full precision with Pillow; "
-                "save it as 16-bit grey or 8-bit colour", [path],
-            )
-        f.load()  # decode now: truncated files fail here, not later
-        im = ImageOps.exif_transpose(f)  # as displayed (EXIF Orientation applied)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})",
-                         [path]) from None
-    except Exception as exc:  # UnidentifiedImageError, OSError("truncated"), SyntaxError, ...
-        raise ImageError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})",
-                         [path]) from None
-    return im
 
 
 def _grey_palette(image: Image.Image) -> bool:
@@ -304,6 +146,33 @@ def image_hw(path: str | os.PathLike) -> tuple[int, int]:
                          [path]) from None
 
 
+def image_sizes(paths: Sequence[str | os.PathLike], min_size: int = 1) -> list[tuple[int, int]]:
+    """(height, width) of each file as displayed (:func:`image_hw`, from the header where the
+    format allows), in input order.
+
+    Raises
+    ------
+    ImageError
+        Every missing, unreadable or too small file (a side below ``min_size``) at once.
+    """
+    out: list[tuple[int, int]] = []
+    errors: list[ImageError] = []
+    for p in paths:
+        try:
+            h, w = image_hw(p)
+        except ImageError as exc:
+            errors.append(exc)
+            continue
+        if min(h, w) < min_size:
+            errors.append(ImageError(
+                f"{p}: image is {w}x{h} pixels, smaller than the network's minimum of "
+                f"{min_size}x{min_size}", [p]))
+        out.append((h, w))
+    if errors:
+        raise ImageError.combine(errors, len(paths))
+    return out
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to float32 (C, H, W) in [0, 1] with its own channel count.
 
@@ -366,75 +235,6 @@ def to_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
     return np.tensordot(luma, x, axes=1)[None].astype(np.float32)
 
 
-def content_box(
-    height: int, width: int, size: int, policy: str = "resize"
-) -> tuple[int, int, int, int]:
-    """Where an image of height x width lands inside the size x size output.
-
-    Returns
-    -------
-    (top, left, h, w) : the pasted region; ``(0, 0, size, size)`` for ``"resize"``.
-
-    Raises
-    ------
-    ValueError
-        An unknown ``policy`` or a size below 1.
-    """
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
-    if size < 1:
-        raise ValueError(f"image size must be >= 1, got {size}")
-    if policy == "resize":
-        return 0, 0, size, size
-    scale = size / max(height, width)
-    h = min(size, max(1, round(height * scale)))
-    w = min(size, max(1, round(width * scale)))
-    return (size - h) // 2, (size - w) // 2, h, w
-
-
-def _resize_plane(plane: np.ndarray, hw: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
-    if plane.shape == hw:
-        return plane
-    out = Image.fromarray(plane).resize((hw[1], hw[0]), resample)
-    return np.asarray(out)
-
-
-def resize_image(x: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
-    """Bring a (C, H, W) float image to (C, size, size) by ``policy`` (bilinear, float).
-
-    Parameters
-    ----------
-    x : ndarray (C, H, W), float32 in [0, 1]
-    size : int, >= 1
-    policy : {"resize", "letterbox"}
-        See the module notes; letterbox pads with zeros.
-
-    Returns
-    -------
-    ndarray (C, size, size), float32 in [0, 1]
-    """
-    top, left, h, w = content_box(x.shape[1], x.shape[2], size, policy)
-    out = np.zeros((x.shape[0], size, size), dtype=np.float32)
-    for c in range(x.shape[0]):
-        plane = _resize_plane(x[c].astype(np.float32), (h, w), Image.Resampling.BILINEAR)
-        out[c, top : top + h, left : left + w] = plane
-    return np.clip(out, 0.0, 1.0)
-
-
-def resize_mask(m: np.ndarray, size: int, policy: str = "resize") -> np.ndarray:
-    """Bring a (H, W) binary mask to (size, size) with nearest-neighbour resampling.
-
-    Returns
-    -------
-    ndarray (size, size), uint8 in {0, 1}; letterbox padding is 0 (normal).
-    """
-    top, left, h, w = content_box(m.shape[0], m.shape[1], size, policy)
-    out = np.zeros((size, size), dtype=np.uint8)
-    plane = _resize_plane((m > 0).astype(np.uint8), (h, w), Image.Resampling.NEAREST)
-    out[top : top + h, left : left + w] = plane
-    return out
-
-
 def load_image(
     path: str | os.PathLike,
     channels: int | None = None,
@@ -474,36 +274,43 @@ def load_image(
     return resize_image(x, size, policy) if size is not None else x
 
 
-def load_images(
+def read_images(
     paths: Sequence[str | os.PathLike],
-    channels: int | None,
-    size: int,
+    channels: int | None = None,
+    size: int | None = None,
     policy: str = "resize",
     min_size: int = 1,
-    progress: bool = True,
-    desc: str = "reading images",
+    progress: bool = False,
+    keep: bool = True,
     sizes: list[tuple[int, int]] | None = None,
-) -> tuple[np.ndarray, int]:
-    """Read many images into one float32 batch (N, C, size, size) in [0, 1].
+    desc: str = "reading images",
+) -> list[np.ndarray]:
+    """Read image files for the models: the one reader of ``spadecam train``, ``score``,
+    ``evaluate`` and the ONNX runner (:func:`load_image` per file, decoded on up to four
+    threads: Pillow releases the GIL; results in input order).
 
-    With ``channels=None`` all images must have the same channel count, which is then used;
-    otherwise each image is converted. Every file is tried before an error is raised, so the
-    error lists all unusable files at once.
+    Every file is tried before an error is raised, so one :class:`ImageError` lists all
+    unusable files at once.
 
     Parameters
     ----------
     paths : image files
     channels : {1, 3} or None
-    size : int, output height = width
+        Output channels; None keeps the files' own count, which must then be the same for all.
+    size : int or None
+        Output height = width, each image resized by ``policy`` as it is read (memory stays
+        that of the model-size images); None keeps each file's own size.
     policy, min_size : see :func:`load_image`
     progress : bool, a progress bar (on a terminal only)
+    keep : bool
+        False only checks the files (each decoded, nothing kept: memory stays flat) and
+        returns [].
     sizes : list, optional
         If given, the (height, width) of each file as read (oriented) is appended to it.
 
     Returns
     -------
-    images : ndarray (N, C, size, size), float32 in [0, 1]
-    channels : int, the C used
+    list of ndarray (C, H, W), float32 in [0, 1]; H = W = ``size`` when given.
 
     Raises
     ------
@@ -514,27 +321,35 @@ def load_images(
     ValueError
         No paths.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spadecam._runtime import io_threads
+
     if not paths:
         raise ValueError("no images to read")
-    out: list[np.ndarray] = []
-    errors: list[ImageError] = []
-    first: dict[int, Path] = {}  # channel count -> first file with it
-    for n, p in enumerate(bar(paths, enabled=progress, desc=desc)):
-        tick(f"reading images: {n}/{len(paths)}")
+
+    def load(p: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], int] | ImageError:
         try:
-            x = load_image(p, None, None, policy, min_size)
+            x = load_image(p, channels, None, policy, min_size)
         except ImageError as exc:
-            errors.append(exc)
-            continue
-        first.setdefault(x.shape[0], Path(p))
-        if sizes is not None:
-            sizes.append((int(x.shape[1]), int(x.shape[2])))
-        if not errors:  # once a file failed, the batch is only checked, not built
-            if channels is None and len(first) > 1:
-                continue
-            out.append(resize_image(to_channels(x, channels), size, policy))
+            return exc
+        hw = (int(x.shape[1]), int(x.shape[2]))
+        if size is not None:
+            x = resize_image(x, size, policy)
+        return (x if keep else np.empty(0, np.float32)), hw, x.shape[0]
+
+    done = []
+    with ThreadPoolExecutor(io_threads()) as pool:
+        for n, r in enumerate(bar(pool.map(load, paths), total=len(paths), enabled=progress,
+                                  desc=desc)):
+            tick(f"{desc}: {n}/{len(paths)}")
+            done.append(r)
+    errors = [r for r in done if isinstance(r, ImageError)]
     if errors:
         raise ImageError.combine(errors, len(paths))
+    first: dict[int, Path] = {}  # channel count -> first file with it
+    for p, r in zip(paths, done):
+        first.setdefault(r[2], Path(p))
     if channels is None and len(first) > 1:
         grey, colour = first[1], first[3]
         raise ImageError(
@@ -542,7 +357,9 @@ def load_images(
             "--channels 1 or --channels 3 (channels=1 or 3) to convert them all",
             [grey, colour],
         )
-    return np.stack(out), out[0].shape[0]
+    if sizes is not None:
+        sizes.extend(r[1] for r in done)
+    return [r[0] for r in done] if keep else []
 
 
 def load_mask(

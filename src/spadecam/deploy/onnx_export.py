@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spadecam._fs import atomic_write_bytes, json_text
+from spadecam._fs import atomic_write_bytes
+from spadecam._json import json_text
 from spadecam.cam import closed_form_applies
 from spadecam.deploy.onnx_inferencer import checksum_entry
 from spadecam.detectors import SPADE, load_detector
@@ -111,7 +112,7 @@ def _check_exportable(det: _BaseDetector) -> None:
 
 def _metadata(det: _BaseDetector, config: dict[str, Any]) -> dict[str, str]:
     """The graph's metadata (:data:`METADATA_KEYS`), every value a string."""
-    import spadecam
+    from spadecam._version import __version__
 
     pre = getattr(det, "preprocessing_", None) or {}
     size, channels = det._input_spec()
@@ -121,7 +122,7 @@ def _metadata(det: _BaseDetector, config: dict[str, Any]) -> dict[str, str]:
     uses_bank = bank is not None and bool(det._param("knn_power")) if isinstance(det, SPADE) \
         else False
     values: dict[str, Any] = {
-        "spadecam_version": spadecam.__version__,
+        "spadecam_version": __version__,
         "detector": type(det).__name__,
         "threshold": det.threshold_,
         "threshold_source": getattr(det, "threshold_source_", None),

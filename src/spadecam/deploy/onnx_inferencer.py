@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from spadecam._fs import json_float, outputs
+from spadecam._fs import outputs
+from spadecam._json import json_float
 from spadecam._progress import warn
 from spadecam.data.folders import collect_inputs
-from spadecam.data.images import RESIZE_POLICIES
+from spadecam.data.images import read_images
 from spadecam.decision import flag_anomalous, format_threshold
 from spadecam.deploy import outputs as _outputs
 from spadecam.exceptions import ModelFormatError, NonFiniteScoreError, _check_finite
-from spadecam.preprocess import check_images, maps_to_sizes, read_files, stack_maps, to_model_input
+from spadecam.preprocess import RESIZE_POLICIES, check_images, maps_to_sizes, stack_maps, to_model_input
 
 __all__ = ["CHECKSUM_KEY", "OnnxSPADE", "checksum_entry", "score_onnx", "split_checksum"]
 
@@ -165,7 +166,7 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
         if key in meta and not ok(meta[key]):
             raise ModelFormatError(f"{path}: metadata {key!r} must be {expected}, got "
                                    f"{meta[key]!r}")
-    # strict JSON writes an infinite float as a string (spadecam._fs.json_text)
+    # strict JSON writes an infinite float as a string (spadecam._json.json_text)
     for key in ("threshold", "overlay_scale"):
         meta[key] = json_float(meta.get(key), key)
     return meta
@@ -317,7 +318,7 @@ class OnnxSPADE:
     def read(self, paths: Sequence[Path]) -> list[np.ndarray]:
         """Each file at its own size in the model's channels, (C, H_i, W_i) float32 [0, 1];
         one ImageError names every unusable file (as ``spadecam score`` with torch)."""
-        return read_files(paths, self.channels, self.min_input_size)
+        return read_images(paths, self.channels, min_size=self.min_input_size)
 
 
 def score_onnx(
@@ -342,7 +343,8 @@ def score_onnx(
     with outputs(("--out", out), ("--maps", maps)):
         paths = collect_inputs(inputs)
         names = _outputs.map_names(paths) if maps is not None else []
-        read_files(paths, det.channels, det.min_input_size, keep=False)  # every file, before writes
+        # every file, before anything is written
+        read_images(paths, det.channels, min_size=det.min_input_size, keep=False)
 
         def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
             try:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from spadecam._fs import Staging, atomic_write, atomic_write_text, check_writable, outputs
 from spadecam._progress import bar, warn
+from spadecam._runtime import io_threads
 from spadecam.decision import flag_anomalous
 
 __all__ = ["SCORE_CHUNK", "StagedOverlays", "check_outputs", "map_names", "non_finite_error",
@@ -337,11 +338,6 @@ def write_png(path: Path, rgb: np.ndarray | bytes) -> None:
 
 #: Overlays encoded at once (bounds the memory of encoded PNGs waiting to be written).
 _WINDOW = 64
-
-
-def io_threads() -> int:
-    """Threads for decoding and encoding images (Pillow releases the GIL): the cores, <= 4."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from spadecam._fs import json_float
+from spadecam._json import json_float
 from spadecam._progress import bar, warn
+from spadecam.data.images import read_images
 from spadecam.deploy.outputs import map_names, non_finite_error, overlay, write_png  # noqa: F401
 from spadecam.detectors import NonFiniteScoreError, load_detector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.io import ModelFormatError, read_config
 from spadecam.precision import resolve_scoring_precision
-from spadecam.preprocess import read_files
 
 __all__ = ["TorchInferencer", "map_names", "overlay", "write_png"]  # the last three: re-exported
 
@@ -127,14 +127,15 @@ class TorchInferencer:
         Every file is tried before an error: one ImageError lists all unusable files
         (unreadable, or a side below the networks' minimum, ``preprocessing["min_input_size"]``).
         """
-        return read_files(paths, self.preprocessing["channels"],
-                          self.preprocessing.get("min_input_size", 1), progress)
+        return read_images(paths, self.preprocessing["channels"],
+                           min_size=self.preprocessing.get("min_input_size", 1), progress=progress)
 
     def check(self, paths: Sequence[Path], progress: bool = False) -> None:
         """:meth:`read` without keeping the images: every file decoded once, one ImageError
         naming all unusable ones (for scoring in chunks with flat memory)."""
-        read_files(paths, self.preprocessing["channels"],
-                   self.preprocessing.get("min_input_size", 1), progress, keep=False)
+        read_images(paths, self.preprocessing["channels"],
+                    min_size=self.preprocessing.get("min_input_size", 1), progress=progress,
+                    keep=False)
 
     def score(
         self, x: list[np.ndarray], paths: Sequence[Path], progress: bool = False

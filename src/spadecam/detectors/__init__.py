@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from spadecam.defaults import default_cnn_config, default_vae_config
 from spadecam.detectors._base import _BaseDetector
-from spadecam.detectors.baselines import CNNDetector, VAEDetector
-from spadecam.detectors.spade import SPADE, NaiveSPADE
+from spadecam.detectors.baselines import CNNDetector, NaiveSPADE, VAEDetector
+from spadecam.detectors.spade import SPADE
 from spadecam.error import gaussian_blur, reconstruction_error
 from spadecam.exceptions import ModelFormatError, NonFiniteScoreError, NotFittedError
 from spadecam.inputs import as_image_tensor
-from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, default_vae_config
+from spadecam.recipes import RECIPE_DEFAULTS
 from spadecam.scoring import signed_cams, spade_error_map
 from spadecam.threshold import fit_threshold
 

@@ -1,33 +1,30 @@
-"""The paper's VAE-based and CNN-based baselines (Narita et al., section III-C)."""
+"""The paper's three baselines (Narita et al., section III-C): the VAE-based and the
+CNN-based scores, and Naive SPADE (:class:`NaiveSPADE`, SPADE with plain Grad-CAM)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from spadecam.detectors._base import (
-    _BaseDetector,
-    _prepare,
-    _require,
-)
+from spadecam.defaults import default_cnn_config, default_cnn_train, default_vae_config
+from spadecam.detectors._base import _BaseDetector, _prepare
 from spadecam.detectors._docs import with_common_parameters
+from spadecam.detectors.spade import SPADE
+from spadecam.exceptions import _require
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import (
-    FIT_DEFAULTS,
-    default_cnn_config,
-    default_cnn_train,
-    default_vae_config,
-)
-from spadecam.scoring import CNNScorer, VAEScorer, scoring_context
+from spadecam.recipes import RECIPE_DEFAULTS
+from spadecam.scoring import CNNScorer, VAEScorer
 from spadecam.training import TrainConfig, train_cnn, train_vae
 
 
 @with_common_parameters
+@dataclass(eq=False, repr=False, kw_only=True)
 class VAEDetector(_BaseDetector):
     """VAE-based baseline: score = sum over pixels of |u - u_hat| (paper section III).
 
@@ -49,44 +46,23 @@ class VAEDetector(_BaseDetector):
 
     _model_attrs = ("vae_",)
 
-    def __init__(
-        self,
-        vae_config: VAEConfig | None = None,
-        vae_train: TrainConfig | None = None,
-        error_smoothing: float | None = None,
-        error_norm: str | None = None,
-        batch_size: int = 256,
-        precision: str = "auto",
-        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
-        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
-        image_size: int | None = None,
-        resize: str = FIT_DEFAULTS["resize"],
-        recipe: str = "spadecam",
-    ) -> None:
-        self.vae_config = vae_config
-        self.vae_train = vae_train
-        self.error_smoothing = error_smoothing
-        self.error_norm = error_norm
-        self.batch_size = batch_size
-        self.precision = precision
-        self.threshold_quantile = threshold_quantile
-        self.threshold_holdout = threshold_holdout
-        self.image_size = image_size
-        self.resize = resize
-        self.recipe = recipe
+    vae_config: VAEConfig | None = None
+    vae_train: TrainConfig | None = None
+    error_smoothing: float | None = None
+    error_norm: str | None = None
+
+    def _fit_configs(self) -> tuple[Any, Any]:
+        return self.vae_config or default_vae_config(self.recipe), None
 
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
         """Train the VAE on the normal images (y == 0) of X (eq. 1). Returns self."""
-        self._check_params()  # every parameter, before any training
-        vae_config = self.vae_config or default_vae_config(self.recipe)
-
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-                  valid: torch.Tensor | None) -> None:
-            cfg = vae_config.sized(channels, size)
-            self.vae_ = _prepare(train_vae(x[y == 0], cfg, self.vae_train))
-
-        self._fit_with_threshold(X, y, vae_config, None, False, train)
+        self._fit_with_threshold(X, y, need_anomalies=False)
         return self
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+               valid: torch.Tensor | None) -> None:
+        cfg = self._fit_configs()[0].sized(channels, size)
+        self.vae_ = _prepare(train_vae(x[y == 0], cfg, self.vae_train))
 
     @classmethod
     def from_models(cls, vae: ConvVAE, **params: Any) -> VAEDetector:
@@ -95,12 +71,7 @@ class VAEDetector(_BaseDetector):
         The VAE is used, not copied; its train/eval mode is left as it is (scoring runs in
         eval mode and restores it).
         """
-        det = cls(**params)
-        det._check_params()
-        det.vae_ = _prepare(vae)
-        det.threshold_ = None
-        det._set_input_from_models()
-        return det
+        return cls._around(params, vae_=vae)
 
     def scorer(self) -> VAEScorer:
         """The scoring graph: ``forward(u, valid) -> (sum of e, e summed over channels)``.
@@ -110,15 +81,6 @@ class VAEDetector(_BaseDetector):
         """
         _require(self, "vae_")
         return VAEScorer(self.vae_, self._param("error_smoothing"), self._param("error_norm"))
-
-    def _scores_and_maps(
-        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
-    ) -> tuple[torch.Tensor, Any]:
-        scorer = self.scorer()
-        with scoring_context(self.precision, self.vae_) as device:
-            # letterbox padding never counts, not even blurred into the image's border
-            s, e = scorer(u.to(device), None if valid is None else valid.to(device))
-        return s.cpu(), (e.cpu() if want_maps else None)
 
     def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Reconstruction error e per pixel, summed over channels, at each image's own size.
@@ -132,6 +94,7 @@ class VAEDetector(_BaseDetector):
 
 
 @with_common_parameters
+@dataclass(eq=False, repr=False, kw_only=True)
 class CNNDetector(_BaseDetector):
     """CNN-based baseline: the classifier's likelihood of the known-anomaly class.
 
@@ -146,7 +109,7 @@ class CNNDetector(_BaseDetector):
         the ResNet-18-style backbone.
     recipe : {"spadecam", "paper", "pretrained"}
         Which default classifier (:func:`default_cnn_config`) and its training
-        (:func:`~spadecam.recipes.default_cnn_train`).
+        (:func:`~spadecam.defaults.default_cnn_train`).
     cnn_train : TrainConfig, optional
     loss : {"eq2", "cross_entropy"}
         Classifier loss (eq. 2 by default).
@@ -156,43 +119,23 @@ class CNNDetector(_BaseDetector):
     _model_attrs = ("cnn_",)
     has_anomaly_map = False
 
-    def __init__(
-        self,
-        cnn_config: CNNConfig | ResNetConfig | None = None,
-        cnn_train: TrainConfig | None = None,
-        loss: str = "eq2",
-        batch_size: int = 256,
-        precision: str = "auto",
-        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
-        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
-        image_size: int | None = None,
-        resize: str = FIT_DEFAULTS["resize"],
-        recipe: str = "spadecam",
-    ) -> None:
-        self.cnn_config = cnn_config
-        self.cnn_train = cnn_train
-        self.loss = loss
-        self.batch_size = batch_size
-        self.precision = precision
-        self.threshold_quantile = threshold_quantile
-        self.threshold_holdout = threshold_holdout
-        self.image_size = image_size
-        self.resize = resize
-        self.recipe = recipe
+    cnn_config: CNNConfig | ResNetConfig | None = None
+    cnn_train: TrainConfig | None = None
+    loss: str = "eq2"
+
+    def _fit_configs(self) -> tuple[Any, Any]:
+        return None, self.cnn_config or default_cnn_config(None, self.recipe)
 
     def fit(self, X: Any, y: Any) -> CNNDetector:
         """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
-        self._check_params()  # every parameter, before any training
-        cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
-
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-                  valid: torch.Tensor | None) -> None:
-            cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
-            self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train or default_cnn_train(
-                self.recipe, cfg), self.loss))
-
-        self._fit_with_threshold(X, y, None, cnn_config, True, train)
+        self._fit_with_threshold(X, y, need_anomalies=True)
         return self
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+               valid: torch.Tensor | None) -> None:
+        cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+        self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train or default_cnn_train(
+            self.recipe, cfg), self.loss))
 
     @classmethod
     def from_models(cls, cnn: FeatureClassifier, **params: Any) -> CNNDetector:
@@ -201,12 +144,7 @@ class CNNDetector(_BaseDetector):
         The classifier is used, not copied; its train/eval mode is left as it is (scoring
         runs in eval mode and restores it).
         """
-        det = cls(**params)
-        det._check_params()
-        det.cnn_ = _prepare(cnn)
-        det.threshold_ = None
-        det._set_input_from_models()
-        return det
+        return cls._around(params, cnn_=cnn)
 
     def scorer(self) -> CNNScorer:
         """The scoring graph: ``forward(u, valid) -> (logit difference, None)``.
@@ -216,11 +154,25 @@ class CNNDetector(_BaseDetector):
         _require(self, "cnn_")
         return CNNScorer(self.cnn_)
 
-    def _scores_and_maps(
-        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
-    ) -> tuple[torch.Tensor, Any]:
-        # the classifier sees the letterboxed image whole, as in training (valid unused)
-        scorer = self.scorer()
-        with scoring_context(self.precision, self.cnn_) as device:
-            s, _ = scorer(u.to(device))
-        return s.cpu(), None
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class NaiveSPADE(SPADE):
+    """Naive SPADE baseline: e * ReLU(Grad-CAM(u)), not normalised (paper section III).
+
+    Same parameters as :class:`SPADE` with ``input_branch="relu"``, ``recon_branch="none"``,
+    ``normalise=False`` as defaults (plain Grad-CAM on the input only).
+    """
+
+    def _param(self, name: str) -> Any:
+        # the recipe's ROI options are SPADE's; the baseline keeps plain Grad-CAM unless told
+        if name in ("roi_power", "classifier_weight", "knn_power", "score") and getattr(
+                self, name) is None:
+            return RECIPE_DEFAULTS["paper"][name]
+        return super()._param(name)
+
+    # SPADE's parameters with the baseline's defaults (the dataclass fields of SPADE, so
+    # no parameter is passed on by position)
+    input_branch: str = "relu"
+    recon_branch: str = "none"
+    normalise: bool = False
+    recipe: str = "spadecam"

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from spadecam._progress import tick, warn
-from spadecam.detectors._base import (
-    _BaseDetector,
-    _prepare,
-    _require,
-)
+from spadecam.defaults import default_cnn_config, default_cnn_train, default_vae_config
+from spadecam.detectors._base import _BaseDetector, _prepare
 from spadecam.detectors._docs import with_common_parameters
-from spadecam.exceptions import NotFittedError
+from spadecam.exceptions import NotFittedError, _require
 from spadecam.feature_error import IMAGE_CHUNK, PatchBank
 from spadecam.fusion import EvidenceCalibration, calibrate
 from spadecam.knn import FeatureBank, pooled_features
@@ -22,13 +20,7 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
 from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import ConvVAE, VAEConfig
-from spadecam.recipes import (
-    FIT_DEFAULTS,
-    RECIPE_DEFAULTS,
-    default_cnn_config,
-    default_cnn_train,
-    default_vae_config,
-)
+from spadecam.recipes import FIT_DEFAULTS
 from spadecam.scoring import SignedCams, SPADEScorer, scoring_context
 from spadecam.training import (
     TrainConfig,
@@ -40,21 +32,24 @@ from spadecam.training import (
 
 
 @with_common_parameters
+@dataclass(eq=False, repr=False, kw_only=True)
 class SPADE(_BaseDetector):
     """Spatially-weighted Anomaly Detection (Narita et al., arXiv 1810.02607).
 
-    Three scores, one per recipe (``score`` and the factors below choose among them):
+    Three scores, one per recipe, each a named function of :mod:`spadecam.fusion` (``score``
+    and the factors below choose among them):
 
-    * ``recipe="paper"``, Algorithm 1: score(u) = sum_ij e_ij * L_ij / |L|, with
-      e = |u - VAE(u)| the reconstruction error and L = Abs(M(u)) + ReLU(M(u_hat)) the ROI
-      from the signed Grad-CAM map M of the classifier's normal-class logit (eq. 3-5),
-      bilinearly upsampled to the image (:class:`~spadecam.scoring.SPADEScorer`'s
-      ``score="weighted_error"``, no factors).
-    * ``recipe="spadecam"`` (ours): the same sum with a blurred squared error, times
-      (1 + 10 p) (p the classifier's known-anomaly probability) and times d, the feature
-      bank's kNN distance (:mod:`spadecam.knn`).
-    * ``recipe="pretrained"`` (ours, the default): :func:`spadecam.fusion.margin_score`, the
-      one-class term (the feature-space error's maximum joined by the image-level bank's
+    * ``recipe="paper"``, Algorithm 1 (:func:`~spadecam.fusion.algorithm1_score`):
+      score(u) = sum_ij e_ij * L_ij / |L|, with e = |u - VAE(u)| the reconstruction error
+      and L = Abs(M(u)) + ReLU(M(u_hat)) the ROI from the signed Grad-CAM map M of the
+      classifier's normal-class logit (eq. 3-5), bilinearly upsampled to the image
+      (``score="weighted_error"``, no factors).
+    * ``recipe="spadecam"`` (ours, :func:`~spadecam.fusion.evidence_weighted_error`): the
+      same sum with a blurred squared error, times (1 + 10 p) (p the classifier's
+      known-anomaly probability) and times d, the feature bank's kNN distance
+      (:mod:`spadecam.knn`).
+    * ``recipe="pretrained"`` (ours, the default: :func:`~spadecam.fusion.margin_score`):
+      the one-class term (the feature-space error's maximum joined by the image-level bank's
       distance) plus the classifier's evidence beyond a margin; no ROI, no VAE.
 
     Which recipe a bare ``SPADE()`` uses: "pretrained" (chosen on ELPV's validation split,
@@ -77,7 +72,7 @@ class SPADE(_BaseDetector):
         ResNet-18-style classifier (the paper's Table II).
     vae_train, cnn_train : TrainConfig, optional
         Default ``TrainConfig()``; the classifier's takes the recipe's settings
-        (:func:`~spadecam.recipes.default_cnn_train`: "pretrained" fits the linear head alone
+        (:func:`~spadecam.defaults.default_cnn_train`: "pretrained" fits the linear head alone
         on the frozen ImageNet backbone, ``head_only``; a from-scratch ``cnn_config`` is
         trained whole).
     loss : {"eq2", "cross_entropy"}
@@ -177,76 +172,38 @@ class SPADE(_BaseDetector):
         Channels the models take.
     """
 
-    _model_attrs = ("vae_", "cnn_")
-    vae_: ConvVAE | None  # type: ignore[assignment]  # None: score="margin", error="feature"
-    knn_: FeatureBank | None
-    patch_bank_: PatchBank | None
+    _model_attrs: ClassVar[tuple[str, ...]] = ("vae_", "cnn_")
+    # fitted (fit, from_models, load): not parameters
+    vae_: ConvVAE | None = field(init=False)  # type: ignore[assignment]  # None: score="margin", error="feature"
+    knn_: FeatureBank | None = field(init=False)
+    patch_bank_: PatchBank | None = field(init=False)
 
-    def __init__(
-        self,
-        vae_config: VAEConfig | None = None,
-        cnn_config: CNNConfig | ResNetConfig | None = None,
-        vae_train: TrainConfig | None = None,
-        cnn_train: TrainConfig | None = None,
-        loss: str = "eq2",
-        cam_layer: int = FIT_DEFAULTS["cam_layer"],
-        input_branch: str = "abs",
-        recon_branch: str = "relu",
-        normalise: bool = True,
-        upsample: str = "bilinear",
-        cam_method: str = "auto",
-        error_smoothing: float | None = None,
-        error_norm: str | None = None,
-        batch_size: int = 256,
-        precision: str = "auto",
-        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
-        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
-        image_size: int | None = None,
-        resize: str = FIT_DEFAULTS["resize"],
-        roi_power: float | None = None,
-        classifier_weight: float | None = None,
-        recipe: str = "pretrained",
-        knn_power: float | None = None,
-        knn_layer: int = FIT_DEFAULTS["knn_layer"],
-        knn_k: int = FIT_DEFAULTS["knn_k"],
-        error: str | None = None,
-        patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
-        score: str | None = None,
-        evidence_weight: float | None = None,
-        evidence_margin: float | None = None,
-        patch_stride: int | None = None,
-    ) -> None:
-        self.vae_config = vae_config
-        self.cnn_config = cnn_config
-        self.vae_train = vae_train
-        self.cnn_train = cnn_train
-        self.loss = loss
-        self.cam_layer = cam_layer
-        self.input_branch = input_branch
-        self.recon_branch = recon_branch
-        self.normalise = normalise
-        self.upsample = upsample
-        self.cam_method = cam_method
-        self.error_smoothing = error_smoothing
-        self.error_norm = error_norm
-        self.batch_size = batch_size
-        self.precision = precision
-        self.threshold_quantile = threshold_quantile
-        self.threshold_holdout = threshold_holdout
-        self.image_size = image_size
-        self.resize = resize
-        self.recipe = recipe
-        self.roi_power = roi_power
-        self.classifier_weight = classifier_weight
-        self.knn_power = knn_power
-        self.knn_layer = knn_layer
-        self.knn_k = knn_k
-        self.error = error
-        self.patch_bank_size = patch_bank_size
-        self.score = score
-        self.evidence_weight = evidence_weight
-        self.evidence_margin = evidence_margin
-        self.patch_stride = patch_stride
+    # SPADE's own parameters (the shared ones are _BaseDetector's fields)
+    vae_config: VAEConfig | None = None
+    cnn_config: CNNConfig | ResNetConfig | None = None
+    vae_train: TrainConfig | None = None
+    cnn_train: TrainConfig | None = None
+    loss: str = "eq2"
+    cam_layer: int = FIT_DEFAULTS["cam_layer"]
+    input_branch: str = "abs"
+    recon_branch: str = "relu"
+    normalise: bool = True
+    upsample: str = "bilinear"
+    cam_method: str = "auto"
+    error_smoothing: float | None = None
+    error_norm: str | None = None
+    roi_power: float | None = None
+    classifier_weight: float | None = None
+    recipe: str = "pretrained"
+    knn_power: float | None = None
+    knn_layer: int = FIT_DEFAULTS["knn_layer"]
+    knn_k: int = FIT_DEFAULTS["knn_k"]
+    error: str | None = None
+    patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"]
+    score: str | None = None
+    evidence_weight: float | None = None
+    evidence_margin: float | None = None
+    patch_stride: int | None = None
 
     def _required_models(self) -> tuple[str, ...]:
         return ("vae_", "cnn_") if self._needs_vae() else ("cnn_",)
@@ -254,6 +211,12 @@ class SPADE(_BaseDetector):
     def _needs_vae(self) -> bool:
         """False for the margin fusion on the feature error (nothing reads a reconstruction)."""
         return not (self._param("score") == "margin" and self._param("error") == "feature")
+
+    def _fit_configs(self) -> tuple[Any, Any]:
+        """The VAE and classifier configs fit sizes to the data: the given ones, else the
+        recipe's (the classifier's kernels are set for the input side later)."""
+        return (self.vae_config or default_vae_config(self.recipe),
+                self.cnn_config or default_cnn_config(None, self.recipe))
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -282,43 +245,43 @@ class SPADE(_BaseDetector):
         With ``threshold_holdout > 0`` the held-out images are split off first (seeded by the
         training seed) and neither model sees them; ``threshold_`` comes from their scores.
         """
-        self._check_params()  # every parameter, before any training
-        vae_config = self.vae_config or default_vae_config(self.recipe)
-        cnn_config = self.cnn_config or default_cnn_config(None, self.recipe)
-
-        def train(x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-                  valid: torch.Tensor | None) -> None:
-            # what can be checked before any training: the classifier for these channels, a
-            # weights file it names, the feature error's channels
-            cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
-            if isinstance(cnn, ResNetConfig):
-                check_weights(cnn)
-            if self._param("error") == "feature" and channels not in (1, 3):
-                raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
-                                 f"ImageNet backbone; X has {channels} channels")
-            self.vae_ = (_prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
-                                            self.vae_train)) if self._needs_vae() else None)
-            cnn_train = self.cnn_train or default_cnn_train(self.recipe, cnn)
-            pooled = None
-            if cnn_train.head_only and self._param("knn_power") and self.knn_layer == -1:
-                # the frozen backbone's pooled last block is the head's input and the image
-                # bank's rows: one pass over the images gives both
-                # (in chunks of IMAGE_CHUNK: at 224 px a larger batch is slower on a CPU)
-                pooled = pooled_last_features(build_classifier(cnn, channels, cnn_train.seed),
-                                              x, IMAGE_CHUNK)
-            self.cnn_ = _prepare(train_cnn(x, y, cnn, cnn_train, self.loss, pooled))
-            self.knn_ = None
-            if self._param("knn_power"):
-                if pooled is not None:
-                    self.knn_ = FeatureBank(pooled[y == 0], self.knn_layer, self.knn_k)
-                else:
-                    self.build_feature_bank(x[y == 0])
-            self.patch_bank_ = None
-            if self._param("error") == "feature":
-                self.build_patch_bank(x[y == 0], None if valid is None else valid[y == 0])
-
-        self._fit_with_threshold(X, y, vae_config, cnn_config, True, train)
+        self._fit_with_threshold(X, y, need_anomalies=True)
         return self
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
+               valid: torch.Tensor | None) -> None:
+        """The VAE on x[y == 0] (eq. 1; none when nothing reads a reconstruction), the
+        classifier on x (eq. 2), the image-level feature bank and the patch bank from the
+        normal images."""
+        vae_config, _ = self._fit_configs()
+        # what can be checked before any training: the classifier for these channels, a
+        # weights file it names, the feature error's channels
+        cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+        if isinstance(cnn, ResNetConfig):
+            check_weights(cnn)
+        if self._param("error") == "feature" and channels not in (1, 3):
+            raise ValueError("error='feature' reads grey (1) or colour (3) images with an "
+                             f"ImageNet backbone; X has {channels} channels")
+        self.vae_ = (_prepare(train_vae(x[y == 0], vae_config.sized(channels, size),
+                                        self.vae_train)) if self._needs_vae() else None)
+        cnn_train = self.cnn_train or default_cnn_train(self.recipe, cnn)
+        pooled = None
+        if cnn_train.head_only and self._param("knn_power") and self.knn_layer == -1:
+            # the frozen backbone's pooled last block is the head's input and the image
+            # bank's rows: one pass over the images gives both
+            # (in chunks of IMAGE_CHUNK: at 224 px a larger batch is slower on a CPU)
+            pooled = pooled_last_features(build_classifier(cnn, channels, cnn_train.seed),
+                                          x, IMAGE_CHUNK)
+        self.cnn_ = _prepare(train_cnn(x, y, cnn, cnn_train, self.loss, pooled))
+        self.knn_ = None
+        if self._param("knn_power"):
+            if pooled is not None:
+                self.knn_ = FeatureBank(pooled[y == 0], self.knn_layer, self.knn_k)
+            else:
+                self.build_feature_bank(x[y == 0])
+        self.patch_bank_ = None
+        if self._param("error") == "feature":
+            self.build_patch_bank(x[y == 0], None if valid is None else valid[y == 0])
 
     def _calibrate(self, x: torch.Tensor, valid: torch.Tensor | None, yt: torch.Tensor,
                    hold: torch.Tensor | None) -> None:
@@ -395,20 +358,15 @@ class SPADE(_BaseDetector):
             one, or without ``image_size``; a ``calibration`` made with another
             ``knn_power`` (with or without the feature bank).
         """
-        det = cls(**params)
-        det._check_params()
+        det = cls._around(params, vae_=vae, cnn_=cnn)
         if vae is None and (det._needs_vae() or det.image_size is None):
             raise ValueError(f"{cls.__name__}.from_models: vae is None, which only "
                              "score='margin' with error='feature' allows, with image_size given")
-        det.vae_ = None if vae is None else _prepare(vae)
-        det.cnn_ = _prepare(cnn)
-        det.threshold_ = None
         det.knn_ = knn_bank
         det.patch_bank_ = patch_bank
         if calibration is not None and det._param("score") == "margin":
             calibration.check_knn_power(det._param("knn_power"), f"{cls.__name__} detector")
         det.calibration_ = calibration
-        det._set_input_from_models()
         if det._param("error") == "feature" and patch_bank is None:
             if x_normal is None:
                 raise ValueError(f"{cls.__name__}.from_models: error='feature' needs the normal "
@@ -552,15 +510,6 @@ class SPADE(_BaseDetector):
         with scoring_context(self.precision, self.cnn_) as device:
             return scorer.cams(u.to(device), u_hat.to(device))
 
-    def _scores_and_maps(
-        self, u: torch.Tensor, valid: torch.Tensor | None, want_maps: bool
-    ) -> tuple[torch.Tensor, Any]:
-        models = self.fitted_models()
-        scorer = self.scorer()
-        with scoring_context(self.precision, *models) as device:
-            s, m = scorer(u.to(device), None if valid is None else valid.to(device))
-        return s.cpu(), (m.cpu() if want_maps else None)
-
     def anomaly_map(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Weighted reconstruction error e' per pixel, at each image's own size (with
         ``score="margin"``: the error e, whose maximum is the score's error term).
@@ -574,66 +523,3 @@ class SPADE(_BaseDetector):
         model grid. Raises NonFiniteScoreError as :meth:`decision_function` does.
         """
         return self._maps(X)
-
-
-class NaiveSPADE(SPADE):
-    """Naive SPADE baseline: e * ReLU(Grad-CAM(u)), not normalised (paper section III).
-
-    Same parameters as :class:`SPADE` with ``input_branch="relu"``, ``recon_branch="none"``,
-    ``normalise=False`` as defaults (plain Grad-CAM on the input only).
-    """
-
-    def _param(self, name: str) -> Any:
-        # the recipe's ROI options are SPADE's; the baseline keeps plain Grad-CAM unless told
-        if name in ("roi_power", "classifier_weight", "knn_power", "score") and getattr(
-                self, name) is None:
-            return RECIPE_DEFAULTS["paper"][name]
-        return super()._param(name)
-
-    def __init__(
-        self,
-        vae_config: VAEConfig | None = None,
-        cnn_config: CNNConfig | ResNetConfig | None = None,
-        vae_train: TrainConfig | None = None,
-        cnn_train: TrainConfig | None = None,
-        loss: str = "eq2",
-        cam_layer: int = FIT_DEFAULTS["cam_layer"],
-        input_branch: str = "relu",
-        recon_branch: str = "none",
-        normalise: bool = False,
-        upsample: str = "bilinear",
-        cam_method: str = "auto",
-        error_smoothing: float | None = None,
-        error_norm: str | None = None,
-        batch_size: int = 256,
-        precision: str = "auto",
-        threshold_quantile: float = FIT_DEFAULTS["threshold_quantile"],
-        threshold_holdout: float = FIT_DEFAULTS["threshold_holdout"],
-        image_size: int | None = None,
-        resize: str = FIT_DEFAULTS["resize"],
-        roi_power: float | None = None,
-        classifier_weight: float | None = None,
-        recipe: str = "spadecam",
-        knn_power: float | None = None,
-        knn_layer: int = FIT_DEFAULTS["knn_layer"],
-        knn_k: int = FIT_DEFAULTS["knn_k"],
-        error: str | None = None,
-        patch_bank_size: int = FIT_DEFAULTS["patch_bank_size"],
-        score: str | None = None,
-        evidence_weight: float | None = None,
-        evidence_margin: float | None = None,
-        patch_stride: int | None = None,
-    ) -> None:
-        # by keyword: SPADE's parameters are many, and a reordering must not misassign them
-        super().__init__(
-            vae_config=vae_config, cnn_config=cnn_config, vae_train=vae_train, cnn_train=cnn_train, loss=loss,
-            cam_layer=cam_layer, input_branch=input_branch, recon_branch=recon_branch,
-            normalise=normalise, upsample=upsample, cam_method=cam_method,
-            error_smoothing=error_smoothing, error_norm=error_norm, batch_size=batch_size,
-            precision=precision, threshold_quantile=threshold_quantile,
-            threshold_holdout=threshold_holdout, image_size=image_size, resize=resize,
-            roi_power=roi_power, classifier_weight=classifier_weight, recipe=recipe,
-            knn_power=knn_power, knn_layer=knn_layer, knn_k=knn_k, error=error,
-            patch_bank_size=patch_bank_size, score=score, evidence_weight=evidence_weight,
-            evidence_margin=evidence_margin, patch_stride=patch_stride,
-        )

@@ -229,6 +229,33 @@ def _gallery(images: Sequence[ReportImage], empty: str, scales: Mapping[str, flo
     return "\n".join(out)
 
 
+def _metric_rows(metrics: Mapping[str, Any], threshold: float | None,
+                 threshold_note: str) -> list[tuple[str, Any]]:
+    """The metrics table's rows: image metrics, pixel AUROC, and those at the threshold."""
+    at = metrics.get("at_threshold") or {}
+    rows: list[tuple[str, Any]] = [
+        ("images (normal / anomalous)",
+         f"{metrics.get('n_images')} ({metrics.get('n_normal')} / {metrics.get('n_anomalous')})"),
+        ("image AUROC", metrics.get("image_auroc")),
+        ("average precision", metrics.get("image_average_precision")),
+        ("F1-max (at its own threshold)",
+         f"{metrics.get('image_f1_max', float('nan')):.4f} (score > "
+         f"{format_threshold(metrics.get('image_f1_max_threshold', float('nan')))})"),
+    ]
+    if metrics.get("pixel_auroc") is not None:
+        rows.append(("pixel AUROC", metrics["pixel_auroc"]))
+    if threshold is not None:
+        rows += [
+            ("threshold", f"{format_threshold(threshold)} — {threshold_note}"),
+            ("at the threshold: precision / recall / F1",
+             f"{at.get('precision', float('nan')):.4f} / {at.get('recall', float('nan')):.4f} / "
+             f"{at.get('f1', float('nan')):.4f}"),
+            ("at the threshold: false positive rate", at.get("false_positive_rate")),
+            ("at the threshold: flagged", at.get("n_flagged")),
+        ]
+    return rows
+
+
 def render_report(
     *,
     title: str,
@@ -272,27 +299,7 @@ def render_report(
     if y.shape != s.shape or len(np.unique(y)) < 2:
         raise ValueError("the report needs one score per label and both normal and anomalous "
                          f"images; got {y.size} labels, {s.size} scores, classes {np.unique(y)}")
-    at = metrics.get("at_threshold") or {}
-    rows: list[tuple[str, Any]] = [
-        ("images (normal / anomalous)",
-         f"{metrics.get('n_images')} ({metrics.get('n_normal')} / {metrics.get('n_anomalous')})"),
-        ("image AUROC", metrics.get("image_auroc")),
-        ("average precision", metrics.get("image_average_precision")),
-        ("F1-max (at its own threshold)",
-         f"{metrics.get('image_f1_max', float('nan')):.4f} (score > "
-         f"{format_threshold(metrics.get('image_f1_max_threshold', float('nan')))})"),
-    ]
-    if metrics.get("pixel_auroc") is not None:
-        rows.append(("pixel AUROC", metrics["pixel_auroc"]))
-    if threshold is not None:
-        rows += [
-            ("threshold", f"{format_threshold(threshold)} — {threshold_note}"),
-            ("at the threshold: precision / recall / F1",
-             f"{at.get('precision', float('nan')):.4f} / {at.get('recall', float('nan')):.4f} / "
-             f"{at.get('f1', float('nan')):.4f}"),
-            ("at the threshold: false positive rate", at.get("false_positive_rate")),
-            ("at the threshold: flagged", at.get("n_flagged")),
-        ]
+    rows = _metric_rows(metrics, threshold, threshold_note)
     scales = _map_scales(most_anomalous, false_positives, false_negatives)
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",

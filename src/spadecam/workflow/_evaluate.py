@@ -11,15 +11,16 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from spadecam._fs import check_writable, json_text
+from spadecam._fs import atomic_write_text, check_writable
+from spadecam._json import json_text
 from spadecam._progress import bar, warn
 from spadecam.data.folders import DatasetError, LabelledImages, folder_layout, mvtec_layout
 from spadecam.data.images import ImageError, image_hw, load_mask
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.distributed import fail_together, gather_in_order, launch_scoring, shard
-from spadecam.evaluation import atomic_write_text
 from spadecam.metrics import auroc_by_kind, image_metrics, pixel_auroc
 from spadecam.precision import resolve_scoring_precision
+from spadecam.threshold import describe_threshold
 
 __all__ = ["evaluate"]
 
@@ -159,25 +160,7 @@ def evaluate(
         inf.to(fabric.device)
     rank0 = fabric.global_rank == 0
     mine = shard(len(data), fabric.global_rank, fabric.world_size)
-    progress = progress and rank0
-    local, maps = np.zeros(0), cast(list[np.ndarray] | None, [])
-    mask_arr: tuple[list[np.ndarray | None], np.ndarray] | None = None
-    with fail_together(fabric):  # every rank's masks and images are read before any write
-        errors: list[ImageError] = []
-        x: list[np.ndarray] = []
-        try:  # read every mask and every image before failing: one error names all bad files
-            mask_arr = _mask_arrays(data, progress, mine) if has_masks else None
-        except ImageError as exc:
-            errors.append(exc)
-        try:
-            x = inf.read(data.paths[mine.start : mine.stop], progress)
-        except ImageError as exc:
-            errors.append(exc)
-        if errors:
-            raise ImageError.combine(errors, what="files")
-        if len(mine):
-            local, maps = inf.score(x, data.paths[mine.start : mine.stop], progress)
-        del x
+    local, maps, mask_arr = _score_shard(fabric, inf, data, mine, has_masks, progress and rank0)
     scores = gather_in_order(fabric, local, len(data))
     metrics: dict[str, Any] = {
         "model_dir": str(model_dir),
@@ -201,16 +184,40 @@ def evaluate(
     return metrics
 
 
+def _score_shard(fabric: Any, inf: TorchInferencer, data: LabelledImages, mine: range,
+                 has_masks: bool, progress: bool) -> tuple[np.ndarray, Any, Any]:
+    """This process's share of the test images scored: (scores, maps or None, the masks'
+    arrays or None). Every rank's masks and images are read before any write, and every
+    unusable file is named in one ImageError (on every rank when one rank fails)."""
+    local, maps = np.zeros(0), cast(list[np.ndarray] | None, [])
+    mask_arr: tuple[list[np.ndarray | None], np.ndarray] | None = None
+    with fail_together(fabric):
+        errors: list[ImageError] = []
+        x: list[np.ndarray] = []
+        try:  # read every mask and every image before failing: one error names all bad files
+            mask_arr = _mask_arrays(data, progress, mine) if has_masks else None
+        except ImageError as exc:
+            errors.append(exc)
+        try:
+            x = inf.read(data.paths[mine.start : mine.stop], progress)
+        except ImageError as exc:
+            errors.append(exc)
+        if errors:
+            raise ImageError.combine(errors, what="files")
+        if len(mine):
+            local, maps = inf.score(x, data.paths[mine.start : mine.stop], progress)
+    return local, maps, mask_arr
+
+
 def write_evaluation_report(path: str | os.PathLike, inf: TorchInferencer, data: LabelledImages,
                             scores: np.ndarray, metrics: dict[str, Any]) -> None:
     """The HTML report of an evaluation (:func:`spadecam.report.write_detector_report`): the
     galleries' images are read again from their files and their panels computed."""
     from spadecam.report import write_detector_report
-    from spadecam.workflow._train import _threshold_story
 
     det, config = inf.detector, inf.config
     source, counts = config.get("threshold_source"), config.get("threshold_n_images")
-    note = (_threshold_story(source, counts if isinstance(counts, dict) else {},
+    note = (describe_threshold(source, counts if isinstance(counts, dict) else {},
                              det.threshold_quantile) if source else "as stored in the model")
     settings = {"model directory": str(inf.model_dir), "detector": type(det).__name__,
                 "scoring precision": metrics.get("precision")}

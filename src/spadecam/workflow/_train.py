@@ -15,13 +15,14 @@ import numpy as np
 from spadecam._fs import Staging, check_writable, outputs
 from spadecam._progress import warn
 from spadecam.data.folders import DatasetError, folder_layout
-from spadecam.data.images import RESIZE_POLICIES, load_images
+from spadecam.data.images import image_sizes, read_images
 from spadecam.decision import THRESHOLD_RULE, format_threshold
+from spadecam.defaults import default_cnn_config, default_vae_config
 from spadecam.deploy.torch_inferencer import TorchInferencer
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.distributed import fabric_settings, launch
-from spadecam.inputs import PreparedImages, letterbox_mask, min_input_size
+from spadecam.inputs import ModelBatch, letterbox_mask, min_input_size
 from spadecam.io import check_detector_params
 from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
@@ -29,8 +30,10 @@ from spadecam.models.efficientnet import EfficientNetLiteConfig
 from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
+from spadecam.preprocess import RESIZE_POLICIES, content_box
 from spadecam.recipes import FIT_DEFAULTS as FIT
-from spadecam.recipes import RECIPE_DEFAULTS, default_cnn_config, fit_default
+from spadecam.recipes import RECIPE_DEFAULTS, fit_default
+from spadecam.threshold import describe_threshold
 from spadecam.training import TrainConfig, trained_precision
 
 __all__ = ["BACKBONES", "DETECTOR_KINDS", "build_detector", "train"]
@@ -93,14 +96,15 @@ def build_detector(
     Parameters
     ----------
     image_size : int, optional
-        Side of the square model input in pixels; None: the recipe's
-        (:func:`~spadecam.recipes.fit_default`: 224 for "pretrained", else 128).
+        Side of the square model input in pixels; None (default): fit's rule, as for
+        ``SPADE()`` (:func:`spadecam.inputs.model_input_side`: 224 for "pretrained", else the
+        images' longest side, at most 128).
     channels : {1, 3} or None
         The images' channel count; None (default): the data's, sized by ``fit``.
     backbone : {"small", "resnet18", "efficientnet_lite0", "wide_resnet50_2"}, optional
         None: the recipe's ("efficientnet_lite0" for "pretrained", else "small").
         The 3-conv classifier (its kernels follow the image size under the "spadecam"
-        recipe, :func:`~spadecam.recipes.default_cnn_config`), the ResNet-18-style one
+        recipe, :func:`~spadecam.defaults.default_cnn_config`), the ResNet-18-style one
         (:mod:`spadecam.models.resnet`), or EfficientNet-Lite0 trained from its ImageNet
         weights (:mod:`spadecam.models.efficientnet`), or Wide-ResNet-50-2 ("wide_resnet50_2",
         PatchCore's backbone).
@@ -128,7 +132,7 @@ def build_detector(
         Defaults for everything left at None, and the classifier: "pretrained"
         EfficientNet-Lite0 from ImageNet (its head alone), the feature-space error and the
         margin fusion, no VAE (see :class:`SPADE`); spadecam's kernels from the image size
-        (:func:`spadecam.recipes.default_cnn_config`) or the paper's 3x3. None (default):
+        (:func:`spadecam.defaults.default_cnn_config`) or the paper's 3x3. None (default):
         :func:`default_recipe` of ``detector`` ("pretrained" for SPADE and the CNN-based
         baseline, "spadecam" for the two that need a VAE).
     roi_power, classifier_weight, cam_layer : the ROI's power, the classifier's weight in
@@ -152,11 +156,46 @@ def build_detector(
         ``steps`` / ``latent_dim`` below 1, a bad scoring or threshold option, or an
         ``image_size`` below the networks' minimum (:func:`min_input_size`).
     """
+    scoring = dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
+                   classifier_weight=classifier_weight, cam_layer=cam_layer,
+                   knn_power=knn_power, error=error, threshold_quantile=threshold_quantile,
+                   threshold_holdout=threshold_holdout)
+    _refuse_options(detector, recipe, latent_dim=latent_dim, **scoring)
+    recipe = default_recipe(detector) if recipe is None else recipe
+    backbone = fit_default("backbone", recipe) if backbone is None else backbone
+    if head_only is None:  # the recipe's, on a backbone that starts from ImageNet weights
+        head_only = fit_default("head_only", recipe) and (
+            backbone == "efficientnet_lite0" or backbone_weights is not None)
+    _check_values(backbone, resize, channels, epochs=epochs, steps=steps, latent_dim=latent_dim)
+    vae_cfg = None if latent_dim is None else VAEConfig(latent_dim=latent_dim)
+    cnn_cfg = _classifier_config(backbone, backbone_weights, recipe, channels)
+    layers = cnn_cfg or default_cnn_config(image_size, recipe)
+    # the detector's own rules (those of config.json), each named as its option
+    check_detector_params("spadecam train", scoring, len(layers.channels)
+                          if isinstance(layers, CNNConfig) else None, as_options=True)
+    if image_size is not None:
+        _check_side(image_size, vae_cfg or default_vae_config(recipe), layers, backbone)
+    train_cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
+        **cast(dict[str, Any], distributed or {}),
+    )
+    params = dict(
+        vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg,
+        cnn_train=dataclasses.replace(train_cfg, head_only=head_only), **scoring,
+        precision=precision, image_size=image_size, resize=resize, recipe=recipe)
+    # each detector takes its own fields (those another detector alone takes were refused
+    # above when given)
+    cls = DETECTOR_KINDS[detector]
+    taken = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in params.items() if k in taken})
+
+
+def _refuse_options(detector: str, recipe: str | None, **given: Any) -> None:
+    """Refuse an unknown detector or recipe, and an option the chosen detector or recipe does
+    not take (ValueError naming the CLI option)."""
     if detector not in DETECTOR_KINDS:
         raise ValueError(f"--detector must be one of {sorted(DETECTOR_KINDS)}, got {detector!r}")
-    given = {"roi_power": roi_power, "classifier_weight": classifier_weight,
-             "knn_power": knn_power, "latent_dim": latent_dim, "error_smoothing": error_smoothing,
-             "error_norm": error_norm, "error": error}
     refused = {"naive-spade": _SPADE_ONLY, "vae": _SPADE_ONLY,
                "cnn": (*_SPADE_ONLY, "latent_dim", "error_smoothing", "error_norm")}
     bad = [k for k in refused.get(detector, ()) if given[k] is not None]
@@ -169,79 +208,56 @@ def build_detector(
     if recipe == "pretrained" and detector in ("vae", "naive-spade"):
         raise ValueError(f"--detector {detector} scores a VAE's reconstruction, which the "
                          "pretrained recipe does not train; use --recipe spadecam or paper")
-    image_size = fit_default("image_size", recipe) if image_size is None else image_size
-    backbone = fit_default("backbone", recipe) if backbone is None else backbone
-    if head_only is None:  # the recipe's, on a backbone that starts from ImageNet weights
-        head_only = fit_default("head_only", recipe) and (
-            backbone == "efficientnet_lite0" or backbone_weights is not None)
+
+
+def _check_values(backbone: str, resize: str, channels: int | None, **counts: int | None) -> None:
+    """ValueError naming the CLI option for a backbone, resize policy, channel count or
+    count (epochs, steps, latent dimension) outside what it takes."""
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"--resize must be one of {RESIZE_POLICIES}, got {resize!r}")
     if channels is not None and channels not in (1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels!r}")
-    for name, value in (("epochs", epochs), ("steps", steps), ("latent-dim", latent_dim)):
+    for name, value in counts.items():
         if value is not None and value < 1:  # 0 is not "unset": it is refused, not replaced
-            raise ValueError(f"--{name} must be >= 1, got {value}")
-    vae_cfg = VAEConfig(in_channels=channels, image_size=image_size, latent_dim=(
-        RECIPE_DEFAULTS[recipe]["latent_dim"] if latent_dim is None else latent_dim))
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _classifier_config(backbone: str, backbone_weights: str | os.PathLike | None,
+                       recipe: str, channels: int | None) -> Any:
+    """The classifier config of ``--backbone``: None for the recipe's own (the detector
+    builds it for the input side, as ``SPADE()`` does), else the backbone's, any side; a
+    weights file is checked key by key now, before any image is read."""
     if backbone_weights is not None and backbone not in ("resnet18", "wide_resnet50_2"):
         raise ValueError(f"--backbone-weights is for --backbone resnet18 or wide_resnet50_2 "
                          f"(a torchvision-format state dict), not {backbone}")
     weights = None if backbone_weights is None else str(backbone_weights)
-    cnn_cfg: Any = (ResNetConfig(in_channels=channels, weights=weights) if backbone == "resnet18"
-                    else ResNetConfig.wide_resnet50_2(in_channels=channels, weights=weights)
-                    if backbone == "wide_resnet50_2"
-                    else EfficientNetLiteConfig(in_channels=channels)
-                    if backbone == "efficientnet_lite0"
-                    else default_cnn_config(image_size, recipe))
-    if weights is not None:  # the file checked key by key now, before any image is read
-        check_weights(cnn_cfg.sized(channels or 3))
+    if weights is None and backbone == fit_default("backbone", recipe):
+        return None
+    cfg: Any = (ResNetConfig(weights=weights) if backbone == "resnet18"
+                else ResNetConfig.wide_resnet50_2(weights=weights)
+                if backbone == "wide_resnet50_2"
+                else EfficientNetLiteConfig() if backbone == "efficientnet_lite0"
+                else default_cnn_config(None, "spadecam"))
+    if weights is not None:
+        check_weights(cfg.sized(channels or 3))
     elif backbone == "wide_resnet50_2":
         warn("--backbone wide_resnet50_2 without --backbone-weights trains its 69 million "
              "weights from random ones; give a torchvision-format state dict file to start "
              "from ImageNet's")
-    if channels is not None:
-        cnn_cfg = cnn_cfg.sized(channels)
-    # the detector's own rules (those of config.json), each named as its option
-    check_detector_params(
-        "spadecam train",
-        dict(error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
-             classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
-             error=error,
-             threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout),
-        len(cnn_cfg.channels) if isinstance(cnn_cfg, CNNConfig) else None, as_options=True,
-    )
-    need = min_input_size(vae_cfg, cnn_cfg)
-    if image_size < need:
+    return cfg
+
+
+def _check_side(side: int, vae_config: Any, cnn_config: Any, backbone: str) -> None:
+    """ValueError when the model input side is below the networks' minimum
+    (:func:`~spadecam.inputs.min_input_size`), naming ``--image-size``."""
+    need = min_input_size(vae_config, cnn_config)
+    if side < need:
         raise ValueError(
-            f"--image-size {image_size} is smaller than the minimum of {need} pixels for the "
+            f"--image-size {side} is smaller than the minimum of {need} pixels for the "
             f"{backbone} backbone and the VAE"
         )
-    train_cfg = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
-        **cast(dict[str, Any], distributed or {}),
-    )
-    cnn_train = dataclasses.replace(train_cfg, head_only=head_only)
-    common: dict[str, Any] = dict(
-        threshold_quantile=threshold_quantile, threshold_holdout=threshold_holdout,
-        precision=precision, image_size=image_size, resize=resize, recipe=recipe)
-    if detector == "vae":
-        return VAEDetector(vae_config=vae_cfg, vae_train=train_cfg,
-                           error_smoothing=error_smoothing, error_norm=error_norm, **common)
-    if detector == "cnn":
-        return CNNDetector(cnn_config=cnn_cfg, cnn_train=cnn_train, **common)
-    if detector == "naive-spade":
-        return NaiveSPADE(vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg,
-                          cnn_train=cnn_train, error_smoothing=error_smoothing,
-                          error_norm=error_norm, cam_layer=cam_layer, **common)
-    return SPADE(
-        vae_config=vae_cfg, cnn_config=cnn_cfg, vae_train=train_cfg, cnn_train=cnn_train,
-        error_smoothing=error_smoothing, error_norm=error_norm, roi_power=roi_power,
-        classifier_weight=classifier_weight, cam_layer=cam_layer, knn_power=knn_power,
-        error=error, **common,
-    )
 
 
 def default_recipe(detector: str = "spade") -> str:
@@ -250,6 +266,28 @@ def default_recipe(detector: str = "spade") -> str:
     CNN-based baseline, "spadecam" for the VAE-based baseline and Naive SPADE, which score a
     VAE's reconstruction that the pretrained recipe does not train."""
     return "spadecam" if detector in ("vae", "naive-spade") else "pretrained"
+
+
+def _read_for_fit(det: _BaseDetector, paths: Sequence[Path], channels: int | None,
+                  progress: bool) -> tuple[ModelBatch, int]:
+    """The training files as ``fit`` takes them, sized as ``SPADE().fit`` sizes arrays: the
+    files' headers give their sizes, the detector's rule the input side
+    (:meth:`~spadecam.detectors.SPADE.input_side`), then each file is read and brought to
+    it (memory stays that of the model-size batch) with the letterbox mask and boxes of
+    :func:`spadecam.preprocess.to_model_input`. Returns (the batch, its channel count).
+
+    Raises ImageError naming every unreadable file and every one below the networks'
+    minimum side (so the longest side, and ``--image-size``, checked in
+    :func:`build_detector`, are at least that minimum).
+    """
+    need = det.min_input_side()
+    side = det.input_side(image_sizes(paths, min_size=need))
+    sizes: list[tuple[int, int]] = []
+    x = read_images(paths, channels, side, det.resize, need, progress, sizes=sizes)
+    boxes = None if all(hw == (side, side) for hw in sizes) else [
+        content_box(h, w, side, det.resize) for h, w in sizes]
+    return (ModelBatch(np.stack(x), letterbox_mask(sizes, side, det.resize), sizes, boxes),
+            x[0].shape[0])
 
 
 def _check_out_dir(out: Path) -> None:
@@ -323,9 +361,6 @@ def train(
     Narita et al., arXiv 1810.02607, Algorithm 1 (training of the VAE and the classifier).
     """
     out = Path(out)
-    if image_size is None:
-        image_size = fit_default("image_size", options.get("recipe") or default_recipe(
-            options.get("detector", "spade")))
     # every option is checked before any image is read or any process started
     det = build_detector(image_size, channels, **options)
     _check_out_dir(out)
@@ -337,21 +372,18 @@ def train(
     rank0 = fabric.global_rank == 0
     say = log if (log is not None and rank0) else (lambda _line: None)
     progress = bool(options.get("progress", True)) and rank0
-    need = min_input_size(getattr(det, "vae_config", None), getattr(det, "cnn_config", None))
-    sizes: list[tuple[int, int]] = []
-    x, c = load_images(data.paths, channels, image_size, det.resize, need, progress, sizes=sizes)
+    batch, c = _read_for_fit(det, data.paths, channels, progress)
     n_normal, n_anomaly = int((data.labels == 0).sum()), int((data.labels == 1).sum())
+    side = batch.u.shape[-1]
     say(f"read {n_normal} normal and {n_anomaly} known-anomaly images; sizes "
-        f"{_size_range(sizes)}; {c} channel(s) {'(grey)' if c == 1 else '(colour)'}"
+        f"{_size_range(batch.sizes)}; {c} channel(s) {'(grey)' if c == 1 else '(colour)'}"
         + (" after conversion" if channels else "")
-        + f"; model input {image_size}x{image_size} ({det.resize})")
-    # the files as the API's input layer takes them: at the model's size with the letterbox
-    # mask of the one function the detectors use (spadecam.inputs.letterbox_mask)
-    det.fit(PreparedImages(x, letterbox_mask(sizes, image_size, det.resize)), data.labels)
-    del x
+        + f"; model input {side}x{side} ({det.resize})")
+    det.fit(batch, data.labels)
+    del batch
     _report_fit(det, n_normal, n_anomaly, say)
     preprocessing = {"channels": c, "normalisation": "dtype_max",  # 8-bit / 255, 16-bit / 65535
-                     "min_input_size": need}
+                     "min_input_size": det.min_input_side()}
     normal_paths = [p for p, lab in zip(data.paths, data.labels) if lab == 0][:_OVERLAY_SAMPLE]
     train_cfg = getattr(det, "vae_train", None) or getattr(det, "cnn_train", None)
     extra = {
@@ -407,7 +439,7 @@ def _report_fit(det: _BaseDetector, n_normal: int, n_anomaly: int, say: Callable
         "known-anomaly images for the threshold")
     assert det.threshold_ is not None  # fit sets it
     say(f"threshold {format_threshold(det.threshold_)} ({THRESHOLD_RULE}): "
-        + _threshold_story(det.threshold_source_, det.threshold_n_images_,
+        + describe_threshold(det.threshold_source_, det.threshold_n_images_,
                            det.threshold_quantile))
 
 
@@ -430,26 +462,6 @@ def _size_range(sizes: Sequence[tuple[int, int]]) -> str:
         return f"{distinct[0][1]}x{distinct[0][0]} (all)"
     lo, hi = distinct[0], distinct[-1]
     return f"{lo[1]}x{lo[0]} to {hi[1]}x{hi[0]} ({len(distinct)} different)"
-
-
-def _threshold_story(source: Any, n: dict[str, int], quantile: float) -> str:
-    """How the threshold was set, in words, from ``threshold_source_`` and
-    ``threshold_n_images_`` (what ``spadecam train`` prints and the report shows)."""
-    normal, anomaly = n.get("normal", "?"), n.get("anomaly", "?")
-    q = f"the {format_threshold(quantile)} quantile of {normal}"
-    if source == "f1_max_held_out":
-        return (f"the F1-max point on {normal} held-out normal and {anomaly} held-out "
-                f"known-anomaly images (among thresholds flagging no more of those normal "
-                f"images than the {format_threshold(quantile)} quantile of their scores)")
-    if source == "quantile_held_out_f1_rejected":
-        return (f"{q} held-out normal images' scores, not the F1-max point on them and "
-                f"{anomaly} held-out known-anomaly images: no threshold flagging no more of "
-                "those normal images catches a known anomaly (they do not score above them)")
-    if source == "quantile_held_out":
-        return f"{q} held-out normal images' scores"
-    if source == "quantile_train":
-        return f"{q} training normal images' scores"
-    return f"set by a rule this version does not know ({source!r})"
 
 
 def _as_list(x: Any) -> list:

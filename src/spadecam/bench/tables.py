@@ -1,4 +1,5 @@
-"""Metrics and result tables (AUROC via scikit-learn; the paper's Table I for comparison)."""
+"""Benchmark result tables: per-seed AUROC rows summarised (mean ± sd), the paper's Table I for
+comparison, and the results CSVs (written whole, then renamed)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from spadecam._fs import atomic_write_text
 
@@ -19,8 +19,6 @@ __all__ = [
     "METHOD_LABELS",
     "PAPER_TABLE_I",
     "RESULT_COLUMNS",
-    "atomic_write_text",
-    "auroc",
     "format_table",
     "read_results_csv",
     "summarise",
@@ -43,23 +41,6 @@ PAPER_TABLE_I = {
     "spade": {1: 0.85, 3: 0.87, 5: 0.92, 7: 0.86, 9: 0.90},
 }
 RESULT_COLUMNS = ("method", "known_class", "seed", "auroc")
-
-
-def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve (scikit-learn), anomalous = 1, higher score = more anomalous.
-
-    Raises
-    ------
-    ValueError
-        When ``labels`` hold a single class (AUROC is undefined) or lengths differ.
-    """
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    if labels.shape != scores.shape:
-        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
-    if np.unique(labels).size < 2:
-        raise ValueError("AUROC needs both normal and anomalous labels; got a single class")
-    return float(roc_auc_score(labels, scores))
 
 
 def _group_key(v: object) -> object:
@@ -206,3 +187,24 @@ def read_results_csv(path: str | os.PathLike) -> list[dict]:
         if missing:
             raise ValueError(f"{path}: missing columns {missing}; expected {RESULT_COLUMNS}")
         return [dict(r) for r in reader]
+
+
+def format_columns_table(
+    rows: Sequence[dict], methods: Sequence[str], columns: Sequence[tuple[str, str]],
+    key: str = "auroc", labels: dict[str, str] | None = None,
+) -> str:
+    """Markdown table: one row per method, one column per (protocol, subset), mean ± sd."""
+    stats = summarise(rows, by=("method", "protocol", "subset"), key=key)
+    labels = {**METHOD_LABELS, **(labels or {})}
+    head = "| method | " + " | ".join(f"{p} / {s}" for p, s in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
+    for m in methods:
+        cells = []
+        for p, s in columns:
+            if (m, p, s) not in stats:
+                cells.append("–")
+                continue
+            mean, sd, n = stats[(m, p, s)]
+            cells.append(f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}")
+        lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

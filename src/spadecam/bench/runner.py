@@ -5,8 +5,8 @@ training images (the VAE's, eq. 1, and the classifier's normal class), the test 
 their labels, and a list of :class:`Protocol` s. A protocol is one classifier (eq. 2): the
 known anomalies it is trained on, the methods scored with it and the result columns
 (protocol, subset of the test set) those scores enter. :func:`run_benchmark` does the rest
-the same way for Noisy-MNIST (:func:`spadecam.reproduce.run_noisy_mnist`) and ELPV
-(:func:`spadecam.reproduce.run_elpv`):
+the same way for Noisy-MNIST (:func:`spadecam.bench.reproduce.run_noisy_mnist`) and ELPV
+(:func:`spadecam.bench.elpv.run_elpv`):
 
 1. per seed, train the VAE once on the normal images and reconstruct the test set once;
 2. per protocol, train the classifier on normal + known images and score the test set with
@@ -23,36 +23,30 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from spadecam.bench.protocols import BenchmarkData, Protocol
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE
 from spadecam.error import reconstruction_error
-from spadecam.evaluation import METHOD_LABELS, auroc, summarise
 from spadecam.exceptions import _check_finite
 from spadecam.inputs import _channels_last, to_float_images
-from spadecam.metrics import average_precision
+from spadecam.metrics import auroc, average_precision
 from spadecam.precision import resolve_training_precision
 from spadecam.scoring import cnn_score, scoring_context
 from spadecam.training import (
-    build_classifier,
-    fit_linear_head,
-    pooled_last_features,
     train_cnn,
     train_vae,
     trained_precision,
 )
 
 __all__ = [
-    "BenchmarkData",
     "Execution",
-    "Protocol",
     "ProtocolResult",
-    "format_columns_table",
     "method_scores",
     "run_benchmark",
     "start",
@@ -61,53 +55,6 @@ __all__ = [
 _BATCH = 256
 #: Columns of a benchmark's results CSV.
 COLUMNS = ("method", "protocol", "subset", "seed", "auroc", "aupr", "recipe")
-
-
-@dataclass
-class Protocol:
-    """One classifier of a benchmark and the result columns it feeds.
-
-    Attributes
-    ----------
-    name : str
-        Protocol name in the results, e.g. "unseen_type".
-    x_known : Tensor (K, C, S, S), uint8
-        Known anomalies the classifier is trained on (with the normal training images).
-    columns : dict of (protocol, subset) -> ndarray of test indices
-        The test images each result column is computed on (normal and anomalous ones).
-    methods : tuple of str
-        Methods scored with this classifier (:data:`spadecam.evaluation.METHODS` keys).
-    rename : dict
-        Method names in the results, e.g. {"cnn": "cnn_all_labels"} for a supervised
-        reference.
-    meta : dict
-        Extra columns of every row of this protocol (e.g. {"known_class": 3}).
-    """
-
-    name: str
-    x_known: torch.Tensor
-    columns: dict[tuple[str, str], np.ndarray]
-    methods: tuple[str, ...] = ("vae", "cnn", "naive_spade", "spade")
-    rename: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BenchmarkData:
-    """One seed of a benchmark.
-
-    Attributes
-    ----------
-    x_normal : Tensor (N, C, S, S), uint8, the normal training images
-    x_test : Tensor (T, C, S, S), uint8
-    y_test : ndarray (T,), int64, 0 = normal, 1 = anomalous
-    protocols : iterable of Protocol (may be a generator, read one at a time)
-    """
-
-    x_normal: torch.Tensor
-    x_test: torch.Tensor
-    y_test: np.ndarray
-    protocols: Iterable[Protocol]
 
 
 @dataclass(frozen=True)
@@ -410,7 +357,7 @@ def run_benchmark(
     ----------
     load : callable seed -> BenchmarkData
         The data set's description of one seed.
-    recipe : :class:`spadecam.recipes.Recipe` (or an object with its training and scoring
+    recipe : :class:`spadecam.bench.configs.BenchmarkConfig` (or an object with its training and scoring
         fields); the training seeds are replaced by each seed.
     seeds : model seeds (weights, batch order, splits the data set draws per seed)
     on_protocol : callable, optional
@@ -449,27 +396,9 @@ def run_benchmark(
         u_hat_in: dict[str, torch.Tensor] = {}  # reconstructions in other precisions, per seed
         synthetic = _synthetic_anomalies(r, data.x_normal, seed)  # the same for every protocol
         for prot in data.protocols:
-            # the classifier's known class: the labelled cells (and the synthetic ones)
-            known = prot.x_known if synthetic is None else torch.cat([prot.x_known, synthetic])
-            x = torch.cat([data.x_normal, known])
-            y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(known))]).long()
-            cnn = train_cnn(x, y, r.cnn, dataclasses.replace(
-                r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
-            # the signed maps of u and u_hat, once: SPADE and the variants that only change
-            # the ROI arithmetic read them without running the classifier again
-            # (and the feature bank's query, read in the same forward)
-            cams, det, banks = None, None, {}
-            if "spade" in prot.methods:
-                det = SPADE.from_models(vae, cnn, data.x_normal, **detector_params(r),
-                                        precision=ex.score_precision)
-                cams = cam_batches(det, data.x_test, u_hat)
-                if det.knn_ is not None:
-                    banks[(det.knn_layer, det.knn_k, ex.score_precision)] = det.knn_
-            scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
-                                   ex.score_precision, cams, data.x_normal,
-                                   det.knn_ if det is not None else None)
-            res = ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, det,
-                                 u_hat_in, banks)
+            res = _score_protocol(seed, prot, data, r, ex, vae, u_hat, s_vae, u_hat_in,
+                                  synthetic, progress)
+            cnn, scores = res.cnn, res.scores
             new = res.rows(scores)
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known, CNN {_summary(cnn)}): "
                 + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"
@@ -487,12 +416,41 @@ def run_benchmark(
     return rows
 
 
+def _score_protocol(seed: int, prot: Protocol, data: BenchmarkData, r: Any, ex: Execution,
+                    vae: Any, u_hat: torch.Tensor, s_vae: np.ndarray,
+                    u_hat_in: dict[str, torch.Tensor], synthetic: torch.Tensor | None,
+                    progress: bool) -> ProtocolResult:
+    """One protocol of a seed: its classifier trained on the normal images and the known
+    ones (with the synthetic anomalies, if any), every method scored on the test set."""
+    # the classifier's known class: the labelled cells (and the synthetic ones)
+    known = prot.x_known if synthetic is None else torch.cat([prot.x_known, synthetic])
+    x = torch.cat([data.x_normal, known])
+    y = torch.cat([torch.zeros(len(data.x_normal)), torch.ones(len(known))]).long()
+    cnn = train_cnn(x, y, r.cnn, dataclasses.replace(
+        r.cnn_train, seed=seed, progress=progress, **ex.train), r.loss)
+    # the signed maps of u and u_hat, once: SPADE and the variants that only change the ROI
+    # arithmetic read them without running the classifier again (and the feature bank's
+    # query, read in the same forward)
+    cams, det, banks = None, None, {}
+    if "spade" in prot.methods:
+        det = SPADE.from_models(vae, cnn, data.x_normal, **detector_params(r),
+                                precision=ex.score_precision)
+        cams = cam_batches(det, data.x_test, u_hat)
+        if det.knn_ is not None:
+            banks[(det.knn_layer, det.knn_k, ex.score_precision)] = det.knn_
+    scores = method_scores(prot.methods, r, vae, cnn, data.x_test, u_hat, s_vae,
+                           ex.score_precision, cams, data.x_normal,
+                           det.knn_ if det is not None else None)
+    return ProtocolResult(seed, prot, vae, cnn, data, u_hat, scores, r, ex, cams, det,
+                          u_hat_in, banks)
+
+
 def _synthetic_anomalies(r: Any, x_normal: torch.Tensor, seed: int) -> torch.Tensor | None:
     """The recipe's synthetic anomalies for the classifier (None without them)."""
     n = round(getattr(r, "synthetic_anomalies", 0.0) * len(x_normal))
     if not n:
         return None
-    from spadecam.synthetic import cutpaste
+    from spadecam.bench.synthetic import cutpaste
 
     return cutpaste(x_normal, n, seed)
 
@@ -504,146 +462,3 @@ def _summary(model: Any) -> str:
     stop = "early stop" if t["stopped_early"] else "budget spent"
     prec = f", {t['precision']}" if t.get("precision") else ""
     return f"{t['steps']} steps ({stop}, best at step {t['best_step']}{prec})"
-
-
-def format_columns_table(
-    rows: Sequence[dict], methods: Sequence[str], columns: Sequence[tuple[str, str]],
-    key: str = "auroc", labels: dict[str, str] | None = None,
-) -> str:
-    """Markdown table: one row per method, one column per (protocol, subset), mean ± sd."""
-    stats = summarise(rows, by=("method", "protocol", "subset"), key=key)
-    labels = {**METHOD_LABELS, **(labels or {})}
-    head = "| method | " + " | ".join(f"{p} / {s}" for p, s in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for m in methods:
-        cells = []
-        for p, s in columns:
-            if (m, p, s) not in stats:
-                cells.append("–")
-                continue
-            mean, sd, n = stats[(m, p, s)]
-            cells.append(f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}")
-        lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _max_errors(bank: Any, x: torch.Tensor, batch: int) -> np.ndarray:
-    """The feature-space error's maximum (N,) float64 of uint8 images x (no padding)."""
-    with torch.inference_mode():
-        return torch.cat([bank.error_map(_float(x[i : i + batch])).flatten(1).amax(1)
-                          for i in range(0, len(x), batch)]).double().numpy()
-
-
-def _logit_differences(cnn: Any, x: torch.Tensor, batch: int) -> np.ndarray:
-    """The classifier's y_anomaly - y_normal (N,) float64 of uint8 images x, in fp32."""
-    with torch.inference_mode():
-        return torch.cat([cnn_score(cnn(_float(x[i : i + batch])))
-                          for i in range(0, len(x), batch)]).double().numpy()
-
-
-def run_pretrained_benchmark(
-    load: Callable[[int], BenchmarkData],
-    recipe: Any,
-    seeds: Sequence[int] = (0,),
-    progress: bool = True,
-    log: Callable[[str], Any] = print,
-) -> list[dict]:
-    """:func:`run_benchmark` for the "pretrained" recipe: one row per (method, protocol,
-    subset, seed) of the one-class pretrained baseline, the CNN-based score on the
-    pretrained classifier and SPADE's margin fusion, each computed as the library does.
-
-    Per seed: a tenth of the normal training images held out (as ``SPADE.fit`` holds them
-    out, :func:`spadecam.threshold.holdout_split`); the patch bank built from the rest
-    (:meth:`SPADE.build_patch_bank`) and the maximum of each test and held-out image's
-    feature-space error computed once; the method ``"patchcore"`` is that maximum (patch
-    kNN on the frozen ImageNet backbone, no label used), ``"one_class_pretrained"`` SPADE's
-    one-class term (:func:`spadecam.fusion.error_term`: the maximum joined by the image-level
-    bank's distance; with a head fitted alone the bank reads the frozen backbone, so no label
-    is used either: the same scores in every protocol of a seed). Per protocol: the classifier
-    (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
-    and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
-    the held-out normals and the margin fusion (``"spade_pretrained"``, its error term
-    joined by the image-level bank of the kept normals' pooled last-block features when the
-    recipe's ``knn_power`` > 0, as ``SPADE.fit`` builds it; with
-    ``head_only`` the frozen backbone's pooled features are computed once per seed and each
-    protocol fits its head on them,
-    :func:`spadecam.fusion.margin_score` with the recipe's weight and margin): the score
-    ``SPADE(recipe="pretrained").fit`` would give (tests/test_reproduce.py). Runs on the CPU
-    in fp32, one process. Protocols that score no SPADE (a supervised reference) are
-    skipped.
-    """
-    from spadecam.fusion import calibrate, error_term, margin_score
-    from spadecam.knn import FeatureBank
-    from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS
-    from spadecam.threshold import holdout_split
-
-    params = {**RECIPE_DEFAULTS["pretrained"], **getattr(recipe, "spade_params", {})}
-    knn_w = float(params.get("knn_power") or 0.0)
-    if knn_w and params.get("knn_layer", -1) != -1:
-        raise ValueError("the pretrained benchmark's image-level bank reads the last block "
-                         f"(knn_layer -1), got knn_layer {params['knn_layer']}")
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    for seed in seeds:
-        data = load(seed)
-        y0 = torch.zeros(len(data.x_normal), dtype=torch.long)
-        hold = holdout_split(y0, 0.1, seed)
-        assert hold is not None
-        normal, held = data.x_normal[~hold], data.x_normal[hold]
-        train = dataclasses.replace(recipe.cnn_train, seed=seed, progress=progress)
-        det = SPADE(recipe="pretrained", cnn_train=train, batch_size=_BATCH,
-                    patch_bank_size=params.get("patch_bank_size", 16384))
-        bank = det.build_patch_bank(normal)
-        err_test, err_held = _max_errors(bank, data.x_test, 64), _max_errors(bank, held, 64)
-        # the frozen backbone's pooled features, once per seed when only the head is fitted
-        pooled: dict[str, torch.Tensor] = {}
-        if train.head_only:
-            net = build_classifier(recipe.cnn, normal.shape[1], seed)  # as train_cnn builds it
-            pooled = {k: pooled_last_features(net, v, 64)
-                      for k, v in (("normal", normal), ("held", held), ("test", data.x_test))}
-        log(f"seed {seed}: bank {tuple(bank.features.shape)} from {len(normal)} normal images "
-            f"({len(held)} held out), errors of {len(data.x_test)} test images: "
-            f"{time.perf_counter() - t0:.0f} s since the start")
-        for prot in data.protocols:
-            if "spade" not in prot.methods:
-                continue  # a supervised reference (the from-scratch run's rows)
-            x = torch.cat([normal, prot.x_known])
-            y = torch.cat([torch.zeros(len(normal)), torch.ones(len(prot.x_known))]).long()
-            if train.head_only:  # the same regression as train_cnn's, on the cached features
-                cnn = fit_linear_head(net, x, y, train, torch.cat(
-                    [pooled["normal"], pooled_last_features(net, prot.x_known, 64)]))
-                feats = pooled
-                with torch.inference_mode():
-                    logit_test = cnn_score(cnn.fc(pooled["test"])).double().numpy()
-                    logit_held = cnn_score(cnn.fc(pooled["held"])).double().numpy()
-            else:
-                cnn = train_cnn(x, y, recipe.cnn, train, recipe.loss)
-                logit_test = _logit_differences(cnn, data.x_test, 64)
-                logit_held = _logit_differences(cnn, held, 64)
-                feats = ({k: pooled_last_features(cnn, v, 64) for k, v in
-                          (("normal", normal), ("held", held), ("test", data.x_test))}
-                         if knn_w else {})
-            d_held = d_test = None
-            if knn_w:  # the image-level bank: SPADE.fit builds it from the kept normals
-                image_bank = FeatureBank(feats["normal"], -1,
-                                         params.get("knn_k", FIT_DEFAULTS["knn_k"]))
-                with torch.inference_mode():
-                    d_held, d_test = (image_bank(cnn, torch.empty(0), features=feats[k])
-                                      for k in ("held", "test"))
-            cal = calibrate(err_held, logit_held, "held_out",
-                            None if d_held is None else d_held.numpy(), knn_w or 1.0)
-            fused = margin_score(torch.as_tensor(err_test), torch.as_tensor(logit_test), cal,
-                                 params["evidence_weight"], params["evidence_margin"], d_test)
-            # SPADE's one-class term alone (no label): what the labels add is measured on it
-            one_class = error_term(torch.as_tensor(err_test), cal, d_test)
-            scores = {"patchcore": err_test, "one_class_pretrained": one_class.double().numpy(),
-                      "cnn_pretrained": logit_test, "spade_pretrained": fused.double().numpy()}
-            res = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, recipe,
-                                 Execution())
-            new = res.rows(scores)
-            log(f"seed {seed} {prot.name} ({len(prot.x_known)} known): "
-                + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"
-                            for q in new))
-            rows += new
-        log(f"seed {seed} done: {time.perf_counter() - t0:.0f} s since the start")
-    return rows

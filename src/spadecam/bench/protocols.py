@@ -1,9 +1,9 @@
 """The benchmarks as data: how each one loads, splits and names its known classes.
 
 Each ``*_data(seed, ...)`` function describes one seed of a benchmark as a
-:class:`~spadecam.benchmark.BenchmarkData` (normal training images, test images and labels,
-one :class:`~spadecam.benchmark.Protocol` per classifier) for the one runner,
-:func:`spadecam.benchmark.run_benchmark`:
+:class:`BenchmarkData` (normal training images, test images and labels,
+one :class:`Protocol` per classifier) for the one runner,
+:func:`spadecam.bench.runner.run_benchmark`:
 
 * Noisy-MNIST (paper, section III-B): digit 0 normal; each known digit a protocol
   ``known_<k>`` whose classifier sees 0s and that digit; every non-zero test digit is an
@@ -17,22 +17,70 @@ one :class:`~spadecam.benchmark.Protocol` per classifier) for the one runner,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from spadecam.benchmark import BenchmarkData, Protocol
+from spadecam.bench.configs import BenchmarkConfig
 from spadecam.data import NoisyMNISTConfig, load_mnist, make_noisy_mnist
-from spadecam.recipes import Recipe
 
 __all__ = [
     "DRA_COLUMNS", "ELPV_COLUMNS", "ELPV_SPLIT", "MNIST_VAL_START", "NORMAL_DIGIT", "TEST_SEED",
-    "VAL_SEED", "NoisyMNISTSource", "elpv_data", "elpv_dir", "elpv_dra_data", "noisy_mnist_data",
-    "noisy_mnist_source", "noisy_mnist_val_data",
+    "VAL_SEED", "BenchmarkData", "NoisyMNISTSource", "Protocol", "elpv_data", "elpv_dir",
+    "elpv_dra_data", "noisy_mnist_data", "noisy_mnist_source", "noisy_mnist_val_data",
 ]
+
+@dataclass
+class Protocol:
+    """One classifier of a benchmark and the result columns it feeds.
+
+    Attributes
+    ----------
+    name : str
+        Protocol name in the results, e.g. "unseen_type".
+    x_known : Tensor (K, C, S, S), uint8
+        Known anomalies the classifier is trained on (with the normal training images).
+    columns : dict of (protocol, subset) -> ndarray of test indices
+        The test images each result column is computed on (normal and anomalous ones).
+    methods : tuple of str
+        Methods scored with this classifier (:data:`spadecam.bench.tables.METHODS` keys).
+    rename : dict
+        Method names in the results, e.g. {"cnn": "cnn_all_labels"} for a supervised
+        reference.
+    meta : dict
+        Extra columns of every row of this protocol (e.g. {"known_class": 3}).
+    """
+
+    name: str
+    x_known: torch.Tensor
+    columns: dict[tuple[str, str], np.ndarray]
+    methods: tuple[str, ...] = ("vae", "cnn", "naive_spade", "spade")
+    rename: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkData:
+    """One seed of a benchmark.
+
+    Attributes
+    ----------
+    x_normal : Tensor (N, C, S, S), uint8, the normal training images
+    x_test : Tensor (T, C, S, S), uint8
+    y_test : ndarray (T,), int64, 0 = normal, 1 = anomalous
+    protocols : iterable of Protocol (may be a generator, read one at a time)
+    """
+
+    x_normal: torch.Tensor
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    protocols: Iterable[Protocol]
+
+
 
 NORMAL_DIGIT = 0
 #: Seed of the noisy test set: fixed, so every model seed is scored on the same images.
@@ -78,7 +126,7 @@ class NoisyMNISTSource:
 
 
 def noisy_mnist_source(
-    recipe: Recipe, split: str = "test", data_dir: str | Path | None = None,
+    recipe: BenchmarkConfig, split: str = "test", data_dir: str | Path | None = None,
     n_val: int = 2000, mnist: tuple | None = None,
 ) -> NoisyMNISTSource:
     """Load MNIST and render the evaluation images of ``split`` once, for every seed.
@@ -114,7 +162,7 @@ def noisy_mnist_source(
 
 
 def noisy_mnist_data(
-    seed: int, recipe: Recipe, known: Sequence[int], source: NoisyMNISTSource
+    seed: int, recipe: BenchmarkConfig, known: Sequence[int], source: NoisyMNISTSource
 ) -> BenchmarkData:
     """One seed of Noisy-MNIST (paper, section III-B) as data for the shared runner.
 
@@ -143,7 +191,7 @@ def noisy_mnist_data(
 
 
 def noisy_mnist_val_data(
-    seed: int, recipe: Recipe, known: Sequence[int] = (3, 9), n_val: int = 2000,
+    seed: int, recipe: BenchmarkConfig, known: Sequence[int] = (3, 9), n_val: int = 2000,
     data_dir: str | Path | None = None, mnist: tuple | None = None,
 ) -> BenchmarkData:
     """One seed of Noisy-MNIST on its VALIDATION split (:func:`noisy_mnist_source`, "val")."""
@@ -155,7 +203,7 @@ def noisy_mnist_val_data(
 
 #: The committed ELPV split, package data (it was found through the repository root, which
 #: an installed wheel does not have).
-ELPV_SPLIT = Path(__file__).resolve().parent / "data" / "elpv_split.csv"
+ELPV_SPLIT = Path(__file__).resolve().parents[1] / "data" / "elpv_split.csv"
 #: Test columns of the ELPV benchmark, in table order: (protocol, subset).
 ELPV_COLUMNS = (
     ("unseen_type", "mono"), ("unseen_type", "poly"), ("unseen_type", "all"),
@@ -181,7 +229,7 @@ def elpv_data(
     seed: int, image_size: int, eval_split: str = "test", split_file: str | Path | None = None,
     root: str | Path | None = None, images: dict | None = None,
 ) -> BenchmarkData:
-    """One seed of the ELPV benchmark as data (:class:`spadecam.benchmark.BenchmarkData`).
+    """One seed of the ELPV benchmark as data (:class:`spadecam.bench.runner.BenchmarkData`).
 
     * Training: the normal (p = 0) training cells of both types; known anomalies per
       protocol: ``unseen_type`` the defective (p >= 2/3) mono training cells;
