@@ -115,9 +115,9 @@ def test_every_constructor_parameter_is_documented_once(cls):
 
 
 def test_every_parameter_reaches_its_own_attribute_through_the_subclass():
-    """NaiveSPADE passes SPADE's parameters on by keyword: each one, given alone with a value
-    no other parameter has, lands on its own attribute (a positional call would misassign
-    them silently after any reordering)."""
+    """NaiveSPADE takes SPADE's parameters (the dataclass fields, keyword-only): each one,
+    given alone with a value no other parameter has, lands on its own attribute, and none is
+    taken by position (a positional call would misassign them after any reordering)."""
     import inspect
 
     from spadecam.detectors import SPADE, NaiveSPADE
@@ -130,3 +130,46 @@ def test_every_parameter_reaches_its_own_attribute_through_the_subclass():
         det = NaiveSPADE(**{name: marker})
         assert getattr(det, name) is marker, name
         assert [k for k, v in det.get_params().items() if v is marker] == [name]
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_parameters_are_keyword_only(cls):
+    import inspect
+
+    kinds = {p.kind for name, p in inspect.signature(cls.__init__).parameters.items()
+             if name != "self"}
+    assert kinds == {inspect.Parameter.KEYWORD_ONLY}
+    with pytest.raises(TypeError):
+        cls(None)
+
+
+@pytest.mark.parametrize("cls", [SPADE, CNNDetector], ids=lambda c: c.__name__)
+def test_one_fit_builds_one_classifier_config_at_the_input_side(cls, monkeypatch):
+    """fit builds the default classifier config once, for the side it trains at (its kernels
+    follow the side), and trains that very config."""
+    from spadecam.defaults import default_cnn_config
+    from spadecam.training import TrainConfig
+
+    module = spade_module if cls is SPADE else baselines
+    calls, trained = [], []
+
+    def counting(size=None, recipe="spadecam"):
+        calls.append(size)
+        return default_cnn_config(size, recipe)
+
+    monkeypatch.setattr(module, "default_cnn_config", counting)
+    real_train = module.train_cnn
+
+    def keep(x, y, cfg, *a, **k):
+        trained.append(cfg)
+        return real_train(x, y, cfg, *a, **k)
+
+    monkeypatch.setattr(module, "train_cnn", keep)
+    x, y = _data()
+    budget = TrainConfig(steps=2, progress=False)
+    params = {"cnn_train": budget, "recipe": "spadecam", "threshold_holdout": 0.0}
+    if cls is SPADE:
+        params.update(vae_train=budget, knn_power=0.0)
+    det = cls(**params).fit(x, y)
+    assert calls == [16] and det.image_size_ == 16
+    assert trained[0].kernel_sizes == default_cnn_config(16, "spadecam").kernel_sizes

@@ -200,8 +200,10 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         # a user's own classifier (any FeatureClassifier) may have no config: any channels
         self.in_channels_ = getattr(getattr(model, "config", None), "in_channels", None)
 
-    def _fit_configs(self) -> tuple[Any, Any]:
-        """(VAE config or None, classifier config or None) that fit sizes to the data."""
+    def _fit_configs(self, size: int | None = None) -> tuple[Any, Any]:
+        """(VAE config or None, classifier config or None) that fit trains: the given ones,
+        else the recipe's, built for the input side ``size`` (the default classifier's
+        kernels follow it; None: any side, for the checks that do not depend on it)."""
         raise NotImplementedError
 
     def input_side(self, sizes: Sequence[tuple[int, int]]) -> int:
@@ -214,35 +216,37 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         ValueError
             S below the networks' minimum (:meth:`min_input_side`).
         """
-        return self._fit_size(sizes, *self._fit_configs())
+        return self._fit_size(sizes)[0]
 
     def min_input_side(self) -> int:
         """The smallest model input side, in pixels, the networks ``fit`` builds accept
         (:func:`spadecam.inputs.min_input_size`)."""
         return min_input_size(*self._fit_configs())
 
-    def _fit_size(self, sizes: Sequence[tuple[int, int]], vae_config: Any, cnn_config: Any) -> int:
+    def _fit_size(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, tuple[Any, Any]]:
         """The model input side S for fit from the training images' own (H, W)
-        (:func:`spadecam.inputs.model_input_side`, the rule ``spadecam train`` applies too).
+        (:func:`spadecam.inputs.model_input_side`, the rule ``spadecam train`` applies too)
+        and the configs fit trains at that side (:meth:`_fit_configs`, built once).
 
         Raises ValueError naming where S came from when it is below the networks' minimum.
         """
         size, source = model_input_side(sizes, self.image_size,
-                                         getattr(vae_config, "image_size", None),
-                                         getattr(self, "recipe", None))
-        need = min_input_size(vae_config, cnn_config)
+                                         getattr(getattr(self, "vae_config", None),
+                                                 "image_size", None), self.recipe)
+        configs = self._fit_configs(size)
+        need = min_input_size(*configs)
         if size < need:
             raise ValueError(
                 f"{source} is below the minimum input side of {need} pixels the networks "
                 f"accept; pass image_size >= {need} (images are resized to it)"
             )
-        return size
+        return size, configs
 
-    def _fit_inputs(
-        self, X: Any, y: Any, vae_config: Any, cnn_config: Any
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int, str]:
-        """Validated fit images at the model's input: (x, valid, y, size S, channels C,
-        what fit took: "files", "uint8" or "float" arrays, :meth:`default_preprocessing`).
+    def _fit_inputs(self, X: Any, y: Any) -> tuple[
+            torch.Tensor, torch.Tensor | None, torch.Tensor, int, str, tuple[Any, Any]]:
+        """Validated fit images at the model's input: (x, valid, y, size S, what fit took:
+        "files", "uint8" or "float" arrays (:meth:`default_preprocessing`), the configs fit
+        trains at S).
 
         x is (N, C, S, S) (uint8 kept when no resizing is needed, else float32 in [0, 1]);
         valid is the letterbox mask (N, 1, S, S) or None (:mod:`spadecam.inputs`).
@@ -252,28 +256,26 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
             valid = None if X.valid is None else _as_tensor(X.valid).float()
             if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
                 raise ValueError("ModelBatch.u must be square (N, C, S, S) and valid (N, 1, S, S)")
-            size = self._fit_size(X.sizes, vae_config, cnn_config)
+            size, configs = self._fit_size(X.sizes)
             if size != x.shape[-1]:
                 raise ValueError(f"the ModelBatch is {x.shape[-1]} px square but fit's input "
                                  f"side is {size} px (spadecam.inputs.model_input_side)")
-            return x, valid, _as_labels(y, len(x)), size, x.shape[1], "files"
+            return x, valid, _as_labels(y, len(x)), size, "files", configs
         imgs = image_list(X)
-        parts = imgs if isinstance(imgs, list) else [imgs]
+        parts = [imgs] if isinstance(imgs, torch.Tensor) else imgs
         # how the arrays were scaled, for files read later (default_preprocessing)
         fit_input = "uint8" if all(t.dtype == torch.uint8 for t in parts) else "float"
         yt = _as_labels(y, len(imgs))
-        channels = imgs[0].shape[1] if isinstance(imgs, list) else imgs.shape[1]
-        for name, cfg in (("vae_config", vae_config), ("cnn_config", cnn_config)):
-            c = getattr(cfg, "in_channels", None)
+        channels = parts[0].shape[1]
+        for name in ("vae_config", "cnn_config"):
+            c = getattr(getattr(self, name, None), "in_channels", None)
             if c is not None and c != channels:
                 raise ValueError(f"{name}.in_channels={c} but X has {channels} channel(s)")
-        parts = [imgs] if isinstance(imgs, torch.Tensor) else imgs
-        sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in parts]
-        size = self._fit_size(sizes, vae_config, cnn_config)
+        size, configs = self._fit_size([(int(t.shape[-2]), int(t.shape[-1])) for t in parts])
         if isinstance(imgs, torch.Tensor) and tuple(imgs.shape[-2:]) == (size, size):
-            return imgs, None, yt, size, channels, fit_input
+            return imgs, None, yt, size, fit_input, configs
         mb = to_model_batch(imgs, size, self.resize, name="X")
-        return mb.u.contiguous(), mb.valid, yt, size, channels, fit_input
+        return mb.u.contiguous(), mb.valid, yt, size, fit_input, configs
 
     # ------------------------------------------------------------------ scoring
 
@@ -402,10 +404,11 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         )
         return holdout_split(y, self.threshold_holdout, seed)
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-               valid: torch.Tensor | None) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, valid: torch.Tensor | None,
+               configs: tuple[Any, Any]) -> None:
         """Train this detector's networks (and build what its score holds beside them) on the
-        images kept for training, at the model's input side ``size``: each detector's own."""
+        images kept for training, at the model's input side ``size``, from ``configs``
+        (:meth:`_fit_configs` at that side, to be sized to x's channels): each detector's own."""
         raise NotImplementedError
 
     def _fit_with_threshold(self, X: Any, y: Any, need_anomalies: bool) -> None:
@@ -414,7 +417,8 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         their letterbox mask or None), then the calibration and ``threshold_``.
         """
         self._check_params()  # every parameter, before any training
-        x, valid, yt, size, channels, fit_input = self._fit_inputs(X, y, *self._fit_configs())
+        x, valid, yt, size, fit_input, configs = self._fit_inputs(X, y)
+        channels = int(x.shape[1])
         if need_anomalies and not ((yt == 0).any() and (yt == 1).any()):
             raise ValueError("fit needs both normal (y == 0) and known-anomaly (y == 1) images")
         if not need_anomalies and (yt == 0).sum() < 2:
@@ -422,8 +426,8 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         hold = self._threshold_split(yt)
         keep = torch.ones(len(yt), dtype=torch.bool) if hold is None else ~hold
         with self._fitting():  # every fitted attribute set, or on an error none
-            self._train(x[keep], yt[keep], size, channels,
-                        None if valid is None else valid[keep])
+            self._train(x[keep], yt[keep], size, None if valid is None else valid[keep],
+                        configs)
             self.image_size_, self.in_channels_ = size, channels
             self.fit_input_ = fit_input
             self._calibrate(x, valid, yt, hold)

@@ -51,7 +51,7 @@ class VAEDetector(_BaseDetector):
     error_smoothing: float | None = None
     error_norm: str | None = None
 
-    def _fit_configs(self) -> tuple[Any, Any]:
+    def _fit_configs(self, size: int | None = None) -> tuple[Any, Any]:
         return self.vae_config or default_vae_config(self.recipe), None
 
     def fit(self, X: Any, y: Any = None) -> VAEDetector:
@@ -59,9 +59,9 @@ class VAEDetector(_BaseDetector):
         self._fit_with_threshold(X, y, need_anomalies=False)
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-               valid: torch.Tensor | None) -> None:
-        cfg = self._fit_configs()[0].sized(channels, size)
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, valid: torch.Tensor | None,
+               configs: tuple[Any, Any]) -> None:
+        cfg = configs[0].sized(int(x.shape[1]), size)
         self.vae_ = _prepare(train_vae(x[y == 0], cfg, self.vae_train))
 
     @classmethod
@@ -123,17 +123,17 @@ class CNNDetector(_BaseDetector):
     cnn_train: TrainConfig | None = None
     loss: str = "eq2"
 
-    def _fit_configs(self) -> tuple[Any, Any]:
-        return None, self.cnn_config or default_cnn_config(None, self.recipe)
+    def _fit_configs(self, size: int | None = None) -> tuple[Any, Any]:
+        return None, self.cnn_config or default_cnn_config(size, self.recipe)
 
     def fit(self, X: Any, y: Any) -> CNNDetector:
         """Train the classifier on normal (y == 0) and known-anomaly (y == 1) images (eq. 2)."""
         self._fit_with_threshold(X, y, need_anomalies=True)
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-               valid: torch.Tensor | None) -> None:
-        cfg = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, valid: torch.Tensor | None,
+               configs: tuple[Any, Any]) -> None:
+        cfg = configs[1].sized(int(x.shape[1]))
         self.cnn_ = _prepare(train_cnn(x, y, cfg, self.cnn_train or default_cnn_train(
             self.recipe, cfg), self.loss))
 

@@ -212,11 +212,9 @@ class SPADE(_BaseDetector):
         """False for the margin fusion on the feature error (nothing reads a reconstruction)."""
         return not (self._param("score") == "margin" and self._param("error") == "feature")
 
-    def _fit_configs(self) -> tuple[Any, Any]:
-        """The VAE and classifier configs fit sizes to the data: the given ones, else the
-        recipe's (the classifier's kernels are set for the input side later)."""
+    def _fit_configs(self, size: int | None = None) -> tuple[Any, Any]:
         return (self.vae_config or default_vae_config(self.recipe),
-                self.cnn_config or default_cnn_config(None, self.recipe))
+                self.cnn_config or default_cnn_config(size, self.recipe))
 
     def fit(self, X: Any, y: Any) -> SPADE:
         """Train the VAE on X[y == 0] (eq. 1) and the classifier on all of X (eq. 2).
@@ -248,15 +246,15 @@ class SPADE(_BaseDetector):
         self._fit_with_threshold(X, y, need_anomalies=True)
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, channels: int,
-               valid: torch.Tensor | None) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, size: int, valid: torch.Tensor | None,
+               configs: tuple[Any, Any]) -> None:
         """The VAE on x[y == 0] (eq. 1; none when nothing reads a reconstruction), the
         classifier on x (eq. 2), the image-level feature bank and the patch bank from the
         normal images."""
-        vae_config, _ = self._fit_configs()
+        channels = int(x.shape[1])
         # what can be checked before any training: the classifier for these channels, a
         # weights file it names, the feature error's channels
-        cnn = (self.cnn_config or default_cnn_config(size, self.recipe)).sized(channels)
+        vae_config, cnn = configs[0], configs[1].sized(channels)
         if isinstance(cnn, ResNetConfig):
             check_weights(cnn)
         if self._param("error") == "feature" and channels not in (1, 3):
