@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spadecam.bench.runner import ProtocolResult, _float, reconstruct, run_benchmark
+from spadecam.bench.runner import ProtocolResult, float_batch, reconstruct, run_benchmark
 from spadecam.bench.tables import write_rows_csv
 from spadecam.error import gaussian_blur, reconstruction_error
 from spadecam.metrics import auroc
@@ -67,15 +67,15 @@ def _knn(test: torch.Tensor, bank: torch.Tensor, k: int = 5) -> torch.Tensor:
 @torch.no_grad()
 def variant_scores(res: ProtocolResult) -> dict[str, torch.Tensor]:
     """Every variant's test scores (T,) on one protocol's models."""
-    x, uh = _float(res.data.x_test).float(), res.u_hat.float()
-    xn = _float(res.data.x_normal).float()
+    x, uh = float_batch(res.data.x_test).float(), res.u_hat.float()
+    xn = float_batch(res.data.x_normal).float()
     cams = res._cam_source.signed_cams(x, uh)  # type: ignore[union-attr]
     roi = roi_weights(cams[0], cams[1], x.shape[-2:])
     p = cams[2].float().softmax(1)[:, 1]
     uhn = reconstruct(res.vae, res.data.x_normal)
     en = reconstruction_error(xn, uhn, 4.0, "l2")
     mu, sd = en.mean(0, keepdim=True), en.std(0, keepdim=True)
-    r = res.recipe
+    r = res.config
     errors = {
         "b2_l2": reconstruction_error(x, uh, r.error_smoothing, r.error_norm),
         "b4_l2": reconstruction_error(x, uh, 4.0, "l2"),

@@ -17,9 +17,9 @@ PACKAGE = SRC / "spadecam"
 
 #: The layers, lowest first; a module belongs to the first prefix it matches.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("spadecam._fs", "spadecam._json", "spadecam._progress", "spadecam._runtime",
-                    "spadecam._version", "spadecam.exceptions", "spadecam.decision",
-                    "spadecam.recipes")),
+    ("foundation", ("spadecam._fs", "spadecam._json", "spadecam._moved", "spadecam._progress",
+                    "spadecam._runtime", "spadecam._version", "spadecam.exceptions",
+                    "spadecam.decision", "spadecam.recipes")),
     ("networks and data", ("spadecam.models", "spadecam.data", "spadecam.precision",
                            "spadecam.fusion", "spadecam.roi", "spadecam.preprocess")),
     ("method steps", ("spadecam.error", "spadecam.cam", "spadecam.knn",
@@ -240,3 +240,32 @@ def test_lazy_and_type_checking_imports_count(tmp_path):
     finally:
         SRC = old
     assert graph["spadecam.roi"] == {"spadecam.cli", "spadecam.detectors.spade"}
+
+
+def test_the_moved_module_paths_of_0_1_forward_with_a_warning():
+    """spadecam.reproduce / evaluation / figures (0.1) forward to spadecam.bench for one
+    release, each name to where it went, with a DeprecationWarning; no code of their own."""
+    import importlib
+    import sys
+    import warnings
+
+    from spadecam._moved import MOVED_MODULES
+    from spadecam.bench import configs, protocols, reproduce, tables
+    from spadecam.metrics import auroc
+
+    for old in MOVED_MODULES:
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert any(issubclass(w.category, DeprecationWarning) and old in str(w.message)
+                   for w in seen), old
+        assert not (PACKAGE / f"{old.split('.')[-1]}.py").exists()  # no file of its own
+    old_reproduce = sys.modules["spadecam.reproduce"]
+    assert old_reproduce.run_noisy_mnist is reproduce.run_noisy_mnist
+    assert old_reproduce.get_recipe is configs.noisy_mnist_benchmark
+    assert old_reproduce.TEST_SEED == protocols.TEST_SEED
+    assert sys.modules["spadecam.evaluation"].auroc is auroc
+    assert sys.modules["spadecam.evaluation"].format_table is tables.format_table
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = module.nothing

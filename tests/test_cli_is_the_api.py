@@ -112,9 +112,10 @@ def test_every_train_default_is_the_tables():
 def test_cli_and_api_size_non_square_images_of_mixed_sizes_alike(tmp_path):
     """Folders of non-square images of different sizes and no --image-size: spadecam train and
     SPADE().fit on the same images train at the same side (the longest, 50 px) with the same
-    kernels and letterbox, and give the same threshold and scores."""
+    kernels and letterbox, and give the same threshold and scores. Images thinner or smaller
+    than the networks' minimum side (16 px) are taken by both, resized to that side."""
     rng = np.random.default_rng(3)
-    shapes = [(40, 24), (30, 50), (36, 36), (20, 44), (48, 30), (26, 26)]
+    shapes = [(40, 24), (30, 50), (10, 40), (36, 36), (20, 44), (8, 8), (48, 30), (26, 26)]
 
     def make(n: int, bright: bool) -> list[np.ndarray]:
         out = []

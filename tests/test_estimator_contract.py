@@ -173,3 +173,21 @@ def test_one_fit_builds_one_classifier_config_at_the_input_side(cls, monkeypatch
     det = cls(**params).fit(x, y)
     assert calls == [16] and det.image_size_ == 16
     assert trained[0].kernel_sizes == default_cnn_config(16, "spadecam").kernel_sizes
+
+
+def test_fitted_attributes_are_not_parameters_and_a_dataclass_subclass_works():
+    """The detectors are dataclasses of their parameters only: asdict reads them on an
+    unfitted detector, and a user's dataclass subclass adds a field, keeps the rest, and
+    prints and compares before any fit."""
+    import dataclasses
+
+    assert dataclasses.asdict(SPADE(batch_size=3))["batch_size"] == 3
+    assert "threshold_" not in {f.name for f in dataclasses.fields(SPADE)}
+
+    @dataclasses.dataclass(kw_only=True)
+    class Mine(SPADE):
+        note: str = "mine"
+
+    det = Mine(note="x", recipe="paper")
+    assert "note='x'" in repr(det) and det == Mine(note="x", recipe="paper")
+    assert clone(det).get_params()["note"] == "x"

@@ -168,3 +168,20 @@ def test_a_list_image_whose_channel_axis_is_ambiguous_is_refused_for_torch_and_o
     for read in (image_list, check_images):
         with pytest.raises(ValueError, match=r"X\[2\] has shape \(3, 64, 3\): both"):
             read(bad)
+
+
+def test_batches_of_one_of_any_size_need_no_layout_guess():
+    """A list of (1, C, H, W) batches (what the CLI passes the detectors) is read as it is,
+    however small: a 1x1 grey image or a 3-pixel-wide one, which as a (C, H, W) array would be
+    ambiguous (its first and last axes could both be the channels)."""
+    from spadecam.inputs import image_list
+
+    imgs = [np.zeros((1, 1, 1, 1), np.uint8), np.full((1, 1, 5, 3), 7, np.uint8),
+            np.zeros((1, 1, 4, 9), np.uint8)]
+    with pytest.raises(ValueError, match="both its first and its last axis"):
+        check_images([imgs[0][0]])
+    numpy = check_images(imgs)
+    torch_ = image_list(imgs)
+    assert [a.shape for a in numpy] == [(1, 1, 1), (1, 5, 3), (1, 4, 9)]
+    assert [tuple(t.shape) for t in torch_] == [(1, 1, 1, 1), (1, 1, 5, 3), (1, 1, 4, 9)]
+    assert int(numpy[1].max()) == int(torch_[1].max()) == 7

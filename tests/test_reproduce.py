@@ -166,7 +166,7 @@ def test_spade_maps_of_a_run_are_those_of_a_fresh_detector(single_thread, monkey
     from spadecam.bench.runner import detector_params, run_benchmark, spade_map_batches
     from spadecam.detectors import SPADE
 
-    monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
+    monkeypatch.setattr(benchmark, "SCORE_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
     source = noisy_mnist_source(r, "test", DATA)
     got = []
@@ -201,7 +201,7 @@ def test_baselines_read_spades_classifier_pass(single_thread, monkeypatch, cam):
     from spadecam.bench.runner import detector_params, run_benchmark, spade_scores
     from spadecam.detectors import CNNDetector, NaiveSPADE
 
-    monkeypatch.setattr(benchmark, "_BATCH", 32)  # 120 test images: 4 batches, the last part
+    monkeypatch.setattr(benchmark, "SCORE_BATCH", 32)  # 120 test images: 4 batches, the last part
     r = _tiny_with_bank()
     # the closed form and the autograd path (a forward with gradients) of Grad-CAM
     r = dataclasses.replace(r, spade_params={**r.spade_params, **cam})

@@ -144,7 +144,7 @@ def test_a_head_only_classifier_is_the_class_balanced_regression_on_frozen_featu
     from spadecam.models import CNNConfig
     from spadecam.models.backbones import BACKBONES, backbone_name
     from spadecam.scoring import cnn_score
-    from spadecam.training import _local_rng
+    from spadecam.training import local_rng
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(30, 1, 16, 16, generator=g)
@@ -153,7 +153,7 @@ def test_a_head_only_classifier_is_the_class_balanced_regression_on_frozen_featu
     cfg = CNNConfig(channels=(4, 8), kernel_sizes=(3, 3), strides=(2, 2)).sized(1)
     train = TrainConfig(head_only=True, head_c=0.5, batch_size=7, seed=3)
     model = train_cnn(x.clamp(0, 1), y, cfg, train)
-    with _local_rng(3):
+    with local_rng(3):
         fresh = BACKBONES[backbone_name(cfg)][0](cfg)
     for (k, v), (k2, v2) in zip(model.features.state_dict().items(),
                                 fresh.features.state_dict().items()):

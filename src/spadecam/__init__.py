@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from spadecam._moved import install as _install_moved
 from spadecam._version import __version__
+
+_install_moved()  # 0.1's module paths of the benchmarks, forwarded with a warning
 
 __all__ = ["SPADE", "CNNDetector", "NaiveSPADE", "VAEDetector", "__version__"]
 

@@ -50,12 +50,14 @@ from spadecam.recipes import FIT_DEFAULTS, RECIPE_DEFAULTS, fit_default
 
 __all__ = [
     "ModelBatch",
+    "as_labels",
     "as_image_tensor",
     "image_list",
     "iter_model_batches",
     "letterbox_mask",
     "maps_to_images",
     "min_input_size",
+    "fixed_input_side",
     "model_input_side",
     "stack_maps",
 ]
@@ -147,25 +149,12 @@ def min_input_size(vae_config: VAEConfig | None, cnn_config: Any) -> int:
     return max(vae_min, cnn_min)
 
 
-def model_input_side(
-    sizes: Sequence[tuple[int, int]],
-    image_size: int | None = None,
-    config_size: int | None = None,
-    recipe: str | None = None,
-) -> tuple[int, str]:
-    """The side S of the square model input a fit uses: the one rule of the detectors'
-    ``fit`` and of ``spadecam train``, so both train the same networks from the same images
-    (the classifier's kernels follow S, :func:`spadecam.defaults.default_cnn_config`).
-
-    In order: ``image_size`` when given; else the VAE config's ``config_size``; else the
-    recipe's fixed side (:data:`spadecam.recipes.RECIPE_FIT`: 224 for "pretrained", the
-    ImageNet backbone's); else the longest side among ``sizes`` (the training images' own
-    (H, W), in pixels), at most :data:`spadecam.recipes.FIT_DEFAULTS` ``["max_image_size"]``
-    (128): small images keep their size, larger ones are shrunk to it.
-
-    Returns
-    -------
-    (S, where S came from, in words for error messages)
+def fixed_input_side(image_size: int | None = None, config_size: int | None = None,
+                     recipe: str | None = None) -> tuple[int, str] | None:
+    """The model input side when it does not depend on the images: ``image_size`` when given,
+    else the VAE config's ``config_size``, else the recipe's fixed side
+    (:data:`spadecam.recipes.RECIPE_FIT`: 224 for "pretrained"); None otherwise. Returns
+    (S, where S came from, in words for error messages).
 
     Raises
     ------
@@ -182,6 +171,39 @@ def model_input_side(
     fixed = fit_default("image_size", recipe) if recipe in RECIPE_DEFAULTS else None
     if fixed is not None:
         return int(fixed), f"recipe {recipe!r} ({fixed} px)"
+    return None
+
+
+def model_input_side(
+    sizes: Sequence[tuple[int, int]] | None,
+    image_size: int | None = None,
+    config_size: int | None = None,
+    recipe: str | None = None,
+) -> tuple[int, str]:
+    """The side S of the square model input a fit uses: the one rule of the detectors'
+    ``fit`` and of ``spadecam train``, so both train the same networks from the same images
+    (the classifier's kernels follow S, :func:`spadecam.defaults.default_cnn_config`).
+
+    :func:`fixed_input_side` when it gives one; else the longest side among ``sizes`` (the
+    training images' own (H, W), in pixels), at most :data:`spadecam.recipes.FIT_DEFAULTS`
+    ``["max_image_size"]`` (128): small images keep their size, larger ones are shrunk to it.
+    Images of any size are taken: each is resized to S.
+
+    Returns
+    -------
+    (S, where S came from, in words for error messages)
+
+    Raises
+    ------
+    ValueError
+        ``image_size`` and ``config_size`` both given and different; ``sizes`` None (or
+        empty) when S depends on them.
+    """
+    fixed = fixed_input_side(image_size, config_size, recipe)
+    if fixed is not None:
+        return fixed
+    if not sizes:
+        raise ValueError("the model input side is the images' longest side: give their sizes")
     longest, cap = int(max(max(hw) for hw in sizes)), int(FIT_DEFAULTS["max_image_size"])
     side = min(longest, cap)
     return side, (f"X (images up to {longest} px on their longest side; the model input is "
@@ -193,7 +215,9 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
 
     A list or tuple of arrays/tensors with 2 or 3 dimensions is read as single images
     (sizes may differ), each (H, W), (C, H, W) or channels-last (H, W, C) when its last axis
-    is 1, 3 or 4 and its first is not; anything else array-like as one batch
+    is 1, 3 or 4 and its first is not; batches of one (1, C, H, W) are taken as they are (no
+    layout to guess: what the CLI passes, whatever the image's size); anything else
+    array-like as one batch
     (:func:`as_image_tensor`).
 
     Raises
@@ -205,14 +229,16 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
     if isinstance(X, (list, tuple)):
         if not X:
             raise ValueError(f"{name} is an empty list")
-        if all(isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (2, 3) for x in X):
+        if all(isinstance(x, (np.ndarray, torch.Tensor)) and (
+                x.ndim in (2, 3) or (x.ndim == 4 and x.shape[0] == 1)) for x in X):
             out = []
             for i, x in enumerate(X):
                 t = _as_tensor(x)
-                layout = image_layout(t.shape, f"{name}[{i}]")
-                if layout == "HWC":
-                    t = t.permute(2, 0, 1).contiguous()  # as np.asarray(PIL.Image) gives
-                t = t.unsqueeze(0) if t.ndim == 3 else t.unsqueeze(0).unsqueeze(0)
+                if t.ndim < 4:
+                    layout = image_layout(t.shape, f"{name}[{i}]")
+                    if layout == "HWC":
+                        t = t.permute(2, 0, 1).contiguous()  # as np.asarray(PIL.Image) gives
+                    t = t.unsqueeze(0) if t.ndim == 3 else t.unsqueeze(0).unsqueeze(0)
                 out.append(as_image_tensor(t, name=f"{name}[{i}]"))
             channels = {t.shape[1] for t in out}
             if len(channels) > 1:
@@ -221,6 +247,20 @@ def image_list(X: Any, name: str = "X") -> list[torch.Tensor] | torch.Tensor:
                 return torch.cat(out)
             return out
     return as_image_tensor(X, name)
+
+
+def as_labels(y: Any, n: int) -> torch.Tensor:
+    """Fit's labels y as an (n,) int64 tensor, 0 = normal, 1 = known anomaly (None: all
+    normal). ValueError for another length or other values."""
+    if y is None:
+        return torch.zeros(n, dtype=torch.long)
+    ya = np.asarray(y).reshape(-1)
+    if ya.shape[0] != n:
+        raise ValueError(f"y must have one label per image: {n} images, {ya.shape[0]} labels")
+    bad = sorted(set(np.unique(ya).tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {bad[:5]}")
+    return torch.as_tensor(ya.astype(np.int64))
 
 
 def to_float_images(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from spadecam._progress import tick
 from spadecam.models.backbones import BACKBONES, backbone_name
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import NORMAL_CLASS, CNNConfig
-from spadecam.train_config import TrainConfig, _local_rng
+from spadecam.train_config import TrainConfig, local_rng
 
 __all__ = ["build_classifier", "fit_linear_head", "pooled_last_features"]
 
@@ -26,7 +26,7 @@ def build_classifier(config: Any, channels: int, seed: int) -> FeatureClassifier
     channels, its initial weights drawn from ``seed`` (the caller's RNG untouched), then the
     pretrained weights the config names (ImageNet, a user's file), if any."""
     config = (config or CNNConfig()).sized(channels)
-    with _local_rng(seed):
+    with local_rng(seed):
         model = BACKBONES[backbone_name(config)][0](config)
     return model.load_pretrained()
 

@@ -219,8 +219,9 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
     ----------
     X : ndarray (N, H, W), (N, C, H, W) or (N, H, W, C), or one image (H, W, C) or (H, W),
         read as :func:`batch_layout` says; or a list / tuple of single images
-        (H, W), (C, H, W) or (H, W, C), whose sizes may differ; uint8 in [0, 255] or float in
-        [0, 1]. The rules of :func:`spadecam.inputs.as_image_tensor`, without torch.
+        (H, W), (C, H, W) or (H, W, C), or batches of one (1, C, H, W) (no layout to guess:
+        what the CLI passes), whose sizes may differ; uint8 in [0, 255] or float in [0, 1].
+        The rules of :func:`spadecam.inputs.as_image_tensor`, without torch.
     name : str, the argument's name in error messages
 
     Raises
@@ -236,6 +237,9 @@ def check_images(X: Any, name: str = "X") -> list[np.ndarray]:
         out = []
         for i, x in enumerate(X):
             a = np.asarray(x)
+            if a.ndim == 4 and a.shape[0] == 1:  # a batch of one: read by batch_layout
+                out += check_images(a, f"{name}[{i}]")
+                continue
             layout = image_layout(a.shape, f"{name}[{i}]")
             a = {"CHW": a, "HWC": np.moveaxis(a, -1, 0), "HW": a[None]}[layout]
             out.append(_check_one(np.ascontiguousarray(a), f"{name}[{i}]"))

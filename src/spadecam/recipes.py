@@ -19,7 +19,7 @@ from typing import Any
 #: split preferred latent 16, which the ELPV recipe uses), the paper's ROI, and the classifier
 #: weight 10 that makes the known kind count and the feature bank's distance (both chosen on
 #: the validation splits of both); the
-#: CNN's kernels come from the image size (:func:`default_cnn_config`). docs/elpv.md,
+#: CNN's kernels come from the image size (:func:`spadecam.defaults.default_cnn_config`). docs/elpv.md,
 #: "Defaults and how they were chosen".
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     # classifier_weight 10: e' x (1 + 10 p(known anomaly)), chosen on both validation splits

@@ -1,7 +1,7 @@
 """How the VAE and the classifier train (:class:`TrainConfig`: budget, batch, optimiser,
 precision, Fabric settings, head-only training) and the error a diverged training raises;
 read by :mod:`spadecam.training` and :mod:`spadecam.linear_head`. Seeds stay local
-(:func:`_local_rng`).
+(:func:`local_rng`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from spadecam.recipes import FIT_DEFAULTS
 
-__all__ = ["TrainConfig", "TrainingDivergedError"]
+__all__ = ["TrainConfig", "TrainingDivergedError", "local_rng"]
 
 
 class TrainingDivergedError(ValueError):
@@ -74,8 +74,9 @@ class TrainConfig:
         Report each epoch: a tqdm bar when stderr is a terminal, else one line per epoch
         (training and validation loss) on stderr.
     head_only : bool
-        The classifier only (:func:`train_cnn`): keep the pretrained backbone as it is and fit
-        its linear head alone, as a class-balanced L2-regularised logistic regression
+        The classifier only (:func:`spadecam.training.train_cnn`): keep the pretrained
+        backbone as it is and fit its linear head alone, as a class-balanced L2-regularised
+        logistic regression
         (scikit-learn, ``head_c``) on the globally pooled last-block features of the training
         images, standardised and folded into the head (normal logit 0, known-anomaly logit
         the regression's). No optimiser steps: ``steps``, ``epochs``, ``lr``, ``schedule``
@@ -110,7 +111,7 @@ class TrainConfig:
 
 
 @contextlib.contextmanager
-def _local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+def local_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
     """Seed torch's global RNG (CPU, and ``device`` if CUDA) for the block; restore after.
 
     Module initialisers, ``randn_like`` and DataLoader draw from the global generators, so

@@ -54,7 +54,7 @@ from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig, classifier_loss
 from spadecam.models.resnet import ResNetConfig
 from spadecam.models.vae import ConvVAE, VAEConfig, negative_elbo
-from spadecam.train_config import TrainConfig, TrainingDivergedError, _local_rng
+from spadecam.train_config import TrainConfig, TrainingDivergedError, local_rng
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
@@ -123,7 +123,7 @@ def _fit(
     cfg = _measured_precision(model, tensors, loss_fn, cfg, name, train_idx)
     fabric = _fabric(cfg)
     # the VAE's sampling noise differs per rank; seeded and restored: the caller's RNG is kept
-    with _local_rng(rank_seed(cfg.seed, fabric.global_rank), fabric.device):
+    with local_rng(rank_seed(cfg.seed, fabric.global_rank), fabric.device):
         return _fit_seeded(fabric, model, tensors, loss_fn, cfg, name, train_idx, val_idx)
 
 
@@ -351,7 +351,7 @@ def train_vae(
         )
     config = (config or VAEConfig()).sized(x_normal.shape[1], x_normal.shape[-1])
     train = train or TrainConfig()
-    with _local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
+    with local_rng(train.seed):  # initial weights from the seed; the caller's RNG kept
         model = ConvVAE(config)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -95,10 +95,10 @@ def run_elpv(
         VAE to ablate and refuses True); ``spadecam reproduce elpv`` runs them with
         ``--ablations``.
     precision : str, optional
-        As in :func:`run_noisy_mnist`; None (default): the recipe's training precision (fp32)
-        and fp32 scoring, as the committed ELPV tables were measured.
+        As in :func:`spadecam.bench.reproduce.run_noisy_mnist`; None (default): the recipe's
+        training precision (fp32) and fp32 scoring, as the committed ELPV tables were measured.
     distributed : dict, optional
-        Fabric settings, as in :func:`run_noisy_mnist` (only rank 0 writes).
+        Fabric settings, as in :func:`spadecam.bench.reproduce.run_noisy_mnist` (only rank 0 writes).
     protocols : {"all", "ours", "dra"}
         Our protocols (unseen_type, few_labels, the supervised reference), the field's (DRA:
         general and hard settings, 1 and 10 labelled anomalies; their own normal split, so

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spadecam.bench.protocols import BenchmarkData, Protocol
-from spadecam.bench.runner import _BATCH, Execution, ProtocolResult, _float
+from spadecam.bench.runner import SCORE_BATCH, Execution, ProtocolResult, float_batch
 from spadecam.detectors import SPADE
 from spadecam.fusion import calibrate, error_term, margin_score
 from spadecam.knn import FeatureBank
@@ -44,14 +44,14 @@ _CHUNK = 64  # images per backbone pass
 def max_feature_errors(bank: Any, x: torch.Tensor) -> np.ndarray:
     """The feature-space error's maximum (N,) float64 of uint8 images x (no padding)."""
     with torch.inference_mode():
-        return torch.cat([bank.error_map(_float(x[i : i + _CHUNK])).flatten(1).amax(1)
+        return torch.cat([bank.error_map(float_batch(x[i : i + _CHUNK])).flatten(1).amax(1)
                           for i in range(0, len(x), _CHUNK)]).double().numpy()
 
 
 def logit_differences(cnn: Any, x: torch.Tensor) -> np.ndarray:
     """The classifier's y_anomaly - y_normal (N,) float64 of uint8 images x, in fp32."""
     with torch.inference_mode():
-        return torch.cat([cnn_score(cnn(_float(x[i : i + _CHUNK])))
+        return torch.cat([cnn_score(cnn(float_batch(x[i : i + _CHUNK])))
                           for i in range(0, len(x), _CHUNK)]).double().numpy()
 
 
@@ -72,27 +72,27 @@ class _Seed:
     pooled: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
-def _prepare_seed(data: BenchmarkData, recipe: Any, params: dict, seed: int,
+def _prepare_seed(data: BenchmarkData, config: Any, params: dict, seed: int,
                   progress: bool) -> _Seed:
     """A tenth of the normals held out (as ``SPADE.fit``), the patch bank from the rest, the
     errors of the test and held-out images, and the pooled features when only the head trains."""
     hold = holdout_split(torch.zeros(len(data.x_normal), dtype=torch.long), 0.1, seed)
     assert hold is not None
     normal, held = data.x_normal[~hold], data.x_normal[hold]
-    train = dataclasses.replace(recipe.cnn_train, seed=seed, progress=progress)
-    det = SPADE(recipe="pretrained", cnn_train=train, batch_size=_BATCH,
+    train = dataclasses.replace(config.cnn_train, seed=seed, progress=progress)
+    det = SPADE(recipe="pretrained", cnn_train=train, batch_size=SCORE_BATCH,
                 patch_bank_size=params.get("patch_bank_size", 16384))
     bank = det.build_patch_bank(normal)
     s = _Seed(seed, normal, held, max_feature_errors(bank, data.x_test),
               max_feature_errors(bank, held), train, tuple(bank.features.shape))
     if train.head_only:  # the frozen backbone's pooled features, once per seed
-        s.net = build_classifier(recipe.cnn, normal.shape[1], seed)  # as train_cnn builds it
+        s.net = build_classifier(config.cnn, normal.shape[1], seed)  # as train_cnn builds it
         s.pooled = {k: pooled_last_features(s.net, v, _CHUNK)
                     for k, v in (("normal", normal), ("held", held), ("test", data.x_test))}
     return s
 
 
-def _classifier_scores(s: _Seed, prot: Protocol, x_test: torch.Tensor, recipe: Any,
+def _classifier_scores(s: _Seed, prot: Protocol, x_test: torch.Tensor, config: Any,
                        with_features: bool) -> tuple[Any, np.ndarray, np.ndarray, dict]:
     """The protocol's classifier on the kept normals and its known anomalies: (classifier,
     test logit differences, held-out ones, pooled features for the image-level bank)."""
@@ -104,17 +104,17 @@ def _classifier_scores(s: _Seed, prot: Protocol, x_test: torch.Tensor, recipe: A
         with torch.inference_mode():
             return (cnn, cnn_score(cnn.fc(s.pooled["test"])).double().numpy(),
                     cnn_score(cnn.fc(s.pooled["held"])).double().numpy(), s.pooled)
-    cnn = train_cnn(x, y, recipe.cnn, s.train, recipe.loss)
+    cnn = train_cnn(x, y, config.cnn, s.train, config.loss)
     feats = ({k: pooled_last_features(cnn, v, _CHUNK) for k, v in
               (("normal", s.normal), ("held", s.held), ("test", x_test))}
              if with_features else {})
     return cnn, logit_differences(cnn, x_test), logit_differences(cnn, s.held), feats
 
 
-def _protocol_scores(s: _Seed, prot: Protocol, data: BenchmarkData, recipe: Any,
+def _protocol_scores(s: _Seed, prot: Protocol, data: BenchmarkData, config: Any,
                      params: dict, knn_w: float) -> tuple[Any, dict[str, np.ndarray]]:
     """The four methods' test scores of one protocol (see :func:`run_pretrained_benchmark`)."""
-    cnn, logit_test, logit_held, feats = _classifier_scores(s, prot, data.x_test, recipe,
+    cnn, logit_test, logit_held, feats = _classifier_scores(s, prot, data.x_test, config,
                                                             bool(knn_w))
     d_held = d_test = None
     if knn_w:  # the image-level bank: SPADE.fit builds it from the kept normals
@@ -134,7 +134,7 @@ def _protocol_scores(s: _Seed, prot: Protocol, data: BenchmarkData, recipe: Any,
 
 def run_pretrained_benchmark(
     load: Callable[[int], BenchmarkData],
-    recipe: Any,
+    config: Any,
     seeds: Sequence[int] = (0,),
     progress: bool = True,
     log: Callable[[str], Any] = print,
@@ -151,7 +151,7 @@ def run_pretrained_benchmark(
     one-class term (:func:`spadecam.fusion.error_term`: the maximum joined by the image-level
     bank's distance; with a head fitted alone the bank reads the frozen backbone, so no label
     is used either: the same scores in every protocol of a seed). Per protocol: the classifier
-    (``recipe.cnn`` with ``recipe.cnn_train``; the head alone by default) on the kept normals
+    (``config.cnn`` with ``config.cnn_train``; the head alone by default) on the kept normals
     and the known anomalies, its logit differences (``"cnn_pretrained"``), the calibration on
     the held-out normals and the margin fusion (``"spade_pretrained"``, its error term
     joined by the image-level bank of the kept normals' pooled last-block features when the
@@ -167,7 +167,7 @@ def run_pretrained_benchmark(
     ValueError
         An image-level bank on another block than the last (``knn_layer`` != -1).
     """
-    params = {**RECIPE_DEFAULTS["pretrained"], **getattr(recipe, "spade_params", {})}
+    params = {**RECIPE_DEFAULTS["pretrained"], **getattr(config, "spade_params", {})}
     knn_w = float(params.get("knn_power") or 0.0)
     if knn_w and params.get("knn_layer", -1) != -1:
         raise ValueError("the pretrained benchmark's image-level bank reads the last block "
@@ -176,7 +176,7 @@ def run_pretrained_benchmark(
     t0 = time.perf_counter()
     for seed in seeds:
         data = load(seed)
-        s = _prepare_seed(data, recipe, params, seed, progress)
+        s = _prepare_seed(data, config, params, seed, progress)
         log(f"seed {seed}: bank {s.bank_shape} from {len(s.normal)} normal images "
             f"({len(s.held)} held out), "
             f"errors of {len(data.x_test)} test images: "
@@ -184,8 +184,8 @@ def run_pretrained_benchmark(
         for prot in data.protocols:
             if "spade" not in prot.methods:
                 continue  # a supervised reference (the from-scratch run's rows)
-            cnn, scores = _protocol_scores(s, prot, data, recipe, params, knn_w)
-            new = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, recipe,
+            cnn, scores = _protocol_scores(s, prot, data, config, params, knn_w)
+            new = ProtocolResult(seed, prot, None, cnn, data, torch.empty(0), scores, config,
                                  Execution()).rows(scores)
             log(f"seed {seed} {prot.name} ({len(prot.x_known)} known): "
                 + ", ".join(f"{q['method']} {q['protocol']}/{q['subset']} {q['auroc']:.3f}"

@@ -3,8 +3,9 @@
 Noisy-MNIST (Narita et al., arXiv 1810.02607, III-B): digit 0 is normal; one of 1/3/5/7/9
 is the known anomaly; every other digit is an unknown anomaly. The VAE is trained once per
 seed on training-set 0s; a classifier is trained per known class on training 0s + that
-class. The MNIST test set is made noisy with a fixed seed (:data:`TEST_SEED`, the same for
-every model seed) and every test image is scored; AUROC treats every non-zero digit as
+class. The MNIST test set is made noisy with a fixed seed
+(:data:`spadecam.bench.protocols.TEST_SEED`, the same for every model seed) and every test
+image is scored; AUROC treats every non-zero digit as
 anomalous. ELPV: :func:`spadecam.bench.protocols.elpv_data`.
 
 Both are a data description (:mod:`spadecam.bench.protocols`) and a recipe
@@ -88,7 +89,7 @@ def _figures_for_model(out: Path, res: ProtocolResult, digits: np.ndarray) -> No
     and its SPADE and Grad-CAM maps, which the gallery reuses: no second feature bank, no
     second Grad-CAM pass); ``digits``: the test images' digits.
     """
-    r, cnn, u8, u_hat = res.recipe, res.cnn, res.data.x_test, res.u_hat
+    r, cnn, u8, u_hat = res.config, res.cnn, res.data.x_test, res.u_hat
     k = res.protocol.meta["known_class"]
     # one normal, the known class and unknown digits, in a fixed order
     picks = [int(np.flatnonzero(digits == d)[0]) for d in (0, k, 2, 4, 6, 8) if d in digits]

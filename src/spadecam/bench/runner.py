@@ -52,7 +52,8 @@ __all__ = [
     "start",
 ]
 
-_BATCH = 256
+#: Test images per scoring batch of every method (the cached maps come in batches of it).
+SCORE_BATCH = 256
 #: Columns of a benchmark's results CSV.
 COLUMNS = ("method", "protocol", "subset", "seed", "auroc", "aupr", "recipe")
 
@@ -121,7 +122,8 @@ def start(precision: str | None = None, distributed: dict | None = None) -> Exec
     )
 
 
-def _float(u8: torch.Tensor) -> torch.Tensor:
+def float_batch(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, S, S) as the networks take them: float32 in [0, 1], channels-last."""
     return _channels_last(to_float_images(u8))
 
 
@@ -132,7 +134,7 @@ def reconstruct(vae: Any, u8: torch.Tensor, precision: str = "32") -> torch.Tens
     vae = vae.to(memory_format=torch.channels_last)
     with scoring_context(precision, vae):
         return torch.cat(
-            [vae.reconstruct(_float(u8[i : i + _BATCH])) for i in range(0, len(u8), _BATCH)]
+            [vae.reconstruct(float_batch(u8[i : i + SCORE_BATCH])) for i in range(0, len(u8), SCORE_BATCH)]
         ).float()
 
 
@@ -146,17 +148,17 @@ def spade_map_batches(
     """
     if len(u8) != len(u_hat):
         raise ValueError(f"{len(u8)} images but {len(u_hat)} reconstructions")
-    for j, i in enumerate(range(0, len(u8), _BATCH)):
+    for j, i in enumerate(range(0, len(u8), SCORE_BATCH)):
         yield det.error_map_from_reconstruction(
-            _float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH], None if cams is None else cams[j]
-        )
+            float_batch(u8[i : i + SCORE_BATCH]), u_hat[i : i + SCORE_BATCH],
+            None if cams is None else cams[j])
 
 
 def cam_batches(det: SPADE, u8: torch.Tensor, u_hat: torch.Tensor) -> list:
     """The signed maps M(u), M(u_hat) and logits of u of every batch (SignedCams; a few MB
     for 10,000 images)."""
-    return [det.signed_cams(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH])
-            for i in range(0, len(u8), _BATCH)]
+    return [det.signed_cams(float_batch(u8[i : i + SCORE_BATCH]), u_hat[i : i + SCORE_BATCH])
+            for i in range(0, len(u8), SCORE_BATCH)]
 
 
 def spade_scores(
@@ -170,22 +172,23 @@ def spade_scores(
 def vae_scores(u8: torch.Tensor, u_hat: torch.Tensor, smoothing: float, norm: str) -> np.ndarray:
     """VAE-based scores: the reconstruction error summed over pixels and channels."""
     return np.concatenate([
-        reconstruction_error(_float(u8[i : i + _BATCH]), u_hat[i : i + _BATCH], smoothing, norm)
+        reconstruction_error(float_batch(u8[i : i + SCORE_BATCH]), u_hat[i : i + SCORE_BATCH],
+                             smoothing, norm)
         .sum(dim=(1, 2, 3)).double().numpy()
-        for i in range(0, len(u8), _BATCH)
+        for i in range(0, len(u8), SCORE_BATCH)
     ])
 
 
-def detector_params(recipe: Any) -> dict[str, Any]:
-    """The scoring parameters of SPADE and Naive SPADE a recipe sets: the detector's recipe
-    is "spadecam" (the benchmarks' VAE and CNN recipes) unless ``spade_params`` names one."""
-    return {"recipe": "spadecam", "cam_layer": recipe.cam_layer, "upsample": recipe.upsample,
-            "error_smoothing": recipe.error_smoothing, "error_norm": recipe.error_norm,
-            **getattr(recipe, "spade_params", {})}
+def detector_params(config: Any) -> dict[str, Any]:
+    """The scoring parameters of SPADE and Naive SPADE a benchmark config sets: the detector's
+    recipe is "spadecam" (the benchmarks' VAE and CNN) unless ``spade_params`` names one."""
+    return {"recipe": "spadecam", "cam_layer": config.cam_layer, "upsample": config.upsample,
+            "error_smoothing": config.error_smoothing, "error_norm": config.error_norm,
+            **getattr(config, "spade_params", {})}
 
 
 def method_scores(
-    methods: Sequence[str], recipe: Any, vae: Any, cnn: Any, u8: torch.Tensor,
+    methods: Sequence[str], config: Any, vae: Any, cnn: Any, u8: torch.Tensor,
     u_hat: torch.Tensor, s_vae: np.ndarray, precision: str = "32", cams: list | None = None,
     x_normal: torch.Tensor | None = None, knn_bank: Any = None,
 ) -> dict[str, np.ndarray]:
@@ -200,7 +203,7 @@ def method_scores(
     ``x_normal``: the normal training images (uint8), SPADE's feature bank when the recipe
     sets ``knn_power``; ``knn_bank``: that bank already built (then ``x_normal`` is unused).
     """
-    base = {**detector_params(recipe), "precision": precision}
+    base = {**detector_params(config), "precision": precision}
     # Naive SPADE: SPADE's Grad-CAM (layer, method, precision) with its own ROI arithmetic
     naive = {k: v for k, v in base.items() if k in ("cam_layer", "cam_method", "upsample",
                                                      "error_smoothing", "error_norm",
@@ -240,7 +243,7 @@ class ProtocolResult:
     data : BenchmarkData
     u_hat : Tensor (T, C, S, S) float32, the reconstructions of ``data.x_test``
     scores : dict method -> ndarray (T,), the methods' test scores (before renaming)
-    recipe : the run's recipe
+    config : the run's :class:`~spadecam.bench.configs.BenchmarkConfig`
     execution : Execution
     """
 
@@ -251,7 +254,7 @@ class ProtocolResult:
     data: BenchmarkData
     u_hat: torch.Tensor
     scores: dict[str, np.ndarray]
-    recipe: Any
+    config: Any
     execution: Execution
     _cams: list | None = None
     _cam_source: SPADE | None = None  # the detector the cached maps were computed with
@@ -267,7 +270,7 @@ class ProtocolResult:
         The signed Grad-CAM maps are reused when the variant reads the same ones.
         """
         prec = params.pop("precision", self.execution.score_precision)
-        kw = {**detector_params(self.recipe), **params, "precision": prec}
+        kw = {**detector_params(self.config), **params, "precision": prec}
         spec = SPADE(**kw)
         key = (spec.knn_layer, spec.knn_k, prec)
         det = SPADE.from_models(self.vae, self.cnn, self.data.x_normal, self._banks.get(key),
@@ -306,8 +309,8 @@ class ProtocolResult:
         x, n = self.data.x_test, max(0, min(int(n), len(self.data.x_test)))
         if n == 0:
             return torch.zeros((0, *x.shape[-2:]), dtype=torch.float32)
-        batches = -(-n // _BATCH)  # the cached maps come in whole batches of _BATCH
-        end = min(len(x), batches * _BATCH)
+        batches = -(-n // SCORE_BATCH)  # the cached maps come in whole batches of SCORE_BATCH
+        end = min(len(x), batches * SCORE_BATCH)
         cams = None if self._cams is None else self._cams[:batches]
         return torch.cat(list(spade_map_batches(det, x[:end], self.u_hat[:end], cams)))[:n]
 
@@ -320,14 +323,14 @@ class ProtocolResult:
                 lab, sc = y[idx], s[idx]
                 out.append({"method": self.protocol.rename.get(m, m), "protocol": pname,
                             "subset": subset, "seed": self.seed, "auroc": auroc(lab, sc),
-                            "aupr": average_precision(lab, sc), "recipe": self.recipe.name,
+                            "aupr": average_precision(lab, sc), "recipe": self.config.name,
                             "n_test": len(idx), "n_anomalous": int(lab.sum()),
                             **self.protocol.meta})
         return out
 
 
 def _per_process_batch(r: Any, world: int) -> Any:
-    """The recipe with each batch split over ``world`` DDP processes (same global batch)."""
+    """The config with each batch split over ``world`` DDP processes (same global batch)."""
     for t in (r.vae_train, r.cnn_train):
         if t.batch_size % world:
             raise ValueError(
@@ -343,7 +346,7 @@ def _per_process_batch(r: Any, world: int) -> Any:
 
 def run_benchmark(
     load: Callable[[int], BenchmarkData],
-    recipe: Any,
+    config: Any,
     seeds: Sequence[int] = (0,),
     progress: bool = True,
     log: Callable[[str], Any] = print,
@@ -357,7 +360,7 @@ def run_benchmark(
     ----------
     load : callable seed -> BenchmarkData
         The data set's description of one seed.
-    recipe : :class:`spadecam.bench.configs.BenchmarkConfig` (or an object with its training and scoring
+    config : :class:`spadecam.bench.configs.BenchmarkConfig` (or an object with its training and scoring
         fields); the training seeds are replaced by each seed.
     seeds : model seeds (weights, batch order, splits the data set draws per seed)
     on_protocol : callable, optional
@@ -378,7 +381,7 @@ def run_benchmark(
     ex = execution or Execution()
     if ex.rank != 0:
         log, progress = (lambda *a, **k: None), False  # rank 0 reports
-    r = _per_process_batch(recipe, ex.world_size)
+    r = _per_process_batch(config, ex.world_size)
     trained_in = ex.train_precision if ex.train else resolve_training_precision(
         str(r.vae_train.precision), r.vae_train.accelerator or "cpu")  # the recipe's
     extra = {} if execution is None else {"train_precision": trained_in,

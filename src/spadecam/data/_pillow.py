@@ -35,7 +35,7 @@ class ImageError(ValueError):
     Attributes
     ----------
     paths : list of str
-        The files at fault (several when :func:`read_images` lists every unusable file).
+        The files at fault (several when :func:`spadecam.data.images.read_images` lists every unusable file).
     """
 
     def __init__(self, message: str, paths: Sequence[str | os.PathLike] = ()) -> None:

@@ -42,6 +42,7 @@ Choices, and what this module does
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -328,22 +329,34 @@ def read_images(
     if not paths:
         raise ValueError("no images to read")
 
+    failed = threading.Event()  # once a file failed, the rest are only checked, not kept
+    seen: set[int] = set()  # the channel counts met (channels=None)
+
     def load(p: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], int] | ImageError:
         try:
             x = load_image(p, channels, None, policy, min_size)
         except ImageError as exc:
+            failed.set()
             return exc
-        hw = (int(x.shape[1]), int(x.shape[2]))
-        if size is not None:
-            x = resize_image(x, size, policy)
-        return (x if keep else np.empty(0, np.float32)), hw, x.shape[0]
+        hw, c = (int(x.shape[1]), int(x.shape[2])), int(x.shape[0])
+        if channels is None:
+            seen.add(c)
+            if len(seen) > 1:
+                failed.set()  # mixed channel counts: an error below, nothing to keep
+        if not keep or failed.is_set():
+            return np.empty(0, np.float32), hw, c
+        return (resize_image(x, size, policy) if size is not None else x), hw, c
 
     done = []
     with ThreadPoolExecutor(io_threads()) as pool:
-        for n, r in enumerate(bar(pool.map(load, paths), total=len(paths), enabled=progress,
-                                  desc=desc)):
-            tick(f"{desc}: {n}/{len(paths)}")
-            done.append(r)
+        try:
+            for n, r in enumerate(bar(pool.map(load, paths), total=len(paths),
+                                      enabled=progress, desc=desc)):
+                tick(f"{desc}: {n}/{len(paths)}")
+                done.append(r)
+        except BaseException:  # Ctrl-C or a bug: the files not yet started are not read
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     errors = [r for r in done if isinstance(r, ImageError)]
     if errors:
         raise ImageError.combine(errors, len(paths))

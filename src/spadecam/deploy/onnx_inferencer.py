@@ -318,7 +318,8 @@ class OnnxSPADE:
     def read(self, paths: Sequence[Path]) -> list[np.ndarray]:
         """Each file at its own size in the model's channels, (C, H_i, W_i) float32 [0, 1];
         one ImageError names every unusable file (as ``spadecam score`` with torch)."""
-        return read_images(paths, self.channels, min_size=self.min_input_size)
+        # every image is resized to the graph's input side: any file size is taken (as by fit)
+        return read_images(paths, self.channels, min_size=1 if self.image_size else self.min_input_size)
 
 
 def score_onnx(
@@ -344,11 +345,13 @@ def score_onnx(
         paths = collect_inputs(inputs)
         names = _outputs.map_names(paths) if maps is not None else []
         # every file, before anything is written
-        read_images(paths, det.channels, min_size=det.min_input_size, keep=False)
+        read_images(paths, det.channels, keep=False,
+                    min_size=1 if det.image_size else det.min_input_size)
 
         def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
             try:
-                return det.decision_function_and_map(x)
+                # batches of one (1, C, H, W): no layout to guess, whatever the size
+                return det.decision_function_and_map([a[None] for a in x])
             except NonFiniteScoreError as exc:  # as spadecam score with torch (names the files)
                 raise _outputs.non_finite_error(exc, chunk) from None
 

@@ -125,17 +125,25 @@ class TorchInferencer:
         """Each image at its own size in the model's channels, (C, H_i, W_i) float32 in [0, 1].
 
         Every file is tried before an error: one ImageError lists all unusable files
-        (unreadable, or a side below the networks' minimum, ``preprocessing["min_input_size"]``).
+        (unreadable, or, for a model without a fixed input side, a side below the networks'
+        minimum, ``preprocessing["min_input_size"]``).
         """
-        return read_images(paths, self.preprocessing["channels"],
-                           min_size=self.preprocessing.get("min_input_size", 1), progress=progress)
+        return read_images(paths, self.preprocessing["channels"], min_size=self._min_side(),
+                           progress=progress)
 
     def check(self, paths: Sequence[Path], progress: bool = False) -> None:
         """:meth:`read` without keeping the images: every file decoded once, one ImageError
         naming all unusable ones (for scoring in chunks with flat memory)."""
-        read_images(paths, self.preprocessing["channels"],
-                    min_size=self.preprocessing.get("min_input_size", 1), progress=progress,
-                    keep=False)
+        read_images(paths, self.preprocessing["channels"], min_size=self._min_side(),
+                    progress=progress, keep=False)
+
+    def _min_side(self) -> int:
+        """The smallest side a file may have: any, when the model resizes every image to its
+        input side (as ``fit`` does); else the networks' minimum
+        (``preprocessing["min_input_size"]``), the images being scored at their own size."""
+        if self.detector._input_spec()[0] is not None:
+            return 1
+        return int(self.preprocessing.get("min_input_size", 1))
 
     def score(
         self, x: list[np.ndarray], paths: Sequence[Path], progress: bool = False
@@ -152,7 +160,9 @@ class TorchInferencer:
         with bar(total=len(x), desc="scoring", enabled=progress) as shown:
             for i in range(0, len(x), step):
                 try:
-                    s, m = self.detector.decision_function_and_map(x[i : i + step])
+                    # batches of one (1, C, H, W): no layout to guess, whatever the size
+                    s, m = self.detector.decision_function_and_map(
+                        [a[None] for a in x[i : i + step]])
                 except NonFiniteScoreError as exc:
                     raise non_finite_error(exc, paths, i) from None
                 scores.append(s)

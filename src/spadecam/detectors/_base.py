@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -18,11 +18,14 @@ from spadecam._progress import tick, warn
 from spadecam.decision import flag_anomalous
 from spadecam.detectors._files import _ModelFiles
 from spadecam.exceptions import _check_finite, _require
+from spadecam.feature_error import PatchBank
 from spadecam.inputs import (
     ModelBatch,
     _as_tensor,
     _channels_last,
     as_image_tensor,
+    as_labels,
+    fixed_input_side,
     image_list,
     iter_model_batches,
     maps_to_images,
@@ -35,6 +38,7 @@ from spadecam.inputs import (
 from spadecam.io import (
     check_detector_params,
 )
+from spadecam.knn import FeatureBank
 from spadecam.models.backbones import CLASSIFIER_CONFIGS
 from spadecam.models.classifier import FeatureClassifier
 from spadecam.models.cnn import CNNConfig
@@ -52,18 +56,6 @@ from spadecam.training import TrainConfig
 _M = TypeVar("_M", bound=nn.Module)
 
 
-def _as_labels(y: Any, n: int) -> torch.Tensor:
-    if y is None:
-        return torch.zeros(n, dtype=torch.long)
-    ya = np.asarray(y).reshape(-1)
-    if ya.shape[0] != n:
-        raise ValueError(f"y must have one label per image: {n} images, {ya.shape[0]} labels")
-    bad = sorted(set(np.unique(ya).tolist()) - {0, 1})
-    if bad:
-        raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly), found {bad[:5]}")
-    return torch.as_tensor(ya.astype(np.int64))
-
-
 def _prepare(model: _M) -> _M:
     # layout only: the parameters stay the same objects (an optimizer holding them still
     # works) and the train/eval mode is left to the caller; scoring switches to eval mode
@@ -74,8 +66,21 @@ def _prepare(model: _M) -> _M:
 
 # --------------------------------------------------------------------------- detectors
 
+class _Fitted:
+    """The fitted attributes (set by fit / from_models / load; which ones: ``_model_attrs``),
+    declared on a plain class: they are not parameters, so not dataclass fields (an unfitted
+    detector has none of them; ``dataclasses.asdict`` and a dataclass subclass's repr read the
+    parameters alone)."""
+
+    threshold_: float | None
+    vae_: ConvVAE | None  # None: SPADE's pretrained recipe trains no VAE
+    cnn_: FeatureClassifier
+    knn_: FeatureBank | None  # SPADE's image-level memory bank
+    patch_bank_: PatchBank | None  # SPADE's feature-space error
+
+
 @dataclass(eq=False, repr=False, kw_only=True)
-class _BaseDetector(_ModelFiles, BaseEstimator):
+class _BaseDetector(_Fitted, _ModelFiles, BaseEstimator):
     """Shared PyOD-style plumbing: input sizes, threshold_, predict, batching.
 
     A scikit-learn estimator (``get_params`` / ``set_params``, so ``sklearn.base.clone``
@@ -121,10 +126,6 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
     image_size: int | None = None
     resize: str = FIT_DEFAULTS["resize"]
     recipe: str = "spadecam"
-    # fitted attributes (set by fit / from_models / load; which ones: _model_attrs)
-    threshold_: float | None = field(init=False)
-    vae_: ConvVAE = field(init=False)
-    cnn_: FeatureClassifier = field(init=False)
     # each detector's own signature: VAEDetector(vae), CNNDetector(cnn), SPADE(vae, cnn)
     from_models: ClassVar[Callable[..., Any]]
 
@@ -206,41 +207,59 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
         kernels follow it; None: any side, for the checks that do not depend on it)."""
         raise NotImplementedError
 
-    def input_side(self, sizes: Sequence[tuple[int, int]]) -> int:
+    def input_side(self, sizes: Sequence[tuple[int, int]] | None = None) -> int:
         """The side S of the square model input ``fit`` would train at, given the training
-        images' own (H, W) sizes in pixels (:func:`spadecam.inputs.model_input_side`);
-        ``spadecam train`` reads its files straight to it.
+        images' own (H, W) sizes in pixels (:func:`spadecam.inputs.model_input_side`; None
+        when :meth:`fixed_input_side` gives it); ``spadecam train`` reads its files straight
+        to it.
 
         Raises
         ------
         ValueError
-            S below the networks' minimum (:meth:`min_input_side`).
+            S below the networks' minimum (:meth:`min_input_side`); ``sizes`` None when S
+            depends on them.
         """
         return self._fit_size(sizes)[0]
+
+    def fixed_input_side(self) -> int | None:
+        """The input side ``fit`` uses whatever the images (``image_size``, the VAE config's,
+        or the recipe's), else None (:func:`spadecam.inputs.fixed_input_side`)."""
+        fixed = fixed_input_side(self.image_size, self._config_size(), self.recipe)
+        return None if fixed is None else fixed[0]
+
+    def _config_size(self) -> int | None:
+        return getattr(getattr(self, "vae_config", None), "image_size", None)
 
     def min_input_side(self) -> int:
         """The smallest model input side, in pixels, the networks ``fit`` builds accept
         (:func:`spadecam.inputs.min_input_size`)."""
         return min_input_size(*self._fit_configs())
 
-    def _fit_size(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, tuple[Any, Any]]:
+    def _fit_size(self, sizes: Sequence[tuple[int, int]] | None
+                  ) -> tuple[int, tuple[Any, Any]]:
         """The model input side S for fit from the training images' own (H, W)
         (:func:`spadecam.inputs.model_input_side`, the rule ``spadecam train`` applies too)
         and the configs fit trains at that side (:meth:`_fit_configs`, built once).
 
         Raises ValueError naming where S came from when it is below the networks' minimum.
         """
-        size, source = model_input_side(sizes, self.image_size,
-                                         getattr(getattr(self, "vae_config", None),
-                                                 "image_size", None), self.recipe)
+        size, source = model_input_side(sizes, self.image_size, self._config_size(),
+                                         self.recipe)
         configs = self._fit_configs(size)
         need = min_input_size(*configs)
         if size < need:
             raise ValueError(
                 f"{source} is below the minimum input side of {need} pixels the networks "
-                f"accept; pass image_size >= {need} (images are resized to it)"
+                f"accept; pass image_size (--image-size) >= {need} (images are resized to it)"
             )
         return size, configs
+
+    def _check_channels(self, channels: int) -> None:
+        """ValueError when a given config's ``in_channels`` is not the images' count."""
+        for name in ("vae_config", "cnn_config"):
+            c = getattr(getattr(self, name, None), "in_channels", None)
+            if c is not None and c != channels:
+                raise ValueError(f"{name}.in_channels={c} but X has {channels} channel(s)")
 
     def _fit_inputs(self, X: Any, y: Any) -> tuple[
             torch.Tensor, torch.Tensor | None, torch.Tensor, int, str, tuple[Any, Any]]:
@@ -256,21 +275,20 @@ class _BaseDetector(_ModelFiles, BaseEstimator):
             valid = None if X.valid is None else _as_tensor(X.valid).float()
             if x.shape[-1] != x.shape[-2] or (valid is not None and valid.shape[-2:] != x.shape[-2:]):
                 raise ValueError("ModelBatch.u must be square (N, C, S, S) and valid (N, 1, S, S)")
+            if len(X.sizes) != len(x):
+                raise ValueError(f"ModelBatch.sizes has {len(X.sizes)} entries for {len(x)} images")
+            self._check_channels(int(x.shape[1]))
             size, configs = self._fit_size(X.sizes)
             if size != x.shape[-1]:
                 raise ValueError(f"the ModelBatch is {x.shape[-1]} px square but fit's input "
                                  f"side is {size} px (spadecam.inputs.model_input_side)")
-            return x, valid, _as_labels(y, len(x)), size, "files", configs
+            return x, valid, as_labels(y, len(x)), size, "files", configs
         imgs = image_list(X)
         parts = [imgs] if isinstance(imgs, torch.Tensor) else imgs
         # how the arrays were scaled, for files read later (default_preprocessing)
         fit_input = "uint8" if all(t.dtype == torch.uint8 for t in parts) else "float"
-        yt = _as_labels(y, len(imgs))
-        channels = parts[0].shape[1]
-        for name in ("vae_config", "cnn_config"):
-            c = getattr(getattr(self, name, None), "in_channels", None)
-            if c is not None and c != channels:
-                raise ValueError(f"{name}.in_channels={c} but X has {channels} channel(s)")
+        yt = as_labels(y, len(imgs))
+        self._check_channels(int(parts[0].shape[1]))
         size, configs = self._fit_size([(int(t.shape[-2]), int(t.shape[-1])) for t in parts])
         if isinstance(imgs, torch.Tensor) and tuple(imgs.shape[-2:]) == (size, size):
             return imgs, None, yt, size, fit_input, configs

@@ -22,7 +22,7 @@ from spadecam.preprocess import RESIZE_POLICIES
 __all__: list[str] = []
 
 #: Detector parameters stored in a model directory (the models carry their own configs); each
-#: class stores those its constructor takes (:meth:`_BaseDetector._saved_params`).
+#: class stores those its constructor takes (:meth:`_ModelFiles._saved_params`).
 _SAVED_PARAMS = (
     "loss", "cam_layer", "input_branch", "recon_branch", "normalise", "upsample", "cam_method",
     "error_smoothing", "error_norm", "batch_size", "precision", "threshold_quantile",

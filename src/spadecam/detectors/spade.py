@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -173,10 +173,6 @@ class SPADE(_BaseDetector):
     """
 
     _model_attrs: ClassVar[tuple[str, ...]] = ("vae_", "cnn_")
-    # fitted (fit, from_models, load): not parameters
-    vae_: ConvVAE | None = field(init=False)  # type: ignore[assignment]  # None: score="margin", error="feature"
-    knn_: FeatureBank | None = field(init=False)
-    patch_bank_: PatchBank | None = field(init=False)
 
     # SPADE's own parameters (the shared ones are _BaseDetector's fields)
     vae_config: VAEConfig | None = None
@@ -223,7 +219,9 @@ class SPADE(_BaseDetector):
         ----------
         X : array-like (N, H, W) or (N, C, H, W), uint8 [0, 255] or float [0, 1], any H, W;
             or a list of single images (H, W) / (C, H, W) whose sizes may differ. They are
-            brought to ``image_size_`` (see ``image_size``, ``resize``).
+            brought to ``image_size_`` (see ``image_size``, ``resize``;
+            :meth:`input_side`). Or a :class:`spadecam.preprocess.ModelBatch` already at that
+            side (what ``spadecam train`` passes: its files read straight to it).
         y : array-like (N,), 0 = normal, 1 = known anomaly
 
         Returns

@@ -17,12 +17,11 @@ from spadecam._progress import warn
 from spadecam.data.folders import DatasetError, folder_layout
 from spadecam.data.images import image_sizes, read_images
 from spadecam.decision import THRESHOLD_RULE, format_threshold
-from spadecam.defaults import default_cnn_config, default_vae_config
-from spadecam.deploy.torch_inferencer import TorchInferencer
+from spadecam.defaults import default_cnn_config
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.distributed import fabric_settings, launch
-from spadecam.inputs import ModelBatch, letterbox_mask, min_input_size
+from spadecam.inputs import ModelBatch, letterbox_mask
 from spadecam.io import check_detector_params
 from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
@@ -173,8 +172,6 @@ def build_detector(
     # the detector's own rules (those of config.json), each named as its option
     check_detector_params("spadecam train", scoring, len(layers.channels)
                           if isinstance(layers, CNNConfig) else None, as_options=True)
-    if image_size is not None:
-        _check_side(image_size, vae_cfg or default_vae_config(recipe), layers, backbone)
     train_cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         **cast(dict[str, Any], {} if steps is None else {"steps": steps}),
@@ -188,7 +185,10 @@ def build_detector(
     # above when given)
     cls = DETECTOR_KINDS[detector]
     taken = {f.name for f in dataclasses.fields(cls) if f.init}
-    return cls(**{k: v for k, v in params.items() if k in taken})
+    det = cls(**{k: v for k, v in params.items() if k in taken})
+    if image_size is not None:
+        _check_side(image_size, det, backbone)
+    return det
 
 
 def _refuse_options(detector: str, recipe: str | None, **given: Any) -> None:
@@ -249,15 +249,16 @@ def _classifier_config(backbone: str, backbone_weights: str | os.PathLike | None
     return cfg
 
 
-def _check_side(side: int, vae_config: Any, cnn_config: Any, backbone: str) -> None:
-    """ValueError when the model input side is below the networks' minimum
-    (:func:`~spadecam.inputs.min_input_size`), naming ``--image-size``."""
-    need = min_input_size(vae_config, cnn_config)
+def _check_side(side: int, det: _BaseDetector, backbone: str) -> None:
+    """ValueError naming ``--image-size`` when it is below the minimum side of the networks
+    this detector trains (:meth:`~spadecam.detectors.SPADE.min_input_side`)."""
+    need = det.min_input_side()
     if side < need:
-        raise ValueError(
-            f"--image-size {side} is smaller than the minimum of {need} pixels for the "
-            f"{backbone} backbone and the VAE"
-        )
+        networks = f"the {backbone} backbone" if det._fit_configs()[1] is not None else ""
+        if det._fit_configs()[0] is not None:
+            networks += " and the VAE" if networks else "the VAE"
+        raise ValueError(f"--image-size {side} is smaller than the minimum of {need} pixels "
+                         f"for {networks}")
 
 
 def default_recipe(detector: str = "spade") -> str:
@@ -276,14 +277,14 @@ def _read_for_fit(det: _BaseDetector, paths: Sequence[Path], channels: int | Non
     it (memory stays that of the model-size batch) with the letterbox mask and boxes of
     :func:`spadecam.preprocess.to_model_input`. Returns (the batch, its channel count).
 
-    Raises ImageError naming every unreadable file and every one below the networks'
-    minimum side (so the longest side, and ``--image-size``, checked in
-    :func:`build_detector`, are at least that minimum).
+    Raises ImageError naming every unreadable file; ValueError when the side is below the
+    networks' minimum (``--image-size`` is checked in :func:`build_detector`).
     """
-    need = det.min_input_side()
-    side = det.input_side(image_sizes(paths, min_size=need))
+    # as fit takes arrays: any image size, each resized to the side (checked against the
+    # networks' minimum there); the files' headers only when the side depends on them
+    side = det.input_side(None if det.fixed_input_side() else image_sizes(paths))
     sizes: list[tuple[int, int]] = []
-    x = read_images(paths, channels, side, det.resize, need, progress, sizes=sizes)
+    x = read_images(paths, channels, side, det.resize, progress=progress, sizes=sizes)
     boxes = None if all(hw == (side, side) for hw in sizes) else [
         content_box(h, w, side, det.resize) for h, w in sizes]
     return (ModelBatch(np.stack(x), letterbox_mask(sizes, side, det.resize), sizes, boxes),
@@ -319,9 +320,10 @@ def train(
         Normal images (the VAE learns these, eq. 1) and known anomalies (the classifier
         separates them from the normal ones, eq. 2).
     out : path of the model directory (new, empty, or an older spadecam model)
-    image_size, channels : the model input side (None: the recipe's, 224 for "pretrained",
-        the default, else 128) and the channel count images are converted to (None: the images' own,
-        which must be the same for all); see the module notes
+    image_size, channels : the model input side (None: fit's rule, as for ``SPADE()``: 224
+        for "pretrained", the default, else the images' longest side, at most 128) and the
+        channel count images are converted to (None: the images' own, which must be the same
+        for all); see the module notes
     log : callable, optional
         Receives a summary, one line at a time (rank 0 only): what was read (counts per
         class, image sizes, channels), how many images were held out, the threshold, the
@@ -450,9 +452,9 @@ def _overlay_scale(det: _BaseDetector, preprocessing: dict[str, Any],
     None for a detector without a map (the CNN-based one)."""
     if not det.has_anomaly_map:
         return None
-    inferencer = TorchInferencer(det, preprocessing, {}, Path())
-    maps = inferencer.score(inferencer.read(paths), paths)[1]
-    return None if maps is None else float(np.quantile([m.max() for m in maps], 0.99))
+    # each file read as score reads it, in batches of one (no layout to guess)
+    maps = det.anomaly_map([a[None] for a in read_images(paths, preprocessing["channels"])])
+    return float(np.quantile([float(m.max()) for m in maps], 0.99))
 
 
 def _size_range(sizes: Sequence[tuple[int, int]]) -> str:
