@@ -162,3 +162,34 @@ def test_the_readme_is_short_and_says_how_to_reach_the_installed_cli():
     for line in readme.splitlines():
         if "--mvtec" in line:
             assert not re.search(r"spadecam (train|score)\b", line), line
+
+
+def test_the_python_api_size_example_prints_what_the_page_says():
+    """docs/python-api.md's example of images of other sizes: the input side it names, the
+    shape it prints and the per-image map sizes are what the code gives (a tiny training)."""
+    import ast
+
+    import numpy as np
+
+    from spadecam import SPADE
+    from spadecam.training import TrainConfig
+
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    fit = re.search(r"fit\(X_train, y_train\)\s+# e\.g\. \((\d+), (\d+), (\d+)\) uint8: input "
+                    r"(\d+) x (\d+)", text)
+    shape = re.search(r"det\.anomaly_map\(np\.zeros\((\(\d+, \d+, \d+\)), np\.uint8\)\)\.shape"
+                      r"\s+# (\(\d+, \d+, \d+\))", text)
+    listed = re.search(r"det\.anomaly_map\(\[img_(\d+)x(\d+), img_(\d+)x(\d+)\]\)", text)
+    assert fit and shape and listed, "the example's lines changed: update this test"
+    n, h, w, side, side2 = map(int, fit.groups())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, h, w), dtype=np.uint8)
+    y = np.r_[np.zeros(n - 6), np.ones(6)].astype(int)
+    budget = TrainConfig(steps=2, progress=False)
+    det = SPADE(recipe="spadecam", vae_train=budget, cnn_train=budget).fit(x, y)
+    assert det.image_size_ == side == side2
+    got = det.anomaly_map(np.zeros(ast.literal_eval(shape.group(1)), np.uint8)).shape
+    assert got == ast.literal_eval(shape.group(2))
+    a, b, c, d = map(int, listed.groups())
+    maps = det.anomaly_map([np.zeros((a, b), np.uint8), np.zeros((c, d), np.uint8)])
+    assert [m.shape for m in maps] == [(a, b), (c, d)]
