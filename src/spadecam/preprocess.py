@@ -36,6 +36,7 @@ __all__ = [
     "check_images",
     "is_channels_last",
     "letterbox_mask",
+    "model_batch",
     "maps_to_sizes",
     "resize_map",
     "stack_maps",
@@ -321,8 +322,30 @@ def to_model_input(images: Sequence[np.ndarray], size: int, policy: str = "lette
         raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {policy!r}")
     sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
     if all(s == (size, size) for s in sizes):
-        return ModelBatch(np.stack([to_float(x) for x in images]), None, sizes, None)
+        return model_batch(np.stack([to_float(x) for x in images]), sizes, size, policy)
     u = np.stack([resize_image(to_float(x), size, policy) for x in images])
+    return model_batch(u, sizes, size, policy)
+
+
+def model_batch(u: np.ndarray, sizes: Sequence[tuple[int, int]], size: int,
+                policy: str = "letterbox") -> ModelBatch:
+    """The :class:`ModelBatch` of images already brought to the model's input.
+
+    Parameters
+    ----------
+    u : ndarray (N, C, S, S), float32 in [0, 1], S = ``size``: the images resized by ``policy``
+    sizes : sequence of N (H, W), each image's own size in pixels
+    size : int, the model's input side S
+    policy : {"letterbox", "resize"}
+
+    Returns
+    -------
+    ModelBatch with the letterbox mask (:func:`letterbox_mask`) and each image's box
+    (:func:`content_box`); both None when every image already had the size.
+    """
+    sizes = list(sizes)
+    if all(s == (size, size) for s in sizes):
+        return ModelBatch(u, None, sizes, None)
     return ModelBatch(u, letterbox_mask(sizes, size, policy), sizes,
                       [content_box(h, w, size, policy) for h, w in sizes])
 

@@ -318,8 +318,12 @@ class OnnxSPADE:
     def read(self, paths: Sequence[Path]) -> list[np.ndarray]:
         """Each file at its own size in the model's channels, (C, H_i, W_i) float32 [0, 1];
         one ImageError names every unusable file (as ``spadecam score`` with torch)."""
-        # every image is resized to the graph's input side: any file size is taken (as by fit)
-        return read_images(paths, self.channels, min_size=1 if self.image_size else self.min_input_size)
+        return read_images(paths, self.channels, min_size=self._min_side())
+
+    def _min_side(self) -> int:
+        """The smallest side a file may have: any when the graph resizes every image to its
+        input side (as ``fit`` takes any size), else the networks' minimum."""
+        return 1 if self.image_size else self.min_input_size
 
 
 def score_onnx(
@@ -345,8 +349,7 @@ def score_onnx(
         paths = collect_inputs(inputs)
         names = _outputs.map_names(paths) if maps is not None else []
         # every file, before anything is written
-        read_images(paths, det.channels, keep=False,
-                    min_size=1 if det.image_size else det.min_input_size)
+        read_images(paths, det.channels, min_size=det._min_side(), keep=False)
 
         def score(x: list[np.ndarray], chunk: Sequence[Path]) -> tuple[np.ndarray, Any]:
             try:

@@ -21,7 +21,7 @@ from spadecam.defaults import default_cnn_config
 from spadecam.detectors import SPADE, CNNDetector, NaiveSPADE, VAEDetector
 from spadecam.detectors._base import _BaseDetector
 from spadecam.distributed import fabric_settings, launch
-from spadecam.inputs import ModelBatch, letterbox_mask
+from spadecam.inputs import ModelBatch
 from spadecam.io import check_detector_params
 from spadecam.models.backbones import BACKBONES as _BACKBONE_TABLE
 from spadecam.models.cnn import CNNConfig
@@ -29,7 +29,7 @@ from spadecam.models.efficientnet import EfficientNetLiteConfig
 from spadecam.models.resnet import ResNetConfig, check_weights
 from spadecam.models.vae import VAEConfig
 from spadecam.precision import resolve_scoring_precision
-from spadecam.preprocess import RESIZE_POLICIES, content_box
+from spadecam.preprocess import RESIZE_POLICIES, model_batch
 from spadecam.recipes import FIT_DEFAULTS as FIT
 from spadecam.recipes import RECIPE_DEFAULTS, fit_default
 from spadecam.threshold import describe_threshold
@@ -254,8 +254,9 @@ def _check_side(side: int, det: _BaseDetector, backbone: str) -> None:
     this detector trains (:meth:`~spadecam.detectors.SPADE.min_input_side`)."""
     need = det.min_input_side()
     if side < need:
-        networks = f"the {backbone} backbone" if det._fit_configs()[1] is not None else ""
-        if det._fit_configs()[0] is not None:
+        vae_config, cnn_config = det._fit_configs()
+        networks = f"the {backbone} backbone" if cnn_config is not None else ""
+        if vae_config is not None:
             networks += " and the VAE" if networks else "the VAE"
         raise ValueError(f"--image-size {side} is smaller than the minimum of {need} pixels "
                          f"for {networks}")
@@ -272,10 +273,10 @@ def default_recipe(detector: str = "spade") -> str:
 def _read_for_fit(det: _BaseDetector, paths: Sequence[Path], channels: int | None,
                   progress: bool) -> tuple[ModelBatch, int]:
     """The training files as ``fit`` takes them, sized as ``SPADE().fit`` sizes arrays: the
-    files' headers give their sizes, the detector's rule the input side
-    (:meth:`~spadecam.detectors.SPADE.input_side`), then each file is read and brought to
-    it (memory stays that of the model-size batch) with the letterbox mask and boxes of
-    :func:`spadecam.preprocess.to_model_input`. Returns (the batch, its channel count).
+    detector's rule gives the input side (:meth:`~spadecam.detectors.SPADE.input_side`; from
+    the files' headers when it depends on their sizes), then each file is read and brought to
+    it (memory stays that of the model-size batch), with its letterbox mask and box
+    (:func:`spadecam.preprocess.model_batch`). Returns (the batch, its channel count).
 
     Raises ImageError naming every unreadable file; ValueError when the side is below the
     networks' minimum (``--image-size`` is checked in :func:`build_detector`).
@@ -285,10 +286,7 @@ def _read_for_fit(det: _BaseDetector, paths: Sequence[Path], channels: int | Non
     side = det.input_side(None if det.fixed_input_side() else image_sizes(paths))
     sizes: list[tuple[int, int]] = []
     x = read_images(paths, channels, side, det.resize, progress=progress, sizes=sizes)
-    boxes = None if all(hw == (side, side) for hw in sizes) else [
-        content_box(h, w, side, det.resize) for h, w in sizes]
-    return (ModelBatch(np.stack(x), letterbox_mask(sizes, side, det.resize), sizes, boxes),
-            x[0].shape[0])
+    return model_batch(np.stack(x), sizes, side, det.resize), x[0].shape[0]
 
 
 def _check_out_dir(out: Path) -> None:
